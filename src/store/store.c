@@ -1,0 +1,316 @@
+/*
+ * RocksDB-backed store. DESIGN: every write is a RocksDB merge of an encoded record; the merge
+ * operator (full and partial merge) keeps the newest record by the last-write-wins order, so the
+ * replica-side compare-and-write is atomic without locks. max_successive_merges bounds the chain
+ * of merge operands a memtable holds for a hot key (RocksDB folds them into a put past it), and
+ * flushes and compactions fold the rest.
+ */
+#include "store/store.h"
+
+#include "common/err.h"
+#include "common/log.h"
+
+#include <rocksdb/c.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct dkv_store {
+    rocksdb_t *db;
+    rocksdb_options_t *options;
+    rocksdb_writeoptions_t *wopts;
+    rocksdb_readoptions_t *ropts;
+    rocksdb_block_based_table_options_t *table_opts;
+    rocksdb_cache_t *cache;
+    rocksdb_filterpolicy_t *filter; /* owned by table_opts once set */
+    rocksdb_mergeoperator_t *merge; /* owned by options once set */
+};
+
+struct dkv_store_iter {
+    rocksdb_iterator_t *it;
+    rocksdb_readoptions_t *ropts;
+    char *end;      /* upper bound, owned; must outlive ropts */
+    size_t end_len; /* 0 = unbounded */
+    bool started;
+};
+
+int dkv_store_newest(const dkv_slice_t *records, int n)
+{
+    int best = -1;
+    dkv_record_t best_rec = {0};
+    for (int i = 0; i < n; i++) {
+        dkv_record_t r;
+        if (dkv_record_decode(records[i], &r) != 0) {
+            continue;
+        }
+        if (best < 0 || dkv_record_cmp(&r, &best_rec) > 0) {
+            best = i;
+            best_rec = r;
+        }
+    }
+    return best;
+}
+
+static char *copy_out(dkv_slice_t s, size_t *len)
+{
+    char *p = dkv_xmalloc(s.len);
+    if (s.len > 0) {
+        memcpy(p, s.ptr, s.len);
+    }
+    *len = s.len;
+    return p;
+}
+
+/* Picks the newest of (existing?, operands...). Never fails: a record that does not decode loses
+ * to any that does; when none decodes the last operand is kept as it is. */
+static char *merge_pick(const char *existing, size_t existing_len, const char *const *ops,
+                        const size_t *op_lens, int n_ops, unsigned char *success, size_t *out_len)
+{
+    dkv_slice_t stack_recs[16];
+    int n = n_ops + (existing != NULL ? 1 : 0);
+    dkv_slice_t *recs = n <= 16 ? stack_recs : dkv_xmalloc(sizeof(*recs) * (size_t)n);
+    int k = 0;
+    if (existing != NULL) {
+        recs[k++] = dkv_slice(existing, existing_len);
+    }
+    for (int i = 0; i < n_ops; i++) {
+        recs[k++] = dkv_slice(ops[i], op_lens[i]);
+    }
+    int best = dkv_store_newest(recs, n);
+    if (best < 0) {
+        DKV_LOG_ERROR("store: merge found no valid record among %d; keeping the newest operand", n);
+        best = n - 1;
+    }
+    char *out = copy_out(recs[best], out_len);
+    if (recs != stack_recs) {
+        free(recs);
+    }
+    *success = 1;
+    return out;
+}
+
+static char *full_merge_cb(void *state, const char *key, size_t key_len, const char *existing,
+                           size_t existing_len, const char *const *ops, const size_t *op_lens,
+                           int n_ops, unsigned char *success, size_t *out_len)
+{
+    (void)state;
+    (void)key;
+    (void)key_len;
+    return merge_pick(existing, existing_len, ops, op_lens, n_ops, success, out_len);
+}
+
+static char *partial_merge_cb(void *state, const char *key, size_t key_len, const char *const *ops,
+                              const size_t *op_lens, int n_ops, unsigned char *success,
+                              size_t *out_len)
+{
+    (void)state;
+    (void)key;
+    (void)key_len;
+    return merge_pick(NULL, 0, ops, op_lens, n_ops, success, out_len);
+}
+
+static void merge_delete_cb(void *state, const char *value, size_t len)
+{
+    (void)state;
+    (void)len;
+    free((void *)value);
+}
+
+static const char *merge_name_cb(void *state)
+{
+    (void)state;
+    return "dkv.lww.v1";
+}
+
+static void merge_destroy_cb(void *state)
+{
+    (void)state;
+}
+
+static int rocks_err(const char *what, char *err)
+{
+    DKV_LOG_ERROR("store: %s: %s", what, err);
+    rocksdb_free(err);
+    return DKV_EIO;
+}
+
+void dkv_store_close(dkv_store_t *s)
+{
+    if (s == NULL) {
+        return;
+    }
+    if (s->db != NULL) {
+        char *err = NULL;
+        rocksdb_flush_wal(s->db, 1, &err);
+        if (err != NULL) {
+            rocks_err("flush WAL on close", err);
+        }
+        rocksdb_close(s->db);
+    }
+    if (s->ropts != NULL) {
+        rocksdb_readoptions_destroy(s->ropts);
+    }
+    if (s->wopts != NULL) {
+        rocksdb_writeoptions_destroy(s->wopts);
+    }
+    if (s->options != NULL) {
+        rocksdb_options_destroy(s->options);
+    }
+    if (s->table_opts != NULL) {
+        rocksdb_block_based_options_destroy(s->table_opts);
+    }
+    if (s->cache != NULL) {
+        rocksdb_cache_destroy(s->cache);
+    }
+    free(s);
+}
+
+int dkv_store_open(const char *dir, const dkv_store_opts_t *opts, dkv_store_t **out)
+{
+    dkv_store_opts_t defaults = {0};
+    if (opts == NULL) {
+        opts = &defaults;
+    }
+    dkv_store_t *s = dkv_xcalloc(1, sizeof(*s));
+    s->options = rocksdb_options_create();
+    rocksdb_options_set_create_if_missing(s->options, 1);
+    rocksdb_options_increase_parallelism(s->options, 2);
+    rocksdb_options_set_max_successive_merges(s->options, 8);
+    /* A torn tail of the WAL (kill -9 mid-write) is dropped; everything before it is replayed. */
+    rocksdb_options_set_wal_recovery_mode(s->options, rocksdb_tolerate_corrupted_tail_records_recovery);
+    s->merge = rocksdb_mergeoperator_create(NULL, merge_destroy_cb, full_merge_cb,
+                                            partial_merge_cb, merge_delete_cb, merge_name_cb);
+    rocksdb_options_set_merge_operator(s->options, s->merge);
+
+    s->table_opts = rocksdb_block_based_options_create();
+    size_t cache_bytes = opts->block_cache_bytes ? opts->block_cache_bytes : (64u << 20);
+    s->cache = rocksdb_cache_create_lru(cache_bytes);
+    rocksdb_block_based_options_set_block_cache(s->table_opts, s->cache);
+    s->filter = rocksdb_filterpolicy_create_bloom_full(10);
+    rocksdb_block_based_options_set_filter_policy(s->table_opts, s->filter);
+    rocksdb_options_set_block_based_table_factory(s->options, s->table_opts);
+
+    s->wopts = rocksdb_writeoptions_create();
+    rocksdb_writeoptions_set_sync(s->wopts, opts->fsync ? 1 : 0);
+    s->ropts = rocksdb_readoptions_create();
+
+    char path[4096];
+    int n = snprintf(path, sizeof(path), "%s/db", dir);
+    if (n < 0 || (size_t)n >= sizeof(path)) {
+        dkv_store_close(s);
+        return DKV_EINVAL;
+    }
+    char *err = NULL;
+    s->db = rocksdb_open(s->options, path, &err);
+    if (err != NULL) {
+        s->db = NULL;
+        int rc = rocks_err("open", err);
+        dkv_store_close(s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+int dkv_store_get(dkv_store_t *s, dkv_slice_t key, uint8_t **data, size_t *len)
+{
+    char *err = NULL;
+    size_t vlen = 0;
+    char *v = rocksdb_get(s->db, s->ropts, (const char *)key.ptr, key.len, &vlen, &err);
+    if (err != NULL) {
+        return rocks_err("get", err);
+    }
+    if (v == NULL) {
+        return DKV_ENOTFOUND;
+    }
+    *data = (uint8_t *)v;
+    *len = vlen;
+    return 0;
+}
+
+void dkv_store_free(uint8_t *data)
+{
+    if (data != NULL) {
+        rocksdb_free(data);
+    }
+}
+
+int dkv_store_put(dkv_store_t *s, dkv_slice_t key, const dkv_record_t *rec)
+{
+    if (key.len == 0 || (rec->tombstone && rec->value.len > 0)) {
+        return DKV_EINVAL;
+    }
+    uint8_t stack[4096];
+    size_t total = DKV_RECORD_HEADER_BYTES + rec->value.len;
+    uint8_t *buf = total <= sizeof(stack) ? stack : dkv_xmalloc(total);
+    dkv_record_encode_header(rec->ts, rec->tombstone, buf);
+    if (rec->value.len > 0) {
+        memcpy(buf + DKV_RECORD_HEADER_BYTES, rec->value.ptr, rec->value.len);
+    }
+    char *err = NULL;
+    rocksdb_merge(s->db, s->wopts, (const char *)key.ptr, key.len, (const char *)buf, total, &err);
+    if (buf != stack) {
+        free(buf);
+    }
+    if (err != NULL) {
+        return rocks_err("merge", err);
+    }
+    return 0;
+}
+
+int dkv_store_iter_new(dkv_store_t *s, dkv_slice_t start, dkv_slice_t end, dkv_store_iter_t **out)
+{
+    dkv_store_iter_t *it = dkv_xcalloc(1, sizeof(*it));
+    it->ropts = rocksdb_readoptions_create();
+    /* A scan reads each block once; keep it from evicting the point-read working set. */
+    rocksdb_readoptions_set_fill_cache(it->ropts, 0);
+    if (end.len > 0) {
+        it->end = copy_out(end, &it->end_len);
+        rocksdb_readoptions_set_iterate_upper_bound(it->ropts, it->end, it->end_len);
+    }
+    it->it = rocksdb_create_iterator(s->db, it->ropts);
+    rocksdb_iter_seek(it->it, (const char *)start.ptr, start.len);
+    *out = it;
+    return 0;
+}
+
+int dkv_store_iter_next(dkv_store_iter_t *it, dkv_slice_t *key, dkv_record_t *rec)
+{
+    for (;;) {
+        if (it->started) {
+            rocksdb_iter_next(it->it);
+        }
+        it->started = true;
+        if (!rocksdb_iter_valid(it->it)) {
+            char *err = NULL;
+            rocksdb_iter_get_error(it->it, &err);
+            if (err != NULL) {
+                return rocks_err("scan", err);
+            }
+            return DKV_ENOTFOUND;
+        }
+        size_t klen = 0;
+        size_t vlen = 0;
+        const char *k = rocksdb_iter_key(it->it, &klen);
+        const char *v = rocksdb_iter_value(it->it, &vlen);
+        dkv_record_t r;
+        if (dkv_record_decode(dkv_slice(v, vlen), &r) != 0) {
+            DKV_LOG_ERROR("store: skipping a record that does not decode (key of %zu bytes)", klen);
+            continue;
+        }
+        *key = dkv_slice(k, klen);
+        *rec = r;
+        return 0;
+    }
+}
+
+void dkv_store_iter_free(dkv_store_iter_t *it)
+{
+    if (it == NULL) {
+        return;
+    }
+    rocksdb_iter_destroy(it->it);
+    rocksdb_readoptions_destroy(it->ropts);
+    free(it->end);
+    free(it);
+}

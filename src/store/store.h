@@ -1,0 +1,102 @@
+/*
+ * Node-local storage: versioned records (common/record.h) in RocksDB, the only module that
+ * includes rocksdb/c.h. Writes go through RocksDB's write-ahead log before they return, so an
+ * acknowledged write survives kill -9. A replica keeps the newest version by the last-write-wins
+ * order: writes are RocksDB merges whose merge operator keeps the newer record, so a delayed older
+ * write can never overwrite a newer one and concurrent writers need no lock.
+ */
+#ifndef DKV_STORE_STORE_H
+#define DKV_STORE_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/record.h"
+#include "common/slice.h"
+
+typedef struct dkv_store dkv_store_t;
+typedef struct dkv_store_iter dkv_store_iter_t;
+
+typedef struct dkv_store_opts {
+    size_t block_cache_bytes; /* LRU block cache; 0 = 64 MiB */
+    bool fsync;               /* fsync the WAL on every write (power-loss safety); default off */
+} dkv_store_opts_t;
+
+/**
+ * Opens (creating if missing) the database in `dir`/db. Replays the write-ahead log; a torn
+ * final WAL record is discarded by RocksDB's checksums.
+ *
+ * @param dir   Borrowed; must exist.
+ * @param opts  Borrowed; NULL for defaults.
+ * @param out   Written on success; release with dkv_store_close().
+ * @return 0; DKV_EIO (logged with RocksDB's reason, e.g. another process holds the lock).
+ * Thread: any.
+ */
+int dkv_store_open(const char *dir, const dkv_store_opts_t *opts, dkv_store_t **out);
+
+/**
+ * Flushes the WAL and closes the database. All iterators must be freed first. NULL is a no-op.
+ * Thread: any, once no other thread uses `s`.
+ */
+void dkv_store_close(dkv_store_t *s);
+
+/**
+ * Reads the stored record of `key`.
+ *
+ * @param key   Borrowed; 1..DKV_MAX_KEY_BYTES bytes.
+ * @param data  On success: a malloc'd encoded record (decode with dkv_record_decode) that the
+ *              caller releases with dkv_store_free(); `len` is its size in bytes.
+ * @return 0; DKV_ENOTFOUND (no version at all, not even a tombstone); DKV_EIO.
+ * Thread: any (RocksDB is thread-safe); blocks for a memtable/cache hit's microseconds or a disk
+ * read.
+ */
+int dkv_store_get(dkv_store_t *s, dkv_slice_t key, uint8_t **data, size_t *len);
+
+/** Frees a buffer returned by dkv_store_get(). NULL is a no-op. Thread: any. */
+void dkv_store_free(uint8_t *data);
+
+/**
+ * Stores `rec` for `key` unless the stored version is newer (last-write-wins, common/record.h).
+ * Returns after the record is in the WAL (write(2) done; fsync'd too if opts.fsync).
+ *
+ * @param key  Borrowed; 1..DKV_MAX_KEY_BYTES bytes.
+ * @param rec  Borrowed; a tombstone must have an empty value.
+ * @return 0; DKV_EINVAL (empty key, tombstone with value); DKV_EIO.
+ * Thread: any.
+ */
+int dkv_store_put(dkv_store_t *s, dkv_slice_t key, const dkv_record_t *rec);
+
+/**
+ * Starts an ordered scan of keys k with start <= k < end (unsigned bytes, lexicographic); an empty
+ * `end` means "to the last key". The scan sees a consistent snapshot and includes tombstones.
+ *
+ * @param start, end  Copied; the caller may free them after the call.
+ * @param out         Written on success; release with dkv_store_iter_free().
+ * @return 0; DKV_EIO.
+ * Thread: any; the iterator is then used by one thread at a time.
+ */
+int dkv_store_iter_new(dkv_store_t *s, dkv_slice_t start, dkv_slice_t end,
+                       dkv_store_iter_t **out);
+
+/**
+ * Moves to the next record of the scan.
+ *
+ * @param key, rec  On success: the key and decoded record, both borrowed from the iterator and
+ *                  valid until the next call or dkv_store_iter_free().
+ * @return 0 with a record; DKV_ENOTFOUND at the end; DKV_EIO. A record that fails to decode is
+ *         logged and skipped.
+ * Thread: the iterator's user.
+ */
+int dkv_store_iter_next(dkv_store_iter_t *it, dkv_slice_t *key, dkv_record_t *rec);
+
+/** Releases an iterator. NULL is a no-op. */
+void dkv_store_iter_free(dkv_store_iter_t *it);
+
+/**
+ * The merge operator's core, exported for tests and fuzzing: among `n` encoded records, the index
+ * of the newest one that decodes, or -1 when none decodes. Thread: any.
+ */
+int dkv_store_newest(const dkv_slice_t *records, int n);
+
+#endif
