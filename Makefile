@@ -1,0 +1,49 @@
+# dkv: the commands a person types. See README.md.
+#   make run     install what is missing, build, start a local cluster in the foreground
+#   make test    install what is missing, build with ASan+UBSan, run unit, fuzz-replay and
+#                integration tests
+#   make build   release binary at build/dkv
+
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+PYTEST ?= /usr/bin/python3 -m pytest
+PYTEST_ARGS ?=
+
+.PHONY: all deps build asan test unit integration run fuzz clean format
+
+all: build
+
+deps:
+	@bash scripts/install-deps.sh
+
+build: deps
+	@cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
+	@cmake --build build -j $(JOBS) --target dkv
+
+asan: deps
+	@cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Asan >/dev/null
+	@cmake --build build/asan -j $(JOBS)
+
+unit: asan
+	cd build/asan && ctest --output-on-failure
+
+integration: asan
+	DKV_BIN=$(CURDIR)/build/asan/dkv $(PYTEST) -q tests/integration $(PYTEST_ARGS)
+
+test: unit integration
+
+run: build
+	@bash scripts/cluster.sh run
+
+fuzz:
+	@bash scripts/install-deps.sh --fuzz
+	@CC=clang cmake -S . -B build/fuzz -DCMAKE_BUILD_TYPE=Asan -DDKV_LIBFUZZER=ON >/dev/null
+	@cmake --build build/fuzz -j $(JOBS)
+	@for f in build/fuzz/fuzz_*; do case $$f in *_replay) continue;; esac; \
+	  c=tests/fuzz/corpus/$${f##*/fuzz_}; echo "== $$f ($$c)"; \
+	  $$f -max_total_time=$${FUZZ_SECONDS:-60} $$c || exit 1; done
+
+format:
+	clang-format -i src/*.c src/*/*.c src/*/*.h tests/unit/*.c tests/fuzz/*.c
+
+clean:
+	rm -rf build

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs the Debian/Ubuntu packages dkv needs to build, test, run and benchmark, skipping what is
+# already installed. Works as root or through sudo.
+# Usage: scripts/install-deps.sh [--bench] [--fuzz]
+set -euo pipefail
+
+pkgs=(build-essential cmake pkg-config libuv1-dev node-llhttp librocksdb-dev libxxhash-dev
+      libcmocka-dev python3 python3-pytest curl)
+for opt in "$@"; do
+  case "$opt" in
+    --bench) pkgs+=(wrk nginx-light gnuplot-nox linux-perf) ;;
+    --fuzz) pkgs+=(clang libclang-rt-dev) ;;
+    *) echo "install-deps: unknown option $opt (use --bench, --fuzz)" >&2; exit 2 ;;
+  esac
+done
+
+missing=()
+for p in "${pkgs[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+[[ ${#missing[@]} -eq 0 ]] && exit 0
+
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "install-deps: apt-get not found; install these yourself: ${missing[*]}" >&2
+  exit 1
+fi
+sudo=()
+if [[ $(id -u) -ne 0 ]]; then
+  if ! command -v sudo >/dev/null 2>&1; then
+    echo "install-deps: need root or sudo to install: ${missing[*]}" >&2
+    exit 1
+  fi
+  sudo=(sudo)
+fi
+echo "install-deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -q
+"${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"

@@ -1,0 +1,289 @@
+/* Command-line parsing for the node: flags, defaults, limits and --help. */
+#include "common/conf.h"
+
+#include "common/err.h"
+#include "common/slice.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char usage[] =
+    "Usage: dkv [options]\n"
+    "\n"
+    "dkv is a Dynamo-style replicated key-value store. This runs one node; see README.md.\n"
+    "\n"
+    "Cluster:\n"
+    "  --listen HOST:PORT          address for clients and peers (default 127.0.0.1:8080)\n"
+    "  --self URL                  this node's URL, one of --cluster (default http://LISTEN)\n"
+    "  --cluster URL[,URL...]      every node's URL, self included, same set on every node\n"
+    "                              (default: just --self)\n"
+    "  --data DIR                  data directory, created if missing (default ./data)\n"
+    "  --vnodes N                  virtual nodes per node on the ring (default %u)\n"
+    "  --replica-timeout-ms MS     give up on a replica request after MS (default 1000)\n"
+    "  --breaker-failures N        consecutive failures that open a peer's breaker (default 5)\n"
+    "  --breaker-cooldown-ms MS    how long an open breaker fails fast (default 2000)\n"
+    "\n"
+    "Server:\n"
+    "  --io-threads N              I/O threads, one event loop each (default: CPU cores)\n"
+    "  --max-body-bytes N          largest request body, 413 past it (default 1048576)\n"
+    "  --max-header-bytes N        largest request line + headers, 431 past it (default 16384)\n"
+    "  --idle-timeout-ms MS        close keep-alive connections idle this long (default 60000)\n"
+    "  --request-timeout-ms MS     a started request must arrive within MS (default 10000)\n"
+    "  --shutdown-timeout-ms MS    drain budget on SIGTERM/SIGINT (default 5000)\n"
+    "  --max-connections N         open client connections per node (default 10000)\n"
+    "  --max-inflight N            requests in progress per I/O thread, 503 past it (default 4096)\n"
+    "\n"
+    "Storage:\n"
+    "  --block-cache-bytes N       RocksDB block cache (default 67108864)\n"
+    "  --fsync                     fsync the write-ahead log on every write (default: write(2)\n"
+    "                              only, which survives kill -9 but not power loss)\n"
+    "\n"
+    "Other:\n"
+    "  --log-level LEVEL           debug, info, warn or error (default info)\n"
+    "  --help                      print this help and exit\n"
+    "  --version                   print the version and exit\n";
+
+static int fail(char *err, size_t err_len, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int fail(char *err, size_t err_len, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, err_len, fmt, ap);
+    va_end(ap);
+    return DKV_EINVAL;
+}
+
+static int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out)
+{
+    if (s == NULL || *s == '\0' || *s == '-' || *s == '+') {
+        return DKV_EINVAL;
+    }
+    errno = 0;
+    char *end = NULL;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno != 0 || *end != '\0' || v < min || v > max) {
+        return DKV_EINVAL;
+    }
+    *out = v;
+    return 0;
+}
+
+static int copy_str(char *dst, size_t dst_len, const char *src)
+{
+    size_t n = strlen(src);
+    if (n >= dst_len) {
+        return DKV_EINVAL;
+    }
+    memcpy(dst, src, n + 1);
+    return 0;
+}
+
+int dkv_conf_parse_url(const char *url, char *host, size_t host_len, uint16_t *port)
+{
+    const char *p = url;
+    if (strncmp(p, "http://", 7) == 0) {
+        p += 7;
+    }
+    const char *colon = strrchr(p, ':');
+    if (colon == NULL || colon == p) {
+        return DKV_EINVAL;
+    }
+    size_t hlen = (size_t)(colon - p);
+    const char *ps = colon + 1;
+    size_t plen = strlen(ps);
+    if (plen > 0 && ps[plen - 1] == '/') {
+        plen--; /* tolerate one trailing slash */
+    }
+    char portbuf[8];
+    if (plen == 0 || plen >= sizeof(portbuf) || hlen >= host_len) {
+        return DKV_EINVAL;
+    }
+    memcpy(portbuf, ps, plen);
+    portbuf[plen] = '\0';
+    uint64_t v = 0;
+    if (parse_u64(portbuf, 1, 65535, &v) != 0) {
+        return DKV_EINVAL;
+    }
+    if (memchr(p, '/', hlen) != NULL) {
+        return DKV_EINVAL;
+    }
+    memcpy(host, p, hlen);
+    host[hlen] = '\0';
+    *port = (uint16_t)v;
+    return 0;
+}
+
+void dkv_conf_cleanup(dkv_conf_t *conf)
+{
+    for (size_t i = 0; i < conf->cluster_n; i++) {
+        free(conf->cluster[i]);
+    }
+    free(conf->cluster);
+    conf->cluster = NULL;
+    conf->cluster_n = 0;
+}
+
+static int parse_cluster(dkv_conf_t *conf, const char *list, char *err, size_t err_len)
+{
+    dkv_conf_cleanup(conf);
+    conf->cluster = dkv_xcalloc(DKV_MAX_CLUSTER_NODES, sizeof(char *));
+    const char *p = list;
+    for (;;) {
+        const char *comma = strchr(p, ',');
+        size_t n = comma != NULL ? (size_t)(comma - p) : strlen(p);
+        if (n == 0) {
+            return fail(err, err_len, "--cluster: empty URL in '%s'", list);
+        }
+        if (conf->cluster_n == DKV_MAX_CLUSTER_NODES) {
+            return fail(err, err_len, "--cluster: more than %u nodes", DKV_MAX_CLUSTER_NODES);
+        }
+        char *url = dkv_xmalloc(n + 1);
+        memcpy(url, p, n);
+        url[n] = '\0';
+        conf->cluster[conf->cluster_n++] = url;
+        char host[256];
+        uint16_t port = 0;
+        if (dkv_conf_parse_url(url, host, sizeof(host), &port) != 0) {
+            return fail(err, err_len, "--cluster: '%s' is not a URL like http://HOST:PORT", url);
+        }
+        for (size_t i = 0; i + 1 < conf->cluster_n; i++) {
+            if (strcmp(conf->cluster[i], url) == 0) {
+                return fail(err, err_len, "--cluster: '%s' is listed twice", url);
+            }
+        }
+        if (comma == NULL) {
+            return 0;
+        }
+        p = comma + 1;
+    }
+}
+
+int dkv_conf_parse(int argc, char **argv, dkv_conf_t *conf, char *err, size_t err_len)
+{
+    memset(conf, 0, sizeof(*conf));
+    strcpy(conf->listen_host, "127.0.0.1");
+    conf->listen_port = 8080;
+    strcpy(conf->data_dir, "./data");
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    conf->io_threads = cores > 0 ? (unsigned)(cores > 64 ? 64 : cores) : 1;
+    conf->max_body_bytes = 1u << 20;
+    conf->max_header_bytes = 16u << 10;
+    conf->idle_timeout_ms = 60000;
+    conf->request_timeout_ms = 10000;
+    conf->replica_timeout_ms = 1000;
+    conf->shutdown_timeout_ms = 5000;
+    conf->max_connections = 10000;
+    conf->max_inflight = 4096;
+    conf->vnodes = 256;
+    conf->breaker_failures = 5;
+    conf->breaker_cooldown_ms = 2000;
+    conf->block_cache_bytes = 64u << 20;
+    conf->log_level = DKV_LOG_INFO;
+    const char *cluster_arg = NULL;
+
+    for (int i = 1; i < argc; i++) {
+        const char *flag = argv[i];
+        if (strcmp(flag, "--help") == 0 || strcmp(flag, "-h") == 0) {
+            printf(usage, 256u);
+            return 1;
+        }
+        if (strcmp(flag, "--version") == 0) {
+            printf("dkv %s\n", DKV_VERSION);
+            return 1;
+        }
+        if (strcmp(flag, "--fsync") == 0) {
+            conf->fsync = true;
+            continue;
+        }
+        if (strncmp(flag, "--", 2) != 0) {
+            return fail(err, err_len, "unexpected argument '%s' (see --help)", flag);
+        }
+        static const char *const valued[] = {
+            "--listen", "--self", "--cluster", "--data", "--log-level", "--io-threads",
+            "--max-body-bytes", "--max-header-bytes", "--idle-timeout-ms", "--request-timeout-ms",
+            "--replica-timeout-ms", "--shutdown-timeout-ms", "--max-connections", "--max-inflight",
+            "--vnodes", "--breaker-failures", "--breaker-cooldown-ms", "--block-cache-bytes"};
+        bool known = false;
+        for (size_t k = 0; k < sizeof(valued) / sizeof(valued[0]); k++) {
+            known = known || strcmp(flag, valued[k]) == 0;
+        }
+        if (!known) {
+            return fail(err, err_len, "unknown flag '%s' (see --help)", flag);
+        }
+        if (i + 1 >= argc) {
+            return fail(err, err_len, "%s needs a value (see --help)", flag);
+        }
+        const char *val = argv[++i];
+        uint64_t v = 0;
+#define NUM(name, lo, hi, field)                                                                   \
+    if (strcmp(flag, name) == 0) {                                                                 \
+        if (parse_u64(val, (lo), (hi), &v) != 0) {                                                 \
+            return fail(err, err_len, "%s: '%s' is not a whole number in %" PRIu64 "..%" PRIu64,  \
+                        name, val, (uint64_t)(lo), (uint64_t)(hi));                                \
+        }                                                                                          \
+        conf->field = v;                                                                           \
+        continue;                                                                                  \
+    }
+        NUM("--io-threads", 1, 64, io_threads)
+        NUM("--max-body-bytes", 1, 64u << 20, max_body_bytes)
+        NUM("--max-header-bytes", 8u << 10, 1u << 20, max_header_bytes)
+        NUM("--idle-timeout-ms", 1, 86400000, idle_timeout_ms)
+        NUM("--request-timeout-ms", 1, 3600000, request_timeout_ms)
+        NUM("--replica-timeout-ms", 1, 600000, replica_timeout_ms)
+        NUM("--shutdown-timeout-ms", 0, 600000, shutdown_timeout_ms)
+        NUM("--max-connections", 1, 1000000, max_connections)
+        NUM("--max-inflight", 1, 1000000, max_inflight)
+        NUM("--vnodes", 1, 65536, vnodes)
+        NUM("--breaker-failures", 1, 1000000, breaker_failures)
+        NUM("--breaker-cooldown-ms", 1, 3600000, breaker_cooldown_ms)
+        NUM("--block-cache-bytes", 1u << 20, (uint64_t)1 << 40, block_cache_bytes)
+#undef NUM
+        if (strcmp(flag, "--listen") == 0) {
+            if (dkv_conf_parse_url(val, conf->listen_host, sizeof(conf->listen_host),
+                                   &conf->listen_port) != 0) {
+                return fail(err, err_len, "--listen: '%s' is not HOST:PORT", val);
+            }
+        } else if (strcmp(flag, "--self") == 0) {
+            char host[256];
+            uint16_t port = 0;
+            if (copy_str(conf->self, sizeof(conf->self), val) != 0 ||
+                dkv_conf_parse_url(val, host, sizeof(host), &port) != 0) {
+                return fail(err, err_len, "--self: '%s' is not a URL like http://HOST:PORT", val);
+            }
+        } else if (strcmp(flag, "--cluster") == 0) {
+            cluster_arg = val;
+        } else if (strcmp(flag, "--data") == 0) {
+            if (val[0] == '\0' || copy_str(conf->data_dir, sizeof(conf->data_dir), val) != 0) {
+                return fail(err, err_len, "--data: empty or too long");
+            }
+        } else if (strcmp(flag, "--log-level") == 0) {
+            if (dkv_log_parse_level(val, &conf->log_level) != 0) {
+                return fail(err, err_len, "--log-level: '%s' is not debug, info, warn or error",
+                            val);
+            }
+        } else {
+            return fail(err, err_len, "unknown flag '%s' (see --help)", flag);
+        }
+    }
+    if (conf->self[0] == '\0') {
+        snprintf(conf->self, sizeof(conf->self), "http://%s:%u", conf->listen_host,
+                 (unsigned)conf->listen_port);
+    }
+    int rc = parse_cluster(conf, cluster_arg != NULL ? cluster_arg : conf->self, err, err_len);
+    if (rc != 0) {
+        return rc;
+    }
+    for (size_t i = 0; i < conf->cluster_n; i++) {
+        if (strcmp(conf->cluster[i], conf->self) == 0) {
+            return 0;
+        }
+    }
+    return fail(err, err_len, "--self '%s' is not one of the --cluster URLs", conf->self);
+}

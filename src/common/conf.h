@@ -1,0 +1,64 @@
+/*
+ * Node configuration: every command-line flag, its default, its limits, and the parser that
+ * turns argv into a dkv_conf_t with a clear message for anything wrong.
+ */
+#ifndef DKV_COMMON_CONF_H
+#define DKV_COMMON_CONF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/log.h"
+
+#define DKV_VERSION "0.1.0"
+#define DKV_MAX_KEY_BYTES 1024u
+#define DKV_MAX_CLUSTER_NODES 64u
+
+typedef struct dkv_conf {
+    char listen_host[256];
+    uint16_t listen_port;
+    char self[512];            /* own URL, one of `cluster` */
+    char **cluster;            /* owned: node URLs as given (the ring canonicalises them) */
+    size_t cluster_n;
+    char data_dir[1024];
+    unsigned io_threads;       /* >= 1 */
+    size_t max_body_bytes;     /* request body cap: 413 past it */
+    size_t max_header_bytes;   /* request line + headers cap: 431 past it */
+    uint64_t idle_timeout_ms;  /* keep-alive connection with no request in progress */
+    uint64_t request_timeout_ms; /* a started request must be fully received within this */
+    uint64_t replica_timeout_ms; /* per replica request */
+    uint64_t shutdown_timeout_ms; /* graceful drain budget on SIGTERM */
+    unsigned max_connections;  /* per node; past it new connections are closed at once */
+    unsigned max_inflight;     /* requests being served per I/O thread; 503 past it */
+    unsigned vnodes;           /* virtual nodes per node on the ring */
+    unsigned breaker_failures; /* consecutive failures that open a peer's circuit breaker */
+    uint64_t breaker_cooldown_ms;
+    size_t block_cache_bytes;
+    bool fsync;
+    enum dkv_log_level log_level;
+} dkv_conf_t;
+
+/**
+ * Parses argv into `conf` (defaults for everything not given). Prints --help / --version text to
+ * stdout itself.
+ *
+ * @param conf    Caller's storage; on return 0 it owns heap memory: release with dkv_conf_cleanup().
+ * @param err     Receives a one-line message when DKV_EINVAL is returned.
+ * @return 0 (run the node); 1 (help or version was printed: exit 0); DKV_EINVAL (bad flags:
+ *         print `err`, exit 2).
+ * Thread: main, before anything else runs.
+ */
+int dkv_conf_parse(int argc, char **argv, dkv_conf_t *conf, char *err, size_t err_len);
+
+/** Frees what dkv_conf_parse() allocated. Safe on a zeroed or partly parsed conf. */
+void dkv_conf_cleanup(dkv_conf_t *conf);
+
+/**
+ * Splits a node URL "http://host:port" (scheme optional, no path) into host and port.
+ * @return 0; DKV_EINVAL. `host` is written only on success (NUL-terminated, truncation is an error).
+ * Thread: any.
+ */
+int dkv_conf_parse_url(const char *url, char *host, size_t host_len, uint16_t *port);
+
+#endif

@@ -1,0 +1,360 @@
+/*
+ * dkv node: parses flags, opens the store, builds the ring, starts one libuv loop per I/O thread
+ * (each with its HTTP server, coordinator and RPC client), and drains them on SIGTERM/SIGINT.
+ * Wiring only: the behaviour lives in the modules.
+ */
+#include "cluster/hlc.h"
+#include "cluster/ring.h"
+#include "common/conf.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "coord/coord.h"
+#include "http/http.h"
+#include "router/router.h"
+#include "rpc/rpc.h"
+#include "store/store.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <uv.h>
+
+typedef struct node node_t;
+
+typedef struct io_thread {
+    node_t *node;
+    unsigned idx;
+    uv_thread_t thread;
+    uv_loop_t loop;
+    uv_async_t stop_async;
+    uv_timer_t drain_timer;
+    dkv_coord_t *coord;
+    dkv_router_t *router;
+    dkv_rpc_client_t *rpc_client;
+    dkv_http_server_t *http;
+    int start_rc;
+    bool finishing;
+    int pending_closes;
+} io_thread_t;
+
+struct node {
+    dkv_conf_t conf;
+    dkv_store_t *store;
+    dkv_ring_t *ring;
+    uint32_t self_idx;
+    dkv_hlc_t hlc;
+    uint64_t start_ms;
+    _Atomic unsigned conn_count;
+    unsigned n_threads;
+    io_thread_t *threads;
+    uv_sem_t started;
+    uv_loop_t main_loop;
+    uv_signal_t sigint;
+    uv_signal_t sigterm;
+    int signals_seen;
+};
+
+static int mkdirs(const char *path)
+{
+    char buf[1024];
+    size_t n = strlen(path);
+    if (n == 0 || n >= sizeof(buf)) {
+        return DKV_EINVAL;
+    }
+    memcpy(buf, path, n + 1);
+    for (size_t i = 1; i <= n; i++) {
+        if (buf[i] == '/' || buf[i] == '\0') {
+            char saved = buf[i];
+            buf[i] = '\0';
+            if (mkdir(buf, 0755) != 0 && errno != EEXIST) {
+                return -errno;
+            }
+            buf[i] = saved;
+        }
+    }
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        return -errno;
+    }
+    return S_ISDIR(st.st_mode) ? 0 : -ENOTDIR;
+}
+
+/* ---- per-thread shutdown ---- */
+
+static void on_thread_handle_closed(uv_handle_t *h)
+{
+    (void)h;
+}
+
+static void on_part_closed(void *arg)
+{
+    io_thread_t *t = arg;
+    if (--t->pending_closes == 0) {
+        uv_close((uv_handle_t *)&t->stop_async, on_thread_handle_closed);
+        uv_close((uv_handle_t *)&t->drain_timer, on_thread_handle_closed);
+    }
+}
+
+static void thread_finish(io_thread_t *t)
+{
+    if (t->finishing) {
+        return;
+    }
+    t->finishing = true;
+    uv_timer_stop(&t->drain_timer);
+    t->pending_closes = 1;
+    if (t->rpc_client != NULL) {
+        t->pending_closes++;
+    }
+    if (t->http != NULL) {
+        dkv_http_server_close(t->http, on_part_closed, t);
+        t->http = NULL;
+    } else {
+        on_part_closed(t);
+    }
+    if (t->rpc_client != NULL) {
+        dkv_rpc_client_close(t->rpc_client, on_part_closed, t);
+    }
+}
+
+static void on_drained(void *arg)
+{
+    thread_finish(arg);
+}
+
+static void on_drain_timeout(uv_timer_t *timer)
+{
+    io_thread_t *t = timer->data;
+    DKV_LOG_WARN("io thread %u: %zu connection(s) still busy after the shutdown timeout; closing",
+                 t->idx, t->http != NULL ? dkv_http_server_connections(t->http) : (size_t)0);
+    thread_finish(t);
+}
+
+static void on_stop_async(uv_async_t *a)
+{
+    io_thread_t *t = a->data;
+    if (t->http == NULL || t->node->signals_seen > 1) {
+        thread_finish(t);
+        return;
+    }
+    uv_timer_start(&t->drain_timer, on_drain_timeout, t->node->conf.shutdown_timeout_ms, 0);
+    dkv_http_server_stop(t->http, on_drained, t);
+}
+
+/* ---- per-thread start ---- */
+
+static int thread_setup(io_thread_t *t)
+{
+    node_t *n = t->node;
+    const dkv_conf_t *conf = &n->conf;
+    if (dkv_ring_size(n->ring) > 1) {
+        dkv_rpc_client_opts_t ropts = {.request_timeout_ms = conf->replica_timeout_ms,
+                                       .breaker_failures = conf->breaker_failures,
+                                       .breaker_cooldown_ms = conf->breaker_cooldown_ms};
+        int rc = dkv_rpc_client_new(&t->loop, n->ring, n->self_idx, &n->hlc, &ropts,
+                                    &t->rpc_client);
+        if (rc != 0) {
+            return rc;
+        }
+    }
+    dkv_coord_env_t cenv = {.loop = &t->loop,
+                            .store = n->store,
+                            .ring = n->ring,
+                            .self_idx = n->self_idx,
+                            .hlc = &n->hlc,
+                            .rpc = t->rpc_client};
+    dkv_coord_new(&cenv, &t->coord);
+    dkv_router_env_t renv = {.coord = t->coord,
+                             .store = n->store,
+                             .ring = n->ring,
+                             .self_url = conf->self,
+                             .start_ms = n->start_ms,
+                             .rpc = t->rpc_client};
+    dkv_router_new(&renv, &t->router);
+    dkv_http_opts_t hopts = {.max_body_bytes = conf->max_body_bytes,
+                             .max_header_bytes = conf->max_header_bytes,
+                             .idle_timeout_ms = conf->idle_timeout_ms,
+                             .request_timeout_ms = conf->request_timeout_ms,
+                             .max_inflight = conf->max_inflight,
+                             .max_connections = conf->max_connections,
+                             .conn_count = &n->conn_count,
+                             .foreign_first_byte = -1};
+    return dkv_http_server_start(&t->loop, conf->listen_host, conf->listen_port,
+                                 n->n_threads > 1, &hopts, t->router, &t->http);
+}
+
+static void thread_main(void *arg)
+{
+    io_thread_t *t = arg;
+    uv_loop_init(&t->loop);
+    uv_async_init(&t->loop, &t->stop_async, on_stop_async);
+    t->stop_async.data = t;
+    uv_timer_init(&t->loop, &t->drain_timer);
+    t->drain_timer.data = t;
+    t->start_rc = thread_setup(t);
+    uv_sem_post(&t->node->started);
+    if (t->start_rc != 0) {
+        thread_finish(t);
+    }
+    uv_run(&t->loop, UV_RUN_DEFAULT);
+    dkv_router_free(t->router);
+    if (t->coord != NULL && dkv_coord_inflight(t->coord) != 0) {
+        DKV_LOG_WARN("io thread %u: %zu operation(s) abandoned at shutdown", t->idx,
+                     dkv_coord_inflight(t->coord));
+    }
+    dkv_coord_free(t->coord);
+    int rc = uv_loop_close(&t->loop);
+    if (rc != 0) {
+        DKV_LOG_WARN("io thread %u: loop closed with open handles: %s", t->idx, uv_strerror(rc));
+    }
+}
+
+/* ---- signals ---- */
+
+static void stop_threads(node_t *n)
+{
+    for (unsigned i = 0; i < n->n_threads; i++) {
+        uv_async_send(&n->threads[i].stop_async);
+    }
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    node_t *n = h->data;
+    n->signals_seen++;
+    if (n->signals_seen == 1) {
+        DKV_LOG_INFO("received %s: draining connections (up to %llu ms), then stopping",
+                     signum == SIGINT ? "SIGINT" : "SIGTERM",
+                     (unsigned long long)n->conf.shutdown_timeout_ms);
+        uv_close((uv_handle_t *)&n->sigint, NULL);
+        uv_close((uv_handle_t *)&n->sigterm, NULL);
+    }
+    stop_threads(n);
+}
+
+int main(int argc, char **argv)
+{
+    static node_t node;
+    node_t *n = &node;
+    char err[512];
+    int rc = dkv_conf_parse(argc, argv, &n->conf, err, sizeof(err));
+    if (rc == 1) {
+        return 0;
+    }
+    if (rc != 0) {
+        fprintf(stderr, "dkv: %s\n", err);
+        dkv_conf_cleanup(&n->conf);
+        return 2;
+    }
+    dkv_log_set_level(n->conf.log_level);
+    signal(SIGPIPE, SIG_IGN);
+    int exit_code = 1;
+    n->start_ms = dkv_hlc_system_clock_ms(NULL);
+    dkv_hlc_init(&n->hlc, NULL, NULL);
+
+    rc = dkv_ring_new((const char *const *)n->conf.cluster, n->conf.cluster_n, n->conf.vnodes,
+                      &n->ring);
+    if (rc != 0) {
+        fprintf(stderr, "dkv: invalid --cluster: %s\n", dkv_strerror(rc));
+        exit_code = 2;
+        goto out;
+    }
+    rc = dkv_ring_index_of(n->ring, n->conf.self);
+    if (rc < 0) {
+        fprintf(stderr, "dkv: --self %s is not in --cluster\n", n->conf.self);
+        exit_code = 2;
+        goto out;
+    }
+    n->self_idx = (uint32_t)rc;
+
+    rc = mkdirs(n->conf.data_dir);
+    if (rc != 0) {
+        DKV_LOG_ERROR("cannot create data directory %s: %s", n->conf.data_dir, dkv_strerror(rc));
+        goto out;
+    }
+    rc = dkv_http_probe_port(n->conf.listen_host, n->conf.listen_port);
+    if (rc != 0) {
+        DKV_LOG_ERROR("cannot listen on %s:%u: %s", n->conf.listen_host,
+                      (unsigned)n->conf.listen_port, dkv_strerror(rc));
+        goto out;
+    }
+    dkv_store_opts_t sopts = {.block_cache_bytes = n->conf.block_cache_bytes,
+                              .fsync = n->conf.fsync};
+    rc = dkv_store_open(n->conf.data_dir, &sopts, &n->store);
+    if (rc != 0) {
+        DKV_LOG_ERROR("cannot open the store in %s (see above)", n->conf.data_dir);
+        goto out;
+    }
+
+#ifdef __linux__
+    n->n_threads = n->conf.io_threads;
+#else
+    if (n->conf.io_threads > 1) {
+        DKV_LOG_INFO("SO_REUSEPORT load balancing is Linux-only: using one I/O thread");
+    }
+    n->n_threads = 1;
+#endif
+    n->threads = dkv_xcalloc(n->n_threads, sizeof(io_thread_t));
+    uv_sem_init(&n->started, 0);
+    uv_loop_init(&n->main_loop);
+    uv_signal_init(&n->main_loop, &n->sigint);
+    uv_signal_init(&n->main_loop, &n->sigterm);
+    n->sigint.data = n;
+    n->sigterm.data = n;
+    uv_signal_start(&n->sigint, on_signal, SIGINT);
+    uv_signal_start(&n->sigterm, on_signal, SIGTERM);
+
+    unsigned started = 0;
+    int start_rc = 0;
+    for (unsigned i = 0; i < n->n_threads; i++) {
+        io_thread_t *t = &n->threads[i];
+        t->node = n;
+        t->idx = i;
+        if (uv_thread_create(&t->thread, thread_main, t) != 0) {
+            start_rc = DKV_EIO;
+            break;
+        }
+        started++;
+        uv_sem_wait(&n->started);
+        if (t->start_rc != 0) {
+            start_rc = t->start_rc;
+            break;
+        }
+    }
+    if (start_rc != 0) {
+        DKV_LOG_ERROR("cannot start: listening on %s:%u: %s", n->conf.listen_host,
+                      (unsigned)n->conf.listen_port, dkv_strerror(start_rc));
+        n->signals_seen = 2;
+        for (unsigned i = 0; i < started; i++) {
+            uv_async_send(&n->threads[i].stop_async);
+        }
+        uv_close((uv_handle_t *)&n->sigint, NULL);
+        uv_close((uv_handle_t *)&n->sigterm, NULL);
+    } else {
+        DKV_LOG_INFO("dkv %s node %s (%u of %zu) listening on %s:%u, data in %s, %u I/O "
+                     "thread(s), %u vnodes, WAL %s",
+                     DKV_VERSION, n->conf.self, n->self_idx + 1, dkv_ring_size(n->ring),
+                     n->conf.listen_host, (unsigned)n->conf.listen_port, n->conf.data_dir,
+                     n->n_threads, n->conf.vnodes, n->conf.fsync ? "fsync per write" : "write(2) per write");
+    }
+    uv_run(&n->main_loop, UV_RUN_DEFAULT);
+    for (unsigned i = 0; i < started; i++) {
+        uv_thread_join(&n->threads[i].thread);
+    }
+    uv_loop_close(&n->main_loop);
+    uv_sem_destroy(&n->started);
+    free(n->threads);
+    exit_code = start_rc == 0 ? 0 : 1;
+out:
+    dkv_store_close(n->store);
+    if (exit_code == 0) {
+        DKV_LOG_INFO("stopped cleanly: store closed, write-ahead log flushed");
+    }
+    dkv_ring_free(n->ring);
+    dkv_conf_cleanup(&n->conf);
+    return exit_code;
+}

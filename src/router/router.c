@@ -1,0 +1,493 @@
+/*
+ * Router: request validation and dispatch for the /v0 API (../shared/API.md §3-4, §10, §12).
+ */
+#include "router/router.h"
+
+#include "cluster/hlc.h"
+#include "common/conf.h"
+#include "common/err.h"
+#include "common/log.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct dkv_router {
+    dkv_router_env_t env;
+};
+
+#define TEXT "text/plain; charset=utf-8"
+
+int dkv_router_new(const dkv_router_env_t *env, dkv_router_t **out)
+{
+    dkv_router_t *r = dkv_xcalloc(1, sizeof(*r));
+    r->env = *env;
+    *out = r;
+    return 0;
+}
+
+void dkv_router_free(dkv_router_t *r)
+{
+    free(r);
+}
+
+/* ---- query parsing ---- */
+
+static int hexval(uint8_t c)
+{
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+    if (c >= 'a' && c <= 'f') {
+        return c - 'a' + 10;
+    }
+    if (c >= 'A' && c <= 'F') {
+        return c - 'A' + 10;
+    }
+    return -1;
+}
+
+int dkv_percent_decode(dkv_slice_t in, dkv_buf_t *out)
+{
+    dkv_buf_reserve(out, in.len);
+    for (size_t i = 0; i < in.len; i++) {
+        uint8_t c = in.ptr[i];
+        if (c != '%') {
+            out->data[out->len++] = c;
+            continue;
+        }
+        if (i + 2 >= in.len) {
+            return DKV_EINVAL;
+        }
+        int hi = hexval(in.ptr[i + 1]);
+        int lo = hexval(in.ptr[i + 2]);
+        if (hi < 0 || lo < 0) {
+            return DKV_EINVAL;
+        }
+        out->data[out->len++] = (uint8_t)(hi << 4 | lo);
+        i += 2;
+    }
+    return 0;
+}
+
+void dkv_query_cleanup(dkv_query_t *q)
+{
+    dkv_buf_cleanup(&q->id);
+    dkv_buf_cleanup(&q->start);
+    dkv_buf_cleanup(&q->end);
+    dkv_buf_cleanup(&q->ack);
+    dkv_buf_cleanup(&q->from);
+    dkv_buf_cleanup(&q->replicas);
+}
+
+int dkv_query_parse(dkv_slice_t query, dkv_query_t *q)
+{
+    memset(q, 0, sizeof(*q));
+    size_t i = 0;
+    dkv_buf_t name;
+    dkv_buf_init(&name);
+    int rc = 0;
+    while (i <= query.len && query.len > 0) {
+        const uint8_t *p = query.ptr + i;
+        const uint8_t *amp = memchr(p, '&', query.len - i);
+        size_t plen = amp != NULL ? (size_t)(amp - p) : query.len - i;
+        const uint8_t *eq = memchr(p, '=', plen);
+        dkv_slice_t raw_name = dkv_slice(p, eq != NULL ? (size_t)(eq - p) : plen);
+        dkv_slice_t raw_val =
+            eq != NULL ? dkv_slice(eq + 1, plen - raw_name.len - 1) : dkv_slice(p + plen, 0);
+        name.len = 0;
+        rc = dkv_percent_decode(raw_name, &name);
+        if (rc != 0) {
+            goto out;
+        }
+        dkv_slice_t n = dkv_buf_slice(&name);
+        bool *has = NULL;
+        dkv_buf_t *dst = NULL;
+        dkv_buf_t scratch;
+        dkv_buf_init(&scratch);
+        if (dkv_slice_eq_str(n, "id")) {
+            has = &q->has_id, dst = &q->id;
+        } else if (dkv_slice_eq_str(n, "start")) {
+            has = &q->has_start, dst = &q->start;
+        } else if (dkv_slice_eq_str(n, "end")) {
+            has = &q->has_end, dst = &q->end;
+        } else if (dkv_slice_eq_str(n, "ack")) {
+            has = &q->has_ack, dst = &q->ack;
+        } else if (dkv_slice_eq_str(n, "from")) {
+            has = &q->has_from, dst = &q->from;
+        } else if (dkv_slice_eq_str(n, "replicas")) {
+            has = &q->has_replicas, dst = &q->replicas;
+        } else if (dkv_slice_eq_str(n, "verbose")) {
+            has = &q->verbose;
+        }
+        if (has != NULL && *has) {
+            dst = NULL; /* the first occurrence wins; still validate the escapes */
+            has = NULL;
+        }
+        rc = dkv_percent_decode(raw_val, dst != NULL ? dst : &scratch);
+        dkv_buf_cleanup(&scratch);
+        if (rc != 0) {
+            goto out;
+        }
+        if (has != NULL) {
+            *has = true;
+        }
+        if (amp == NULL) {
+            break;
+        }
+        i += plen + 1;
+    }
+out:
+    dkv_buf_cleanup(&name);
+    return rc;
+}
+
+/* A decimal integer of 1..9 digits, nothing else. */
+static int parse_count(const dkv_buf_t *b, unsigned *out)
+{
+    if (b->len == 0 || b->len > 9) {
+        return DKV_EINVAL;
+    }
+    unsigned v = 0;
+    for (size_t i = 0; i < b->len; i++) {
+        if (b->data[i] < '0' || b->data[i] > '9') {
+            return DKV_EINVAL;
+        }
+        v = v * 10 + (unsigned)(b->data[i] - '0');
+    }
+    *out = v;
+    return 0;
+}
+
+int dkv_query_replication(const dkv_query_t *q, unsigned n, unsigned *ack, unsigned *from,
+                          const char **why)
+{
+    unsigned a = 0;
+    unsigned f = n;
+    bool has_ack = q->has_ack;
+    if (q->has_replicas && !q->has_ack && !q->has_from) {
+        /* Legacy form replicas=A/F (API.md §12). */
+        const uint8_t *slash = q->replicas.len > 0 ? memchr(q->replicas.data, '/', q->replicas.len)
+                                                   : NULL;
+        if (slash == NULL) {
+            *why = "replicas must be ACK/FROM";
+            return DKV_EINVAL;
+        }
+        size_t alen = (size_t)(slash - q->replicas.data);
+        dkv_buf_t ab = {q->replicas.data, alen, alen};
+        dkv_buf_t fb = {(uint8_t *)slash + 1, q->replicas.len - alen - 1,
+                        q->replicas.len - alen - 1};
+        if (parse_count(&ab, &a) != 0 || parse_count(&fb, &f) != 0) {
+            *why = "replicas must be ACK/FROM with decimal integers";
+            return DKV_EINVAL;
+        }
+        has_ack = true;
+    } else {
+        if (q->has_from && parse_count(&q->from, &f) != 0) {
+            *why = "from must be a decimal integer";
+            return DKV_EINVAL;
+        }
+        if (q->has_ack && parse_count(&q->ack, &a) != 0) {
+            *why = "ack must be a decimal integer";
+            return DKV_EINVAL;
+        }
+    }
+    if (f < 1 || f > n) {
+        *why = "from must be between 1 and the cluster size";
+        return DKV_EINVAL;
+    }
+    if (!has_ack) {
+        a = f / 2 + 1;
+    }
+    if (a < 1 || a > f) {
+        *why = "ack must be between 1 and from";
+        return DKV_EINVAL;
+    }
+    *ack = a;
+    *from = f;
+    return 0;
+}
+
+int dkv_router_status_of(int err, bool is_get, bool is_delete)
+{
+    switch (err) {
+    case 0:
+        return is_get ? 200 : (is_delete ? 202 : 201);
+    case DKV_ENOTFOUND:
+        return 404;
+    case DKV_EINVAL:
+    case DKV_EPROTO:
+        return 400;
+    case DKV_ETOOBIG:
+        return 413;
+    case DKV_EQUORUM:
+    case DKV_ETIMEDOUT:
+    case DKV_EUNAVAIL:
+        return 504;
+    case DKV_EOVERLOAD:
+        return 503;
+    default:
+        return 500;
+    }
+}
+
+/* ---- responses ---- */
+
+static void reply_text(dkv_router_reply_cb cb, void *arg, int status, const char *text)
+{
+    dkv_response_t resp = {
+        .status = status, .content_type = TEXT, .body = dkv_slice_str(text)};
+    cb(arg, &resp);
+}
+
+static void reply_owned_text(dkv_router_reply_cb cb, void *arg, int status, dkv_buf_t *text,
+                             const char *content_type)
+{
+    dkv_response_t resp = {.status = status, .content_type = content_type};
+    resp.body = dkv_buf_slice(text);
+    resp.body_owner.len = text->len;
+    resp.body_owner.ptr = dkv_buf_steal(text);
+    resp.body_owner.free_fn = (void (*)(uint8_t *))free;
+    cb(arg, &resp);
+}
+
+typedef struct entity_ctx {
+    dkv_router_reply_cb cb;
+    void *arg;
+    bool is_get;
+    bool is_delete;
+} entity_ctx_t;
+
+static void entity_done_cb(void *arg, dkv_coord_result_t *res)
+{
+    entity_ctx_t ctx = *(entity_ctx_t *)arg;
+    free(arg);
+    int status = dkv_router_status_of(res->rc, ctx.is_get, ctx.is_delete);
+    if (status == 200) {
+        dkv_response_t resp = {.status = 200, .content_type = "application/octet-stream"};
+        resp.body = res->record.value;
+        resp.body_owner = res->buf;
+        memset(&res->buf, 0, sizeof(res->buf));
+        ctx.cb(ctx.arg, &resp);
+        return;
+    }
+    const char *text = "";
+    switch (status) {
+    case 201:
+        text = "Created\n";
+        break;
+    case 202:
+        text = "Accepted\n";
+        break;
+    case 404:
+        text = "Not Found\n";
+        break;
+    case 504:
+        text = "Not Enough Replicas\n";
+        break;
+    default:
+        text = "Internal Error\n";
+        break;
+    }
+    reply_text(ctx.cb, ctx.arg, status, text);
+}
+
+static void handle_entity(dkv_router_t *r, const dkv_request_t *req, dkv_query_t *q,
+                          dkv_router_reply_cb cb, void *arg)
+{
+    if (req->method == DKV_METHOD_OTHER) {
+        reply_text(cb, arg, 405, "Method Not Allowed: use GET, PUT or DELETE\n");
+        return;
+    }
+    if (!q->has_id || q->id.len == 0) {
+        reply_text(cb, arg, 400, "Bad Request: missing or empty id\n");
+        return;
+    }
+    if (q->id.len > DKV_MAX_KEY_BYTES) {
+        reply_text(cb, arg, 400, "Bad Request: id longer than 1024 bytes\n");
+        return;
+    }
+    unsigned ack = 0;
+    unsigned from = 0;
+    const char *why = NULL;
+    if (dkv_query_replication(q, (unsigned)dkv_ring_size(r->env.ring), &ack, &from, &why) != 0) {
+        char msg[128];
+        snprintf(msg, sizeof(msg), "Bad Request: %s\n", why);
+        dkv_buf_t b;
+        dkv_buf_init(&b);
+        dkv_buf_append_str(&b, msg);
+        reply_owned_text(cb, arg, 400, &b, TEXT);
+        return;
+    }
+    entity_ctx_t *ctx = dkv_xmalloc(sizeof(*ctx));
+    ctx->cb = cb;
+    ctx->arg = arg;
+    ctx->is_get = req->method == DKV_METHOD_GET;
+    ctx->is_delete = req->method == DKV_METHOD_DELETE;
+    dkv_slice_t key = dkv_buf_slice(&q->id);
+    int rc;
+    if (ctx->is_get) {
+        rc = dkv_coord_get(r->env.coord, key, ack, from, entity_done_cb, ctx);
+    } else {
+        rc = dkv_coord_put(r->env.coord, key, ctx->is_delete,
+                           ctx->is_delete ? dkv_slice(NULL, 0) : req->body, ack, from,
+                           entity_done_cb, ctx);
+    }
+    if (rc != 0) {
+        free(ctx);
+        reply_text(cb, arg, dkv_router_status_of(rc, false, false), "Bad Request\n");
+    }
+}
+
+/* ---- node-local range ---- */
+
+typedef struct range_stream {
+    dkv_stream_t base;
+    dkv_store_iter_t *it;
+} range_stream_t;
+
+static int range_fill(dkv_stream_t *s, dkv_chunk_sink_t *sink, size_t budget_bytes)
+{
+    range_stream_t *rs = (range_stream_t *)s;
+    while (sink->buffered_bytes < budget_bytes) {
+        dkv_slice_t key;
+        dkv_record_t rec;
+        int rc = dkv_store_iter_next(rs->it, &key, &rec);
+        if (rc == DKV_ENOTFOUND) {
+            return 1;
+        }
+        if (rc != 0) {
+            return rc;
+        }
+        if (rec.tombstone) {
+            continue;
+        }
+        dkv_slice_t parts[3] = {key, dkv_slice("\n", 1), rec.value};
+        sink->write(sink, parts, 3);
+    }
+    return 0;
+}
+
+static void range_free(dkv_stream_t *s)
+{
+    range_stream_t *rs = (range_stream_t *)s;
+    dkv_store_iter_free(rs->it);
+    free(rs);
+}
+
+static void handle_entities(dkv_router_t *r, const dkv_request_t *req, dkv_query_t *q,
+                            dkv_router_reply_cb cb, void *arg)
+{
+    if (req->method != DKV_METHOD_GET) {
+        reply_text(cb, arg, 405, "Method Not Allowed: use GET\n");
+        return;
+    }
+    if (!q->has_start || q->start.len == 0) {
+        reply_text(cb, arg, 400, "Bad Request: missing or empty start\n");
+        return;
+    }
+    if (q->start.len > DKV_MAX_KEY_BYTES || q->end.len > DKV_MAX_KEY_BYTES) {
+        reply_text(cb, arg, 400, "Bad Request: start or end longer than 1024 bytes\n");
+        return;
+    }
+    dkv_store_iter_t *it = NULL;
+    int rc = dkv_store_iter_new(r->env.store, dkv_buf_slice(&q->start), dkv_buf_slice(&q->end),
+                                &it);
+    if (rc != 0) {
+        reply_text(cb, arg, 500, "Internal Error: storage\n");
+        return;
+    }
+    range_stream_t *rs = dkv_xcalloc(1, sizeof(*rs));
+    rs->base.fill = range_fill;
+    rs->base.free = range_free;
+    rs->it = it;
+    dkv_response_t resp = {.status = 200, .content_type = "application/octet-stream",
+                           .stream = &rs->base};
+    cb(arg, &resp);
+}
+
+/* ---- status ---- */
+
+static void json_str(dkv_buf_t *b, const char *s)
+{
+    dkv_buf_append(b, "\"", 1);
+    for (; *s != '\0'; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') {
+            dkv_buf_printf(b, "\\%c", c);
+        } else if (c < 0x20) {
+            dkv_buf_printf(b, "\\u%04x", c);
+        } else {
+            dkv_buf_append(b, s, 1);
+        }
+    }
+    dkv_buf_append(b, "\"", 1);
+}
+
+static void handle_status(dkv_router_t *r, const dkv_request_t *req, dkv_query_t *q,
+                          dkv_router_reply_cb cb, void *arg)
+{
+    if (req->method != DKV_METHOD_GET) {
+        reply_text(cb, arg, 405, "Method Not Allowed: use GET\n");
+        return;
+    }
+    if (!q->verbose) {
+        reply_text(cb, arg, 200, "OK\n");
+        return;
+    }
+    dkv_buf_t b;
+    dkv_buf_init(&b);
+    uint64_t now_ms = dkv_hlc_system_clock_ms(NULL);
+    dkv_buf_append_str(&b, "{\"status\":\"ok\",\"version\":\"" DKV_VERSION "\",\"self\":");
+    json_str(&b, r->env.self_url);
+    dkv_buf_printf(&b, ",\"uptime_ms\":%" PRIu64 ",\"cluster\":[",
+                   now_ms > r->env.start_ms ? now_ms - r->env.start_ms : 0);
+    for (size_t i = 0; i < dkv_ring_size(r->env.ring); i++) {
+        if (i > 0) {
+            dkv_buf_append(&b, ",", 1);
+        }
+        json_str(&b, dkv_ring_url(r->env.ring, i));
+    }
+    dkv_buf_printf(&b, "],\"inflight\":%zu,\"peers\":[", dkv_coord_inflight(r->env.coord));
+    if (r->env.rpc != NULL) {
+        dkv_rpc_client_status_json(r->env.rpc, &b);
+    }
+    dkv_buf_append_str(&b, "]}\n");
+    reply_owned_text(cb, arg, 200, &b, "application/json");
+}
+
+void dkv_router_handle(dkv_router_t *r, const dkv_request_t *req, dkv_router_reply_cb cb,
+                       void *arg)
+{
+    const uint8_t *qmark = req->url.len > 0 ? memchr(req->url.ptr, '?', req->url.len) : NULL;
+    dkv_slice_t path = dkv_slice(req->url.ptr, qmark != NULL ? (size_t)(qmark - req->url.ptr)
+                                                             : req->url.len);
+    dkv_slice_t query = qmark != NULL ? dkv_slice(qmark + 1, req->url.len - path.len - 1)
+                                      : dkv_slice(NULL, 0);
+    void (*handler)(dkv_router_t *, const dkv_request_t *, dkv_query_t *, dkv_router_reply_cb,
+                    void *) = NULL;
+    if (dkv_slice_eq_str(path, "/v0/entity")) {
+        handler = handle_entity;
+    } else if (dkv_slice_eq_str(path, "/v0/entities")) {
+        handler = handle_entities;
+    } else if (dkv_slice_eq_str(path, "/v0/status")) {
+        handler = handle_status;
+    } else {
+        reply_text(cb, arg, 400, "Bad Request: unknown path\n");
+        return;
+    }
+    dkv_query_t q;
+    int rc = dkv_query_parse(query, &q);
+    if (rc != 0) {
+        if (handler == handle_entity && req->method == DKV_METHOD_OTHER) {
+            reply_text(cb, arg, 405, "Method Not Allowed: use GET, PUT or DELETE\n");
+        } else {
+            reply_text(cb, arg, 400, "Bad Request: malformed percent-escape in the query\n");
+        }
+        dkv_query_cleanup(&q);
+        return;
+    }
+    handler(r, req, &q, cb, arg);
+    dkv_query_cleanup(&q);
+}

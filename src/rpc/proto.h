@@ -1,0 +1,308 @@
+/*
+ * Binary codec of the inter-node RPC protocol: frames in, frames out, no sockets. The transport
+ * (rpc/rpc.h) feeds received bytes to dkv_rpc_frame_peek() and dkv_rpc_decode(), and builds its
+ * writes with the dkv_rpc_encode_*() functions, which append to a buffer so that many pipelined
+ * frames go out in one write. docs/protocol.md is the full description with every frame drawn.
+ *
+ * Frame (all integers big-endian; every frame, not only the first, starts with the magic byte):
+ *
+ *    0        1                                   5        6        7                        15
+ *   +--------+-----------------------------------+--------+--------+------------------------+
+ *   | 0xD7   | length: u32 BE, bytes after this  | ver=1  | type   | request id: u64 BE     |
+ *   | magic  | field (10 + payload bytes)        |        |        |                        |
+ *   +--------+-----------------------------------+--------+--------+------------------------+
+ *   | payload: type-specific, exactly length - 10 bytes                                      ...
+ *   +---------------------------------------------------------------------------------------
+ *
+ * The magic byte (>= 0x80, never an ASCII letter) lets the node's HTTP port tell an RPC
+ * connection from an HTTP one by its first byte, and lets a receiver notice a desynchronised
+ * stream at every frame. Magic and length never change between versions, so any receiver can
+ * always find the end of a frame; everything after them is governed by `ver`.
+ */
+#ifndef DKV_RPC_PROTO_H
+#define DKV_RPC_PROTO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/buf.h"
+#include "common/conf.h"
+#include "common/record.h"
+#include "common/slice.h"
+
+#define DKV_RPC_MAGIC 0xD7u
+#define DKV_RPC_VERSION 1u
+/* magic u8 + length u32 + version u8 + type u8 + request id u64 */
+#define DKV_RPC_HEADER_BYTES 15u
+/* Bytes counted by the length field that belong to the header (version, type, request id). */
+#define DKV_RPC_LENGTH_MIN 10u
+/*
+ * Largest whole frame (header included) a node sends or accepts: room for a 1 MiB value with a
+ * 1024-byte key and framing, twice over, so a SCAN_REPLY batch always fits one full-size record.
+ * A declared length past it is DKV_ETOOBIG before any payload is buffered.
+ */
+#define DKV_RPC_MAX_FRAME_BYTES ((2u << 20) + (64u << 10))
+/* Keys on the wire: 1..DKV_RPC_MAX_KEY_BYTES (the API's key limit, common/conf.h). */
+#define DKV_RPC_MAX_KEY_BYTES DKV_MAX_KEY_BYTES
+/* HELLO's node URL (1..) and HELLO_REJECT's reason (0..); longer reasons are truncated. */
+#define DKV_RPC_MAX_URL_BYTES 1024u
+#define DKV_RPC_MAX_REASON_BYTES 1024u
+/* dkv_rpc_frame_peek(): the buffer holds no complete header yet; read more and call again. */
+#define DKV_RPC_NEED_MORE 1
+
+/* Message types. A reply has bit 7 set; the low bits name the request it answers. */
+typedef enum dkv_rpc_type {
+    DKV_RPC_HELLO = 0x01,        /* client -> server, first frame of a connection */
+    DKV_RPC_GET = 0x02,          /* request the stored version of a key */
+    DKV_RPC_PUT = 0x03,          /* store a record unless a newer one is stored */
+    DKV_RPC_SCAN = 0x04,         /* ordered batch of a key range */
+    DKV_RPC_HELLO_OK = 0x81,     /* handshake accepted */
+    DKV_RPC_GET_REPLY = 0x82,    /* status + record when found */
+    DKV_RPC_PUT_REPLY = 0x83,    /* status */
+    DKV_RPC_SCAN_REPLY = 0x84,   /* status + entries + more + last key */
+    DKV_RPC_HELLO_REJECT = 0xC1, /* handshake refused (reason); the server then closes */
+} dkv_rpc_type_t;
+
+/* Reply status byte. GET_REPLY uses all three; PUT_REPLY and SCAN_REPLY use OK and ERROR. */
+typedef enum dkv_rpc_status {
+    DKV_RPC_OK = 0,     /* done; for GET: found (a tombstone is found too, it is a version) */
+    DKV_RPC_ABSENT = 1, /* GET only: the replica holds no version at all */
+    DKV_RPC_ERROR = 2,  /* the replica could not serve the request (store error, overload) */
+} dkv_rpc_status_t;
+
+/* SCAN request: keys k with start <= k < end (or start < k when start_exclusive). */
+typedef struct dkv_rpc_scan {
+    dkv_slice_t start;    /* 0..DKV_RPC_MAX_KEY_BYTES; empty = from the first key */
+    dkv_slice_t end;      /* 0..DKV_RPC_MAX_KEY_BYTES; empty = to the last key */
+    bool start_exclusive; /* resume strictly after `start` (a previous reply's last_key) */
+    uint32_t max_records; /* >= 1; the server may return fewer */
+    uint32_t max_bytes;   /* >= 1; soft cap on keys + values in the reply, the server may cap it */
+} dkv_rpc_scan_t;
+
+/*
+ * A decoded frame. Every slice borrows from the frame passed to dkv_rpc_decode() and is valid as
+ * long as those bytes are; `type` selects the member of the union.
+ */
+typedef struct dkv_rpc_msg {
+    uint8_t type;    /* dkv_rpc_type_t */
+    uint64_t req_id; /* echoed by the reply; chosen by the client */
+    union {
+        struct {
+            uint64_t fingerprint; /* dkv_ring_fingerprint() of the sender's cluster */
+            dkv_slice_t url;      /* sender's own node URL, 1..DKV_RPC_MAX_URL_BYTES */
+        } hello;
+        struct {
+            dkv_slice_t reason; /* 0..DKV_RPC_MAX_REASON_BYTES, for logs */
+        } hello_reject;
+        struct {
+            dkv_slice_t key;
+        } get;
+        struct {
+            uint8_t status;        /* DKV_RPC_OK (found), DKV_RPC_ABSENT, DKV_RPC_ERROR */
+            dkv_record_t rec;      /* valid when status == DKV_RPC_OK */
+            dkv_slice_t rec_bytes; /* the encoded record (common/record.h); empty unless OK */
+        } get_reply;
+        struct {
+            dkv_slice_t key;
+            dkv_record_t rec;      /* a delete is a tombstone record */
+            dkv_slice_t rec_bytes; /* the encoded record, e.g. to hand to a store as is */
+        } put;
+        struct {
+            uint8_t status; /* DKV_RPC_OK or DKV_RPC_ERROR */
+        } put_reply;
+        dkv_rpc_scan_t scan;
+        struct {
+            uint8_t status;       /* DKV_RPC_OK or DKV_RPC_ERROR (then no entries) */
+            bool more;            /* the range goes on past last_key; then count >= 1 */
+            uint32_t count;       /* entries; walk them with dkv_rpc_scan_iter_*() */
+            dkv_slice_t entries;  /* raw entry bytes, already validated by dkv_rpc_decode() */
+            dkv_slice_t last_key; /* the last entry's key (empty iff count == 0): resume
+                                     strictly after it with start_exclusive */
+        } scan_reply;
+    };
+} dkv_rpc_msg_t;
+
+/* Header fields of a framed message, whatever its version (dkv_rpc_frame_header()). */
+typedef struct dkv_rpc_header {
+    uint8_t version;
+    uint8_t type;
+    uint64_t req_id;
+    size_t payload_bytes;
+} dkv_rpc_header_t;
+
+/*
+ * Incremental SCAN_REPLY encoder state, on the caller's stack: begin, add entries, then finish or
+ * fail. Fields are private except `count` (entries added so far) and `frame_bytes` (the frame's
+ * size so far, to compare against a byte budget).
+ */
+typedef struct dkv_rpc_scan_writer {
+    dkv_buf_t *out;
+    size_t frame_off;    /* where this frame starts in out */
+    size_t last_key_off; /* offset in out of the last added key's bytes */
+    size_t last_key_len;
+    uint32_t count;
+    size_t frame_bytes;
+} dkv_rpc_scan_writer_t;
+
+/* Cursor over a SCAN_REPLY's entries. */
+typedef struct dkv_rpc_scan_iter {
+    dkv_slice_t rest;
+    uint32_t left;
+} dkv_rpc_scan_iter_t;
+
+/**
+ * Tells whether `in` (the unread bytes of a connection, starting at a frame boundary) begins
+ * with a complete frame header, and how long that frame is. Checks only the version-independent
+ * part (magic, length), so a caller can reject a bad or oversized stream before buffering more.
+ *
+ * @param in           Borrowed for the call; may be empty.
+ * @param frame_bytes  On 0: the size of the whole frame (header + payload), 15..
+ *                     DKV_RPC_MAX_FRAME_BYTES; decode once `in` holds that many bytes.
+ * @return 0; DKV_RPC_NEED_MORE (1: fewer than DKV_RPC_HEADER_BYTES bytes and no error yet);
+ *         DKV_EPROTO (first byte is not DKV_RPC_MAGIC, or length < 10); DKV_ETOOBIG (the declared
+ *         frame exceeds DKV_RPC_MAX_FRAME_BYTES). On an error the connection cannot be resynced:
+ *         close it.
+ * Thread: any: pure function.
+ */
+int dkv_rpc_frame_peek(dkv_slice_t in, size_t *frame_bytes);
+
+/**
+ * Reads the header of one complete frame without checking its version or type, e.g. to answer a
+ * HELLO of an unsupported version with a HELLO_REJECT, or to log a frame that fails to decode.
+ *
+ * @param frame  Exactly one frame (the `frame_bytes` from dkv_rpc_frame_peek()); borrowed.
+ * @param out    Written on success.
+ * @return 0; DKV_EPROTO (bad magic, length disagrees with frame.len); DKV_ETOOBIG.
+ * Thread: any: pure function.
+ */
+int dkv_rpc_frame_header(dkv_slice_t frame, dkv_rpc_header_t *out);
+
+/**
+ * Decodes one complete frame. Validates everything: magic, length, version, type, every field
+ * length, key and string limits, status values, reserved bits, each record (dkv_record_decode()),
+ * each SCAN_REPLY entry, and that no byte is left over.
+ *
+ * @param frame  Exactly one frame (the `frame_bytes` from dkv_rpc_frame_peek()); borrowed.
+ * @param out    Written on success only; its slices borrow from `frame`.
+ * @return 0; DKV_EPROTO (anything malformed, an unknown version or type); DKV_ETOOBIG (frame
+ *         larger than DKV_RPC_MAX_FRAME_BYTES).
+ * Thread: any: pure function.
+ */
+int dkv_rpc_decode(dkv_slice_t frame, dkv_rpc_msg_t *out);
+
+/*
+ * Encoders. Each appends exactly one frame to `out` (growing it; allocation failure aborts) and
+ * leaves `out`'s earlier bytes alone. A fallible encoder appends nothing when it fails. All
+ * inputs are borrowed for the call and copied. Thread: any (the buffer is the caller's).
+ */
+
+/**
+ * HELLO: the first frame a client sends on a new connection (it may pipeline requests right
+ * behind it).
+ * @param fingerprint  dkv_ring_fingerprint() of the sender's cluster set.
+ * @param url          Sender's own node URL, 1..DKV_RPC_MAX_URL_BYTES bytes.
+ * @return 0; DKV_EINVAL (url length out of range).
+ */
+int dkv_rpc_encode_hello(dkv_buf_t *out, uint64_t req_id, uint64_t fingerprint, dkv_slice_t url);
+
+/** HELLO_OK: the server accepts the handshake; `req_id` echoes the HELLO's. Cannot fail. */
+void dkv_rpc_encode_hello_ok(dkv_buf_t *out, uint64_t req_id);
+
+/**
+ * HELLO_REJECT: the server refuses the handshake and closes the connection after it.
+ * @param reason  Human-readable, for the client's log; cut to DKV_RPC_MAX_REASON_BYTES. Cannot fail.
+ */
+void dkv_rpc_encode_hello_reject(dkv_buf_t *out, uint64_t req_id, dkv_slice_t reason);
+
+/**
+ * GET: asks for the stored version of `key`.
+ * @param key  1..DKV_RPC_MAX_KEY_BYTES bytes.
+ * @return 0; DKV_EINVAL (key length out of range).
+ */
+int dkv_rpc_encode_get(dkv_buf_t *out, uint64_t req_id, dkv_slice_t key);
+
+/**
+ * GET_REPLY.
+ * @param status  DKV_RPC_OK (found: `rec` is the stored version, tombstones included),
+ *                DKV_RPC_ABSENT or DKV_RPC_ERROR (`rec` ignored, may be NULL).
+ * @return 0; DKV_EINVAL (unknown status, OK without rec, tombstone with a value); DKV_ETOOBIG
+ *         (the frame would exceed DKV_RPC_MAX_FRAME_BYTES).
+ */
+int dkv_rpc_encode_get_reply(dkv_buf_t *out, uint64_t req_id, dkv_rpc_status_t status,
+                             const dkv_record_t *rec);
+
+/**
+ * PUT: stores `rec` under `key` unless the replica holds a newer version. A delete is a tombstone.
+ * @param key  1..DKV_RPC_MAX_KEY_BYTES bytes.
+ * @return 0; DKV_EINVAL (key length, tombstone with a value); DKV_ETOOBIG (value too large for
+ *         one frame).
+ */
+int dkv_rpc_encode_put(dkv_buf_t *out, uint64_t req_id, dkv_slice_t key, const dkv_record_t *rec);
+
+/**
+ * PUT_REPLY.
+ * @param status  DKV_RPC_OK or DKV_RPC_ERROR.
+ * @return 0; DKV_EINVAL (other status).
+ */
+int dkv_rpc_encode_put_reply(dkv_buf_t *out, uint64_t req_id, dkv_rpc_status_t status);
+
+/**
+ * SCAN: asks for an ordered batch of the range described by `scan` (see dkv_rpc_scan_t).
+ * @return 0; DKV_EINVAL (a key too long, start_exclusive with an empty start, a zero limit).
+ */
+int dkv_rpc_encode_scan(dkv_buf_t *out, uint64_t req_id, const dkv_rpc_scan_t *scan);
+
+/**
+ * Starts a SCAN_REPLY frame with status OK in `out`; entries follow with
+ * dkv_rpc_scan_reply_add(), and dkv_rpc_scan_reply_finish() or _fail() must end it before
+ * anything else is appended to `out`.
+ * @param w    Caller's storage; `out` is borrowed until finish/fail.
+ */
+void dkv_rpc_scan_reply_begin(dkv_rpc_scan_writer_t *w, dkv_buf_t *out, uint64_t req_id);
+
+/**
+ * Appends one entry. Entries should be added in ascending key order (the codec does not check).
+ * @param key  1..DKV_RPC_MAX_KEY_BYTES bytes.
+ * @return 0; DKV_EINVAL (key length, tombstone with a value); DKV_ETOOBIG (the finished frame
+ *         could exceed DKV_RPC_MAX_FRAME_BYTES: finish with more = true and resume later; never
+ *         happens for the first entry when its value is at most 1 MiB). Nothing is appended on
+ *         an error.
+ */
+int dkv_rpc_scan_reply_add(dkv_rpc_scan_writer_t *w, dkv_slice_t key, const dkv_record_t *rec);
+
+/**
+ * Completes the frame: writes `more`, the last added key as last_key, and patches the entry
+ * count and the frame length.
+ * @param more  The range continues after the last entry. Ignored (written as false) when no entry
+ *              was added, so a reply can never ask the caller to loop without progress.
+ */
+void dkv_rpc_scan_reply_finish(dkv_rpc_scan_writer_t *w, bool more);
+
+/**
+ * Abandons the entries added so far and leaves a complete SCAN_REPLY with status DKV_RPC_ERROR
+ * in their place (e.g. the store failed mid-scan).
+ */
+void dkv_rpc_scan_reply_fail(dkv_rpc_scan_writer_t *w);
+
+/**
+ * Starts walking the entries of a decoded SCAN_REPLY.
+ * @param msg  A SCAN_REPLY from dkv_rpc_decode(); borrowed, and so are the bytes behind it, for
+ *             the iterator's life.
+ * Thread: any: pure function.
+ */
+void dkv_rpc_scan_iter_init(dkv_rpc_scan_iter_t *it, const dkv_rpc_msg_t *msg);
+
+/**
+ * Moves to the next entry, in the order the server sent them.
+ * @param key, rec  On 0: the entry, borrowing from the frame.
+ * @return 0 with an entry; DKV_ENOTFOUND after the last one; DKV_EPROTO (only for a message that
+ *         did not come from dkv_rpc_decode(), which validates every entry).
+ * Thread: any: pure function.
+ */
+int dkv_rpc_scan_iter_next(dkv_rpc_scan_iter_t *it, dkv_slice_t *key, dkv_record_t *rec);
+
+/** Name of a message type for logs ("GET", ...; "UNKNOWN" otherwise). Thread: any. */
+const char *dkv_rpc_type_name(uint8_t type);
+
+#endif
