@@ -11,6 +11,7 @@
 #include "coord/coord.h"
 #include "http/http.h"
 #include "router/router.h"
+#include "rpc/proto.h"
 #include "rpc/rpc.h"
 #include "store/store.h"
 
@@ -35,6 +36,7 @@ typedef struct io_thread {
     dkv_coord_t *coord;
     dkv_router_t *router;
     dkv_rpc_client_t *rpc_client;
+    dkv_rpc_server_t *rpc_server;
     dkv_http_server_t *http;
     int start_rc;
     bool finishing;
@@ -47,6 +49,7 @@ struct node {
     dkv_ring_t *ring;
     uint32_t self_idx;
     dkv_hlc_t hlc;
+    dkv_rpc_shared_t rpc_shared;
     uint64_t start_ms;
     _Atomic unsigned conn_count;
     unsigned n_threads;
@@ -110,6 +113,9 @@ static void thread_finish(io_thread_t *t)
     if (t->rpc_client != NULL) {
         t->pending_closes++;
     }
+    if (t->rpc_server != NULL) {
+        t->pending_closes++;
+    }
     if (t->http != NULL) {
         dkv_http_server_close(t->http, on_part_closed, t);
         t->http = NULL;
@@ -118,6 +124,11 @@ static void thread_finish(io_thread_t *t)
     }
     if (t->rpc_client != NULL) {
         dkv_rpc_client_close(t->rpc_client, on_part_closed, t);
+        t->rpc_client = NULL;
+    }
+    if (t->rpc_server != NULL) {
+        dkv_rpc_server_close(t->rpc_server, on_part_closed, t);
+        t->rpc_server = NULL;
     }
 }
 
@@ -155,12 +166,13 @@ static int thread_setup(io_thread_t *t)
         dkv_rpc_client_opts_t ropts = {.request_timeout_ms = conf->replica_timeout_ms,
                                        .breaker_failures = conf->breaker_failures,
                                        .breaker_cooldown_ms = conf->breaker_cooldown_ms};
-        int rc = dkv_rpc_client_new(&t->loop, n->ring, n->self_idx, &n->hlc, &ropts,
-                                    &t->rpc_client);
+        int rc = dkv_rpc_client_new(&t->loop, n->ring, n->self_idx, &n->hlc, &n->rpc_shared,
+                                    &ropts, &t->rpc_client);
         if (rc != 0) {
             return rc;
         }
     }
+    dkv_rpc_server_new(&t->loop, n->ring, n->store, &n->hlc, &n->rpc_shared, &t->rpc_server);
     dkv_coord_env_t cenv = {.loop = &t->loop,
                             .store = n->store,
                             .ring = n->ring,
@@ -182,7 +194,9 @@ static int thread_setup(io_thread_t *t)
                              .max_inflight = conf->max_inflight,
                              .max_connections = conf->max_connections,
                              .conn_count = &n->conn_count,
-                             .foreign_first_byte = -1};
+                             .foreign_first_byte = DKV_RPC_MAGIC,
+                             .foreign_cb = dkv_rpc_server_adopt,
+                             .foreign_arg = t->rpc_server};
     return dkv_http_server_start(&t->loop, conf->listen_host, conf->listen_port,
                                  n->n_threads > 1, &hopts, t->router, &t->http);
 }

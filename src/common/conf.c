@@ -1,6 +1,7 @@
 /* Command-line parsing for the node: flags, defaults, limits and --help. */
 #include "common/conf.h"
 
+#include "cluster/ring.h"
 #include "common/err.h"
 #include "common/slice.h"
 
@@ -181,7 +182,7 @@ int dkv_conf_parse(int argc, char **argv, dkv_conf_t *conf, char *err, size_t er
     conf->shutdown_timeout_ms = 5000;
     conf->max_connections = 10000;
     conf->max_inflight = 4096;
-    conf->vnodes = 256;
+    conf->vnodes = DKV_RING_DEFAULT_VNODES;
     conf->breaker_failures = 5;
     conf->breaker_cooldown_ms = 2000;
     conf->block_cache_bytes = 64u << 20;
@@ -191,7 +192,7 @@ int dkv_conf_parse(int argc, char **argv, dkv_conf_t *conf, char *err, size_t er
     for (int i = 1; i < argc; i++) {
         const char *flag = argv[i];
         if (strcmp(flag, "--help") == 0 || strcmp(flag, "-h") == 0) {
-            printf(usage, 256u);
+            printf(usage, (unsigned)DKV_RING_DEFAULT_VNODES);
             return 1;
         }
         if (strcmp(flag, "--version") == 0) {

@@ -21,10 +21,10 @@ _Static_assert(DKV_RPC_MAX_KEY_BYTES >= 1 && DKV_RPC_MAX_KEY_BYTES <= 0xFFFF, "k
 _Static_assert(DKV_RPC_MAX_URL_BYTES <= 0xFFFF && DKV_RPC_MAX_REASON_BYTES <= 0xFFFF,
                "string lengths are u16");
 /* A SCAN_REPLY holding one entry with a 1 MiB value and a maximal key must fit one frame. */
-_Static_assert(DKV_RPC_MAX_FRAME_BYTES >= DKV_RPC_HEADER_BYTES + 1 + 4 +
-                                              (2 + DKV_RPC_MAX_KEY_BYTES + 4 +
-                                               DKV_RECORD_HEADER_BYTES + (1u << 20)) +
-                                              1 + 2 + DKV_RPC_MAX_KEY_BYTES,
+_Static_assert(DKV_RPC_MAX_FRAME_BYTES >=
+                   DKV_RPC_HEADER_BYTES + 1 + 4 +
+                       (2 + DKV_RPC_MAX_KEY_BYTES + 4 + DKV_RECORD_HEADER_BYTES + (1u << 20)) + 1 +
+                       2 + DKV_RPC_MAX_KEY_BYTES,
                "max frame holds a full-size record");
 
 /* Fixed parts of the payloads. */
@@ -286,8 +286,7 @@ int dkv_rpc_frame_header(dkv_slice_t frame, dkv_rpc_header_t *out)
     }
     cursor_t c = {frame.ptr + 5, frame.len - 5};
     dkv_rpc_header_t h;
-    if (read_u8(&c, &h.version) != 0 || read_u8(&c, &h.type) != 0 ||
-        read_u64(&c, &h.req_id) != 0) {
+    if (read_u8(&c, &h.version) != 0 || read_u8(&c, &h.type) != 0 || read_u64(&c, &h.req_id) != 0) {
         return DKV_EPROTO;
     }
     h.payload_bytes = c.left;
@@ -347,8 +346,8 @@ static int decode_scan(cursor_t *c, dkv_rpc_msg_t *m)
     uint8_t flags;
     if (read_u8(c, &flags) != 0 || (flags & ~SCAN_FLAG_START_EXCLUSIVE) != 0 ||
         read_str16(c, 0, DKV_RPC_MAX_KEY_BYTES, &s->start) != 0 ||
-        read_str16(c, 0, DKV_RPC_MAX_KEY_BYTES, &s->end) != 0 || read_u32(c, &s->max_records) != 0 ||
-        read_u32(c, &s->max_bytes) != 0) {
+        read_str16(c, 0, DKV_RPC_MAX_KEY_BYTES, &s->end) != 0 ||
+        read_u32(c, &s->max_records) != 0 || read_u32(c, &s->max_bytes) != 0) {
         return DKV_EPROTO;
     }
     s->start_exclusive = (flags & SCAN_FLAG_START_EXCLUSIVE) != 0;

@@ -211,7 +211,8 @@ void dkv_rpc_encode_hello_ok(dkv_buf_t *out, uint64_t req_id);
 
 /**
  * HELLO_REJECT: the server refuses the handshake and closes the connection after it.
- * @param reason  Human-readable, for the client's log; cut to DKV_RPC_MAX_REASON_BYTES. Cannot fail.
+ * @param reason  Human-readable, for the client's log; cut to DKV_RPC_MAX_REASON_BYTES.
+ * Cannot fail.
  */
 void dkv_rpc_encode_hello_reject(dkv_buf_t *out, uint64_t req_id, dkv_slice_t reason);
 

@@ -7,6 +7,7 @@
 #ifndef DKV_RPC_RPC_H
 #define DKV_RPC_RPC_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -21,6 +22,17 @@
 #include "store/store.h"
 
 typedef struct dkv_rpc_client dkv_rpc_client_t;
+typedef struct dkv_rpc_server dkv_rpc_server_t;
+
+/**
+ * State shared by every loop's client and server of one node: per peer, a counter that a server
+ * bumps whenever that peer completes a handshake with us. A client whose breaker is open for the
+ * peer sees the change and closes the breaker, so a restarted peer is reached on the very next
+ * request (API.md §8) instead of after the cooldown. Zero-initialise it.
+ */
+typedef struct dkv_rpc_shared {
+    _Atomic uint32_t peer_epoch[DKV_RING_MAX_NODES];
+} dkv_rpc_shared_t;
 
 typedef struct dkv_rpc_client_opts {
     uint64_t request_timeout_ms;  /* per request, from send to reply */
@@ -37,12 +49,16 @@ typedef struct dkv_rpc_client_opts {
 typedef void (*dkv_rpc_reply_cb)(void *arg, int rc, const dkv_record_t *rec);
 
 /**
- * Creates the client of one I/O thread for every peer of `ring` except `self_idx`. Connects
- * lazily. All pointers are borrowed for the client's life.
- * @return 0. Thread: the loop's thread.
+ * Creates the client of one I/O thread for every peer of `ring` except `self_idx`. It starts one
+ * connection attempt to each peer at once, without waiting (the handshake tells a restarted peer
+ * that we are back); later connections are made when a request needs them.
+ * All pointers are borrowed for the client's life.
+ * @return 0; DKV_EINVAL when a peer URL does not resolve to an IPv4/IPv6 address.
+ * Thread: the loop's thread.
  */
 int dkv_rpc_client_new(uv_loop_t *loop, const dkv_ring_t *ring, uint32_t self_idx,
-                       dkv_hlc_t *hlc, const dkv_rpc_client_opts_t *opts, dkv_rpc_client_t **out);
+                       dkv_hlc_t *hlc, dkv_rpc_shared_t *shared,
+                       const dkv_rpc_client_opts_t *opts, dkv_rpc_client_t **out);
 
 /**
  * Fails every pending request with DKV_EUNAVAIL (their callbacks run now), closes connections and
@@ -54,7 +70,8 @@ void dkv_rpc_client_close(dkv_rpc_client_t *c, void (*cb)(void *arg), void *arg)
 /**
  * Asks peer `peer` (ring index, not self) for its stored version of `key`.
  * @param key  Copied into the request before this returns.
- * @return 0 and `cb` runs exactly once, never before this returns; DKV_EINVAL (bad peer) and `cb`
+ * @return 0 and `cb` runs exactly once, never before this returns; DKV_EUNAVAIL (the peer's
+ *         circuit breaker is open: a failure at once) or DKV_EINVAL (bad peer or key), and `cb`
  *         never runs.
  * Thread: the client's loop thread.
  */
@@ -74,5 +91,27 @@ int dkv_rpc_client_put(dkv_rpc_client_t *c, uint32_t peer, dkv_slice_t key,
  * Thread: the client's loop thread.
  */
 void dkv_rpc_client_status_json(dkv_rpc_client_t *c, dkv_buf_t *out);
+
+/**
+ * Creates the RPC server of one I/O thread: it serves connections handed over by the HTTP
+ * listener (first byte DKV_RPC_MAGIC), checks each HELLO's cluster fingerprint against `ring`'s,
+ * and executes GET, PUT and SCAN against `store` in order. Timestamps in PUTs advance `hlc`.
+ * All pointers are borrowed for the server's life.
+ * @return 0. Thread: the loop's thread.
+ */
+int dkv_rpc_server_new(uv_loop_t *loop, const dkv_ring_t *ring, dkv_store_t *store,
+                       dkv_hlc_t *hlc, dkv_rpc_shared_t *shared, dkv_rpc_server_t **out);
+
+/**
+ * Takes over an accepted connection (matches dkv_http_foreign_cb): `tcp` is malloc'd, reading is
+ * stopped, `first` holds the bytes read so far (copied). Thread: the server's loop thread.
+ */
+void dkv_rpc_server_adopt(void *server, uv_tcp_t *tcp, dkv_slice_t first);
+
+/**
+ * Closes every connection and frees the server once its handles are closed; then `cb` runs (may
+ * be NULL). Thread: the server's loop thread.
+ */
+void dkv_rpc_server_close(dkv_rpc_server_t *s, void (*cb)(void *arg), void *arg);
 
 #endif

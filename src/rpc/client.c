@@ -1,0 +1,753 @@
+/*
+ * RPC client of one I/O thread: one persistent, pipelined connection per peer.
+ *
+ * DESIGN
+ * - Frames are appended to the peer's output buffer and flushed once per loop iteration (a
+ *   uv_check handle), so the replica requests of many client requests share one write(2).
+ * - The server answers in request order, so pending requests form a FIFO per connection and a
+ *   reply must match the head's request id; anything else is a protocol error that resets the
+ *   connection. A request that times out keeps its FIFO slot (with no callback) until its reply
+ *   or the connection's end.
+ * - Circuit breaker per peer (Nygard, "Release It!", ch. 5): closed -> open after K consecutive
+ *   failures; while open requests fail at once and the connection is closed; after the cooldown
+ *   one request goes through as a probe (half-open). While open, a background connection attempt
+ *   (with exponential backoff) closes the breaker as soon as a handshake succeeds, and so does a
+ *   handshake the peer makes with our server (dkv_rpc_shared_t), so a restarted peer is reached on
+ *   the very next request.
+ */
+#include "rpc/proto.h"
+#include "rpc/rpc.h"
+
+#include "common/err.h"
+#include "common/log.h"
+
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#define READ_BUF_BYTES (64u << 10)
+#define PROBE_BACKOFF_MIN_MS 50u
+#define PROBE_BACKOFF_MAX_MS 1000u
+
+enum conn_state { DISCONNECTED, CONNECTING, CONNECTED };
+enum breaker_state { BREAKER_CLOSED, BREAKER_OPEN, BREAKER_HALF_OPEN };
+
+typedef struct pending {
+    struct pending *next;
+    uint64_t req_id;
+    uint64_t deadline_ms;
+    dkv_rpc_reply_cb cb; /* NULL once answered (timed out) or for the HELLO */
+    void *arg;
+    bool is_get;
+    bool is_probe;
+} pending_t;
+
+typedef struct peer peer_t;
+
+typedef struct link {
+    peer_t *peer; /* NULL once the peer let go of this connection */
+    uv_tcp_t tcp;
+    uv_connect_t connect_req;
+} link_t;
+
+struct peer {
+    dkv_rpc_client_t *client;
+    uint32_t idx;
+    const char *url;
+    struct sockaddr_storage addr;
+    enum conn_state state;
+    link_t *link;
+    uint64_t connect_deadline_ms;
+    bool hello_ok;
+    dkv_buf_t out; /* frames not yet written */
+    dkv_buf_t in;  /* bytes of an incomplete reply frame */
+    pending_t *head;
+    pending_t *tail;
+    size_t n_pending;
+    enum breaker_state breaker;
+    unsigned failures; /* consecutive */
+    uint64_t open_until_ms;
+    bool probe_inflight;
+    uint32_t seen_epoch;
+    uint64_t next_probe_ms;
+    uint64_t probe_backoff_ms;
+    bool background; /* the current connection is a background probe */
+    bool dirty;      /* `out` has bytes to flush */
+    bool rejected;   /* the peer refused our handshake (different cluster) */
+};
+
+struct dkv_rpc_client {
+    uv_loop_t *loop;
+    const dkv_ring_t *ring;
+    uint32_t self_idx;
+    dkv_hlc_t *hlc;
+    dkv_rpc_shared_t *shared;
+    dkv_rpc_client_opts_t opts;
+    uint64_t fingerprint;
+    size_t n_peers;
+    peer_t *peers; /* indexed by ring index; self's slot unused */
+    uv_check_t flush_check;
+    uv_timer_t sweep;
+    uint64_t next_req_id;
+    int open_handles;
+    int open_links;
+    bool closing;
+    void (*close_cb)(void *arg);
+    void *close_arg;
+    char readbuf[READ_BUF_BYTES];
+};
+
+static void peer_disconnect(peer_t *p, int rc);
+static void peer_connect(peer_t *p, bool background);
+static void client_maybe_freed(dkv_rpc_client_t *c);
+static void on_flush_check(uv_check_t *h);
+
+static uint64_t now_ms(const dkv_rpc_client_t *c)
+{
+    return uv_now(c->loop);
+}
+
+static const char *breaker_name(enum breaker_state b)
+{
+    return b == BREAKER_CLOSED ? "closed" : (b == BREAKER_OPEN ? "open" : "half-open");
+}
+
+/* ---- circuit breaker ---- */
+
+static void breaker_close(peer_t *p, const char *why)
+{
+    if (p->breaker != BREAKER_CLOSED) {
+        DKV_LOG_INFO("rpc: peer %s: circuit breaker closed (%s)", p->url, why);
+    }
+    p->breaker = BREAKER_CLOSED;
+    p->failures = 0;
+    p->probe_inflight = false;
+    p->probe_backoff_ms = PROBE_BACKOFF_MIN_MS;
+}
+
+static void breaker_open(peer_t *p)
+{
+    dkv_rpc_client_t *c = p->client;
+    if (p->breaker != BREAKER_OPEN) {
+        DKV_LOG_WARN("rpc: peer %s: circuit breaker open after %u consecutive failure(s); "
+                     "failing its requests at once for %llu ms",
+                     p->url, p->failures, (unsigned long long)c->opts.breaker_cooldown_ms);
+    }
+    p->breaker = BREAKER_OPEN;
+    p->probe_inflight = false;
+    p->open_until_ms = now_ms(c) + c->opts.breaker_cooldown_ms;
+    p->next_probe_ms = now_ms(c) + p->probe_backoff_ms;
+    if (p->state != DISCONNECTED) {
+        peer_disconnect(p, DKV_EUNAVAIL);
+    }
+}
+
+static void breaker_success(peer_t *p)
+{
+    if (p->breaker != BREAKER_CLOSED) {
+        breaker_close(p, "request succeeded");
+    }
+    p->failures = 0;
+}
+
+static void breaker_failure(peer_t *p, bool probe)
+{
+    p->failures++;
+    if (probe || p->breaker == BREAKER_HALF_OPEN ||
+        (p->breaker == BREAKER_CLOSED && p->failures >= p->client->opts.breaker_failures)) {
+        breaker_open(p);
+    }
+}
+
+/* May a request go to this peer now? Moves open -> half-open after the cooldown. */
+static int breaker_admit(peer_t *p, bool *probe)
+{
+    dkv_rpc_client_t *c = p->client;
+    uint32_t epoch = atomic_load(&c->shared->peer_epoch[p->idx]);
+    if (epoch != p->seen_epoch) {
+        p->seen_epoch = epoch;
+        if (p->breaker != BREAKER_CLOSED) {
+            breaker_close(p, "the peer connected to us");
+        }
+    }
+    *probe = false;
+    switch (p->breaker) {
+    case BREAKER_CLOSED:
+        return 0;
+    case BREAKER_OPEN:
+        if (now_ms(c) < p->open_until_ms) {
+            return DKV_EUNAVAIL;
+        }
+        p->breaker = BREAKER_HALF_OPEN;
+        DKV_LOG_INFO("rpc: peer %s: circuit breaker half-open, sending one probe", p->url);
+        /* fall through */
+    case BREAKER_HALF_OPEN:
+        if (p->probe_inflight) {
+            return DKV_EUNAVAIL;
+        }
+        p->probe_inflight = true;
+        *probe = true;
+        return 0;
+    }
+    return DKV_EUNAVAIL;
+}
+
+/* ---- pending requests ---- */
+
+static void complete(peer_t *p, pending_t *req, int rc, const dkv_record_t *rec)
+{
+    if (req->cb == NULL) {
+        return;
+    }
+    dkv_rpc_reply_cb cb = req->cb;
+    req->cb = NULL;
+    if (rc == 0 || rc == DKV_ENOTFOUND) {
+        breaker_success(p);
+    } else if (!p->client->closing) {
+        breaker_failure(p, req->is_probe);
+    }
+    if (req->is_probe) {
+        p->probe_inflight = false;
+    }
+    cb(req->arg, rc, rec);
+}
+
+static void fail_all(peer_t *p, int rc)
+{
+    pending_t *req = p->head;
+    p->head = p->tail = NULL;
+    p->n_pending = 0;
+    while (req != NULL) {
+        pending_t *next = req->next;
+        /* Only the first failure counts for the breaker: the rest are the same event. */
+        if (req->cb != NULL) {
+            dkv_rpc_reply_cb cb = req->cb;
+            req->cb = NULL;
+            if (req->is_probe) {
+                p->probe_inflight = false;
+            }
+            cb(req->arg, rc, NULL);
+        }
+        free(req);
+        req = next;
+    }
+}
+
+static pending_t *enqueue(peer_t *p, uint64_t req_id, dkv_rpc_reply_cb cb, void *arg, bool is_get)
+{
+    pending_t *req = dkv_xcalloc(1, sizeof(*req));
+    req->req_id = req_id;
+    req->deadline_ms = now_ms(p->client) + p->client->opts.request_timeout_ms;
+    req->cb = cb;
+    req->arg = arg;
+    req->is_get = is_get;
+    if (p->tail != NULL) {
+        p->tail->next = req;
+    } else {
+        p->head = req;
+    }
+    p->tail = req;
+    p->n_pending++;
+    return req;
+}
+
+/* ---- connection ---- */
+
+static void on_link_closed(uv_handle_t *h)
+{
+    link_t *l = h->data;
+    dkv_rpc_client_t *c = l->peer != NULL ? l->peer->client : NULL;
+    free(l);
+    if (c != NULL) {
+        c->open_links--;
+        client_maybe_freed(c);
+    }
+}
+
+static void peer_disconnect(peer_t *p, int rc)
+{
+    if (p->state == DISCONNECTED) {
+        return;
+    }
+    link_t *l = p->link;
+    p->link = NULL;
+    p->state = DISCONNECTED;
+    p->hello_ok = false;
+    p->background = false;
+    p->out.len = 0;
+    p->in.len = 0;
+    p->dirty = false;
+    /* `l->peer` stays set so on_link_closed can find the client; callbacks check p->link. */
+    uv_close((uv_handle_t *)&l->tcp, on_link_closed);
+    fail_all(p, rc);
+}
+
+/* A failure of the connection itself: counts once for the breaker, fails everything pending. */
+static void peer_conn_failed(peer_t *p, int rc, const char *what)
+{
+    bool had_requests = false;
+    bool probe = false;
+    for (pending_t *r = p->head; r != NULL; r = r->next) {
+        had_requests = had_requests || r->cb != NULL;
+        probe = probe || (r->cb != NULL && r->is_probe);
+    }
+    DKV_LOG_DEBUG("rpc: peer %s: %s", p->url, what);
+    bool background = p->background;
+    peer_disconnect(p, rc);
+    if (background) {
+        p->probe_backoff_ms = p->probe_backoff_ms * 2 > PROBE_BACKOFF_MAX_MS
+                                  ? PROBE_BACKOFF_MAX_MS
+                                  : p->probe_backoff_ms * 2;
+        p->next_probe_ms = now_ms(p->client) + p->probe_backoff_ms;
+    } else if (had_requests && !p->client->closing) {
+        breaker_failure(p, probe);
+    }
+}
+
+static void mark_dirty(peer_t *p)
+{
+    dkv_rpc_client_t *c = p->client;
+    if (!p->dirty) {
+        p->dirty = true;
+        if (!uv_is_active((uv_handle_t *)&c->flush_check)) {
+            uv_check_start(&c->flush_check, on_flush_check);
+        }
+    }
+}
+
+typedef struct write_req {
+    uv_write_t req;
+    uint8_t *data;
+} write_req_t;
+
+static void on_write(uv_write_t *req, int status)
+{
+    write_req_t *w = (write_req_t *)req;
+    free(w->data);
+    free(w);
+    (void)status; /* a failed write also fails the read side, which handles it */
+}
+
+static void peer_flush(peer_t *p)
+{
+    p->dirty = false;
+    if (p->state != CONNECTED || p->out.len == 0) {
+        return;
+    }
+    uv_stream_t *s = (uv_stream_t *)&p->link->tcp;
+    uv_buf_t b = uv_buf_init((char *)p->out.data, (unsigned)p->out.len);
+    int n = uv_try_write(s, &b, 1);
+    if (n == (int)p->out.len) {
+        p->out.len = 0;
+        return;
+    }
+    if (n < 0 && n != UV_EAGAIN) {
+        peer_conn_failed(p, DKV_EUNAVAIL, "write failed");
+        return;
+    }
+    if (n > 0) {
+        dkv_buf_consume(&p->out, (size_t)n);
+    }
+    write_req_t *w = dkv_xmalloc(sizeof(*w));
+    size_t len = p->out.len;
+    w->data = dkv_buf_steal(&p->out);
+    b = uv_buf_init((char *)w->data, (unsigned)len);
+    if (uv_write(&w->req, s, &b, 1, on_write) != 0) {
+        free(w->data);
+        free(w);
+        peer_conn_failed(p, DKV_EUNAVAIL, "write failed");
+    }
+}
+
+static void on_flush_check(uv_check_t *h)
+{
+    dkv_rpc_client_t *c = h->data;
+    uv_check_stop(h);
+    for (size_t i = 0; i < c->n_peers; i++) {
+        if (c->peers[i].dirty) {
+            peer_flush(&c->peers[i]);
+        }
+    }
+}
+
+static void handle_reply(peer_t *p, const dkv_rpc_msg_t *m)
+{
+    pending_t *req = p->head;
+    if (req == NULL || req->req_id != m->req_id) {
+        peer_conn_failed(p, DKV_EPROTO, "reply out of order");
+        return;
+    }
+    p->head = req->next;
+    if (p->head == NULL) {
+        p->tail = NULL;
+    }
+    p->n_pending--;
+    switch (m->type) {
+    case DKV_RPC_HELLO_OK:
+        p->hello_ok = true;
+        if (p->background) {
+            p->background = false;
+            breaker_close(p, "handshake succeeded");
+        }
+        break;
+    case DKV_RPC_HELLO_REJECT:
+        DKV_LOG_ERROR("rpc: peer %s refused our handshake: %.*s (is --cluster the same on every "
+                      "node?)",
+                      p->url, (int)m->hello_reject.reason.len,
+                      (const char *)m->hello_reject.reason.ptr);
+        p->rejected = true;
+        free(req);
+        peer_conn_failed(p, DKV_EUNAVAIL, "handshake refused");
+        return;
+    case DKV_RPC_GET_REPLY:
+        if (!req->is_get) {
+            complete(p, req, DKV_EPROTO, NULL);
+        } else if (m->get_reply.status == DKV_RPC_OK) {
+            complete(p, req, 0, &m->get_reply.rec);
+        } else if (m->get_reply.status == DKV_RPC_ABSENT) {
+            complete(p, req, DKV_ENOTFOUND, NULL);
+        } else {
+            complete(p, req, DKV_EIO, NULL);
+        }
+        break;
+    case DKV_RPC_PUT_REPLY:
+        if (req->is_get) {
+            complete(p, req, DKV_EPROTO, NULL);
+        } else {
+            complete(p, req, m->put_reply.status == DKV_RPC_OK ? 0 : DKV_EIO, NULL);
+        }
+        break;
+    default:
+        complete(p, req, DKV_EPROTO, NULL);
+        break;
+    }
+    free(req);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    (void)suggested;
+    link_t *l = h->data;
+    dkv_rpc_client_t *c = l->peer->client;
+    *buf = uv_buf_init(c->readbuf, sizeof(c->readbuf));
+}
+
+/* Parses complete frames from `data`; returns bytes consumed, or -1 after a protocol error. */
+static long parse_frames(peer_t *p, const uint8_t *data, size_t len)
+{
+    size_t off = 0;
+    while (off < len && p->link != NULL) {
+        size_t frame_bytes = 0;
+        int rc = dkv_rpc_frame_peek(dkv_slice(data + off, len - off), &frame_bytes);
+        if (rc == DKV_RPC_NEED_MORE || (rc == 0 && frame_bytes > len - off)) {
+            break;
+        }
+        dkv_rpc_msg_t m;
+        if (rc == 0) {
+            rc = dkv_rpc_decode(dkv_slice(data + off, frame_bytes), &m);
+        }
+        if (rc != 0) {
+            peer_conn_failed(p, DKV_EPROTO, "malformed reply frame");
+            return -1;
+        }
+        off += frame_bytes;
+        handle_reply(p, &m);
+    }
+    return (long)off;
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    link_t *l = s->data;
+    peer_t *p = l->peer;
+    if (p == NULL || p->link != l) {
+        return;
+    }
+    if (nread < 0) {
+        peer_conn_failed(p, DKV_EUNAVAIL, nread == UV_EOF ? "connection closed by peer"
+                                                          : uv_strerror((int)nread));
+        return;
+    }
+    const uint8_t *data = (const uint8_t *)buf->base;
+    size_t len = (size_t)nread;
+    if (p->in.len == 0) {
+        long used = parse_frames(p, data, len);
+        if (used >= 0 && p->link == l && (size_t)used < len) {
+            dkv_buf_append(&p->in, data + used, len - (size_t)used);
+        }
+        return;
+    }
+    dkv_buf_append(&p->in, data, len);
+    long used = parse_frames(p, p->in.data, p->in.len);
+    if (used > 0 && p->link == l) {
+        dkv_buf_consume(&p->in, (size_t)used);
+    }
+}
+
+static void on_connect(uv_connect_t *req, int status)
+{
+    link_t *l = req->data;
+    peer_t *p = l->peer;
+    if (p == NULL || p->link != l) {
+        return;
+    }
+    if (status < 0) {
+        peer_conn_failed(p, DKV_EUNAVAIL, uv_strerror(status));
+        return;
+    }
+    p->state = CONNECTED;
+    uv_tcp_nodelay(&l->tcp, 1);
+    if (uv_read_start((uv_stream_t *)&l->tcp, on_alloc, on_read) != 0) {
+        peer_conn_failed(p, DKV_EUNAVAIL, "read_start failed");
+        return;
+    }
+    mark_dirty(p);
+}
+
+static void peer_connect(peer_t *p, bool background)
+{
+    dkv_rpc_client_t *c = p->client;
+    link_t *l = dkv_xcalloc(1, sizeof(*l));
+    l->peer = p;
+    uv_tcp_init(c->loop, &l->tcp);
+    l->tcp.data = l;
+    l->connect_req.data = l;
+    c->open_links++;
+    p->link = l;
+    p->state = CONNECTING;
+    p->background = background;
+    p->hello_ok = false;
+    p->connect_deadline_ms = now_ms(c) + c->opts.request_timeout_ms;
+    int rc = uv_tcp_connect(&l->connect_req, &l->tcp, (const struct sockaddr *)&p->addr,
+                            on_connect);
+    /* The HELLO goes first; requests may be pipelined right behind it. */
+    uint64_t id = c->next_req_id++;
+    dkv_rpc_encode_hello(&p->out, id, c->fingerprint,
+                         dkv_slice_str(dkv_ring_url(c->ring, c->self_idx)));
+    enqueue(p, id, NULL, NULL, false);
+    if (rc != 0) {
+        peer_conn_failed(p, DKV_EUNAVAIL, uv_strerror(rc));
+    }
+}
+
+/* ---- timers ---- */
+
+static void on_sweep(uv_timer_t *t)
+{
+    dkv_rpc_client_t *c = t->data;
+    uint64_t now = now_ms(c);
+    for (size_t i = 0; i < c->n_peers; i++) {
+        peer_t *p = &c->peers[i];
+        if (i == c->self_idx) {
+            continue;
+        }
+        if (p->state == CONNECTING && now >= p->connect_deadline_ms) {
+            peer_conn_failed(p, DKV_ETIMEDOUT, "connect timed out");
+            continue;
+        }
+        bool timed_out = false;
+        for (pending_t *r = p->head; r != NULL && r->deadline_ms <= now; r = r->next) {
+            if (r->cb != NULL) {
+                complete(p, r, DKV_ETIMEDOUT, NULL);
+                timed_out = true;
+            } else if (r == p->head && p->background && !p->hello_ok) {
+                timed_out = true; /* a probe's handshake that never answered */
+            }
+            if (p->link == NULL) {
+                break; /* the breaker opened and closed the connection */
+            }
+        }
+        if (timed_out && p->background && p->link != NULL) {
+            peer_conn_failed(p, DKV_ETIMEDOUT, "handshake timed out");
+        }
+        if (p->breaker == BREAKER_OPEN && p->state == DISCONNECTED && !p->rejected &&
+            now >= p->next_probe_ms) {
+            peer_connect(p, true);
+        }
+    }
+}
+
+/* ---- public API ---- */
+
+static int resolve(const char *url, struct sockaddr_storage *addr)
+{
+    char host[256];
+    uint16_t port = 0;
+    if (dkv_conf_parse_url(url, host, sizeof(host), &port) != 0) {
+        return DKV_EINVAL;
+    }
+    struct addrinfo hints;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_socktype = SOCK_STREAM;
+    struct addrinfo *res = NULL;
+    char portstr[8];
+    snprintf(portstr, sizeof(portstr), "%u", (unsigned)port);
+    if (getaddrinfo(host, portstr, &hints, &res) != 0 || res == NULL) {
+        return DKV_EINVAL;
+    }
+    memcpy(addr, res->ai_addr, res->ai_addrlen);
+    freeaddrinfo(res);
+    return 0;
+}
+
+int dkv_rpc_client_new(uv_loop_t *loop, const dkv_ring_t *ring, uint32_t self_idx,
+                       dkv_hlc_t *hlc, dkv_rpc_shared_t *shared,
+                       const dkv_rpc_client_opts_t *opts, dkv_rpc_client_t **out)
+{
+    dkv_rpc_client_t *c = dkv_xcalloc(1, sizeof(*c));
+    c->loop = loop;
+    c->ring = ring;
+    c->self_idx = self_idx;
+    c->hlc = hlc;
+    c->shared = shared;
+    c->opts = *opts;
+    c->fingerprint = dkv_ring_fingerprint(ring);
+    c->n_peers = dkv_ring_size(ring);
+    c->peers = dkv_xcalloc(c->n_peers, sizeof(peer_t));
+    c->next_req_id = 1;
+    for (size_t i = 0; i < c->n_peers; i++) {
+        peer_t *p = &c->peers[i];
+        p->client = c;
+        p->idx = (uint32_t)i;
+        p->url = dkv_ring_url(ring, i);
+        p->probe_backoff_ms = PROBE_BACKOFF_MIN_MS;
+        p->seen_epoch = atomic_load(&shared->peer_epoch[i]);
+        if (i != self_idx && resolve(p->url, &p->addr) != 0) {
+            DKV_LOG_ERROR("rpc: cannot resolve peer %s", p->url);
+            free(c->peers);
+            free(c);
+            return DKV_EINVAL;
+        }
+    }
+    uv_check_init(loop, &c->flush_check);
+    c->flush_check.data = c;
+    uv_timer_init(loop, &c->sweep);
+    c->sweep.data = c;
+    uint64_t tick = opts->request_timeout_ms / 10;
+    tick = tick < 5 ? 5 : (tick > 50 ? 50 : tick);
+    uv_timer_start(&c->sweep, on_sweep, tick, tick);
+    c->open_handles = 2;
+    for (size_t i = 0; i < c->n_peers; i++) {
+        if (i != self_idx) {
+            peer_connect(&c->peers[i], false); /* announce ourselves; nobody waits for it */
+        }
+    }
+    *out = c;
+    return 0;
+}
+
+static int submit(dkv_rpc_client_t *c, uint32_t peer, bool is_get, dkv_slice_t key,
+                  const dkv_record_t *rec, dkv_rpc_reply_cb cb, void *arg)
+{
+    if (peer >= c->n_peers || peer == c->self_idx || c->closing) {
+        return c->closing ? DKV_EUNAVAIL : DKV_EINVAL;
+    }
+    peer_t *p = &c->peers[peer];
+    bool probe = false;
+    int rc = breaker_admit(p, &probe);
+    if (rc != 0) {
+        return rc;
+    }
+    if (p->state == DISCONNECTED) {
+        peer_connect(p, false);
+        if (p->state == DISCONNECTED) {
+            if (probe) {
+                p->probe_inflight = false;
+            }
+            return DKV_EUNAVAIL;
+        }
+    }
+    p->background = false; /* real traffic now rides on this connection */
+    uint64_t id = c->next_req_id++;
+    rc = is_get ? dkv_rpc_encode_get(&p->out, id, key) : dkv_rpc_encode_put(&p->out, id, key, rec);
+    if (rc != 0) {
+        if (probe) {
+            p->probe_inflight = false;
+        }
+        return DKV_EINVAL;
+    }
+    pending_t *req = enqueue(p, id, cb, arg, is_get);
+    req->is_probe = probe;
+    if (p->state == CONNECTED) {
+        mark_dirty(p);
+    }
+    return 0;
+}
+
+int dkv_rpc_client_get(dkv_rpc_client_t *c, uint32_t peer, dkv_slice_t key, dkv_rpc_reply_cb cb,
+                       void *arg)
+{
+    return submit(c, peer, true, key, NULL, cb, arg);
+}
+
+int dkv_rpc_client_put(dkv_rpc_client_t *c, uint32_t peer, dkv_slice_t key,
+                       const dkv_record_t *rec, dkv_rpc_reply_cb cb, void *arg)
+{
+    return submit(c, peer, false, key, rec, cb, arg);
+}
+
+void dkv_rpc_client_status_json(dkv_rpc_client_t *c, dkv_buf_t *out)
+{
+    bool first = true;
+    for (size_t i = 0; i < c->n_peers; i++) {
+        if (i == c->self_idx) {
+            continue;
+        }
+        peer_t *p = &c->peers[i];
+        bool probe = false;
+        (void)probe;
+        dkv_buf_printf(out,
+                       "%s{\"url\":\"%s\",\"breaker\":\"%s\",\"connected\":%s,\"pending\":%zu,"
+                       "\"consecutive_failures\":%u}",
+                       first ? "" : ",", p->url, breaker_name(p->breaker),
+                       p->state == CONNECTED && p->hello_ok ? "true" : "false", p->n_pending,
+                       p->failures);
+        first = false;
+    }
+}
+
+static void on_client_handle_closed(uv_handle_t *h)
+{
+    dkv_rpc_client_t *c = h->data;
+    c->open_handles--;
+    client_maybe_freed(c);
+}
+
+static void client_maybe_freed(dkv_rpc_client_t *c)
+{
+    if (!c->closing || c->open_handles > 0 || c->open_links > 0) {
+        return;
+    }
+    void (*cb)(void *) = c->close_cb;
+    void *arg = c->close_arg;
+    for (size_t i = 0; i < c->n_peers; i++) {
+        dkv_buf_cleanup(&c->peers[i].out);
+        dkv_buf_cleanup(&c->peers[i].in);
+    }
+    free(c->peers);
+    free(c);
+    if (cb != NULL) {
+        cb(arg);
+    }
+}
+
+void dkv_rpc_client_close(dkv_rpc_client_t *c, void (*cb)(void *arg), void *arg)
+{
+    c->closing = true;
+    c->close_cb = cb;
+    c->close_arg = arg;
+    for (size_t i = 0; i < c->n_peers; i++) {
+        peer_t *p = &c->peers[i];
+        if (i == c->self_idx) {
+            continue;
+        }
+        if (p->state != DISCONNECTED) {
+            peer_disconnect(p, DKV_EUNAVAIL);
+        }
+        fail_all(p, DKV_EUNAVAIL);
+    }
+    uv_close((uv_handle_t *)&c->flush_check, on_client_handle_closed);
+    uv_close((uv_handle_t *)&c->sweep, on_client_handle_closed);
+}

@@ -1,0 +1,366 @@
+/*
+ * RPC server of one I/O thread: serves connections that the HTTP listener handed over (their first
+ * byte is DKV_RPC_MAGIC). It checks the HELLO's cluster fingerprint, then executes each request
+ * against the local store in order (a replica request is never coordinated again) and writes the
+ * replies of one read batch with one write(2).
+ */
+#include "rpc/proto.h"
+#include "rpc/rpc.h"
+
+#include "common/err.h"
+#include "common/log.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define READ_BUF_BYTES (64u << 10)
+#define SCAN_MAX_RECORDS 1024u
+#define SCAN_MAX_BYTES (1u << 20)
+
+typedef struct sconn sconn_t;
+
+struct dkv_rpc_server {
+    uv_loop_t *loop;
+    const dkv_ring_t *ring;
+    dkv_store_t *store;
+    dkv_hlc_t *hlc;
+    dkv_rpc_shared_t *shared;
+    uint64_t fingerprint;
+    sconn_t *conns;
+    size_t n_conns;
+    bool closing;
+    void (*close_cb)(void *arg);
+    void *close_arg;
+    char readbuf[READ_BUF_BYTES];
+};
+
+struct sconn {
+    dkv_rpc_server_t *srv;
+    sconn_t *prev;
+    sconn_t *next;
+    uv_tcp_t *tcp;
+    dkv_buf_t in;
+    dkv_buf_t out;
+    bool hello_done;
+    bool closing;
+    char peer_url[128];
+};
+
+typedef struct write_req {
+    uv_write_t req;
+    uint8_t *data;
+} write_req_t;
+
+static void server_maybe_freed(dkv_rpc_server_t *s)
+{
+    if (!s->closing || s->n_conns > 0) {
+        return;
+    }
+    void (*cb)(void *) = s->close_cb;
+    void *arg = s->close_arg;
+    free(s);
+    if (cb != NULL) {
+        cb(arg);
+    }
+}
+
+static void on_closed(uv_handle_t *h)
+{
+    sconn_t *c = h->data;
+    dkv_rpc_server_t *s = c->srv;
+    free(h);
+    if (c->prev != NULL) {
+        c->prev->next = c->next;
+    } else {
+        s->conns = c->next;
+    }
+    if (c->next != NULL) {
+        c->next->prev = c->prev;
+    }
+    s->n_conns--;
+    dkv_buf_cleanup(&c->in);
+    dkv_buf_cleanup(&c->out);
+    free(c);
+    server_maybe_freed(s);
+}
+
+static void sconn_close(sconn_t *c)
+{
+    if (c->closing) {
+        return;
+    }
+    c->closing = true;
+    uv_close((uv_handle_t *)c->tcp, on_closed);
+}
+
+static void on_write(uv_write_t *req, int status)
+{
+    write_req_t *w = (write_req_t *)req;
+    free(w->data);
+    free(w);
+    (void)status;
+}
+
+static void sconn_flush(sconn_t *c)
+{
+    if (c->out.len == 0 || c->closing) {
+        return;
+    }
+    uv_buf_t b = uv_buf_init((char *)c->out.data, (unsigned)c->out.len);
+    int n = uv_try_write((uv_stream_t *)c->tcp, &b, 1);
+    if (n == (int)c->out.len) {
+        c->out.len = 0;
+        return;
+    }
+    if (n < 0 && n != UV_EAGAIN) {
+        sconn_close(c);
+        return;
+    }
+    if (n > 0) {
+        dkv_buf_consume(&c->out, (size_t)n);
+    }
+    write_req_t *w = dkv_xmalloc(sizeof(*w));
+    size_t len = c->out.len;
+    w->data = dkv_buf_steal(&c->out);
+    b = uv_buf_init((char *)w->data, (unsigned)len);
+    if (uv_write(&w->req, (uv_stream_t *)c->tcp, &b, 1, on_write) != 0) {
+        free(w->data);
+        free(w);
+        sconn_close(c);
+    }
+}
+
+static int handle_hello(sconn_t *c, const dkv_rpc_msg_t *m)
+{
+    dkv_rpc_server_t *s = c->srv;
+    size_t n = m->hello.url.len < sizeof(c->peer_url) - 1 ? m->hello.url.len
+                                                           : sizeof(c->peer_url) - 1;
+    memcpy(c->peer_url, m->hello.url.ptr, n);
+    c->peer_url[n] = '\0';
+    if (m->hello.fingerprint != s->fingerprint) {
+        char reason[256];
+        snprintf(reason, sizeof(reason),
+                 "cluster mismatch: your fingerprint %016" PRIx64 ", mine %016" PRIx64
+                 " (different --cluster lists or --vnodes)",
+                 m->hello.fingerprint, s->fingerprint);
+        DKV_LOG_WARN("rpc: refusing peer %s: %s", c->peer_url, reason);
+        dkv_rpc_encode_hello_reject(&c->out, m->req_id, dkv_slice_str(reason));
+        return DKV_ECLUSTER;
+    }
+    int idx = dkv_ring_index_of(s->ring, c->peer_url);
+    if (idx < 0) {
+        DKV_LOG_WARN("rpc: refusing %s: not a member of this cluster", c->peer_url);
+        dkv_rpc_encode_hello_reject(&c->out, m->req_id,
+                                    dkv_slice_str("your URL is not in my --cluster"));
+        return DKV_ECLUSTER;
+    }
+    atomic_fetch_add(&s->shared->peer_epoch[idx], 1);
+    c->hello_done = true;
+    dkv_rpc_encode_hello_ok(&c->out, m->req_id);
+    return 0;
+}
+
+static void handle_scan(sconn_t *c, const dkv_rpc_msg_t *m)
+{
+    dkv_rpc_scan_writer_t w;
+    dkv_rpc_scan_reply_begin(&w, &c->out, m->req_id);
+    dkv_store_iter_t *it = NULL;
+    if (dkv_store_iter_new(c->srv->store, m->scan.start, m->scan.end, &it) != 0) {
+        dkv_rpc_scan_reply_fail(&w);
+        return;
+    }
+    uint32_t max_records = m->scan.max_records < SCAN_MAX_RECORDS ? m->scan.max_records
+                                                                   : SCAN_MAX_RECORDS;
+    size_t max_bytes = m->scan.max_bytes < SCAN_MAX_BYTES ? m->scan.max_bytes : SCAN_MAX_BYTES;
+    size_t bytes = 0;
+    uint32_t count = 0;
+    bool more = false;
+    for (;;) {
+        dkv_slice_t key;
+        dkv_record_t rec;
+        int rc = dkv_store_iter_next(it, &key, &rec);
+        if (rc == DKV_ENOTFOUND) {
+            break;
+        }
+        if (rc != 0) {
+            dkv_rpc_scan_reply_fail(&w);
+            dkv_store_iter_free(it);
+            return;
+        }
+        if (m->scan.start_exclusive && dkv_slice_cmp(key, m->scan.start) == 0) {
+            continue;
+        }
+        if (count >= max_records || (count > 0 && bytes + key.len + rec.value.len > max_bytes)) {
+            more = true;
+            break;
+        }
+        if (dkv_rpc_scan_reply_add(&w, key, &rec) != 0) {
+            more = true;
+            break;
+        }
+        count++;
+        bytes += key.len + rec.value.len;
+    }
+    dkv_store_iter_free(it);
+    dkv_rpc_scan_reply_finish(&w, more);
+}
+
+/* Executes one request frame. @return 0, or <0 to close the connection. */
+static int handle_frame(sconn_t *c, dkv_slice_t frame)
+{
+    dkv_rpc_server_t *s = c->srv;
+    dkv_rpc_msg_t m;
+    int rc = dkv_rpc_decode(frame, &m);
+    if (rc != 0) {
+        DKV_LOG_WARN("rpc: malformed frame from %s: %s", c->peer_url[0] ? c->peer_url : "a peer",
+                     dkv_strerror(rc));
+        return rc;
+    }
+    if (!c->hello_done) {
+        if (m.type != DKV_RPC_HELLO) {
+            DKV_LOG_WARN("rpc: first frame is %s, not HELLO; closing", dkv_rpc_type_name(m.type));
+            return DKV_EPROTO;
+        }
+        return handle_hello(c, &m);
+    }
+    switch (m.type) {
+    case DKV_RPC_GET: {
+        uint8_t *data = NULL;
+        size_t len = 0;
+        rc = dkv_store_get(s->store, m.get.key, &data, &len);
+        dkv_record_t rec;
+        if (rc == 0 && dkv_record_decode(dkv_slice(data, len), &rec) == 0) {
+            dkv_rpc_encode_get_reply(&c->out, m.req_id, DKV_RPC_OK, &rec);
+        } else if (rc == DKV_ENOTFOUND) {
+            dkv_rpc_encode_get_reply(&c->out, m.req_id, DKV_RPC_ABSENT, NULL);
+        } else {
+            dkv_rpc_encode_get_reply(&c->out, m.req_id, DKV_RPC_ERROR, NULL);
+        }
+        dkv_store_free(data);
+        return 0;
+    }
+    case DKV_RPC_PUT:
+        dkv_hlc_observe(s->hlc, m.put.rec.ts);
+        rc = dkv_store_put(s->store, m.put.key, &m.put.rec);
+        dkv_rpc_encode_put_reply(&c->out, m.req_id, rc == 0 ? DKV_RPC_OK : DKV_RPC_ERROR);
+        return 0;
+    case DKV_RPC_SCAN:
+        handle_scan(c, &m);
+        return 0;
+    default:
+        DKV_LOG_WARN("rpc: unexpected %s from %s; closing", dkv_rpc_type_name(m.type),
+                     c->peer_url);
+        return DKV_EPROTO;
+    }
+}
+
+/* Handles the complete frames in data; returns bytes consumed or -1 to close. */
+static long handle_bytes(sconn_t *c, const uint8_t *data, size_t len)
+{
+    size_t off = 0;
+    while (off < len) {
+        size_t frame_bytes = 0;
+        int rc = dkv_rpc_frame_peek(dkv_slice(data + off, len - off), &frame_bytes);
+        if (rc == DKV_RPC_NEED_MORE || (rc == 0 && frame_bytes > len - off)) {
+            break;
+        }
+        if (rc == 0) {
+            rc = handle_frame(c, dkv_slice(data + off, frame_bytes));
+        }
+        if (rc != 0) {
+            return -1;
+        }
+        off += frame_bytes;
+    }
+    return (long)off;
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    (void)suggested;
+    sconn_t *c = h->data;
+    *buf = uv_buf_init(c->srv->readbuf, sizeof(c->srv->readbuf));
+}
+
+static void consume(sconn_t *c, const uint8_t *data, size_t len)
+{
+    long used;
+    if (c->in.len == 0) {
+        used = handle_bytes(c, data, len);
+        if (used >= 0 && (size_t)used < len) {
+            dkv_buf_append(&c->in, data + used, len - (size_t)used);
+        }
+    } else {
+        dkv_buf_append(&c->in, data, len);
+        used = handle_bytes(c, c->in.data, c->in.len);
+        if (used > 0) {
+            dkv_buf_consume(&c->in, (size_t)used);
+        }
+    }
+    sconn_flush(c);
+    if (used < 0) {
+        sconn_close(c);
+    }
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+    sconn_t *c = stream->data;
+    if (nread < 0) {
+        sconn_close(c);
+        return;
+    }
+    if (nread > 0 && !c->closing) {
+        consume(c, (const uint8_t *)buf->base, (size_t)nread);
+    }
+}
+
+int dkv_rpc_server_new(uv_loop_t *loop, const dkv_ring_t *ring, dkv_store_t *store,
+                       dkv_hlc_t *hlc, dkv_rpc_shared_t *shared, dkv_rpc_server_t **out)
+{
+    dkv_rpc_server_t *s = dkv_xcalloc(1, sizeof(*s));
+    s->loop = loop;
+    s->ring = ring;
+    s->store = store;
+    s->hlc = hlc;
+    s->shared = shared;
+    s->fingerprint = dkv_ring_fingerprint(ring);
+    *out = s;
+    return 0;
+}
+
+void dkv_rpc_server_adopt(void *server, uv_tcp_t *tcp, dkv_slice_t first)
+{
+    dkv_rpc_server_t *s = server;
+    sconn_t *c = dkv_xcalloc(1, sizeof(*c));
+    c->srv = s;
+    c->tcp = tcp;
+    tcp->data = c;
+    c->next = s->conns;
+    if (s->conns != NULL) {
+        s->conns->prev = c;
+    }
+    s->conns = c;
+    s->n_conns++;
+    if (s->closing) {
+        sconn_close(c);
+        return;
+    }
+    consume(c, first.ptr, first.len);
+    if (!c->closing && uv_read_start((uv_stream_t *)tcp, on_alloc, on_read) != 0) {
+        sconn_close(c);
+    }
+}
+
+void dkv_rpc_server_close(dkv_rpc_server_t *s, void (*cb)(void *arg), void *arg)
+{
+    s->closing = true;
+    s->close_cb = cb;
+    s->close_arg = arg;
+    for (sconn_t *c = s->conns; c != NULL; c = c->next) {
+        sconn_close(c);
+    }
+    server_maybe_freed(s);
+}
