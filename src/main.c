@@ -204,6 +204,7 @@ static int thread_setup(io_thread_t *t)
 static void thread_main(void *arg)
 {
     io_thread_t *t = arg;
+    dkv_store_thread_init();
     uv_loop_init(&t->loop);
     uv_async_init(&t->loop, &t->stop_async, on_stop_async);
     t->stop_async.data = t;

@@ -249,6 +249,10 @@ size_t dkv_ring_preference_list(const dkv_ring_t *r, dkv_slice_t key, size_t fro
     if (from == 0) {
         return 0;
     }
+    if (r->n == 1) {
+        out[0] = 0; /* a cluster of one: no hashing needed */
+        return 1;
+    }
     uint64_t h = XXH3_64bits(key.ptr, key.len);
     size_t pos = lower_bound(r, h);
     /* DKV_RING_MAX_NODES <= 64, so one word records the nodes already taken. Every node owns at

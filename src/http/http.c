@@ -288,30 +288,45 @@ static const char *reason_of(int status)
     }
 }
 
+static void append_uint(dkv_buf_t *b, size_t v)
+{
+    char digits[24];
+    size_t n = 0;
+    do {
+        digits[sizeof(digits) - 1 - n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    dkv_buf_append(b, digits + sizeof(digits) - n, n);
+}
+
 static void write_head(conn_t *c, const dkv_response_t *resp, bool close)
 {
-    char head[512];
-    int n = snprintf(head, sizeof(head), "HTTP/1.1 %d %s\r\n", resp->status,
-                     reason_of(resp->status));
-    dkv_buf_append(&c->out, head, (size_t)n);
+    dkv_buf_t *o = &c->out;
+    dkv_buf_reserve(o, 256 + resp->body.len);
+    dkv_buf_append_str(o, "HTTP/1.1 ");
+    append_uint(o, (size_t)resp->status);
+    dkv_buf_append(o, " ", 1);
+    dkv_buf_append_str(o, reason_of(resp->status));
+    dkv_buf_append(o, "\r\n", 2);
     if (resp->content_type != NULL) {
-        dkv_buf_append_str(&c->out, "Content-Type: ");
-        dkv_buf_append_str(&c->out, resp->content_type);
-        dkv_buf_append(&c->out, "\r\n", 2);
+        dkv_buf_append_str(o, "Content-Type: ");
+        dkv_buf_append_str(o, resp->content_type);
+        dkv_buf_append(o, "\r\n", 2);
     }
     if (resp->extra_headers != NULL) {
-        dkv_buf_append_str(&c->out, resp->extra_headers);
+        dkv_buf_append_str(o, resp->extra_headers);
     }
     if (resp->stream != NULL) {
-        dkv_buf_append_str(&c->out, "Transfer-Encoding: chunked\r\n");
+        dkv_buf_append_str(o, "Transfer-Encoding: chunked\r\n");
     } else {
-        n = snprintf(head, sizeof(head), "Content-Length: %zu\r\n", resp->body.len);
-        dkv_buf_append(&c->out, head, (size_t)n);
+        dkv_buf_append_str(o, "Content-Length: ");
+        append_uint(o, resp->body.len);
+        dkv_buf_append(o, "\r\n", 2);
     }
     if (close) {
-        dkv_buf_append_str(&c->out, "Connection: close\r\n");
+        dkv_buf_append_str(o, "Connection: close\r\n");
     }
-    dkv_buf_append(&c->out, "\r\n", 2);
+    dkv_buf_append(o, "\r\n", 2);
 }
 
 /* Appends a complete response; closes the connection after it when asked or required. */

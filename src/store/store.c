@@ -134,6 +134,11 @@ static int rocks_err(const char *what, char *err)
     return DKV_EIO;
 }
 
+void dkv_store_thread_init(void)
+{
+    rocksdb_set_perf_level(rocksdb_disable);
+}
+
 void dkv_store_close(dkv_store_t *s)
 {
     if (s == NULL) {
