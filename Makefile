@@ -4,6 +4,7 @@
 #                integration tests
 #   make build   release binary at build/dkv
 
+MAKEFLAGS += --no-print-directory
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 PYTEST ?= /usr/bin/python3 -m pytest
 PYTEST_ARGS ?=

@@ -30,6 +30,9 @@
 #define READ_BUF_BYTES (64u << 10)
 #define PROBE_BACKOFF_MIN_MS 50u
 #define PROBE_BACKOFF_MAX_MS 1000u
+/* Bytes waiting to be written to one peer past which new requests to it fail at once: a peer that
+ * stops reading (hung, or far slower than us) must not grow our memory without bound. */
+#define MAX_QUEUED_BYTES (64u << 20)
 
 enum conn_state { DISCONNECTED, CONNECTING, CONNECTED };
 enum breaker_state { BREAKER_CLOSED, BREAKER_OPEN, BREAKER_HALF_OPEN };
@@ -658,6 +661,13 @@ static int submit(dkv_rpc_client_t *c, uint32_t peer, bool is_get, dkv_slice_t k
             }
             return DKV_EUNAVAIL;
         }
+    }
+    size_t queued = p->out.len + (p->link != NULL ? p->link->tcp.write_queue_size : 0);
+    if (queued > MAX_QUEUED_BYTES) {
+        if (probe) {
+            p->probe_inflight = false;
+        }
+        return DKV_EUNAVAIL;
     }
     p->background = false; /* real traffic now rides on this connection */
     uint64_t id = c->next_req_id++;
