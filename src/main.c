@@ -158,6 +158,11 @@ static void on_stop_async(uv_async_t *a)
 
 /* ---- per-thread start ---- */
 
+static int sync_wal_cb(void *arg)
+{
+    return dkv_store_sync_wal(arg);
+}
+
 static int thread_setup(io_thread_t *t)
 {
     node_t *n = t->node;
@@ -194,6 +199,8 @@ static int thread_setup(io_thread_t *t)
                              .max_inflight = conf->max_inflight,
                              .max_connections = conf->max_connections,
                              .conn_count = &n->conn_count,
+                             .before_flush = sync_wal_cb,
+                             .before_flush_arg = n->store,
                              .foreign_first_byte = DKV_RPC_MAGIC,
                              .foreign_cb = dkv_rpc_server_adopt,
                              .foreign_arg = t->rpc_server};

@@ -41,7 +41,9 @@ struct dkv_http_server {
     dkv_http_opts_t opts;
     llhttp_settings_t settings;
     dkv_router_t *router;
-    conn_t *conns; /* doubly linked list of open connections */
+    conn_t *conns;      /* doubly linked list of open connections */
+    conn_t *flush_list; /* connections with output to write at the end of this iteration */
+    uv_check_t flush_check;
     size_t n_conns;
     unsigned inflight;
     bool listening;
@@ -88,7 +90,9 @@ struct conn {
     bool closing;
     bool reading;
     bool sniffed;
-    bool counted;     /* counted in opts.conn_count */
+    bool counted;         /* counted in opts.conn_count */
+    bool flush_scheduled; /* on the server's flush_list (holds a reference) */
+    conn_t *flush_next;
     unsigned refs;
     dkv_stream_t *stream;
     chunk_sink_t sink;
@@ -105,10 +109,14 @@ typedef struct write_req {
 
 static void conn_process(conn_t *c, const uint8_t *data, size_t len);
 static void conn_flush(conn_t *c);
+static void conn_flush_now(conn_t *c);
+static void conn_maybe_finish(conn_t *c);
 static void conn_close(conn_t *c);
 static void conn_resume(conn_t *c);
 static void stream_pump(conn_t *c);
 static void server_maybe_done(dkv_http_server_t *s);
+
+static void on_flush_check(uv_check_t *h);
 
 static uint64_t now_ms(const dkv_http_server_t *s)
 {
@@ -469,7 +477,8 @@ static void on_shutdown(uv_shutdown_t *req, int status)
 /* Once everything is written: start the lingering close (or close at once). */
 static void conn_maybe_finish(conn_t *c)
 {
-    if (!c->close_after || c->closing || c->lingering || c->stream != NULL || c->busy) {
+    if (!c->close_after || c->closing || c->lingering || c->stream != NULL || c->busy ||
+        c->flush_scheduled) {
         return;
     }
     if (c->tcp == NULL || c->out.len > 0 || c->tcp->write_queue_size > 0) {
@@ -515,7 +524,55 @@ static void on_write(uv_write_t *req, int status)
     conn_unref(c);
 }
 
+/* Queues the connection's output for the end of this loop iteration (on_flush_check), so that one
+ * write-ahead-log flush covers every response of the iteration. */
 static void conn_flush(conn_t *c)
+{
+    if (c->out.len == 0 || c->closing || c->flush_scheduled) {
+        return;
+    }
+    if (c->tcp == NULL) {
+        conn_flush_now(c);
+        return;
+    }
+    dkv_http_server_t *s = c->srv;
+    c->flush_scheduled = true;
+    c->refs++;
+    c->flush_next = s->flush_list;
+    s->flush_list = c;
+    if (!uv_is_active((uv_handle_t *)&s->flush_check)) {
+        uv_check_start(&s->flush_check, on_flush_check);
+    }
+}
+
+static void on_flush_check(uv_check_t *h)
+{
+    dkv_http_server_t *s = h->data;
+    uv_check_stop(h);
+    if (s->flush_list == NULL) {
+        return;
+    }
+    bool durable =
+        s->opts.before_flush == NULL || s->opts.before_flush(s->opts.before_flush_arg) == 0;
+    while (s->flush_list != NULL) {
+        conn_t *c = s->flush_list;
+        s->flush_list = c->flush_next;
+        c->flush_next = NULL;
+        c->flush_scheduled = false;
+        if (!c->closing && !durable) {
+            conn_close(c); /* never acknowledge a write that is not in the write-ahead log */
+        } else if (!c->closing) {
+            conn_flush_now(c);
+            if (c->stream != NULL && !conn_congested(c)) {
+                stream_pump(c); /* everything went out at once: no write callback will */
+            }
+            conn_maybe_finish(c);
+        }
+        conn_unref(c);
+    }
+}
+
+static void conn_flush_now(conn_t *c)
 {
     if (c->out.len == 0 || c->closing) {
         return;
@@ -627,9 +684,8 @@ static void conn_dispatch(conn_t *c)
         conn_respond(c, &resp, false);
         return;
     }
-    dkv_request_t req = {.method = c->method,
-                         .url = dkv_buf_slice(&c->url),
-                         .body = dkv_buf_slice(&c->body)};
+    dkv_request_t req = {
+        .method = c->method, .url = dkv_buf_slice(&c->url), .body = dkv_buf_slice(&c->body)};
     c->busy = true;
     c->refs++;
     s->inflight++;
@@ -951,6 +1007,9 @@ int dkv_http_server_start(uv_loop_t *loop, const char *host, uint16_t port, bool
     uv_timer_init(loop, &s->sweep);
     s->sweep.data = s;
     s->open_handles++;
+    uv_check_init(loop, &s->flush_check);
+    s->flush_check.data = s;
+    s->open_handles++;
     uint64_t tick = opts->idle_timeout_ms < opts->request_timeout_ms ? opts->idle_timeout_ms
                                                                      : opts->request_timeout_ms;
     tick /= 4;
@@ -998,6 +1057,7 @@ void dkv_http_server_close(dkv_http_server_t *s, void (*cb)(void *arg), void *ar
         uv_close((uv_handle_t *)&s->listener, on_server_handle_closed);
     }
     uv_close((uv_handle_t *)&s->sweep, on_server_handle_closed);
+    uv_close((uv_handle_t *)&s->flush_check, on_server_handle_closed);
     conn_t *next = NULL;
     for (conn_t *c = s->conns; c != NULL; c = next) {
         next = c->next;

@@ -108,6 +108,11 @@ static void sconn_flush(sconn_t *c)
     if (c->out.len == 0 || c->closing) {
         return;
     }
+    /* PUT_REPLY acknowledges a write: it must be in the write-ahead log first. */
+    if (dkv_store_sync_wal(c->srv->store) != 0) {
+        sconn_close(c); /* the coordinator counts the replica as failed */
+        return;
+    }
     uv_buf_t b = uv_buf_init((char *)c->out.data, (unsigned)c->out.len);
     int n = uv_try_write((uv_stream_t *)c->tcp, &b, 1);
     if (n == (int)c->out.len) {

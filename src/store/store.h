@@ -65,7 +65,9 @@ void dkv_store_free(uint8_t *data);
 
 /**
  * Stores `rec` for `key` unless the stored version is newer (last-write-wins, common/record.h).
- * Returns after the record is in the WAL (write(2) done; fsync'd too if opts.fsync).
+ * The record goes to the write-ahead log's buffer; it is durable (write(2) done, and fsync'd too
+ * if opts.fsync) once this thread calls dkv_store_sync_wal(), which every path that acknowledges
+ * a write must do first. One sync covers all writes before it (group commit).
  *
  * @param key  Borrowed; 1..DKV_MAX_KEY_BYTES bytes.
  * @param rec  Borrowed; a tombstone must have an empty value.
@@ -73,6 +75,14 @@ void dkv_store_free(uint8_t *data);
  * Thread: any.
  */
 int dkv_store_put(dkv_store_t *s, dkv_slice_t key, const dkv_record_t *rec);
+
+/**
+ * Makes every write this thread did since its last sync durable: write(2) of the WAL buffer
+ * (and fsync with opts.fsync). A no-op when this thread wrote nothing since.
+ * @return 0; DKV_EIO (logged).
+ * Thread: any; the "since" is per thread.
+ */
+int dkv_store_sync_wal(dkv_store_t *s);
 
 /**
  * Starts an ordered scan of keys k with start <= k < end (unsigned bytes, lexicographic); an empty
