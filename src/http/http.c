@@ -1038,8 +1038,10 @@ void dkv_http_server_stop(dkv_http_server_t *s, void (*drained_cb)(void *arg), v
         next = c->next;
         if (!c->busy && !c->in_message && c->stream == NULL && queued_bytes(c) == 0) {
             conn_close(c);
+        } else if (!c->busy && !c->in_message && c->stream == NULL) {
+            c->close_after = true; /* only output left: close once it is written */
         } else {
-            c->keep_alive = false;
+            c->keep_alive = false; /* the response in progress says Connection: close */
         }
     }
     server_maybe_done(s);
