@@ -85,6 +85,7 @@ struct conn {
     bool busy;        /* a request was dispatched and its response is not complete */
     bool dispatching; /* inside dkv_router_handle() */
     bool keep_alive;
+    bool is_head; /* HEAD: the response carries headers only (RFC 9110 §9.3.2) */
     bool close_after; /* close once `out` and the write queue are flushed */
     bool lingering;
     bool closing;
@@ -147,6 +148,7 @@ static int on_message_begin(llhttp_t *p)
     c->hdr_value_len = 0;
     c->expect_continue = false;
     c->err_status = 0;
+    c->is_head = false;
     return 0;
 }
 
@@ -230,6 +232,8 @@ static int on_headers_complete(llhttp_t *p)
 {
     conn_t *c = p->data;
     c->method = map_method(p->method);
+    c->is_head = p->method == HTTP_HEAD;
+    p->upgrade = 0; /* dkv never switches protocols (RFC 9110 §7.8): keep parsing HTTP/1.1 */
     if ((p->flags & F_CONTENT_LENGTH) && p->content_length > c->srv->opts.max_body_bytes) {
         c->err_status = 413;
         return -1;
@@ -342,7 +346,7 @@ static void conn_respond(conn_t *c, const dkv_response_t *resp, bool force_close
 {
     bool close = force_close || !c->keep_alive || c->srv->stopping;
     write_head(c, resp, close);
-    if (resp->stream == NULL) {
+    if (resp->stream == NULL && !c->is_head) {
         dkv_buf_append(&c->out, resp->body.ptr, resp->body.len);
     }
     if (close) {
@@ -465,6 +469,9 @@ static size_t queued_bytes(const conn_t *c)
 
 static bool conn_congested(const conn_t *c)
 {
+    if (c->tcp == NULL) {
+        return false; /* detached mode: output goes straight to the capture buffer */
+    }
     return queued_bytes(c) > HIGH_WATER_BYTES;
 }
 

@@ -306,7 +306,7 @@ int dkv_store_iter_new(dkv_store_t *s, dkv_slice_t start, dkv_slice_t end, dkv_s
 int dkv_store_iter_next(dkv_store_iter_t *it, dkv_slice_t *key, dkv_record_t *rec)
 {
     for (;;) {
-        if (it->started) {
+        if (it->started && rocksdb_iter_valid(it->it)) {
             rocksdb_iter_next(it->it);
         }
         it->started = true;

@@ -1,0 +1,379 @@
+/*
+ * Unit tests of the RocksDB store (store/store.h) in a temporary directory: round trips, the
+ * replica-side last-write-wins merge (an older write never replaces a newer one, in any arrival
+ * order and across a reopen), ordered range scans over binary keys, input validation, and the
+ * database lock that keeps two stores off one directory.
+ */
+#define _XOPEN_SOURCE 700 /* nftw() */
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include <ftw.h>
+#include <unistd.h>
+
+#include "common/err.h"
+#include "common/record.h"
+#include "store/store.h"
+
+/* ---- helpers ---- */
+
+typedef struct fixture {
+    char dir[64];
+    dkv_store_t *store;
+} fixture_t;
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+static void rm_rf(const char *dir)
+{
+    nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static int setup(void **state)
+{
+    fixture_t *f = calloc(1, sizeof(*f));
+    if (f == NULL) {
+        return -1;
+    }
+    snprintf(f->dir, sizeof(f->dir), "/tmp/dkv-test-store-XXXXXX");
+    if (mkdtemp(f->dir) == NULL || dkv_store_open(f->dir, NULL, &f->store) != 0) {
+        free(f);
+        return -1;
+    }
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture_t *f = *state;
+    dkv_store_close(f->store);
+    rm_rf(f->dir);
+    free(f);
+    return 0;
+}
+
+static void reopen(fixture_t *f)
+{
+    dkv_store_close(f->store);
+    f->store = NULL;
+    assert_int_equal(dkv_store_open(f->dir, NULL, &f->store), 0);
+}
+
+static void put_val(dkv_store_t *s, const char *key, uint64_t ts, const void *v, size_t len)
+{
+    dkv_record_t r = {ts, false, dkv_slice(v, len)};
+    assert_int_equal(dkv_store_put(s, dkv_slice_str(key), &r), 0);
+}
+
+static void put_tomb(dkv_store_t *s, const char *key, uint64_t ts)
+{
+    dkv_record_t r = {ts, true, dkv_slice(NULL, 0)};
+    assert_int_equal(dkv_store_put(s, dkv_slice_str(key), &r), 0);
+}
+
+/* Reads `key` and checks its record. `v` NULL means a tombstone. */
+static void expect_record(dkv_store_t *s, dkv_slice_t key, uint64_t ts, const void *v, size_t len)
+{
+    uint8_t *data = NULL;
+    size_t n = 0;
+    assert_int_equal(dkv_store_get(s, key, &data, &n), 0);
+    dkv_record_t r;
+    assert_int_equal(dkv_record_decode(dkv_slice(data, n), &r), 0);
+    assert_true(r.ts == ts);
+    assert_int_equal(r.tombstone, v == NULL);
+    assert_int_equal(r.value.len, v == NULL ? 0 : len);
+    if (v != NULL && len > 0) {
+        assert_memory_equal(r.value.ptr, v, len);
+    }
+    dkv_store_free(data);
+}
+
+static void expect_missing(dkv_store_t *s, const char *key)
+{
+    uint8_t *data = (uint8_t *)"untouched";
+    size_t n = 77;
+    assert_int_equal(dkv_store_get(s, dkv_slice_str(key), &data, &n), DKV_ENOTFOUND);
+    assert_int_equal(n, 77); /* out-parameters are written only on success */
+}
+
+/* ---- tests ---- */
+
+static void test_put_get_roundtrip(void **state)
+{
+    fixture_t *f = *state;
+    const uint8_t v[] = {0, 1, '\r', '\n', '\r', '\n', 0xff};
+    put_val(f->store, "k", 100, v, sizeof(v));
+    expect_record(f->store, dkv_slice_str("k"), 100, v, sizeof(v));
+    put_val(f->store, "empty", 101, "", 0);
+    expect_record(f->store, dkv_slice_str("empty"), 101, "", 0);
+    put_tomb(f->store, "gone", 102);
+    expect_record(f->store, dkv_slice_str("gone"), 102, NULL, 0);
+    expect_missing(f->store, "other");
+    expect_missing(f->store, "k\x01");
+}
+
+static void test_large_value(void **state)
+{
+    fixture_t *f = *state;
+    size_t n = (1u << 20) + 1;
+    uint8_t *v = malloc(n);
+    assert_non_null(v);
+    for (size_t i = 0; i < n; i++) {
+        v[i] = (uint8_t)(i * 13);
+    }
+    put_val(f->store, "big", 1, v, n);
+    expect_record(f->store, dkv_slice_str("big"), 1, v, n);
+    free(v);
+}
+
+static void test_older_write_never_overwrites_newer(void **state)
+{
+    fixture_t *f = *state;
+    put_val(f->store, "k", 10, "new", 3);
+    put_val(f->store, "k", 5, "old", 3);
+    expect_record(f->store, dkv_slice_str("k"), 10, "new", 3);
+    /* An older tombstone does not delete a newer value, nor does an older value revive a key. */
+    put_tomb(f->store, "k", 9);
+    expect_record(f->store, dkv_slice_str("k"), 10, "new", 3);
+    put_tomb(f->store, "d", 20);
+    put_val(f->store, "d", 19, "zombie", 6);
+    expect_record(f->store, dkv_slice_str("d"), 20, NULL, 0);
+    /* A newer write does replace. */
+    put_val(f->store, "k", 11, "newer", 5);
+    expect_record(f->store, dkv_slice_str("k"), 11, "newer", 5);
+    put_val(f->store, "d", 21, "back", 4);
+    expect_record(f->store, dkv_slice_str("d"), 21, "back", 4);
+}
+
+static void test_older_write_after_reopen(void **state)
+{
+    fixture_t *f = *state;
+    put_val(f->store, "k", 10, "new", 3);
+    reopen(f);
+    put_val(f->store, "k", 5, "old", 3);
+    expect_record(f->store, dkv_slice_str("k"), 10, "new", 3);
+    reopen(f);
+    expect_record(f->store, dkv_slice_str("k"), 10, "new", 3);
+}
+
+static void test_equal_ts_tombstone_beats_value(void **state)
+{
+    fixture_t *f = *state;
+    put_val(f->store, "a", 7, "v", 1);
+    put_tomb(f->store, "a", 7);
+    expect_record(f->store, dkv_slice_str("a"), 7, NULL, 0);
+    put_tomb(f->store, "b", 7);
+    put_val(f->store, "b", 7, "v", 1);
+    expect_record(f->store, dkv_slice_str("b"), 7, NULL, 0);
+    /* Equal ts between values: the smaller value, whatever the arrival order. */
+    put_val(f->store, "c", 7, "b", 1);
+    put_val(f->store, "c", 7, "a", 1);
+    put_val(f->store, "c", 7, "ab", 2);
+    expect_record(f->store, dkv_slice_str("c"), 7, "a", 1);
+}
+
+static void test_many_overwrites_keep_newest(void **state)
+{
+    fixture_t *f = *state;
+    char v[32];
+    /* Increasing timestamps: the last write wins. */
+    for (uint64_t ts = 1; ts <= 1000; ts++) {
+        int n = snprintf(v, sizeof(v), "value-%llu", (unsigned long long)ts);
+        put_val(f->store, "hot", ts, v, (size_t)n);
+    }
+    expect_record(f->store, dkv_slice_str("hot"), 1000, "value-1000", 10);
+    /* A scrambled order (ts = i * 7919 mod 1009, a permutation of 1..1008): the maximum wins
+     * although it arrives in the middle of the chain of merge operands. */
+    for (uint64_t i = 1; i < 1009; i++) {
+        uint64_t ts = 2000 + (i * 7919) % 1009;
+        int n = snprintf(v, sizeof(v), "s-%llu", (unsigned long long)ts);
+        put_val(f->store, "scrambled", ts, v, (size_t)n);
+    }
+    expect_record(f->store, dkv_slice_str("scrambled"), 2000 + 1008, "s-3008", 6);
+    reopen(f);
+    expect_record(f->store, dkv_slice_str("hot"), 1000, "value-1000", 10);
+    expect_record(f->store, dkv_slice_str("scrambled"), 2000 + 1008, "s-3008", 6);
+}
+
+static void test_reopen_keeps_data(void **state)
+{
+    fixture_t *f = *state;
+    put_val(f->store, "v", 1, "one", 3);
+    put_val(f->store, "v", 2, "two", 3);
+    put_val(f->store, "e", 3, "", 0);
+    put_val(f->store, "t", 4, "x", 1);
+    put_tomb(f->store, "t", 5);
+    reopen(f);
+    expect_record(f->store, dkv_slice_str("v"), 2, "two", 3);
+    expect_record(f->store, dkv_slice_str("e"), 3, "", 0);
+    expect_record(f->store, dkv_slice_str("t"), 5, NULL, 0);
+    expect_missing(f->store, "never");
+}
+
+/* Binary keys, stored in a scrambled order; `sorted` is their unsigned-byte order. */
+static const struct {
+    const char *bytes;
+    size_t len;
+    bool tombstone;
+} KEYS[] = {
+    {"\x00", 1, false},     {"\x00\x00", 2, false}, {"\x00\x01", 2, true}, {"\x01", 1, false},
+    {"a", 1, false},        {"a\x00", 2, false},    {"ab", 2, false},      {"a\xff", 2, true},
+    {"b", 1, false},        {"\x7f", 1, false},     {"\x80", 1, false},    {"\xff", 1, false},
+    {"\xff\x00", 2, false}, {"\xff\xff", 2, false},
+};
+#define N_KEYS (sizeof(KEYS) / sizeof(KEYS[0]))
+
+static void put_keys(dkv_store_t *s)
+{
+    for (size_t j = 0; j < N_KEYS; j++) {
+        size_t i = (j * 5) % N_KEYS; /* 5 is coprime with N_KEYS = 14 */
+        dkv_record_t r = {100 + i, KEYS[i].tombstone,
+                          KEYS[i].tombstone ? dkv_slice(NULL, 0) : dkv_slice("v", 1)};
+        assert_int_equal(dkv_store_put(s, dkv_slice(KEYS[i].bytes, KEYS[i].len), &r), 0);
+    }
+}
+
+/* Scans [start, end) and checks that it yields exactly KEYS[first..last), in order. */
+static void expect_scan(dkv_store_t *s, dkv_slice_t start, dkv_slice_t end, size_t first,
+                        size_t last)
+{
+    dkv_store_iter_t *it = NULL;
+    assert_int_equal(dkv_store_iter_new(s, start, end, &it), 0);
+    size_t i = first;
+    dkv_slice_t key;
+    dkv_record_t rec;
+    int rc;
+    while ((rc = dkv_store_iter_next(it, &key, &rec)) == 0) {
+        assert_true(i < last);
+        assert_int_equal(key.len, KEYS[i].len);
+        assert_memory_equal(key.ptr, KEYS[i].bytes, key.len);
+        assert_true(rec.ts == 100 + i);
+        assert_int_equal(rec.tombstone, KEYS[i].tombstone);
+        i++;
+    }
+    assert_int_equal(rc, DKV_ENOTFOUND);
+    assert_int_equal(i, last);
+    dkv_store_iter_free(it);
+}
+
+static void test_iter_range_binary_keys(void **state)
+{
+    fixture_t *f = *state;
+    /* The table must be sorted for the expectations below to hold. */
+    for (size_t i = 1; i < N_KEYS; i++) {
+        assert_true(dkv_slice_cmp(dkv_slice(KEYS[i - 1].bytes, KEYS[i - 1].len),
+                                  dkv_slice(KEYS[i].bytes, KEYS[i].len)) < 0);
+    }
+    put_keys(f->store);
+    dkv_slice_t none = dkv_slice(NULL, 0);
+    /* Everything, tombstones included. */
+    expect_scan(f->store, dkv_slice("\x00", 1), none, 0, N_KEYS);
+    /* start inclusive, end exclusive. */
+    expect_scan(f->store, dkv_slice("a", 1), dkv_slice("b", 1), 4, 8);
+    expect_scan(f->store, dkv_slice("a\x00", 2), dkv_slice("a\xff", 2), 5, 7);
+    /* A start between keys; a prefix sorts first. */
+    expect_scan(f->store, dkv_slice("\x00\x00\x00", 3), dkv_slice("\x01", 1), 2, 3);
+    /* High bytes compare unsigned: 0x80 and 0xff come after 0x7f. */
+    expect_scan(f->store, dkv_slice("\x7f", 1), none, 9, N_KEYS);
+    expect_scan(f->store, dkv_slice("\xff", 1), dkv_slice("\xff\xff", 2), 11, 13);
+    /* Empty ranges. */
+    expect_scan(f->store, dkv_slice("c", 1), dkv_slice("c\x00", 2), 0, 0);
+    expect_scan(f->store, dkv_slice("\xff\xff\x00", 3), none, 0, 0);
+    expect_scan(f->store, dkv_slice("b", 1), dkv_slice("a", 1), 0, 0); /* end < start */
+    expect_scan(f->store, dkv_slice("a", 1), dkv_slice("a", 1), 0, 0);
+    /* The same after the data went through a reopen. */
+    reopen(f);
+    expect_scan(f->store, dkv_slice("\x00", 1), none, 0, N_KEYS);
+    expect_scan(f->store, dkv_slice("a", 1), dkv_slice("b", 1), 4, 8);
+}
+
+static void test_iter_sees_newest_version_once(void **state)
+{
+    fixture_t *f = *state;
+    put_val(f->store, "k", 3, "three", 5);
+    put_val(f->store, "k", 9, "nine", 4);
+    put_val(f->store, "k", 5, "five", 4);
+    dkv_store_iter_t *it = NULL;
+    assert_int_equal(dkv_store_iter_new(f->store, dkv_slice_str("k"), dkv_slice(NULL, 0), &it), 0);
+    dkv_slice_t key;
+    dkv_record_t rec;
+    assert_int_equal(dkv_store_iter_next(it, &key, &rec), 0);
+    assert_true(dkv_slice_eq_str(key, "k"));
+    assert_true(rec.ts == 9);
+    assert_true(dkv_slice_eq_str(rec.value, "nine"));
+    assert_int_equal(dkv_store_iter_next(it, &key, &rec), DKV_ENOTFOUND);
+    dkv_store_iter_free(it);
+}
+
+static void test_put_rejects_bad_input(void **state)
+{
+    fixture_t *f = *state;
+    dkv_record_t r = {1, false, dkv_slice("v", 1)};
+    assert_int_equal(dkv_store_put(f->store, dkv_slice(NULL, 0), &r), DKV_EINVAL);
+    assert_int_equal(dkv_store_put(f->store, dkv_slice("", 0), &r), DKV_EINVAL);
+    dkv_record_t bad = {1, true, dkv_slice("v", 1)};
+    assert_int_equal(dkv_store_put(f->store, dkv_slice_str("k"), &bad), DKV_EINVAL);
+    expect_missing(f->store, "k");
+}
+
+static void test_second_open_fails_while_locked(void **state)
+{
+    fixture_t *f = *state;
+    dkv_store_t *other = NULL;
+    assert_int_equal(dkv_store_open(f->dir, NULL, &other), DKV_EIO);
+    assert_null(other);
+    /* The first store is unaffected, and the directory opens again once it is closed. */
+    put_val(f->store, "k", 1, "v", 1);
+    dkv_store_close(f->store);
+    f->store = NULL;
+    assert_int_equal(dkv_store_open(f->dir, NULL, &other), 0);
+    expect_record(other, dkv_slice_str("k"), 1, "v", 1);
+    f->store = other;
+}
+
+static void test_open_missing_dir_fails(void **state)
+{
+    (void)state;
+    dkv_store_t *s = NULL;
+    assert_int_equal(dkv_store_open("/nonexistent/dkv-test-dir", NULL, &s), DKV_EIO);
+    assert_null(s);
+    dkv_store_close(NULL); /* a no-op */
+    dkv_store_iter_free(NULL);
+    dkv_store_free(NULL);
+}
+
+#define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        T(test_put_get_roundtrip),
+        T(test_large_value),
+        T(test_older_write_never_overwrites_newer),
+        T(test_older_write_after_reopen),
+        T(test_equal_ts_tombstone_beats_value),
+        T(test_many_overwrites_keep_newest),
+        T(test_reopen_keeps_data),
+        T(test_iter_range_binary_keys),
+        T(test_iter_sees_newest_version_once),
+        T(test_put_rejects_bad_input),
+        T(test_second_open_fails_while_locked),
+        cmocka_unit_test(test_open_missing_dir_fails),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
