@@ -10,10 +10,12 @@
  *   or the connection's end.
  * - Circuit breaker per peer (Nygard, "Release It!", ch. 5): closed -> open after K consecutive
  *   failures; while open requests fail at once and the connection is closed; after the cooldown
- *   one request goes through as a probe (half-open). While open, a background connection attempt
+ *   one request goes through as a probe (half-open). The breaker exists for slow failures
+ *   (timeouts): when the peer's port refused the last connection, a request may try a fresh
+ *   connection at once (one at a time), since a refusal costs microseconds; so a restarted peer
+ *   is reached on the very next request (API.md §8). While open, a background connection attempt
  *   (with exponential backoff) closes the breaker as soon as a handshake succeeds, and so does a
- *   handshake the peer makes with our server (dkv_rpc_shared_t), so a restarted peer is reached on
- *   the very next request.
+ *   handshake the peer makes with our server (dkv_rpc_shared_t).
  */
 #include "rpc/proto.h"
 #include "rpc/rpc.h"
@@ -79,6 +81,7 @@ struct peer {
     bool background; /* the current connection is a background probe */
     bool dirty;      /* `out` has bytes to flush */
     bool rejected;   /* the peer refused our handshake (different cluster) */
+    bool refused;    /* the last connection attempt was refused: the port is closed */
 };
 
 struct dkv_rpc_client {
@@ -180,6 +183,13 @@ static int breaker_admit(peer_t *p, bool *probe)
     case BREAKER_CLOSED:
         return 0;
     case BREAKER_OPEN:
+        if (p->refused && !p->probe_inflight && p->state == DISCONNECTED) {
+            /* A refused connection fails in microseconds, so trying again costs the request
+             * nothing and reaches a restarted peer on the very next request (API.md §8). */
+            p->probe_inflight = true;
+            *probe = true;
+            return 0;
+        }
         if (now_ms(c) < p->open_until_ms) {
             return DKV_EUNAVAIL;
         }
@@ -497,9 +507,11 @@ static void on_connect(uv_connect_t *req, int status)
         return;
     }
     if (status < 0) {
+        p->refused = status == UV_ECONNREFUSED;
         peer_conn_failed(p, DKV_EUNAVAIL, uv_strerror(status));
         return;
     }
+    p->refused = false;
     p->state = CONNECTED;
     uv_tcp_nodelay(&l->tcp, 1);
     if (uv_read_start((uv_stream_t *)&l->tcp, on_alloc, on_read) != 0) {
@@ -632,11 +644,6 @@ int dkv_rpc_client_new(uv_loop_t *loop, const dkv_ring_t *ring, uint32_t self_id
     tick = tick < 5 ? 5 : (tick > 50 ? 50 : tick);
     uv_timer_start(&c->sweep, on_sweep, tick, tick);
     c->open_handles = 2;
-    for (size_t i = 0; i < c->n_peers; i++) {
-        if (i != self_idx) {
-            peer_connect(&c->peers[i], false); /* announce ourselves; nobody waits for it */
-        }
-    }
     *out = c;
     return 0;
 }

@@ -49,9 +49,8 @@ typedef struct dkv_rpc_client_opts {
 typedef void (*dkv_rpc_reply_cb)(void *arg, int rc, const dkv_record_t *rec);
 
 /**
- * Creates the client of one I/O thread for every peer of `ring` except `self_idx`. It starts one
- * connection attempt to each peer at once, without waiting (the handshake tells a restarted peer
- * that we are back); later connections are made when a request needs them.
+ * Creates the client of one I/O thread for every peer of `ring` except `self_idx`. Connections
+ * are made when a request needs them (never at start-up).
  * All pointers are borrowed for the client's life.
  * @return 0; DKV_EINVAL when a peer URL does not resolve to an IPv4/IPv6 address.
  * Thread: the loop's thread.
