@@ -171,8 +171,8 @@ static int thread_setup(io_thread_t *t)
         dkv_rpc_client_opts_t ropts = {.request_timeout_ms = conf->replica_timeout_ms,
                                        .breaker_failures = conf->breaker_failures,
                                        .breaker_cooldown_ms = conf->breaker_cooldown_ms};
-        int rc = dkv_rpc_client_new(&t->loop, n->ring, n->self_idx, &n->hlc, &n->rpc_shared,
-                                    &ropts, &t->rpc_client);
+        int rc = dkv_rpc_client_new(&t->loop, t->idx, n->ring, n->self_idx, &n->hlc,
+                                    &n->rpc_shared, &ropts, &t->rpc_client);
         if (rc != 0) {
             return rc;
         }
@@ -190,7 +190,9 @@ static int thread_setup(io_thread_t *t)
                              .ring = n->ring,
                              .self_url = conf->self,
                              .start_ms = n->start_ms,
-                             .rpc = t->rpc_client};
+                             .rpc_shared = &n->rpc_shared,
+                             .n_loops = n->n_threads,
+                             .self_idx = n->self_idx};
     dkv_router_new(&renv, &t->router);
     dkv_http_opts_t hopts = {.max_body_bytes = conf->max_body_bytes,
                              .max_header_bytes = conf->max_header_bytes,

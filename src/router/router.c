@@ -450,8 +450,8 @@ static void handle_status(dkv_router_t *r, const dkv_request_t *req, dkv_query_t
         json_str(&b, dkv_ring_url(r->env.ring, i));
     }
     dkv_buf_printf(&b, "],\"inflight\":%zu,\"peers\":[", dkv_coord_inflight(r->env.coord));
-    if (r->env.rpc != NULL) {
-        dkv_rpc_client_status_json(r->env.rpc, &b);
+    if (r->env.rpc_shared != NULL) {
+        dkv_rpc_status_json(r->env.rpc_shared, r->env.ring, r->env.self_idx, r->env.n_loops, &b);
     }
     dkv_buf_append_str(&b, "]}\n");
     reply_owned_text(cb, arg, 200, &b, "application/json");

@@ -63,7 +63,9 @@ typedef struct dkv_router_env {
     const dkv_ring_t *ring;   /* cluster size N and URLs */
     const char *self_url;     /* borrowed */
     uint64_t start_ms;        /* process start, wall clock, for uptime */
-    dkv_rpc_client_t *rpc;    /* for the verbose status; may be NULL */
+    dkv_rpc_shared_t *rpc_shared; /* peer views for the verbose status */
+    unsigned n_loops;              /* I/O threads publishing into rpc_shared */
+    uint32_t self_idx;
 } dkv_router_env_t;
 
 /** Creates a router for one I/O thread. @param env copied, pointers borrowed. @return 0. */

@@ -90,6 +90,7 @@ struct dkv_rpc_client {
     uint32_t self_idx;
     dkv_hlc_t *hlc;
     dkv_rpc_shared_t *shared;
+    unsigned loop_idx;
     dkv_rpc_client_opts_t opts;
     uint64_t fingerprint;
     size_t n_peers;
@@ -109,16 +110,13 @@ static void peer_disconnect(peer_t *p, int rc);
 static void peer_connect(peer_t *p, bool background);
 static void client_maybe_freed(dkv_rpc_client_t *c);
 static void on_flush_check(uv_check_t *h);
+static void publish(peer_t *p);
 
 static uint64_t now_ms(const dkv_rpc_client_t *c)
 {
     return uv_now(c->loop);
 }
 
-static const char *breaker_name(enum breaker_state b)
-{
-    return b == BREAKER_CLOSED ? "closed" : (b == BREAKER_OPEN ? "open" : "half-open");
-}
 
 /* ---- circuit breaker ---- */
 
@@ -131,6 +129,7 @@ static void breaker_close(peer_t *p, const char *why)
     p->failures = 0;
     p->probe_inflight = false;
     p->probe_backoff_ms = PROBE_BACKOFF_MIN_MS;
+    publish(p);
 }
 
 static void breaker_open(peer_t *p)
@@ -148,6 +147,7 @@ static void breaker_open(peer_t *p)
     if (p->state != DISCONNECTED) {
         peer_disconnect(p, DKV_EUNAVAIL);
     }
+    publish(p);
 }
 
 static void breaker_success(peer_t *p)
@@ -156,6 +156,7 @@ static void breaker_success(peer_t *p)
         breaker_close(p, "request succeeded");
     }
     p->failures = 0;
+    publish(p);
 }
 
 static void breaker_failure(peer_t *p, bool probe)
@@ -165,6 +166,7 @@ static void breaker_failure(peer_t *p, bool probe)
         (p->breaker == BREAKER_CLOSED && p->failures >= p->client->opts.breaker_failures)) {
         breaker_open(p);
     }
+    publish(p);
 }
 
 /* May a request go to this peer now? Moves open -> half-open after the cooldown. */
@@ -194,6 +196,7 @@ static int breaker_admit(peer_t *p, bool *probe)
             return DKV_EUNAVAIL;
         }
         p->breaker = BREAKER_HALF_OPEN;
+        publish(p);
         DKV_LOG_INFO("rpc: peer %s: circuit breaker half-open, sending one probe", p->url);
         /* fall through */
     case BREAKER_HALF_OPEN:
@@ -246,6 +249,7 @@ static void fail_all(peer_t *p, int rc)
         free(req);
         req = next;
     }
+    publish(p);
 }
 
 static pending_t *enqueue(peer_t *p, uint64_t req_id, dkv_rpc_reply_cb cb, void *arg, bool is_get)
@@ -263,6 +267,7 @@ static pending_t *enqueue(peer_t *p, uint64_t req_id, dkv_rpc_reply_cb cb, void 
     }
     p->tail = req;
     p->n_pending++;
+    publish(p);
     return req;
 }
 
@@ -437,6 +442,9 @@ static void handle_reply(peer_t *p, const dkv_rpc_msg_t *m)
         break;
     }
     free(req);
+    if (p->link != NULL) {
+        publish(p);
+    }
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -479,8 +487,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (nread < 0) {
-        peer_conn_failed(p, DKV_EUNAVAIL, nread == UV_EOF ? "connection closed by peer"
-                                                          : uv_strerror((int)nread));
+        peer_conn_failed(p, DKV_EUNAVAIL,
+                         nread == UV_EOF ? "connection closed by peer" : uv_strerror((int)nread));
         return;
     }
     const uint8_t *data = (const uint8_t *)buf->base;
@@ -535,8 +543,8 @@ static void peer_connect(peer_t *p, bool background)
     p->background = background;
     p->hello_ok = false;
     p->connect_deadline_ms = now_ms(c) + c->opts.request_timeout_ms;
-    int rc = uv_tcp_connect(&l->connect_req, &l->tcp, (const struct sockaddr *)&p->addr,
-                            on_connect);
+    int rc =
+        uv_tcp_connect(&l->connect_req, &l->tcp, (const struct sockaddr *)&p->addr, on_connect);
     /* The HELLO goes first; requests may be pipelined right behind it. */
     uint64_t id = c->next_req_id++;
     dkv_rpc_encode_hello(&p->out, id, c->fingerprint,
@@ -607,11 +615,15 @@ static int resolve(const char *url, struct sockaddr_storage *addr)
     return 0;
 }
 
-int dkv_rpc_client_new(uv_loop_t *loop, const dkv_ring_t *ring, uint32_t self_idx,
-                       dkv_hlc_t *hlc, dkv_rpc_shared_t *shared,
+int dkv_rpc_client_new(uv_loop_t *loop, unsigned loop_idx, const dkv_ring_t *ring,
+                       uint32_t self_idx, dkv_hlc_t *hlc, dkv_rpc_shared_t *shared,
                        const dkv_rpc_client_opts_t *opts, dkv_rpc_client_t **out)
 {
+    if (loop_idx >= DKV_RPC_MAX_LOOPS) {
+        return DKV_EINVAL;
+    }
     dkv_rpc_client_t *c = dkv_xcalloc(1, sizeof(*c));
+    c->loop_idx = loop_idx;
     c->loop = loop;
     c->ring = ring;
     c->self_idx = self_idx;
@@ -699,28 +711,65 @@ int dkv_rpc_client_get(dkv_rpc_client_t *c, uint32_t peer, dkv_slice_t key, dkv_
     return submit(c, peer, true, key, NULL, cb, arg);
 }
 
-int dkv_rpc_client_put(dkv_rpc_client_t *c, uint32_t peer, dkv_slice_t key,
-                       const dkv_record_t *rec, dkv_rpc_reply_cb cb, void *arg)
+int dkv_rpc_client_put(dkv_rpc_client_t *c, uint32_t peer, dkv_slice_t key, const dkv_record_t *rec,
+                       dkv_rpc_reply_cb cb, void *arg)
 {
     return submit(c, peer, false, key, rec, cb, arg);
 }
 
-void dkv_rpc_client_status_json(dkv_rpc_client_t *c, dkv_buf_t *out)
+static const char *const breaker_names[] = {"closed", "open", "half-open"};
+
+/* Publishes this loop's view of `p` for the status page (relaxed: it is only for display). */
+static void publish(peer_t *p)
 {
+    dkv_rpc_client_t *c = p->client;
+    uint64_t failures = p->failures > 0xffff ? 0xffff : p->failures;
+    uint64_t pending = p->n_pending > 0xffffffffu ? 0xffffffffu : p->n_pending;
+    uint64_t v = (uint64_t)p->breaker << 56 |
+                 (uint64_t)(p->state == CONNECTED && p->hello_ok) << 48 | failures << 32 | pending;
+    atomic_store_explicit(&c->shared->view[c->loop_idx][p->idx], v, memory_order_relaxed);
+}
+
+void dkv_rpc_status_json(dkv_rpc_shared_t *shared, const dkv_ring_t *ring, uint32_t self_idx,
+                         unsigned n_loops, dkv_buf_t *out)
+{
+    static const int severity[] = {0, 2, 1}; /* closed < half-open < open */
     bool first = true;
-    for (size_t i = 0; i < c->n_peers; i++) {
-        if (i == c->self_idx) {
+    for (size_t i = 0; i < dkv_ring_size(ring); i++) {
+        if (i == self_idx) {
             continue;
         }
-        peer_t *p = &c->peers[i];
-        bool probe = false;
-        (void)probe;
+        unsigned worst = BREAKER_CLOSED;
+        bool connected = false;
+        uint64_t pending = 0;
+        unsigned failures = 0;
+        dkv_buf_t loops;
+        dkv_buf_init(&loops);
+        for (unsigned l = 0; l < n_loops && l < DKV_RPC_MAX_LOOPS; l++) {
+            uint64_t v = atomic_load_explicit(&shared->view[l][i], memory_order_relaxed);
+            unsigned b = (unsigned)(v >> 56) & 0xff;
+            b = b <= BREAKER_HALF_OPEN ? b : BREAKER_CLOSED;
+            bool conn = ((v >> 48) & 0xff) != 0;
+            unsigned f = (unsigned)(v >> 32) & 0xffff;
+            uint64_t pend = v & 0xffffffffu;
+            worst = severity[b] > severity[worst] ? b : worst;
+            connected = connected || conn;
+            pending += pend;
+            failures = f > failures ? f : failures;
+            dkv_buf_printf(&loops,
+                           "%s{\"breaker\":\"%s\",\"connected\":%s,\"pending\":%llu,"
+                           "\"consecutive_failures\":%u}",
+                           l == 0 ? "" : ",", breaker_names[b], conn ? "true" : "false",
+                           (unsigned long long)pend, f);
+        }
         dkv_buf_printf(out,
-                       "%s{\"url\":\"%s\",\"breaker\":\"%s\",\"connected\":%s,\"pending\":%zu,"
-                       "\"consecutive_failures\":%u}",
-                       first ? "" : ",", p->url, breaker_name(p->breaker),
-                       p->state == CONNECTED && p->hello_ok ? "true" : "false", p->n_pending,
-                       p->failures);
+                       "%s{\"url\":\"%s\",\"breaker\":\"%s\",\"connected\":%s,\"pending\":%llu,"
+                       "\"consecutive_failures\":%u,\"loops\":[",
+                       first ? "" : ",", dkv_ring_url(ring, i), breaker_names[worst],
+                       connected ? "true" : "false", (unsigned long long)pending, failures);
+        dkv_buf_append(out, loops.data, loops.len);
+        dkv_buf_append_str(out, "]}");
+        dkv_buf_cleanup(&loops);
         first = false;
     }
 }

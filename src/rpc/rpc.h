@@ -30,8 +30,13 @@ typedef struct dkv_rpc_server dkv_rpc_server_t;
  * peer sees the change and closes the breaker, so a restarted peer is reached on the very next
  * request (API.md §8) instead of after the cooldown. Zero-initialise it.
  */
+#define DKV_RPC_MAX_LOOPS 64
+
 typedef struct dkv_rpc_shared {
     _Atomic uint32_t peer_epoch[DKV_RING_MAX_NODES];
+    /* Each loop's view of each peer, published by that loop's client for the status page:
+     * breaker (8 bits) | connected (8) | consecutive failures (16) | pending requests (32). */
+    _Atomic uint64_t view[DKV_RPC_MAX_LOOPS][DKV_RING_MAX_NODES];
 } dkv_rpc_shared_t;
 
 typedef struct dkv_rpc_client_opts {
@@ -51,12 +56,13 @@ typedef void (*dkv_rpc_reply_cb)(void *arg, int rc, const dkv_record_t *rec);
 /**
  * Creates the client of one I/O thread for every peer of `ring` except `self_idx`. Connections
  * are made when a request needs them (never at start-up).
+ * `loop_idx` (0..DKV_RPC_MAX_LOOPS-1) names the loop in the status page.
  * All pointers are borrowed for the client's life.
  * @return 0; DKV_EINVAL when a peer URL does not resolve to an IPv4/IPv6 address.
  * Thread: the loop's thread.
  */
-int dkv_rpc_client_new(uv_loop_t *loop, const dkv_ring_t *ring, uint32_t self_idx,
-                       dkv_hlc_t *hlc, dkv_rpc_shared_t *shared,
+int dkv_rpc_client_new(uv_loop_t *loop, unsigned loop_idx, const dkv_ring_t *ring,
+                       uint32_t self_idx, dkv_hlc_t *hlc, dkv_rpc_shared_t *shared,
                        const dkv_rpc_client_opts_t *opts, dkv_rpc_client_t **out);
 
 /**
@@ -85,11 +91,13 @@ int dkv_rpc_client_put(dkv_rpc_client_t *c, uint32_t peer, dkv_slice_t key,
                        const dkv_record_t *rec, dkv_rpc_reply_cb cb, void *arg);
 
 /**
- * Appends this loop's view of every peer as JSON array elements (without brackets) to `out`:
- * {"url":..,"breaker":"closed|open|half-open","connected":bool,"pending":n,"failures":n}.
- * Thread: the client's loop thread.
+ * Appends the node's view of every peer as JSON array elements (without brackets) to `out`,
+ * merged over its `n_loops` loops: {"url":..,"breaker":"closed|half-open|open" (the worst loop's),
+ * "connected":bool (any loop),"pending":n (sum),"consecutive_failures":n (max),"loops":[...]}.
+ * Thread: any (reads what the loops published).
  */
-void dkv_rpc_client_status_json(dkv_rpc_client_t *c, dkv_buf_t *out);
+void dkv_rpc_status_json(dkv_rpc_shared_t *shared, const dkv_ring_t *ring, uint32_t self_idx,
+                         unsigned n_loops, dkv_buf_t *out);
 
 /**
  * Creates the RPC server of one I/O thread: it serves connections handed over by the HTTP

@@ -546,7 +546,7 @@ static int node_setup(void **state)
                              .ring = n->ring,
                              .self_url = SELF_URL,
                              .start_ms = dkv_hlc_system_clock_ms(NULL),
-                             .rpc = NULL};
+                             .rpc_shared = NULL};
     if (dkv_router_new(&renv, &n->router) != 0) {
         return -1;
     }
