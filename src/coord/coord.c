@@ -74,6 +74,7 @@ static void op_answer(op_t *op, int rc)
         res.record = op->best;
         res.buf = op->best_buf;
         memset(&op->best_buf, 0, sizeof(op->best_buf));
+        op->have_best = false; /* op->best pointed into the buffer the callback now owns */
     }
     op->cb(op->arg, &res);
     dkv_owned_release(&res.buf);
@@ -136,7 +137,7 @@ static void remote_cb(void *arg, int rc, const dkv_record_t *rec)
     op_t *op = arg;
     if (rc == 0 && rec != NULL && op->is_get) {
         dkv_hlc_observe(op->c->env.hlc, rec->ts);
-        if (!op->have_best || dkv_record_cmp(rec, &op->best) > 0) {
+        if (!op->answered && (!op->have_best || dkv_record_cmp(rec, &op->best) > 0)) {
             dkv_owned_t copy = {dkv_xmalloc(rec->value.len), rec->value.len, free_plain};
             if (rec->value.len > 0) {
                 memcpy(copy.ptr, rec->value.ptr, rec->value.len);

@@ -217,17 +217,21 @@ static void complete(peer_t *p, pending_t *req, int rc, const dkv_record_t *rec)
     if (req->cb == NULL) {
         return;
     }
+    /* Copy what we need first: a breaker that opens below closes the connection and frees every
+     * pending request, `req` included. */
     dkv_rpc_reply_cb cb = req->cb;
+    void *arg = req->arg;
+    bool probe = req->is_probe;
     req->cb = NULL;
+    if (probe) {
+        p->probe_inflight = false;
+    }
     if (rc == 0 || rc == DKV_ENOTFOUND) {
         breaker_success(p);
     } else if (!p->client->closing) {
-        breaker_failure(p, req->is_probe);
+        breaker_failure(p, probe);
     }
-    if (req->is_probe) {
-        p->probe_inflight = false;
-    }
-    cb(req->arg, rc, rec);
+    cb(arg, rc, rec);
 }
 
 static void fail_all(peer_t *p, int rc)
