@@ -17,6 +17,7 @@
 
 #include "common/err.h"
 #include "common/log.h"
+#include "common/uvwrite.h"
 
 #include <errno.h>
 #include <llhttp.h>
@@ -102,11 +103,6 @@ struct conn {
     uint64_t linger_start_ms;
 };
 
-typedef struct write_req {
-    uv_write_t req;
-    conn_t *c;
-    uint8_t *data;
-} write_req_t;
 
 static void conn_process(conn_t *c, const uint8_t *data, size_t len);
 static void conn_flush(conn_t *c);
@@ -508,12 +504,9 @@ static void conn_maybe_finish(conn_t *c)
     }
 }
 
-static void on_write(uv_write_t *req, int status)
+static void on_write(void *arg, int status)
 {
-    write_req_t *wr = (write_req_t *)req;
-    conn_t *c = wr->c;
-    free(wr->data);
-    free(wr);
+    conn_t *c = arg;
     if (status < 0) {
         conn_close(c);
     } else if (!c->closing) {
@@ -591,34 +584,16 @@ static void conn_flush_now(conn_t *c)
         c->out.len = 0;
         return;
     }
-    uv_buf_t b = uv_buf_init((char *)c->out.data, (unsigned)c->out.len);
-    int n = uv_try_write((uv_stream_t *)c->tcp, &b, 1);
-    if (n == (int)c->out.len) {
-        c->out.len = 0;
-        if (c->out.cap > (256u << 10)) {
-            dkv_buf_cleanup(&c->out); /* do not keep a large buffer per idle connection */
-        }
-        return;
-    }
-    if (n < 0 && n != UV_EAGAIN) {
+    bool queued = false;
+    if (dkv_uvwrite((uv_stream_t *)c->tcp, &c->out, on_write, c, &queued) != 0) {
         conn_close(c);
         return;
     }
-    if (n > 0) {
-        dkv_buf_consume(&c->out, (size_t)n);
+    if (queued) {
+        c->refs++; /* until on_write */
+    } else if (c->out.cap > (256u << 10)) {
+        dkv_buf_cleanup(&c->out); /* do not keep a large buffer per idle connection */
     }
-    write_req_t *wr = dkv_xmalloc(sizeof(*wr));
-    wr->c = c;
-    size_t len = c->out.len;
-    wr->data = dkv_buf_steal(&c->out);
-    b = uv_buf_init((char *)wr->data, (unsigned)len);
-    if (uv_write(&wr->req, (uv_stream_t *)c->tcp, &b, 1, on_write) != 0) {
-        free(wr->data);
-        free(wr);
-        conn_close(c);
-        return;
-    }
-    c->refs++;
 }
 
 /* ---- streaming ---- */

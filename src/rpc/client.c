@@ -22,6 +22,7 @@
 
 #include "common/err.h"
 #include "common/log.h"
+#include "common/uvwrite.h"
 
 #include <netdb.h>
 #include <stdio.h>
@@ -339,18 +340,7 @@ static void mark_dirty(peer_t *p)
     }
 }
 
-typedef struct write_req {
-    uv_write_t req;
-    uint8_t *data;
-} write_req_t;
 
-static void on_write(uv_write_t *req, int status)
-{
-    write_req_t *w = (write_req_t *)req;
-    free(w->data);
-    free(w);
-    (void)status; /* a failed write also fails the read side, which handles it */
-}
 
 static void peer_flush(peer_t *p)
 {
@@ -358,27 +348,9 @@ static void peer_flush(peer_t *p)
     if (p->state != CONNECTED || p->out.len == 0) {
         return;
     }
-    uv_stream_t *s = (uv_stream_t *)&p->link->tcp;
-    uv_buf_t b = uv_buf_init((char *)p->out.data, (unsigned)p->out.len);
-    int n = uv_try_write(s, &b, 1);
-    if (n == (int)p->out.len) {
-        p->out.len = 0;
-        return;
-    }
-    if (n < 0 && n != UV_EAGAIN) {
-        peer_conn_failed(p, DKV_EUNAVAIL, "write failed");
-        return;
-    }
-    if (n > 0) {
-        dkv_buf_consume(&p->out, (size_t)n);
-    }
-    write_req_t *w = dkv_xmalloc(sizeof(*w));
-    size_t len = p->out.len;
-    w->data = dkv_buf_steal(&p->out);
-    b = uv_buf_init((char *)w->data, (unsigned)len);
-    if (uv_write(&w->req, s, &b, 1, on_write) != 0) {
-        free(w->data);
-        free(w);
+    /* A failed queued write also fails the read side, which handles it. */
+    bool queued = false;
+    if (dkv_uvwrite((uv_stream_t *)&p->link->tcp, &p->out, NULL, NULL, &queued) != 0) {
         peer_conn_failed(p, DKV_EUNAVAIL, "write failed");
     }
 }

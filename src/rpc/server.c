@@ -9,6 +9,7 @@
 
 #include "common/err.h"
 #include "common/log.h"
+#include "common/uvwrite.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -48,10 +49,6 @@ struct sconn {
     char peer_url[128];
 };
 
-typedef struct write_req {
-    uv_write_t req;
-    uint8_t *data;
-} write_req_t;
 
 static void server_maybe_freed(dkv_rpc_server_t *s)
 {
@@ -95,13 +92,6 @@ static void sconn_close(sconn_t *c)
     uv_close((uv_handle_t *)c->tcp, on_closed);
 }
 
-static void on_write(uv_write_t *req, int status)
-{
-    write_req_t *w = (write_req_t *)req;
-    free(w->data);
-    free(w);
-    (void)status;
-}
 
 static void sconn_flush(sconn_t *c)
 {
@@ -113,27 +103,9 @@ static void sconn_flush(sconn_t *c)
         sconn_close(c); /* the coordinator counts the replica as failed */
         return;
     }
-    uv_buf_t b = uv_buf_init((char *)c->out.data, (unsigned)c->out.len);
-    int n = uv_try_write((uv_stream_t *)c->tcp, &b, 1);
-    if (n == (int)c->out.len) {
-        c->out.len = 0;
-        return;
-    }
-    if (n < 0 && n != UV_EAGAIN) {
-        sconn_close(c);
-        return;
-    }
-    if (n > 0) {
-        dkv_buf_consume(&c->out, (size_t)n);
-    }
-    write_req_t *w = dkv_xmalloc(sizeof(*w));
-    size_t len = c->out.len;
-    w->data = dkv_buf_steal(&c->out);
-    b = uv_buf_init((char *)w->data, (unsigned)len);
-    if (uv_write(&w->req, (uv_stream_t *)c->tcp, &b, 1, on_write) != 0) {
-        free(w->data);
-        free(w);
-        sconn_close(c);
+    bool queued = false;
+    if (dkv_uvwrite((uv_stream_t *)c->tcp, &c->out, NULL, NULL, &queued) != 0) {
+        sconn_close(c); /* a failed queued write fails the read side too, which closes */
     }
 }
 
