@@ -9,7 +9,7 @@ JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 PYTEST ?= /usr/bin/python3 -m pytest
 PYTEST_ARGS ?=
 
-.PHONY: all deps build asan test unit integration run fuzz clean format
+.PHONY: all deps build asan test unit integration run bench profile fuzz clean format
 
 all: build
 
@@ -34,6 +34,16 @@ test: unit integration
 
 run: build
 	@bash scripts/cluster.sh run
+
+# make bench [QUICK=1] [BENCH_ARGS=...]: every scenario against an nginx ceiling, report in
+# bench/results/. make profile SCENARIO=n3-a2f3-put [ALLOC=1]: perf flame graph + top symbols.
+bench: build
+	@bash scripts/install-deps.sh --bench
+	/usr/bin/python3 bench/bench.py $(if $(QUICK),--quick) $(BENCH_ARGS)
+
+profile: build
+	@bash scripts/install-deps.sh --bench
+	bash bench/profile.sh $(SCENARIO) $(BENCH_ARGS)
 
 fuzz:
 	@bash scripts/install-deps.sh --fuzz

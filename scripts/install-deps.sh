@@ -8,7 +8,7 @@ pkgs=(build-essential cmake pkg-config libuv1-dev node-llhttp librocksdb-dev lib
       libcmocka-dev python3 python3-pytest curl)
 for opt in "$@"; do
   case "$opt" in
-    --bench) pkgs+=(wrk nginx-light gnuplot-nox linux-perf) ;;
+    --bench) pkgs+=(wrk nginx-light gnuplot-nox linux-perf heaptrack) ;;
     --fuzz) pkgs+=(clang libclang-rt-dev) ;;
     *) echo "install-deps: unknown option $opt (use --bench, --fuzz)" >&2; exit 2 ;;
   esac
