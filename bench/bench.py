@@ -1,0 +1,1208 @@
+#!/usr/bin/python3
+"""dkv benchmark runner: throughput and fixed-rate latency of every scenario, against an nginx
+ceiling measured in the same run, written up as bench/results/<date>-<commit>.md (+ .json, .png).
+
+    /usr/bin/python3 bench/bench.py [--quick] [--fill-keys N | --fill-gib-per-node X] ...
+    (make bench, make bench QUICK=1; --help lists every option)
+
+What one run does (docs/benchmarks.md explains the method and the choice of tools):
+ 1. nginx answering `return 200 "ok"` (worker_processes = dkv's I/O threads): the HTTP ceiling.
+ 2. For each topology (1 node; 3 nodes), start a cluster on fresh data directories, fill it
+    (default 1M keys x 1 KiB random values, every node holding every key), stop it and keep the
+    data as a snapshot. Every scenario then starts from its own copy of that snapshot, warms up,
+    and is measured.
+ 3. Each target (nginx or a scenario): maximum throughput in closed loop (wrk -t1 -c64 -d10s),
+    median of --runs runs; then latency at fixed rates of 50% and 80% of that median
+    (p50/p90/p99/p99.9, corrected for coordinated omission), each a median of --runs runs.
+Every load is bounded in time (wrk -d plus a subprocess timeout); every process it starts is
+stopped on the way out, Ctrl-C included. Python standard library only.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+LUA = ROOT / "bench" / "lua"
+CLUSTER_SH = ROOT / "scripts" / "cluster.sh"
+
+# Workload of the first issue's numbers: keys key1..key100000, small PUT values.
+WORKLOAD_KEYS = 100000
+PUT_VALUE_BYTES = 16
+FILL_VALUE_BYTES = 1024
+CONNECTIONS = 64
+
+
+@dataclass
+class Scenario:
+    name: str
+    nodes: int
+    op: str  # "get" | "put"
+    ack: Optional[int] = None
+    frm: Optional[int] = None
+
+    def title(self) -> str:
+        where = "1 node" if self.nodes == 1 else f"{self.nodes} nodes"
+        q = "" if self.ack is None else f" ack={self.ack}/from={self.frm}"
+        return f"{where}{q} {self.op.upper()}"
+
+
+SCENARIOS = [
+    Scenario("single-get", 1, "get"),
+    Scenario("single-put", 1, "put"),
+    Scenario("n3-a1f1-get", 3, "get", 1, 1),
+    Scenario("n3-a1f1-put", 3, "put", 1, 1),
+    Scenario("n3-a2f3-get", 3, "get", 2, 3),
+    Scenario("n3-a2f3-put", 3, "put", 2, 3),
+    Scenario("n3-a3f3-put", 3, "put", 3, 3),
+]
+SCENARIO_BY_NAME = {s.name: s for s in SCENARIOS}
+
+# Targets the lead asked for: (scenario, ratio to nginx at least, p99 at 50% at most in ms).
+TARGETS = [
+    ("single-get", 0.7, None),
+    ("single-put", 0.6, None),
+    ("n3-a2f3-get", 0.25, 5.0),
+    ("n3-a2f3-put", 0.25, 5.0),
+]
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class BenchError(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes and ports
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def http_get(url: str, timeout_s: float = 5.0):
+    """Returns (status, body bytes); status 0 when the server could not be reached."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except (urllib.error.URLError, OSError):
+        return 0, b""
+
+
+def wait_http(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if http_get(url, 1.0)[0] == 200:
+            return
+        time.sleep(0.05)
+    raise BenchError(f"{url} did not answer 200 within {timeout_s:.0f} s")
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie (exited, waiting to be reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+class Nginx:
+    """nginx as an unprivileged foreground process with a generated config in a temp dir."""
+
+    def __init__(self, port: int, workers: int):
+        self.port = port
+        self.workers = workers
+        self.dir = Path(tempfile.mkdtemp(prefix="dkv-bench-nginx-"))
+        self.proc: Optional[subprocess.Popen] = None
+
+    def start(self) -> None:
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        if not Path(nginx).exists():
+            raise BenchError("nginx not found (bash scripts/install-deps.sh --bench)")
+        if not port_free(self.port):
+            raise BenchError(f"port {self.port} (nginx) is in use; pass --base-port")
+        d = self.dir
+        (d / "nginx.conf").write_text(f"""# generated by bench/bench.py: the HTTP ceiling
+worker_processes {self.workers};
+daemon off;
+master_process on;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 75s;
+    server {{
+        listen 127.0.0.1:{self.port} reuseport;
+        location / {{ return 200 "ok"; }}
+    }}
+}}
+""")
+        self.proc = subprocess.Popen(
+            [nginx, "-p", str(d), "-c", str(d / "nginx.conf"), "-e", str(d / "error.log")],
+            stdout=subprocess.DEVNULL, stderr=open(d / "stderr.log", "wb"),
+            start_new_session=True)
+        try:
+            wait_http(self.url(), 10)
+        except BenchError:
+            self.stop()
+            raise BenchError("nginx did not start: " + (d / "stderr.log").read_text()[-500:])
+
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Cluster:
+    """A local dkv cluster driven through scripts/cluster.sh."""
+
+    def __init__(self, nodes: int, base_port: int, data_root: Path, dkv_bin: Path,
+                 dkv_args: str):
+        self.nodes = nodes
+        self.base_port = base_port
+        self.data_root = data_root
+        self.env = dict(os.environ, NODES=str(nodes), BASE_PORT=str(base_port),
+                        DATA_ROOT=str(data_root), DKV_BIN=str(dkv_bin), DKV_ARGS=dkv_args)
+        self.running = False
+
+    def url(self, i: int = 0) -> str:
+        return f"http://127.0.0.1:{self.base_port + i}/"
+
+    def _sh(self, *args: str, timeout_s: float = 120) -> None:
+        r = subprocess.run(["bash", str(CLUSTER_SH), *args], env=self.env, cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           timeout=timeout_s)
+        if r.returncode != 0:
+            raise BenchError(f"cluster.sh {' '.join(args)} failed:\n{r.stdout}")
+
+    def start(self) -> None:
+        for i in range(self.nodes):
+            if not port_free(self.base_port + i):
+                raise BenchError(f"port {self.base_port + i} is in use; pass --base-port")
+        self.data_root.mkdir(parents=True, exist_ok=True)
+        self.running = True
+        self._sh("start", timeout_s=60 + 35 * self.nodes)
+
+    def stop(self) -> None:
+        """SIGTERM to every node at once, then wait for each to exit (SIGKILL after 20 s).
+
+        Not `cluster.sh stop`: it stops nodes one by one and polls with `kill -0`, which also
+        succeeds on a zombie; a node started by cluster.sh is reparented to PID 1, and where PID 1
+        reaps late (containers, this sandbox: about 1-2 s) each stop waits for the reaper.
+        """
+        if not self.running:
+            return
+        self.running = False
+        pids = []
+        for i in range(self.nodes):
+            f = self.data_root / f"node{i}.pid"
+            try:
+                pids.append((f, int(f.read_text())))
+            except (OSError, ValueError):
+                continue
+        for _, pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 20
+        for f, pid in pids:
+            while alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if alive(pid):
+                log(f"node pid {pid} still running 20 s after SIGTERM; sending SIGKILL")
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                while alive(pid):
+                    time.sleep(0.02)
+            f.unlink(missing_ok=True)
+
+    def pid(self, i: int) -> int:
+        return int((self.data_root / f"node{i}.pid").read_text())
+
+
+# ---------------------------------------------------------------------------------------------
+# Load generation
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_ticks(pids: List[int]) -> int:
+    """utime + stime of these processes (all their threads), in clock ticks."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def busy_ticks() -> int:
+    """user + nice + system ticks of all CPUs (irq/softirq left out on both sides)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return v[0] + v[1] + v[2]
+
+
+def descendants(pid: int) -> List[int]:
+    """pid and its children (enough for nginx: a master and its workers)."""
+    out = [pid]
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                st = (d / "stat").read_text()
+                if int(st.rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(d.name))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def can_raise_priority() -> bool:
+    r = subprocess.run(["nice", "-n", "-10", "nice"], stdout=subprocess.PIPE,
+                       stderr=subprocess.DEVNULL, text=True)
+    return r.returncode == 0 and r.stdout.strip() == "-10"
+
+
+@dataclass
+class LoadGen:
+    wrk: str
+    wrk2: Optional[str]
+    connections: int = CONNECTIONS
+    # Fixed-rate runs only: the generator should behave like a client on its own machine, so on
+    # 2 shared cores it gets the CPU as soon as a send is due (nice -10) instead of queueing
+    # behind the server's threads; that queueing would show up as lag, not as server latency.
+    nice_fixed_rate: bool = False
+
+    def describe(self) -> str:
+        nice = " (fixed-rate runs at nice -10)" if self.nice_fixed_rate else ""
+        if self.wrk2:
+            return (f"wrk2 ({self.wrk2}) -R for fixed rates (CO-corrected by wrk2){nice}; "
+                    f"wrk ({self.wrk}) for closed loop")
+        return ("wrk " + wrk_version(self.wrk) + " for both; fixed rates paced by "
+                "bench/lua/lib.lua, latency CO-corrected by wrk's stats_correct, lag reported "
+                "separately" + nice)
+
+    def run(self, url: str, script: str, args: List[str], duration_s: float,
+            rate: Optional[float] = None, timeout_s: str = "5s",
+            server_pids: Optional[List[int]] = None) -> dict:
+        """One bounded wrk run; returns the DKV_RESULT record plus the command line.
+
+        With `server_pids`, also `other_cpu_pct`: CPU used meanwhile by processes other than
+        wrk and these servers, in % of all cores (another build on a shared machine, say).
+        """
+        d = max(1, int(round(duration_s)))
+        if rate is not None and self.wrk2:
+            cmd = [self.wrk2, "-t1", f"-c{self.connections}", f"-d{d}s", f"-R{int(rate)}",
+                   "--latency", "--timeout", timeout_s, "-s", str(LUA / script), url, "--",
+                   *args, "wrk2=1", f"rate={int(rate)}"]
+        else:
+            cmd = [self.wrk, "-t1", f"-c{self.connections}", f"-d{d}s", "--timeout", timeout_s,
+                   "-s", str(LUA / script), url, "--", *args]
+            if rate is not None:
+                cmd.append(f"rate={rate:.1f}")
+        if rate is not None and self.nice_fixed_rate:
+            cmd = ["nice", "-n", "-10"] + cmd
+        pids = server_pids or []
+        t0, b0, s0 = time.monotonic(), busy_ticks(), proc_ticks(pids)
+        c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        try:
+            r = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, timeout=d + 60)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"wrk did not finish within {d + 60} s: {' '.join(cmd)}")
+        m = re.search(r"^DKV_RESULT (\{.*\})$", r.stdout, re.M)
+        if r.returncode != 0 or m is None:
+            raise BenchError(f"wrk failed ({r.returncode}): {' '.join(cmd)}\n"
+                             f"{r.stdout[-1500:]}{r.stderr[-1500:]}")
+        res = json.loads(m.group(1))
+        c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        wall = time.monotonic() - t0
+        ours = (proc_ticks(pids) - s0) / CLK_TCK + (c1.ru_utime - c0.ru_utime) + \
+            (c1.ru_stime - c0.ru_stime)
+        other = (busy_ticks() - b0) / CLK_TCK - ours
+        res["other_cpu_pct"] = max(0.0, 100.0 * other / (wall * (os.cpu_count() or 1)))
+        res["cmd"] = " ".join(cmd)
+        res["target_rate"] = rate
+        res["errors"] = sum(res[k] for k in ("err_connect", "err_read", "err_write",
+                                             "err_timeout", "err_status"))
+        return res
+
+
+def wrk_version(wrk: str) -> str:
+    r = subprocess.run([wrk, "-v"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    m = re.search(r"wrk (\S+)", r.stdout)
+    return m.group(1) if m else "?"
+
+
+def fill(gen: LoadGen, url: str, keys: int, value_bytes: int, query_args: List[str],
+         work: Path) -> dict:
+    """PUTs key1..keyN once each (bench/lua/fill.lua); returns {keys, seconds, rate}."""
+    prefix = work / f"fill-{os.getpid()}-{random.randrange(1 << 30)}"
+    bound_s = 120 + keys // 1000  # generous: at least 1000 keys/s
+    cmd = [gen.wrk, "-t1", "-c32", f"-d{bound_s}s", "--timeout", "10s", "-s",
+           str(LUA / "fill.lua"), url, "--", f"keys={keys}", "threads=1",
+           f"value={value_bytes}", f"out={prefix}", *query_args]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    marker = Path(f"{prefix}.0")
+    try:
+        while not marker.exists():
+            if proc.poll() is not None:
+                raise BenchError(f"fill ended before all keys were written:\n"
+                                 f"{proc.stdout.read()[-1500:]}")
+            time.sleep(0.1)
+        seconds = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+    created, failed = (int(x) for x in marker.read_text().split())
+    marker.unlink()
+    if failed:
+        raise BenchError(f"fill: {failed} of {keys} PUTs failed")
+    return {"keys": created, "seconds": round(seconds, 1), "rate": round(created / seconds)}
+
+
+def verify_fill(url: str, keys: int, value_bytes: int, query: str) -> None:
+    rng = random.Random(7)
+    sample = [1, keys, min(keys, WORKLOAD_KEYS)] + [rng.randint(1, keys) for _ in range(20)]
+    for k in sample:
+        status, body = http_get(f"{url}v0/entity?id=key{k}{query}")
+        if status != 200 or len(body) != value_bytes:
+            raise BenchError(f"fill check: GET key{k} gave {status} with {len(body)} bytes")
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurement
+
+
+def median(xs):
+    return statistics.median(xs) if xs else 0.0
+
+
+def summarize(runs: List[dict]) -> dict:
+    """Median of each figure over the runs, plus min/max of the rate and summed errors."""
+    out = {"runs": len(runs)}
+    for k in ("rps", "p50_us", "p90_us", "p99_us", "p999_us", "max_us", "lag_p50_us",
+              "lag_p99_us", "other_cpu_pct"):
+        out[k] = median([r[k] for r in runs])
+    out["rps_min"] = min(r["rps"] for r in runs)
+    out["rps_max"] = max(r["rps"] for r in runs)
+    out["errors"] = sum(r["errors"] for r in runs)
+    out["requests"] = sum(r["requests"] for r in runs)
+    sent = sum(r["sent"] for r in runs)
+    out["late_pct"] = 100.0 * sum(r["late"] for r in runs) / sent if sent else 0.0
+    return out
+
+
+def measure(gen: LoadGen, url: str, script: str, args: List[str], opts,
+            pids: List[int]) -> dict:
+    """Closed-loop maximum, then fixed rates at opts.rates of it; every figure a median."""
+    result = {"max": None, "fixed": []}
+    runs = []
+    for i in range(opts.runs):
+        r = gen.run(url, script, args, opts.duration, server_pids=pids)
+        log(f"    max run {i + 1}/{opts.runs}: {r['rps']:.0f} req/s, errors {r['errors']}, "
+            f"other CPU {r['other_cpu_pct']:.0f}%")
+        runs.append(r)
+    result["max"] = summarize(runs)
+    result["max"]["all"] = runs
+    peak = result["max"]["rps"]
+    for frac in opts.rates:
+        rate = peak * frac
+        runs = []
+        for i in range(opts.runs):
+            r = gen.run(url, script, args, opts.rate_duration, rate=rate, server_pids=pids)
+            log(f"    {frac:.0%} = {rate:.0f} req/s run {i + 1}/{opts.runs}: "
+                f"got {r['rps']:.0f}, p50 {r['p50_us'] / 1e3:.2f} p99 {r['p99_us'] / 1e3:.2f} "
+                f"p99.9 {r['p999_us'] / 1e3:.2f} ms, lag p99 {r['lag_p99_us'] / 1e3:.2f} ms, "
+                f"errors {r['errors']}, other CPU {r['other_cpu_pct']:.0f}%")
+            runs.append(r)
+        s = summarize(runs)
+        s["fraction"] = frac
+        s["target_rate"] = rate
+        s["all"] = runs
+        result["fixed"].append(s)
+    return result
+
+
+def scenario_args(s: Scenario, keys: int) -> (str, List[str]):
+    args = [f"keys={min(WORKLOAD_KEYS, keys)}"]
+    if s.ack is not None:
+        args += [f"ack={s.ack}", f"from={s.frm}"]
+    if s.op == "put":
+        args.append(f"value={PUT_VALUE_BYTES}")
+    return f"{s.op}.lua", args
+
+
+def du_bytes(path: Path) -> int:
+    total = 0
+    for p in path.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            total += p.stat().st_size
+    return total
+
+
+def cpu_busy_pct(seconds: float = 1.0) -> float:
+    """Share of all CPUs busy over `seconds` (before anything of ours runs: background load)."""
+    def snap():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        idle = v[3] + (v[4] if len(v) > 4 else 0)
+        return sum(v), idle
+    t1, i1 = snap()
+    time.sleep(seconds)
+    t2, i2 = snap()
+    return 100.0 * (1 - (i2 - i1) / max(1, t2 - t1))
+
+
+def run_topology(nodes: int, scenarios: List[Scenario], gen: LoadGen, opts, work: Path,
+                 dkv_bin: Path, results: dict) -> None:
+    base = opts.base_port
+    snap = work / f"snapshot-{nodes}"
+    shutil.rmtree(snap, ignore_errors=True)
+    fill_root = work / f"fill-{nodes}"
+    shutil.rmtree(fill_root, ignore_errors=True)
+    cl = Cluster(nodes, base, fill_root, dkv_bin, opts.dkv_args)
+    fill_query = [] if nodes == 1 else [f"ack={nodes}", f"from={nodes}"]
+    log(f"{nodes}-node cluster: fill {opts.fill_keys} keys x {FILL_VALUE_BYTES} B "
+        f"({'every node holds every key' if nodes > 1 else 'one node'})")
+    try:
+        cl.start()
+        info = fill(gen, cl.url(0), opts.fill_keys, FILL_VALUE_BYTES, fill_query, work)
+        verify_fill(cl.url(0), opts.fill_keys, FILL_VALUE_BYTES,
+                    "" if nodes == 1 else f"&ack={nodes}&from={nodes}")
+        log(f"  filled in {info['seconds']} s ({info['rate']} keys/s)")
+    finally:
+        cl.stop()
+    snap.mkdir(parents=True)
+    for i in range(nodes):
+        shutil.move(str(fill_root / f"node{i}"), str(snap / f"node{i}"))
+    info["bytes_per_node"] = [du_bytes(snap / f"node{i}") for i in range(nodes)]
+    shutil.rmtree(fill_root, ignore_errors=True)
+    results["fill"][str(nodes)] = info
+
+    for s in scenarios:
+        root = work / f"run-{s.name}"
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        for i in range(nodes):
+            shutil.copytree(snap / f"node{i}", root / f"node{i}", symlinks=True)
+        cl = Cluster(nodes, base, root, dkv_bin, opts.dkv_args)
+        script, args = scenario_args(s, opts.fill_keys)
+        log(f"scenario {s.name} ({s.title()}): fresh copy of the filled data, warm-up "
+            f"{opts.warmup:.0f} s")
+        try:
+            cl.start()
+            gen.run(cl.url(0), script, args, opts.warmup)
+            pids = [cl.pid(i) for i in range(nodes)]
+            results["scenarios"][s.name] = measure(gen, cl.url(0), script, args, opts, pids)
+        finally:
+            cl.stop()
+            if not opts.keep:
+                shutil.rmtree(root, ignore_errors=True)
+    if not opts.keep:
+        shutil.rmtree(snap, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def machine_info() -> dict:
+    model = "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = 0.0
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal:"):
+                mem_gib = int(line.split()[1]) / (1 << 20)
+    except OSError:
+        pass
+    return {"cores": os.cpu_count(), "cpu": model, "kernel": platform.release(),
+            "os": platform.platform(), "mem_gib": round(mem_gib, 1)}
+
+
+def git_info() -> dict:
+    def git(*a):
+        r = subprocess.run(["git", *a], cwd=ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, text=True)
+        return r.stdout.strip() if r.returncode == 0 else ""
+    commit = git("rev-parse", "--short", "HEAD") or "nogit"
+    dirty = git("status", "--porcelain", "--", "src", "CMakeLists.txt")
+    return {"commit": commit, "subject": git("log", "-1", "--format=%s"),
+            "dirty": bool(dirty), "dirty_files": dirty.splitlines()[:20]}
+
+
+def fmt_ms(us: float) -> str:
+    ms = us / 1000.0
+    if ms >= 100:
+        return f"{ms:.0f}"
+    if ms >= 10:
+        return f"{ms:.1f}"
+    return f"{ms:.2f}"
+
+
+def fmt_k(rps: float) -> str:
+    return f"{rps / 1000:.1f}k"
+
+
+def plot(results: dict, png: Path, dat_dir: Path) -> Optional[str]:
+    """Latency vs throughput (p50 and p99, log scale) with gnuplot; None when it is missing."""
+    gp = shutil.which("gnuplot")
+    if gp is None:
+        return "gnuplot not found (bash scripts/install-deps.sh --bench): no plot"
+    targets = [("nginx", "nginx static 200", results["nginx"])]
+    targets += [(n, SCENARIO_BY_NAME[n].title(), r) for n, r in results["scenarios"].items()]
+    series = []
+    for name, title, r in targets:
+        f = dat_dir / f"{name}.dat"
+        rows = sorted((fx["rps"], fx["p50_us"] / 1e3, fx["p99_us"] / 1e3, fx["p999_us"] / 1e3)
+                      for fx in r["fixed"])
+        f.write_text("# rps p50_ms p99_ms p999_ms\n" +
+                     "".join(f"{a:.1f} {b:.4f} {c:.4f} {d:.4f}\n" for a, b, c, d in rows))
+        series.append((f, title))
+    def plots(col):
+        return ", ".join(f"'{f}' using ($1/1000):{col} with linespoints lw 2 pt 7 ps 1.2 "
+                         f"title '{t}'" for f, t in series)
+    script = f"""
+set terminal pngcairo size 1400,560 font 'sans,10'
+set output '{png}'
+set multiplot layout 1,2 title 'dkv latency vs throughput at fixed rates (share of each target''s maximum; median of runs; wrk CO correction, lag apart)'
+set logscale y
+set grid
+set xlabel 'throughput (k req/s)'
+set ylabel 'latency (ms)'
+set key top right font ',9' box opaque
+set xrange [0:*]
+set title 'p50'
+plot {plots(2)}
+unset key
+set title 'p99'
+plot {plots(3)}
+unset multiplot
+"""
+    gpf = dat_dir / "plot.gp"
+    gpf.write_text(script)
+    r = subprocess.run([gp, str(gpf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True, timeout=60)
+    if r.returncode != 0:
+        return "gnuplot failed: " + r.stdout[-500:]
+    return None
+
+
+def report_md(results: dict, png_name: Optional[str], plot_note: Optional[str]) -> str:
+    m, g, o = results["machine"], results["git"], results["options"]
+    ng = results["nginx"]
+    ng_max = ng["max"]["rps"]
+    L = []
+    L.append(f"# dkv benchmark {results['date']} (commit {g['commit']}"
+             f"{', modified working tree' if g['dirty'] else ''})\n")
+    if o["quick"]:
+        L.append("**QUICK run** (short loads, small fill): a smoke test, not figures to quote.\n")
+    L.append(f"- Machine: {m['cores']} cores, {m['cpu']}, Linux {m['kernel']}, "
+             f"{m['mem_gib']} GiB RAM. Load generator, nginx and every dkv node share these cores.")
+    L.append(f"- Background CPU before the run: {results['background_cpu_pct']:.0f}% of all cores"
+             + (" (**noisy machine: figures are pessimistic and vary**)"
+                if results["background_cpu_pct"] > 10 else ""))
+    L.append(f"- Commit: `{g['commit']}` {g['subject']}"
+             + (f"; modified: {', '.join(f.strip() for f in g['dirty_files'])}"
+                if g["dirty"] else ""))
+    L.append(f"- dkv: release build (`make build`), flags `--io-threads {o['io_threads']}"
+             f"{(' ' + o['dkv_args_extra']) if o['dkv_args_extra'] else ''}`, other flags default"
+             f"; nginx {results['nginx_version']} `worker_processes {o['io_threads']}`, "
+             f"`access_log off`, `return 200 \"ok\"`.")
+    L.append(f"- Load: {results['loadgen']}. Closed loop `wrk -t1 -c{CONNECTIONS} "
+             f"-d{o['duration']:.0f}s`; fixed rate `-t1 -c{CONNECTIONS} -d{o['rate_duration']:.0f}s`"
+             f" at {', '.join(f'{r:.0%}' for r in o['rates'])} of the target's median maximum. "
+             f"Every figure is the median of {o['runs']} runs. Client traffic enters through "
+             f"node 0, which coordinates every request.")
+    L.append(f"- Workload: GET and PUT of `key<N>`, N uniform in 1..{min(WORKLOAD_KEYS, o['fill_keys'])}"
+             f", PUT values {PUT_VALUE_BYTES} B random. Fill: {o['fill_keys']:,} keys x "
+             f"{FILL_VALUE_BYTES} B random values; 3-node fill with ack=3/from=3, so every node "
+             f"holds every key.")
+    for n, f in sorted(results["fill"].items()):
+        per = ", ".join(f"{b / (1 << 20):.0f}" for b in f["bytes_per_node"])
+        L.append(f"  - {n}-node fill: {f['keys']:,} keys in {f['seconds']} s "
+                 f"({f['rate']:,} keys/s); on disk per node: {per} MiB "
+                 f"(memtable 64 MiB + block cache {o['block_cache_mib']} MiB).")
+    L.append("")
+
+    L.append("## Maximum throughput (closed loop)\n")
+    L.append("*other CPU*: CPU used during the runs by processes other than wrk and the "
+             "servers under test (median, % of all cores): above a few % the machine was shared "
+             "and the figures are low and noisy.\n")
+    L.append("| Target | req/s (median) | min - max | x nginx | errors | other CPU |")
+    L.append("|---|---:|---:|---:|---:|---:|")
+    L.append(f"| nginx static 200 (ceiling) | {ng_max:,.0f} | {ng['max']['rps_min']:,.0f} - "
+             f"{ng['max']['rps_max']:,.0f} | 1.00 | {ng['max']['errors']} | "
+             f"{ng['max']['other_cpu_pct']:.0f}% |")
+    for name, r in results["scenarios"].items():
+        mx = r["max"]
+        L.append(f"| {SCENARIO_BY_NAME[name].title()} (`{name}`) | {mx['rps']:,.0f} | "
+                 f"{mx['rps_min']:,.0f} - {mx['rps_max']:,.0f} | {mx['rps'] / ng_max:.2f} | "
+                 f"{mx['errors']} | {mx['other_cpu_pct']:.0f}% |")
+    L.append("")
+
+    L.append("## Latency at fixed rates\n")
+    L.append("Rates are a share of the same target's maximum above. Coordinated omission: "
+             "latency runs from the request's send time and wrk adds the requests a stalled "
+             "connection could not send (HdrHistogram-style correction, so server stalls are "
+             "counted); time a request waited for a free connection after its slot is *not* in "
+             "these percentiles but measured apart as *lag* (99th percentile; *late* = share sent "
+             "more than 1 ms after the slot). Lag p99 around 1 ms is wrk's millisecond timer: the "
+             "latency figures are then the whole story. Larger lag means the rate was at or past "
+             "what the system sustains and the true latency is up to the lag higher "
+             "(docs/benchmarks.md).\n")
+    L.append("| Target | rate | achieved | p50 ms | p90 ms | p99 ms | p99.9 ms | lag p99 ms "
+             "| late | errors | other CPU |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    rows = [("nginx static 200", ng)] + [(SCENARIO_BY_NAME[n].title(), r)
+                                         for n, r in results["scenarios"].items()]
+    for title, r in rows:
+        for fx in r["fixed"]:
+            L.append(f"| {title} | {fx['fraction']:.0%} = {fx['target_rate']:,.0f} | "
+                     f"{fx['rps']:,.0f} | {fmt_ms(fx['p50_us'])} | {fmt_ms(fx['p90_us'])} | "
+                     f"{fmt_ms(fx['p99_us'])} | {fmt_ms(fx['p999_us'])} | "
+                     f"{fmt_ms(fx['lag_p99_us'])} | {fx['late_pct']:.1f}% | {fx['errors']} | "
+                     f"{fx['other_cpu_pct']:.0f}% |")
+    L.append("")
+
+    L.append("## Targets\n")
+    L.append("| Target | measured | goal | met |")
+    L.append("|---|---:|---:|:---:|")
+    for name, ratio, p99_ms in TARGETS:
+        r = results["scenarios"].get(name)
+        if r is None:
+            continue
+        got = r["max"]["rps"] / ng_max
+        L.append(f"| {SCENARIO_BY_NAME[name].title()} throughput / nginx | {got:.2f} | "
+                 f">= {ratio} | {'yes' if got >= ratio else '**no**'} |")
+        if p99_ms is not None:
+            half = [fx for fx in r["fixed"] if abs(fx["fraction"] - 0.5) < 1e-9]
+            if half:
+                p99 = half[0]["p99_us"] / 1e3
+                lag = half[0]["lag_p99_us"] / 1e3
+                L.append(f"| {SCENARIO_BY_NAME[name].title()} p99 at 50% "
+                         f"({half[0]['target_rate']:,.0f} req/s; lag p99 {lag:.1f} ms) | "
+                         f"{p99:.2f} ms | <= {p99_ms} ms "
+                         f"| {'yes' if p99 <= p99_ms else '**no**'} |")
+    L.append("")
+
+    if png_name:
+        L.append(f"![latency vs throughput]({png_name})\n")
+    if plot_note:
+        L.append(f"Plot: {plot_note}\n")
+    L.append(f"Every run's figures and wrk command lines: `{results['json_name']}`. Method and "
+             f"tool choice: `docs/benchmarks.md`.")
+    return "\n".join(L) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Profiling (bench/profile.sh, make profile SCENARIO=...)
+
+
+def perf_usable() -> Optional[str]:
+    """None when `perf record` works here, else why not."""
+    perf = shutil.which("perf")
+    if perf is None:
+        return "perf not found (Debian linux-perf: bash scripts/install-deps.sh --bench)"
+    r = subprocess.run([perf, "record", "-q", "-e", "cpu-clock", "-o", "/dev/null", "--", "true"],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=30)
+    if r.returncode != 0:
+        return "perf record is not allowed here: " + r.stdout.strip()[-300:]
+    return None
+
+
+def strip_ipc(text: str) -> str:
+    """Drops perf report's empty IPC columns ("-  -") and over-long rulers."""
+    out = []
+    for line in text.splitlines():
+        line = re.sub(r"\s+-\s+-\s*$", "", line)
+        line = re.sub(r"\s+IPC\s+\[IPC Coverage\]\s*$", "", line)
+        if line.startswith("# ...."):
+            line = line[:100]
+        out.append(line.rstrip())
+    return "\n".join(out) + "\n"
+
+
+def hw_counters_usable() -> bool:
+    r = subprocess.run(["perf", "stat", "-x,", "-e", "instructions", "true"],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=30)
+    return r.returncode == 0 and "not supported" not in r.stdout and "<not" not in r.stdout
+
+
+def children_named(pid: int, comm: str) -> List[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            st = (d / "stat").read_text()
+        except OSError:
+            continue
+        name = st[st.index("(") + 1:st.rindex(")")]
+        ppid = int(st.rsplit(")", 1)[1].split()[1])
+        if ppid == pid and name == comm:
+            out.append(int(d.name))
+    return out
+
+
+def run_profile(opts, gen: LoadGen, work: Path, dkv_bin: Path, gi: dict) -> int:
+    s = SCENARIO_BY_NAME[opts.profile]
+    date = datetime.date.today().isoformat()
+    out = Path(opts.out_dir) / "profiles" / f"{date}-{gi['commit']}-{s.name}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    raw = work.parent / f"profile-{s.name}"  # perf.data and heaptrack files: large, not results
+    shutil.rmtree(raw, ignore_errors=True)
+    raw.mkdir(parents=True)
+    perf_problem = perf_usable()
+    summary = [f"# Profile of `{s.name}` ({s.title()}), {date}, commit {gi['commit']}"
+               f"{' (modified working tree)' if gi['dirty'] else ''}\n"]
+    script, args = scenario_args(s, opts.fill_keys)
+    root = work / f"profile-{s.name}"
+    cl = Cluster(s.nodes, opts.base_port, root, dkv_bin, opts.dkv_args)
+    fill_query = [] if s.nodes == 1 else [f"ack={s.nodes}", f"from={s.nodes}"]
+    try:
+        cl.start()
+        log(f"profile {s.name}: fill {opts.fill_keys} keys")
+        fill(gen, cl.url(0), opts.fill_keys, FILL_VALUE_BYTES, fill_query, work)
+        gen.run(cl.url(0), script, args, opts.warmup)
+        if opts.profile_rate:
+            rate = opts.profile_rate
+        else:
+            peak = gen.run(cl.url(0), script, args, 5)["rps"]
+            rate = peak * opts.profile_fraction
+            log(f"  closed-loop maximum {peak:.0f} req/s; profiling at {rate:.0f} req/s")
+        pids = [cl.pid(i) for i in range(s.nodes)]
+        secs = opts.profile_seconds
+        wrk_box = {}
+
+        def load():
+            wrk_box["r"] = gen.run(cl.url(0), script, args, secs + 3, rate=rate)
+
+        import threading
+        th = threading.Thread(target=load)
+        th.start()
+        time.sleep(1.5)
+        if perf_problem is None:
+            perf_data = raw / "perf.data"
+            cmd = ["perf", "record", "-q", "-e", "cpu-clock", "-F", str(opts.perf_freq),
+                   "--call-graph", "dwarf,16384", "-p", ",".join(map(str, pids)),
+                   "-o", str(perf_data), "--", "sleep", str(secs)]
+            log("  " + " ".join(cmd))
+            r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               timeout=secs + 120)
+            if r.returncode != 0:
+                perf_problem = "perf record failed: " + r.stdout[-300:]
+        th.join(timeout=secs + 120)
+        res = wrk_box.get("r")
+    finally:
+        cl.stop()
+
+    summary.append(f"- Load: `{res['cmd'] if res else '?'}`")
+    if res:
+        summary.append(f"- During the recording: {res['rps']:.0f} req/s, p50 "
+                       f"{res['p50_us'] / 1e3:.2f} ms, p99 {res['p99_us'] / 1e3:.2f} ms, "
+                       f"errors {res['errors']} (perf's unwinding costs CPU too).")
+    summary.append(f"- Processes: every dkv node ({s.nodes}); client traffic enters via node 0.")
+    if perf_problem is not None:
+        summary.append(f"- **CPU profile skipped**: {perf_problem}")
+    else:
+        hw = hw_counters_usable()
+        summary.append(f"- `perf record -e cpu-clock -F {opts.perf_freq} --call-graph "
+                       f"dwarf` for {secs} s"
+                       + ("" if hw else " (hardware counters are not available in this VM: "
+                          "`perf stat -e instructions` says <not supported>, so the software "
+                          "cpu-clock timer samples instead of cycles)") + ".")
+        rep = subprocess.run(["perf", "report", "-i", str(raw / "perf.data"), "--no-inline",
+                              "--no-children", "--sort", "dso,symbol", "--stdio",
+                              "--percent-limit", "0.4", "-g", "none"],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                             timeout=600)
+        rep.stdout = strip_ipc(rep.stdout)
+        (out / "top-self.txt").write_text(rep.stdout)
+        rep2 = subprocess.run(["perf", "report", "-i", str(raw / "perf.data"), "--no-inline",
+                               "--children", "--sort", "symbol", "--stdio",
+                               "--percent-limit", "3", "-g", "none"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                              timeout=600)
+        (out / "top-inclusive.txt").write_text(strip_ipc(rep2.stdout))
+        rows = [l.rstrip() for l in rep.stdout.splitlines()
+                if l.strip() and not l.startswith("#")]
+        summary.append("\n## Top symbols (self time, all dkv threads)\n")
+        summary.append("```")
+        summary.extend(rows[:30])
+        summary.append("```")
+        stacks = raw / "perf.stacks"
+        with open(stacks, "w") as f:
+            subprocess.run(["perf", "script", "--no-inline", "-i", str(raw / "perf.data")],
+                           stdout=f, stderr=subprocess.DEVNULL, timeout=900)
+        # One frame per function, not per return address: drop the "+0x1d3" offsets.
+        text = stacks.read_text(errors="replace")
+        stacks.write_text(re.sub(r"\+0x[0-9a-f]+ \(", " (", text))
+        fg = opts.flamegraph_cmd
+        if fg and Path(fg).exists():
+            with open(stacks) as fin:
+                r = subprocess.run([fg, "--inputtype", "perf", "--titletext",
+                                    f"dkv {s.name} at {rate:.0f} req/s (commit {gi['commit']})",
+                                    "--countname", "samples"],
+                                   stdin=fin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True, timeout=600)
+            # flamegraph 1.3.0 writes raw "&&" into onmouseover attributes: not well-formed XML,
+            # which browsers refuse to render as an .svg file. Escape them.
+            (out / "flame.svg").write_text(r.stdout.replace(" && ", " &amp;&amp; "))
+            if r.returncode == 0:
+                summary.append("\nFlame graph: [flame.svg](flame.svg) (open it in a browser; "
+                               "click to zoom).")
+            else:
+                summary.append(f"\nFlame graph failed: {r.stderr[-300:]}")
+        else:
+            summary.append("\nNo flame graph: the npm `flamegraph` renderer is not installed "
+                           "(bench/profile.sh installs it with npm).")
+
+    if opts.alloc:
+        ht = shutil.which("heaptrack")
+        if ht is None:
+            summary.append("\n## Allocations\n\nSkipped: heaptrack not found (Debian heaptrack).")
+        else:
+            summary.extend(alloc_profile(s, opts, gen, root, dkv_bin, raw, out))
+    (out / "README.md").write_text("\n".join(summary) + "\n")
+    if not opts.keep:
+        shutil.rmtree(root, ignore_errors=True)
+    log(f"profile written to {out.relative_to(ROOT)} (raw data in {raw})")
+    print("\n".join(summary))
+    return 0
+
+
+def alloc_profile(s: Scenario, opts, gen: LoadGen, root: Path, dkv_bin: Path, raw: Path,
+                  out: Path) -> List[str]:
+    """Restarts the (filled) cluster under heaptrack and counts allocations at a low fixed rate."""
+    wrapper = raw / "dkv-heaptrack"
+    wrapper.write_text(f'#!/bin/sh\nexec heaptrack -o "{raw}/heaptrack.node.$$" '
+                       f'"{dkv_bin}" "$@"\n')
+    wrapper.chmod(0o755)
+    cl = Cluster(s.nodes, opts.base_port, root, wrapper, opts.dkv_args)
+    script, args = scenario_args(s, opts.fill_keys)
+    rate, secs = opts.alloc_rate, opts.alloc_seconds
+    lines = ["\n## Allocations (heaptrack)\n"]
+    try:
+        cl.start()
+        res = gen.run(cl.url(0), script, args, secs, rate=rate)
+        node0 = cl.pid(0)
+    finally:
+        # heaptrack's script waits for dkv without forwarding signals: stop the dkv children.
+        pids = [cl.pid(i) for i in range(s.nodes)]
+        for p in pids:
+            for c in children_named(p, "dkv"):
+                os.kill(c, signal.SIGTERM)
+        deadline = time.monotonic() + 120
+        for p in pids:
+            while alive(p) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        cl.running = False
+        cl.stop()
+    files = sorted(raw.glob(f"heaptrack.node.{node0}.*"))
+    if not files:
+        return lines + ["No heaptrack file was written."]
+    # Only allocations made on threads (start_thread in the backtrace): the I/O loops and
+    # RocksDB's background threads. Start-up (WAL replay, ring building) runs on the main thread.
+    hp = subprocess.run(["heaptrack_print", "-f", str(files[0]), "-a", "1", "-p", "0", "-T", "1",
+                         "-n", "12", "-s", "3", "--filter-bt-function", "start_thread"],
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+    (out / "alloc.txt").write_text(hp.stdout)
+    folded = raw / "alloc.folded"
+    subprocess.run(["heaptrack_print", "-f", str(files[0]), "-a", "0", "-p", "0", "-T", "0",
+                    "--flamegraph-cost-type", "allocations", "-F", str(folded)],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=900)
+    total = threads = requests_path = 0
+    by_site = {}
+    if folded.exists():
+        for line in folded.read_text(errors="replace").splitlines():
+            stack, _, n = line.rpartition(" ")
+            if not n.isdigit():
+                continue
+            n = int(n)
+            total += n
+            if "start_thread" not in stack:
+                continue
+            threads += n
+            if "dkv_router_handle" in stack or "dkv_rpc_" in stack:
+                requests_path += n
+            frames = stack.split(";")
+            ours = [f.split(" (")[0] for f in frames if f.startswith("dkv_")]
+            site = ours[-1] if ours else "(RocksDB/libuv threads, no dkv frame)"
+            by_site[site] = by_site.get(site, 0) + n
+    nreq = max(1, res["requests"])
+    lines.append(f"Node 0 under `heaptrack` during `{res['cmd']}` ({res['requests']:,} requests "
+                 f"answered).\n")
+    lines.append(f"- calls to allocation functions, whole process: {total:,}; on threads (I/O "
+                 f"loops, RocksDB background; start-up excluded): {threads:,} = "
+                 f"**{threads / nreq:.1f} per request**; under request handling "
+                 f"(`dkv_router_handle`, `dkv_rpc_*`): {requests_path:,} = "
+                 f"{requests_path / nreq:.1f} per request")
+    lines.append("\n| innermost dkv function on the stack | allocations | per request |")
+    lines.append("|---|---:|---:|")
+    for site, n in sorted(by_site.items(), key=lambda kv: -kv[1])[:10]:
+        lines.append(f"| `{site}` | {n:,} | {n / nreq:.1f} |")
+    lines.append("")
+    lines.append("- top allocation sites by number of calls: [alloc.txt](alloc.txt)")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke test: 100k-key fill, 1 s loads (make bench QUICK=1)")
+    ap.add_argument("--scenarios", default="all",
+                    help="comma-separated subset of: " + ", ".join(SCENARIO_BY_NAME))
+    ap.add_argument("--fill-keys", type=int, default=None,
+                    help="keys written before measuring (default 1000000; quick 100000)")
+    ap.add_argument("--fill-gib-per-node", type=float, default=None,
+                    help="size the fill to about this many GiB of values per node "
+                         "(every node holds every key), e.g. 1 or 2")
+    ap.add_argument("--runs", type=int, default=3, help="runs per figure (median; default 3)")
+    ap.add_argument("--duration", type=float, default=None,
+                    help="closed-loop run seconds (default 10; quick 1)")
+    ap.add_argument("--rate-duration", type=float, default=None,
+                    help="fixed-rate run seconds (default 8; quick 1)")
+    ap.add_argument("--warmup", type=float, default=None,
+                    help="warm-up seconds per scenario (default 3; quick 1)")
+    ap.add_argument("--rates", default="0.5,0.8",
+                    help="fixed rates as fractions of the maximum (default 0.5,0.8)")
+    ap.add_argument("--io-threads", type=int, default=os.cpu_count() or 2,
+                    help="dkv --io-threads and nginx worker_processes (default: cores)")
+    ap.add_argument("--dkv-args", default="", help="extra flags for every dkv node")
+    ap.add_argument("--base-port", type=int, default=19080,
+                    help="node i listens on base+i, nginx on base+100 (default 19080)")
+    ap.add_argument("--dkv-bin", default=str(ROOT / "build" / "dkv"))
+    ap.add_argument("--work-dir", default=str(ROOT / "build" / "bench-work"),
+                    help="data directories (default build/bench-work; deleted afterwards)")
+    ap.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--keep", action="store_true", help="keep data directories")
+    ap.add_argument("--report-from", metavar="JSON",
+                    help="only rewrite the .md and .png of an earlier run from its .json")
+    pg = ap.add_argument_group("profiling (bench/profile.sh)")
+    pg.add_argument("--profile", metavar="SCENARIO",
+                    help="profile this scenario instead of benchmarking")
+    pg.add_argument("--profile-seconds", type=int, default=10)
+    pg.add_argument("--profile-rate", type=float, default=None,
+                    help="fixed rate while recording (default: --profile-fraction of the maximum)")
+    pg.add_argument("--profile-fraction", type=float, default=0.5)
+    pg.add_argument("--perf-freq", type=int, default=499, help="samples/s per CPU")
+    pg.add_argument("--flamegraph-cmd", default=None, help="npm flamegraph executable")
+    pg.add_argument("--alloc", action="store_true", help="also profile allocations (heaptrack)")
+    pg.add_argument("--alloc-rate", type=float, default=2000)
+    pg.add_argument("--alloc-seconds", type=int, default=5)
+    opts = ap.parse_args()
+
+    opts.duration = opts.duration or (1 if opts.quick else 10)
+    opts.rate_duration = opts.rate_duration or (1 if opts.quick else 8)
+    opts.warmup = opts.warmup or (1 if opts.quick else 3)
+    opts.rates = [float(x) for x in opts.rates.split(",")]
+    if opts.fill_gib_per_node is not None:
+        opts.fill_keys = int(opts.fill_gib_per_node * (1 << 30) / FILL_VALUE_BYTES)
+    if opts.fill_keys is None:
+        opts.fill_keys = 100000 if opts.quick else 1000000
+    if opts.fill_keys < 1:
+        ap.error("--fill-keys must be positive")
+    if opts.runs < 1:
+        ap.error("--runs must be >= 1")
+    names = list(SCENARIO_BY_NAME) if opts.scenarios == "all" else opts.scenarios.split(",")
+    if opts.profile and opts.profile not in SCENARIO_BY_NAME:
+        ap.error(f"unknown scenario {opts.profile}; known: {', '.join(SCENARIO_BY_NAME)}")
+    for n in names:
+        if n not in SCENARIO_BY_NAME:
+            ap.error(f"unknown scenario {n}; known: {', '.join(SCENARIO_BY_NAME)}")
+    chosen = [SCENARIO_BY_NAME[n] for n in SCENARIO_BY_NAME if n in names]
+
+    if opts.report_from:
+        jp = Path(opts.report_from)
+        results = json.loads(jp.read_text())
+        png = jp.with_suffix(".png")
+        with tempfile.TemporaryDirectory(prefix="dkv-bench-plot-") as td:
+            note = plot(results, png, Path(td))
+        jp.with_suffix(".md").write_text(
+            report_md(results, png.name if note is None else None, note))
+        print(f"rewrote {jp.with_suffix('.md')} and {png}")
+        return 0
+
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        print("bench: wrk not found; run: bash scripts/install-deps.sh --bench", file=sys.stderr)
+        return 1
+    gen = LoadGen(wrk=wrk, wrk2=shutil.which("wrk2"), nice_fixed_rate=can_raise_priority())
+    src_bin = Path(opts.dkv_bin)
+    if not os.access(src_bin, os.X_OK):
+        print(f"bench: {src_bin} not built (make build)", file=sys.stderr)
+        return 1
+
+    work = Path(opts.work_dir)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    # A private copy: a rebuild of build/dkv during the run must not change what is measured.
+    dkv_bin = work / "dkv"
+    shutil.copy2(src_bin, dkv_bin)
+    opts.dkv_args = f"--io-threads {opts.io_threads} {opts.dkv_args}".strip()
+    block_cache_mib = 64
+    m = re.search(r"--block-cache-bytes[ =](\d+)", opts.dkv_args)
+    if m:
+        block_cache_mib = int(m.group(1)) >> 20
+
+    date = datetime.date.today().isoformat()
+    gi = git_info()
+    if opts.profile:
+        signal.signal(signal.SIGTERM, lambda signum, frame: (_ for _ in ()).throw(
+            KeyboardInterrupt()))
+        try:
+            return run_profile(opts, gen, work, dkv_bin, gi)
+        except BenchError as e:
+            log(f"FAILED: {e}")
+            return 1
+        except KeyboardInterrupt:
+            log("interrupted")
+            return 130
+        finally:
+            if not opts.keep:
+                shutil.rmtree(work, ignore_errors=True)
+    out_dir = Path(opts.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{date}-{gi['commit']}" + ("-quick" if opts.quick else "")
+    nginx_v = subprocess.run(["nginx", "-v"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True).stdout.strip().split("/")[-1]
+    results = {
+        "date": date, "machine": machine_info(), "git": gi, "nginx_version": nginx_v,
+        "loadgen": gen.describe(), "background_cpu_pct": cpu_busy_pct(1.0),
+        "json_name": f"{stem}.json",
+        "options": {"quick": opts.quick, "fill_keys": opts.fill_keys, "runs": opts.runs,
+                    "duration": opts.duration, "rate_duration": opts.rate_duration,
+                    "warmup": opts.warmup, "rates": opts.rates, "io_threads": opts.io_threads,
+                    "dkv_args_extra": opts.dkv_args.replace(f"--io-threads {opts.io_threads}",
+                                                            "").strip(),
+                    "block_cache_mib": block_cache_mib,
+                    "scenarios": [s.name for s in chosen]},
+        "fill": {}, "scenarios": {}, "nginx": None,
+    }
+    log(f"commit {gi['commit']}{' (modified)' if gi['dirty'] else ''}; "
+        f"{results['machine']['cores']} cores; background CPU {results['background_cpu_pct']:.0f}%"
+        f"; {gen.describe()}")
+    t_start = time.monotonic()
+
+    nginx = Nginx(opts.base_port + 100, opts.io_threads)
+    interrupted = False
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        log(f"nginx ceiling on port {nginx.port} (worker_processes {opts.io_threads})")
+        nginx.start()
+        try:
+            gen.run(nginx.url(), "static.lua", [], 1)
+            results["nginx"] = measure(gen, nginx.url(), "static.lua", [], opts,
+                                       descendants(nginx.proc.pid))
+        finally:
+            nginx.stop()
+        for nodes in (1, 3):
+            group = [s for s in chosen if s.nodes == nodes]
+            if group:
+                run_topology(nodes, group, gen, opts, work, dkv_bin, results)
+    except KeyboardInterrupt:
+        interrupted = True
+        log("interrupted; stopping everything")
+    except BenchError as e:
+        log(f"FAILED: {e}")
+        nginx.stop()
+        return 1
+    finally:
+        nginx.stop()
+        if not opts.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    if interrupted:
+        return 130
+
+    results["elapsed_s"] = round(time.monotonic() - t_start)
+    json_path = out_dir / f"{stem}.json"
+    json_path.write_text(json.dumps(results, indent=1) + "\n")
+    png = out_dir / f"{stem}.png"
+    with tempfile.TemporaryDirectory(prefix="dkv-bench-plot-") as td:
+        note = plot(results, png, Path(td))
+    md = report_md(results, png.name if note is None else None, note)
+    md_path = out_dir / f"{stem}.md"
+    md_path.write_text(md)
+    log(f"done in {results['elapsed_s']} s: {md_path.relative_to(ROOT)}")
+    print()
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
