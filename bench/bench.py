@@ -548,10 +548,11 @@ def run_topology(nodes: int, scenarios: List[Scenario], gen: LoadGen, opts, work
         cl = Cluster(nodes, base, root, dkv_bin, opts.dkv_args)
         script, args = scenario_args(s, opts.fill_keys)
         log(f"scenario {s.name} ({s.title()}): fresh copy of the filled data, warm-up "
-            f"{opts.warmup:.0f} s")
+            f"{opts.warmup:g} s")
         try:
             cl.start()
-            gen.run(cl.url(0), script, args, opts.warmup)
+            if opts.warmup > 0:
+                gen.run(cl.url(0), script, args, opts.warmup)
             pids = [cl.pid(i) for i in range(nodes)]
             results["scenarios"][s.name] = measure(gen, cl.url(0), script, args, opts, pids)
         finally:
@@ -594,6 +595,7 @@ def git_info() -> dict:
     commit = git("rev-parse", "--short", "HEAD") or "nogit"
     dirty = git("status", "--porcelain", "--", "src", "CMakeLists.txt")
     return {"commit": commit, "subject": git("log", "-1", "--format=%s"),
+            "src_commit": git("log", "-1", "--format=%h", "--", "src", "CMakeLists.txt"),
             "dirty": bool(dirty), "dirty_files": dirty.splitlines()[:20]}
 
 
@@ -668,7 +670,9 @@ def report_md(results: dict, png_name: Optional[str], plot_note: Optional[str]) 
     L.append(f"- Background CPU before the run: {results['background_cpu_pct']:.0f}% of all cores"
              + (" (**noisy machine: figures are pessimistic and vary**)"
                 if results["background_cpu_pct"] > 10 else ""))
+    src = g.get("src_commit")
     L.append(f"- Commit: `{g['commit']}` {g['subject']}"
+             + (f" (dkv sources last changed in `{src}`)" if src and src != g["commit"] else "")
              + (f"; modified: {', '.join(f.strip() for f in g['dirty_files'])}"
                 if g["dirty"] else ""))
     L.append(f"- dkv: release build (`make build`), flags `--io-threads {o['io_threads']}"
@@ -831,7 +835,7 @@ def run_profile(opts, gen: LoadGen, work: Path, dkv_bin: Path, gi: dict) -> int:
         cl.start()
         log(f"profile {s.name}: fill {opts.fill_keys} keys")
         fill(gen, cl.url(0), opts.fill_keys, FILL_VALUE_BYTES, fill_query, work)
-        gen.run(cl.url(0), script, args, opts.warmup)
+        gen.run(cl.url(0), script, args, max(1.0, opts.warmup))
         if opts.profile_rate:
             rate = opts.profile_rate
         else:
@@ -934,7 +938,7 @@ def run_profile(opts, gen: LoadGen, work: Path, dkv_bin: Path, gi: dict) -> int:
     (out / "README.md").write_text("\n".join(summary) + "\n")
     if not opts.keep:
         shutil.rmtree(root, ignore_errors=True)
-    log(f"profile written to {out.relative_to(ROOT)} (raw data in {raw})")
+    log(f"profile written to {out} (raw data in {raw})")
     print("\n".join(summary))
     return 0
 
@@ -1034,7 +1038,7 @@ def main() -> int:
     ap.add_argument("--rate-duration", type=float, default=None,
                     help="fixed-rate run seconds (default 8; quick 1)")
     ap.add_argument("--warmup", type=float, default=None,
-                    help="warm-up seconds per scenario (default 3; quick 1)")
+                    help="warm-up seconds per scenario (default 3; quick 0: none)")
     ap.add_argument("--rates", default="0.5,0.8",
                     help="fixed rates as fractions of the maximum (default 0.5,0.8)")
     ap.add_argument("--io-threads", type=int, default=os.cpu_count() or 2,
@@ -1065,7 +1069,8 @@ def main() -> int:
 
     opts.duration = opts.duration or (1 if opts.quick else 10)
     opts.rate_duration = opts.rate_duration or (1 if opts.quick else 8)
-    opts.warmup = opts.warmup or (1 if opts.quick else 3)
+    if opts.warmup is None:
+        opts.warmup = 0 if opts.quick else 3
     opts.rates = [float(x) for x in opts.rates.split(",")]
     if opts.fill_gib_per_node is not None:
         opts.fill_keys = int(opts.fill_gib_per_node * (1 << 30) / FILL_VALUE_BYTES)
@@ -1118,9 +1123,11 @@ def main() -> int:
 
     date = datetime.date.today().isoformat()
     gi = git_info()
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
     if opts.profile:
-        signal.signal(signal.SIGTERM, lambda signum, frame: (_ for _ in ()).throw(
-            KeyboardInterrupt()))
         try:
             return run_profile(opts, gen, work, dkv_bin, gi)
         except BenchError as e:
@@ -1157,16 +1164,12 @@ def main() -> int:
 
     nginx = Nginx(opts.base_port + 100, opts.io_threads)
     interrupted = False
-
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
     try:
         log(f"nginx ceiling on port {nginx.port} (worker_processes {opts.io_threads})")
         nginx.start()
         try:
-            gen.run(nginx.url(), "static.lua", [], 1)
+            if opts.warmup > 0:
+                gen.run(nginx.url(), "static.lua", [], 1)
             results["nginx"] = measure(gen, nginx.url(), "static.lua", [], opts,
                                        descendants(nginx.proc.pid))
         finally:
@@ -1198,7 +1201,7 @@ def main() -> int:
     md = report_md(results, png.name if note is None else None, note)
     md_path = out_dir / f"{stem}.md"
     md_path.write_text(md)
-    log(f"done in {results['elapsed_s']} s: {md_path.relative_to(ROOT)}")
+    log(f"done in {results['elapsed_s']} s: {md_path}")
     print()
     print(md)
     return 0
