@@ -3,21 +3,23 @@
 
 #include "common/err.h"
 
-_Static_assert(DKV_RECORD_HEADER_BYTES == 1 + 1 + 8, "record header is ver + flags + ts");
+_Static_assert(DKV_RECORD_HEADER_BYTES == 1 + 1 + 8 + 1, "record header is ver + flags + ts + from");
+_Static_assert(DKV_RECORD_V1_HEADER_BYTES == 1 + 1 + 8, "version 1 header is ver + flags + ts");
 
-void dkv_record_encode_header(uint64_t ts, bool tombstone, uint8_t out[DKV_RECORD_HEADER_BYTES])
+void dkv_record_encode_header(const dkv_record_t *r, uint8_t out[DKV_RECORD_HEADER_BYTES])
 {
     out[0] = (uint8_t)DKV_RECORD_VERSION;
-    out[1] = tombstone ? (uint8_t)DKV_RECORD_FLAG_TOMBSTONE : 0;
+    out[1] = r->tombstone ? (uint8_t)DKV_RECORD_FLAG_TOMBSTONE : 0;
     for (int i = 0; i < 8; i++) {
-        out[2 + i] = (uint8_t)(ts >> (56 - 8 * i));
+        out[2 + i] = (uint8_t)(r->ts >> (56 - 8 * i));
     }
+    out[10] = r->from;
 }
 
 void dkv_record_encode(const dkv_record_t *r, dkv_buf_t *out)
 {
     uint8_t hdr[DKV_RECORD_HEADER_BYTES];
-    dkv_record_encode_header(r->ts, r->tombstone, hdr);
+    dkv_record_encode_header(r, hdr);
     dkv_buf_reserve(out, sizeof(hdr) + r->value.len);
     dkv_buf_append(out, hdr, sizeof(hdr));
     dkv_buf_append(out, r->value.ptr, r->value.len);
@@ -25,7 +27,15 @@ void dkv_record_encode(const dkv_record_t *r, dkv_buf_t *out)
 
 int dkv_record_decode(dkv_slice_t in, dkv_record_t *out)
 {
-    if (in.len < DKV_RECORD_HEADER_BYTES || in.ptr[0] != DKV_RECORD_VERSION) {
+    size_t hdr_bytes;
+    if (in.len >= 1 && in.ptr[0] == DKV_RECORD_VERSION) {
+        hdr_bytes = DKV_RECORD_HEADER_BYTES;
+    } else if (in.len >= 1 && in.ptr[0] == 1) {
+        hdr_bytes = DKV_RECORD_V1_HEADER_BYTES;
+    } else {
+        return DKV_EPROTO;
+    }
+    if (in.len < hdr_bytes) {
         return DKV_EPROTO;
     }
     uint8_t flags = in.ptr[1];
@@ -33,7 +43,7 @@ int dkv_record_decode(dkv_slice_t in, dkv_record_t *out)
         return DKV_EPROTO;
     }
     bool tombstone = (flags & DKV_RECORD_FLAG_TOMBSTONE) != 0;
-    if (tombstone && in.len != DKV_RECORD_HEADER_BYTES) {
+    if (tombstone && in.len != hdr_bytes) {
         return DKV_EPROTO;
     }
     uint64_t ts = 0;
@@ -42,7 +52,8 @@ int dkv_record_decode(dkv_slice_t in, dkv_record_t *out)
     }
     out->ts = ts;
     out->tombstone = tombstone;
-    out->value = dkv_slice(in.ptr + DKV_RECORD_HEADER_BYTES, in.len - DKV_RECORD_HEADER_BYTES);
+    out->from = hdr_bytes == DKV_RECORD_HEADER_BYTES ? in.ptr[10] : 0;
+    out->value = dkv_slice(in.ptr + hdr_bytes, in.len - hdr_bytes);
     return 0;
 }
 

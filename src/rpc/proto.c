@@ -34,7 +34,7 @@ _Static_assert(DKV_RPC_MAX_FRAME_BYTES >=
 #define SCAN_FLAG_START_EXCLUSIVE 0x01u
 #define SCAN_REPLY_FLAG_MORE 0x01u
 /* Smallest SCAN_REPLY entry: 1-byte key and a record with an empty value. */
-#define SCAN_ENTRY_MIN_BYTES (KEY_LEN_BYTES + 1 + REC_LEN_BYTES + DKV_RECORD_HEADER_BYTES)
+#define SCAN_ENTRY_MIN_BYTES (KEY_LEN_BYTES + 1 + REC_LEN_BYTES + DKV_RECORD_MIN_BYTES)
 
 /* ---- big-endian writers ---- */
 

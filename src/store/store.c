@@ -257,7 +257,7 @@ int dkv_store_put(dkv_store_t *s, dkv_slice_t key, const dkv_record_t *rec)
     uint8_t stack[4096];
     size_t total = DKV_RECORD_HEADER_BYTES + rec->value.len;
     uint8_t *buf = total <= sizeof(stack) ? stack : dkv_xmalloc(total);
-    dkv_record_encode_header(rec->ts, rec->tombstone, buf);
+    dkv_record_encode_header(rec, buf);
     if (rec->value.len > 0) {
         memcpy(buf + DKV_RECORD_HEADER_BYTES, rec->value.ptr, rec->value.len);
     }

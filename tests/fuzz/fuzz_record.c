@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include "common/buf.h"
@@ -32,21 +33,30 @@ static void check_one(dkv_slice_t in)
         CHECK(rc == DKV_EPROTO);
         return;
     }
-    CHECK(in.len >= DKV_RECORD_HEADER_BYTES);
-    CHECK(r.value.len == in.len - DKV_RECORD_HEADER_BYTES);
-    CHECK(r.value.ptr == in.ptr + DKV_RECORD_HEADER_BYTES);
+    /* Version 1 has no `from` byte; every encoder writes version 2. */
+    bool v1 = in.ptr[0] == 1;
+    size_t hdr_bytes = v1 ? DKV_RECORD_V1_HEADER_BYTES : DKV_RECORD_HEADER_BYTES;
+    CHECK(in.len >= hdr_bytes);
+    CHECK(r.value.len == in.len - hdr_bytes);
+    CHECK(r.value.ptr == in.ptr + hdr_bytes);
     CHECK(!r.tombstone || r.value.len == 0);
+    CHECK(!v1 || r.from == 0);
     CHECK(dkv_record_cmp(&r, &r) == 0);
 
     dkv_buf_t out;
     dkv_buf_init(&out);
     dkv_record_encode(&r, &out);
-    CHECK(out.len == in.len);
-    CHECK(memcmp(out.data, in.ptr, in.len) == 0);
+    CHECK(out.len == DKV_RECORD_HEADER_BYTES + r.value.len);
+    CHECK(out.data[0] == DKV_RECORD_VERSION);
+    CHECK(memcmp(out.data + 1, in.ptr + 1, DKV_RECORD_V1_HEADER_BYTES - 1) == 0);
+    CHECK(memcmp(out.data + DKV_RECORD_HEADER_BYTES, r.value.ptr, r.value.len) == 0);
+    if (!v1) {
+        CHECK(memcmp(out.data, in.ptr, in.len) == 0);
+    }
 
     uint8_t hdr[DKV_RECORD_HEADER_BYTES];
-    dkv_record_encode_header(r.ts, r.tombstone, hdr);
-    CHECK(memcmp(hdr, in.ptr, sizeof(hdr)) == 0);
+    dkv_record_encode_header(&r, hdr);
+    CHECK(memcmp(hdr, out.data, sizeof(hdr)) == 0);
 
     /* A copy at another address is the same version. */
     dkv_record_t again;

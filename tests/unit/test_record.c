@@ -21,13 +21,13 @@
 
 static dkv_record_t val(uint64_t ts, const void *v, size_t len)
 {
-    dkv_record_t r = {ts, false, dkv_slice(v, len)};
+    dkv_record_t r = {ts, false, dkv_slice(v, len), 0};
     return r;
 }
 
 static dkv_record_t tomb(uint64_t ts)
 {
-    dkv_record_t r = {ts, true, dkv_slice(NULL, 0)};
+    dkv_record_t r = {ts, true, dkv_slice(NULL, 0), 0};
     return r;
 }
 
@@ -41,6 +41,7 @@ static void assert_roundtrip(const dkv_record_t *r)
     assert_int_equal(dkv_record_decode(dkv_buf_slice(&b), &got), 0);
     assert_true(got.ts == r->ts);
     assert_int_equal(got.tombstone, r->tombstone);
+    assert_int_equal(got.from, r->from);
     assert_int_equal(got.value.len, r->value.len);
     if (r->value.len > 0) {
         assert_memory_equal(got.value.ptr, r->value.ptr, r->value.len);
@@ -51,10 +52,17 @@ static void assert_roundtrip(const dkv_record_t *r)
     dkv_buf_cleanup(&b);
 }
 
+/* Writes the header of a record with timestamp `ts` (from = 0). */
+static void encode_hdr(uint64_t ts, bool tombstone, uint8_t out[DKV_RECORD_HEADER_BYTES])
+{
+    dkv_record_t r = {ts, tombstone, dkv_slice(NULL, 0), 0};
+    dkv_record_encode_header(&r, out);
+}
+
 /* Decodes `len` bytes and expects DKV_EPROTO, with `out` left untouched. */
 static void assert_rejected(const uint8_t *bytes, size_t len)
 {
-    dkv_record_t out = {0xdeadbeefu, true, dkv_slice("sentinel", 8)};
+    dkv_record_t out = {0xdeadbeefu, true, dkv_slice("sentinel", 8), 0};
     assert_int_equal(dkv_record_decode(dkv_slice(bytes, len), &out), DKV_EPROTO);
     assert_true(out.ts == 0xdeadbeefu);
     assert_true(out.tombstone);
@@ -126,8 +134,9 @@ static void test_roundtrip_large_value(void **state)
 static void test_header_exact_bytes(void **state)
 {
     (void)state;
-    const uint8_t want_value[] = {1, 0, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 'a', 'b'};
+    const uint8_t want_value[] = {2, 0, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 3, 'a', 'b'};
     dkv_record_t r = val(0x0102030405060708ull, "ab", 2);
+    r.from = 3;
     dkv_buf_t b;
     dkv_buf_init(&b);
     dkv_record_encode(&r, &b);
@@ -135,13 +144,14 @@ static void test_header_exact_bytes(void **state)
     assert_memory_equal(b.data, want_value, sizeof(want_value));
     dkv_buf_cleanup(&b);
 
-    const uint8_t want_tomb[] = {1, 1, 0xfe, 0xdc, 0xba, 0x98, 0x76, 0x54, 0x32, 0x10};
+    const uint8_t want_tomb[] = {2, 1, 0xfe, 0xdc, 0xba, 0x98, 0x76, 0x54, 0x32, 0x10, 0xff};
+    dkv_record_t t = tomb(0xfedcba9876543210ull);
+    t.from = 0xff;
     uint8_t hdr[DKV_RECORD_HEADER_BYTES];
-    dkv_record_encode_header(0xfedcba9876543210ull, true, hdr);
+    dkv_record_encode_header(&t, hdr);
     assert_memory_equal(hdr, want_tomb, sizeof(want_tomb));
 
     /* encode_header and encode agree. */
-    dkv_record_t t = tomb(0xfedcba9876543210ull);
     dkv_buf_init(&b);
     dkv_record_encode(&t, &b);
     assert_int_equal(b.len, DKV_RECORD_HEADER_BYTES);
@@ -169,7 +179,8 @@ static void test_truncated_header_rejected(void **state)
 {
     (void)state;
     uint8_t hdr[DKV_RECORD_HEADER_BYTES];
-    dkv_record_encode_header(99, false, hdr);
+    dkv_record_t v = val(99, "", 0);
+    dkv_record_encode_header(&v, hdr);
     for (size_t len = 0; len < DKV_RECORD_HEADER_BYTES; len++) {
         /* A heap copy of exactly `len` bytes, so ASan catches a read past the end. */
         uint8_t *p = malloc(len > 0 ? len : 1);
@@ -179,20 +190,53 @@ static void test_truncated_header_rejected(void **state)
         free(p);
     }
     uint8_t tomb_hdr[DKV_RECORD_HEADER_BYTES];
-    dkv_record_encode_header(99, true, tomb_hdr);
+    dkv_record_t t = tomb(99);
+    dkv_record_encode_header(&t, tomb_hdr);
     for (size_t len = 0; len < DKV_RECORD_HEADER_BYTES; len++) {
         assert_rejected(tomb_hdr, len);
     }
     assert_rejected(NULL, 0);
 }
 
+/* Records written before version 2 (no `from` byte) still decode, with from = 0 (unknown). */
+static void test_version1_still_decodes(void **state)
+{
+    (void)state;
+    const uint8_t v1_value[] = {1, 0, 0, 0, 0, 0, 0, 0, 0x01, 0x00, 'x', 'y'};
+    dkv_record_t got = {0};
+    assert_int_equal(dkv_record_decode(dkv_slice(v1_value, sizeof(v1_value)), &got), 0);
+    assert_true(got.ts == 0x100);
+    assert_false(got.tombstone);
+    assert_int_equal(got.from, 0);
+    assert_int_equal(got.value.len, 2);
+    assert_memory_equal(got.value.ptr, "xy", 2);
+
+    const uint8_t v1_tomb[] = {1, 1, 0, 0, 0, 0, 0, 0, 0, 7};
+    assert_int_equal(dkv_record_decode(dkv_slice(v1_tomb, sizeof(v1_tomb)), &got), 0);
+    assert_true(got.tombstone);
+    assert_true(got.ts == 7);
+    assert_int_equal(got.from, 0);
+    /* A version-1 tombstone with a trailing byte is a tombstone with a value: rejected. */
+    const uint8_t v1_bad[] = {1, 1, 0, 0, 0, 0, 0, 0, 0, 7, 3};
+    assert_rejected(v1_bad, sizeof(v1_bad));
+    /* A version-1 header cut short is rejected. */
+    assert_rejected(v1_value, DKV_RECORD_V1_HEADER_BYTES - 1);
+    /* The LWW order ignores `from`: the same version written with different replica sets. */
+    dkv_record_t a = val(5, "v", 1);
+    dkv_record_t b = a;
+    a.from = 1;
+    b.from = 3;
+    assert_int_equal(dkv_record_cmp(&a, &b), 0);
+}
+
 static void test_unknown_version_rejected(void **state)
 {
     (void)state;
-    const unsigned versions[] = {0, 2, 3, 0x7f, 0x80, 0xff};
+    const unsigned versions[] = {0, 3, 0x7f, 0x80, 0xff};
     for (size_t i = 0; i < sizeof(versions) / sizeof(versions[0]); i++) {
         uint8_t rec[DKV_RECORD_HEADER_BYTES + 1];
-        dkv_record_encode_header(1, false, rec);
+        dkv_record_t v = val(1, "", 0);
+        dkv_record_encode_header(&v, rec);
         rec[0] = (uint8_t)versions[i];
         rec[DKV_RECORD_HEADER_BYTES] = 'v';
         assert_rejected(rec, sizeof(rec));
@@ -205,14 +249,14 @@ static void test_unknown_flag_bits_rejected(void **state)
     (void)state;
     for (unsigned bit = 1; bit < 8; bit++) {
         uint8_t rec[DKV_RECORD_HEADER_BYTES];
-        dkv_record_encode_header(1, false, rec);
+        encode_hdr(1, false, rec);
         rec[1] = (uint8_t)(1u << bit);
         assert_rejected(rec, sizeof(rec));
         rec[1] = (uint8_t)((1u << bit) | DKV_RECORD_FLAG_TOMBSTONE);
         assert_rejected(rec, sizeof(rec));
     }
     uint8_t rec[DKV_RECORD_HEADER_BYTES];
-    dkv_record_encode_header(1, false, rec);
+    encode_hdr(1, false, rec);
     rec[1] = 0xff;
     assert_rejected(rec, sizeof(rec));
 }
@@ -221,7 +265,7 @@ static void test_tombstone_with_value_rejected(void **state)
 {
     (void)state;
     uint8_t rec[DKV_RECORD_HEADER_BYTES + 3];
-    dkv_record_encode_header(1, true, rec);
+    encode_hdr(1, true, rec);
     memcpy(rec + DKV_RECORD_HEADER_BYTES, "abc", 3);
     for (size_t len = DKV_RECORD_HEADER_BYTES + 1; len <= sizeof(rec); len++) {
         assert_rejected(rec, len);
@@ -382,10 +426,10 @@ static void test_newest_skips_undecodable(void **state)
     dkv_buf_t good;
     encode_into(&good, val(1, "ok", 2));
     uint8_t bad_version[DKV_RECORD_HEADER_BYTES];
-    dkv_record_encode_header(UINT64_MAX, false, bad_version);
+    encode_hdr(UINT64_MAX, false, bad_version);
     bad_version[0] = 9;
     uint8_t bad_tomb[DKV_RECORD_HEADER_BYTES + 1];
-    dkv_record_encode_header(UINT64_MAX, true, bad_tomb);
+    encode_hdr(UINT64_MAX, true, bad_tomb);
     bad_tomb[DKV_RECORD_HEADER_BYTES] = 'x';
     dkv_slice_t s[4] = {dkv_slice(bad_version, sizeof(bad_version)), dkv_slice("short", 5),
                         dkv_buf_slice(&good), dkv_slice(bad_tomb, sizeof(bad_tomb))};
@@ -413,6 +457,7 @@ int main(void)
         cmocka_unit_test(test_header_exact_bytes),
         cmocka_unit_test(test_encode_appends),
         cmocka_unit_test(test_truncated_header_rejected),
+        cmocka_unit_test(test_version1_still_decodes),
         cmocka_unit_test(test_unknown_version_rejected),
         cmocka_unit_test(test_unknown_flag_bits_rejected),
         cmocka_unit_test(test_tombstone_with_value_rejected),

@@ -77,13 +77,13 @@ static int decode_raw(uint8_t version, uint8_t type, const void *payload, size_t
 
 static dkv_record_t value_record(uint64_t ts, const char *v)
 {
-    dkv_record_t r = {ts, false, dkv_slice_str(v)};
+    dkv_record_t r = {ts, false, dkv_slice_str(v), 0};
     return r;
 }
 
 static dkv_record_t tombstone_record(uint64_t ts)
 {
-    dkv_record_t r = {ts, true, dkv_slice(NULL, 0)};
+    dkv_record_t r = {ts, true, dkv_slice(NULL, 0), 0};
     return r;
 }
 
@@ -248,7 +248,7 @@ static void test_put_round_trip_with_1mib_value(void **state)
     }
     char key[DKV_RPC_MAX_KEY_BYTES];
     memset(key, 'k', sizeof(key));
-    dkv_record_t r = {7, false, dkv_slice(v, vlen)};
+    dkv_record_t r = {7, false, dkv_slice(v, vlen), 0};
     assert_int_equal(dkv_rpc_encode_put(&b, 1, dkv_slice(key, sizeof(key)), &r), 0);
     assert_true(b.len <= DKV_RPC_MAX_FRAME_BYTES);
     dkv_rpc_msg_t m = decode_one(&b);
@@ -371,7 +371,7 @@ static void test_scan_reply_stops_at_frame_limit(void **state)
     size_t vlen = 1u << 20;
     uint8_t *v = calloc(1, vlen);
     assert_non_null(v);
-    dkv_record_t big = {1, false, dkv_slice(v, vlen)};
+    dkv_record_t big = {1, false, dkv_slice(v, vlen), 0};
     char key[DKV_RPC_MAX_KEY_BYTES];
     memset(key, 'k', sizeof(key));
     dkv_rpc_scan_writer_t w;
@@ -489,7 +489,7 @@ static void test_declared_length_limits(void **state)
     size_t vlen = DKV_RPC_MAX_FRAME_BYTES;
     uint8_t *v = calloc(1, vlen);
     assert_non_null(v);
-    dkv_record_t r = {1, false, dkv_slice(v, vlen)};
+    dkv_record_t r = {1, false, dkv_slice(v, vlen), 0};
     assert_int_equal(dkv_rpc_encode_put(&b, 1, dkv_slice_str("k"), &r), DKV_ETOOBIG);
     assert_int_equal(dkv_rpc_encode_get_reply(&b, 1, DKV_RPC_OK, &r), DKV_ETOOBIG);
     r.value.len = SIZE_MAX; /* never read: the size check comes first */
@@ -552,7 +552,7 @@ static void test_garbage_record_is_eproto(void **state)
 
     uint8_t p[sizeof(good)];
     memcpy(p, good, sizeof(p));
-    p[5] = 2; /* record version */
+    p[5] = 3; /* record version (1 and 2 exist) */
     assert_int_equal(decode_raw(DKV_RPC_VERSION, DKV_RPC_GET_REPLY, p, sizeof(p)), DKV_EPROTO);
     memcpy(p, good, sizeof(p));
     p[6] = 0x02; /* unknown flag bit */
@@ -692,7 +692,7 @@ static void test_encoders_refuse_bad_arguments(void **state)
     dkv_slice_t empty = dkv_slice(NULL, 0);
     dkv_slice_t too_long = dkv_slice(key, sizeof(key));
     dkv_record_t v = value_record(1, "v");
-    dkv_record_t bad = {1, true, dkv_slice_str("not empty")};
+    dkv_record_t bad = {1, true, dkv_slice_str("not empty"), 0};
 
     assert_int_equal(dkv_rpc_encode_get(&b, 1, empty), DKV_EINVAL);
     assert_int_equal(dkv_rpc_encode_get(&b, 1, too_long), DKV_EINVAL);

@@ -76,13 +76,13 @@ static void reopen(fixture_t *f)
 
 static void put_val(dkv_store_t *s, const char *key, uint64_t ts, const void *v, size_t len)
 {
-    dkv_record_t r = {ts, false, dkv_slice(v, len)};
+    dkv_record_t r = {ts, false, dkv_slice(v, len), 0};
     assert_int_equal(dkv_store_put(s, dkv_slice_str(key), &r), 0);
 }
 
 static void put_tomb(dkv_store_t *s, const char *key, uint64_t ts)
 {
-    dkv_record_t r = {ts, true, dkv_slice(NULL, 0)};
+    dkv_record_t r = {ts, true, dkv_slice(NULL, 0), 0};
     assert_int_equal(dkv_store_put(s, dkv_slice_str(key), &r), 0);
 }
 
@@ -243,7 +243,7 @@ static void put_keys(dkv_store_t *s)
     for (size_t j = 0; j < N_KEYS; j++) {
         size_t i = (j * 5) % N_KEYS; /* 5 is coprime with N_KEYS = 14 */
         dkv_record_t r = {100 + i, KEYS[i].tombstone,
-                          KEYS[i].tombstone ? dkv_slice(NULL, 0) : dkv_slice("v", 1)};
+                          KEYS[i].tombstone ? dkv_slice(NULL, 0) : dkv_slice("v", 1), 0};
         assert_int_equal(dkv_store_put(s, dkv_slice(KEYS[i].bytes, KEYS[i].len), &r), 0);
     }
 }
@@ -323,10 +323,10 @@ static void test_iter_sees_newest_version_once(void **state)
 static void test_put_rejects_bad_input(void **state)
 {
     fixture_t *f = *state;
-    dkv_record_t r = {1, false, dkv_slice("v", 1)};
+    dkv_record_t r = {1, false, dkv_slice("v", 1), 0};
     assert_int_equal(dkv_store_put(f->store, dkv_slice(NULL, 0), &r), DKV_EINVAL);
     assert_int_equal(dkv_store_put(f->store, dkv_slice("", 0), &r), DKV_EINVAL);
-    dkv_record_t bad = {1, true, dkv_slice("v", 1)};
+    dkv_record_t bad = {1, true, dkv_slice("v", 1), 0};
     assert_int_equal(dkv_store_put(f->store, dkv_slice_str("k"), &bad), DKV_EINVAL);
     expect_missing(f->store, "k");
 }
