@@ -5,29 +5,21 @@
  * responses that a keep-alive client can frame: each starts with "HTTP/1.1 ", is framed by
  * Content-Length or chunked encoding (interim 100 responses excepted), nothing trails the last
  * one, and nothing follows a "Connection: close" response.
- * The one-node store is opened once, lazily, in a temporary directory removed at exit.
+ * The one-node store (tests/support/node_fixture.h) is opened once, lazily, in a temporary
+ * directory removed at exit.
  */
-#define _XOPEN_SOURCE 700 /* nftw() */
-
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
-#include <ftw.h>
-#include <uv.h>
-
-#include "cluster/hlc.h"
-#include "cluster/ring.h"
 #include "common/buf.h"
 #include "common/log.h"
 #include "coord/coord.h"
 #include "http/http.h"
-#include "router/router.h"
-#include "store/store.h"
+#include "support/node_fixture.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -38,73 +30,33 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
         }                                                                                          \
     } while (0)
 
-#define SELF_URL "http://127.0.0.1:8080"
-
 static struct {
-    bool ready;
-    char dir[64];
-    uv_loop_t loop;
-    dkv_ring_t *ring;
-    dkv_store_t *store;
-    dkv_hlc_t hlc;
-    dkv_coord_t *coord;
-    dkv_router_t *router;
+    dkv_test_node_t *node; /* NULL until the first input */
     _Atomic unsigned conn_count;
     dkv_http_opts_t opts;
-} node;
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
+} fuzz;
 
 static void node_cleanup(void)
 {
-    dkv_router_free(node.router);
-    dkv_coord_free(node.coord);
-    dkv_store_close(node.store);
-    dkv_ring_free(node.ring);
-    uv_loop_close(&node.loop);
-    nftw(node.dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    dkv_test_node_free(fuzz.node);
 }
 
 static void node_init(void)
 {
     dkv_log_set_level(DKV_LOG_ERROR);
-    snprintf(node.dir, sizeof(node.dir), "/tmp/dkv-fuzz-http-XXXXXX");
-    CHECK(mkdtemp(node.dir) != NULL);
-    const char *urls[] = {SELF_URL};
-    CHECK(uv_loop_init(&node.loop) == 0);
-    CHECK(dkv_ring_new(urls, 1, 16, &node.ring) == 0);
     dkv_store_opts_t sopts = {.block_cache_bytes = 8u << 20};
-    CHECK(dkv_store_open(node.dir, &sopts, &node.store) == 0);
-    dkv_hlc_init(&node.hlc, NULL, NULL);
-    dkv_coord_env_t cenv = {.loop = &node.loop,
-                            .store = node.store,
-                            .ring = node.ring,
-                            .self_idx = 0,
-                            .hlc = &node.hlc};
-    CHECK(dkv_coord_new(&cenv, &node.coord) == 0);
-    dkv_router_env_t renv = {.coord = node.coord,
-                             .store = node.store,
-                             .ring = node.ring,
-                             .self_url = SELF_URL,
-                             .start_ms = dkv_hlc_system_clock_ms(NULL)};
-    CHECK(dkv_router_new(&renv, &node.router) == 0);
-    atomic_init(&node.conn_count, 0);
-    node.opts = (dkv_http_opts_t){.max_body_bytes = 64u << 10,
+    dkv_test_node_opts_t nopts = {.name = "fuzz-http", .vnodes = 16, .store_opts = &sopts};
+    CHECK(dkv_test_node_new(&nopts, &fuzz.node) == 0);
+    atomic_init(&fuzz.conn_count, 0);
+    fuzz.opts = (dkv_http_opts_t){.max_body_bytes = 64u << 10,
                                   .max_header_bytes = 2048,
                                   .idle_timeout_ms = 30000,
                                   .request_timeout_ms = 10000,
                                   .max_inflight = 64,
                                   .max_connections = 64,
-                                  .conn_count = &node.conn_count,
+                                  .conn_count = &fuzz.conn_count,
                                   .foreign_first_byte = -1};
     atexit(node_cleanup);
-    node.ready = true;
 }
 
 /* ---- response framing check ---- */
@@ -201,12 +153,13 @@ static const uint8_t *check_response(const uint8_t *p, const uint8_t *end, bool 
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (!node.ready) {
+    if (fuzz.node == NULL) {
         node_init();
     }
     dkv_buf_t out;
     dkv_buf_init(&out);
-    dkv_http_feed_detached(&node.loop, &node.opts, node.router, dkv_slice(data, size), &out);
+    dkv_http_feed_detached(&fuzz.node->loop, &fuzz.opts, fuzz.node->router, dkv_slice(data, size),
+                           &out);
     if (out.len > 0) {
         const uint8_t *p = out.data;
         const uint8_t *end = out.data + out.len;
@@ -217,8 +170,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         CHECK(p == end);
     }
-    CHECK(dkv_coord_inflight(node.coord) == 0);
-    CHECK(atomic_load(&node.conn_count) == 0);
+    CHECK(dkv_coord_inflight(fuzz.node->coord) == 0);
+    CHECK(atomic_load(&fuzz.conn_count) == 0);
     dkv_buf_cleanup(&out);
     return 0;
 }

@@ -5,8 +5,6 @@
  * 431), malformed input, 100-continue, Connection handling, and response framing (every response
  * carries Content-Length or Transfer-Encoding: chunked, so a keep-alive client never hangs).
  */
-#define _XOPEN_SOURCE 700 /* nftw() */
-
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -18,19 +16,11 @@
 
 #include <cmocka.h>
 
-#include <ftw.h>
-#include <uv.h>
-
-#include "cluster/hlc.h"
-#include "cluster/ring.h"
 #include "common/buf.h"
 #include "common/err.h"
-#include "coord/coord.h"
 #include "http/http.h"
-#include "router/router.h"
-#include "store/store.h"
+#include "support/node_fixture.h"
 
-#define SELF_URL "http://127.0.0.1:8080"
 #define MAX_BODY_BYTES (64u << 10)
 #define MAX_HEADER_BYTES 8192u
 #define MAX_RESPONSES 16
@@ -38,24 +28,10 @@
 /* ---- a one-node router ---- */
 
 typedef struct node {
-    char dir[64];
-    uv_loop_t loop;
-    dkv_ring_t *ring;
-    dkv_store_t *store;
-    dkv_hlc_t hlc;
-    dkv_coord_t *coord;
-    dkv_router_t *router;
+    dkv_test_node_t *node; /* loop, store, router */
     _Atomic unsigned conn_count;
     dkv_http_opts_t opts;
 } node_t;
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
 
 static int node_setup(void **state)
 {
@@ -63,28 +39,9 @@ static int node_setup(void **state)
     if (n == NULL) {
         return -1;
     }
-    snprintf(n->dir, sizeof(n->dir), "/tmp/dkv-test-http-XXXXXX");
-    if (mkdtemp(n->dir) == NULL) {
+    dkv_test_node_opts_t nopts = {.name = "test-http"};
+    if (dkv_test_node_new(&nopts, &n->node) != 0) {
         free(n);
-        return -1;
-    }
-    const char *urls[] = {SELF_URL};
-    if (uv_loop_init(&n->loop) != 0 || dkv_ring_new(urls, 1, 64, &n->ring) != 0 ||
-        dkv_store_open(n->dir, NULL, &n->store) != 0) {
-        return -1;
-    }
-    dkv_hlc_init(&n->hlc, NULL, NULL);
-    dkv_coord_env_t cenv = {
-        .loop = &n->loop, .store = n->store, .ring = n->ring, .self_idx = 0, .hlc = &n->hlc};
-    dkv_router_env_t renv = {.store = n->store,
-                             .ring = n->ring,
-                             .self_url = SELF_URL,
-                             .start_ms = dkv_hlc_system_clock_ms(NULL)};
-    if (dkv_coord_new(&cenv, &n->coord) != 0) {
-        return -1;
-    }
-    renv.coord = n->coord;
-    if (dkv_router_new(&renv, &n->router) != 0) {
         return -1;
     }
     atomic_init(&n->conn_count, 0);
@@ -104,12 +61,7 @@ static int node_teardown(void **state)
 {
     node_t *n = *state;
     assert_int_equal(atomic_load(&n->conn_count), 0);
-    dkv_router_free(n->router);
-    dkv_coord_free(n->coord);
-    dkv_store_close(n->store);
-    dkv_ring_free(n->ring);
-    uv_loop_close(&n->loop);
-    nftw(n->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    dkv_test_node_free(n->node);
     free(n);
     return 0;
 }
@@ -241,7 +193,7 @@ static void parse_one(const char **p, const char *end, resp_t *r)
 static void feed(node_t *n, const void *in, size_t len, resps_t *rs)
 {
     memset(rs, 0, sizeof(*rs));
-    dkv_http_feed_detached(&n->loop, &n->opts, n->router, dkv_slice(in, len), &rs->raw);
+    dkv_http_feed_detached(&n->node->loop, &n->opts, n->node->router, dkv_slice(in, len), &rs->raw);
     const char *p = (const char *)rs->raw.data;
     const char *end = p + rs->raw.len;
     while (p < end) {

@@ -4,8 +4,6 @@
  * table, and whole requests through a one-node router over a real store in a temporary directory
  * (status codes, exact bodies, and the chunk-per-record framing of /v0/entities).
  */
-#define _XOPEN_SOURCE 700 /* nftw() */
-
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,19 +14,12 @@
 
 #include <cmocka.h>
 
-#include <ftw.h>
-#include <uv.h>
-
-#include "cluster/hlc.h"
-#include "cluster/ring.h"
 #include "common/buf.h"
 #include "common/conf.h"
 #include "common/err.h"
 #include "coord/coord.h"
 #include "router/router.h"
-#include "store/store.h"
-
-#define SELF_URL "http://127.0.0.1:8080"
+#include "support/node_fixture.h"
 
 /* ---- helpers: pure functions ---- */
 
@@ -425,15 +416,7 @@ static void test_status_of(void **state)
 
 /* ---- end to end through a one-node router ---- */
 
-typedef struct node {
-    char dir[64];
-    uv_loop_t loop;
-    dkv_ring_t *ring;
-    dkv_store_t *store;
-    dkv_hlc_t hlc;
-    dkv_coord_t *coord;
-    dkv_router_t *router;
-} node_t;
+typedef dkv_test_node_t node_t; /* tests/support: a one-node store, coordinator and router */
 
 /* What the reply callback saw. */
 typedef struct reply {
@@ -507,47 +490,11 @@ static void reply_cleanup(reply_t *r)
     memset(r, 0, sizeof(*r));
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 static int node_setup(void **state)
 {
-    node_t *n = calloc(1, sizeof(*n));
-    if (n == NULL) {
-        return -1;
-    }
-    snprintf(n->dir, sizeof(n->dir), "/tmp/dkv-test-router-XXXXXX");
-    if (mkdtemp(n->dir) == NULL) {
-        free(n);
-        return -1;
-    }
-    const char *urls[] = {SELF_URL};
-    if (uv_loop_init(&n->loop) != 0 || dkv_ring_new(urls, 1, 64, &n->ring) != 0 ||
-        dkv_store_open(n->dir, NULL, &n->store) != 0) {
-        return -1;
-    }
-    dkv_hlc_init(&n->hlc, NULL, NULL);
-    dkv_coord_env_t cenv = {.loop = &n->loop,
-                            .store = n->store,
-                            .ring = n->ring,
-                            .self_idx = 0,
-                            .hlc = &n->hlc,
-                            .rpc = NULL};
-    if (dkv_coord_new(&cenv, &n->coord) != 0) {
-        return -1;
-    }
-    dkv_router_env_t renv = {.coord = n->coord,
-                             .store = n->store,
-                             .ring = n->ring,
-                             .self_url = SELF_URL,
-                             .start_ms = dkv_hlc_system_clock_ms(NULL),
-                             .rpc_shared = NULL};
-    if (dkv_router_new(&renv, &n->router) != 0) {
+    dkv_test_node_opts_t opts = {.name = "test-router"};
+    node_t *n = NULL;
+    if (dkv_test_node_new(&opts, &n) != 0) {
         return -1;
     }
     *state = n;
@@ -558,13 +505,7 @@ static int node_teardown(void **state)
 {
     node_t *n = *state;
     assert_int_equal(dkv_coord_inflight(n->coord), 0);
-    dkv_router_free(n->router);
-    dkv_coord_free(n->coord);
-    dkv_store_close(n->store);
-    dkv_ring_free(n->ring);
-    uv_loop_close(&n->loop);
-    nftw(n->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-    free(n);
+    dkv_test_node_free(n);
     return 0;
 }
 
@@ -762,7 +703,7 @@ static void test_e2e_status(void **state)
     assert_non_null(r.content_type);
     assert_string_equal(r.content_type, "application/json");
     dkv_buf_append(&r.body, "", 1); /* NUL-terminate for strstr */
-    assert_non_null(strstr((const char *)r.body.data, "\"self\":\"" SELF_URL "\""));
+    assert_non_null(strstr((const char *)r.body.data, "\"self\":\"" DKV_TEST_NODE_URL "\""));
     assert_non_null(strstr((const char *)r.body.data, "\"inflight\":0"));
     reply_cleanup(&r);
 }
