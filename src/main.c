@@ -4,12 +4,15 @@
  * Wiring only: the behaviour lives in the modules.
  */
 #include "cluster/hlc.h"
+#include "cluster/identity.h"
 #include "cluster/ring.h"
 #include "common/conf.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "coord/coord.h"
 #include "http/http.h"
+#include "repair/hints.h"
+#include "replica/replica.h"
 #include "router/router.h"
 #include "rpc/proto.h"
 #include "rpc/rpc.h"
@@ -46,10 +49,14 @@ typedef struct io_thread {
 struct node {
     dkv_conf_t conf;
     dkv_store_t *store;
+    dkv_identity_t *identity;
+    dkv_replica_t *replica;
+    dkv_hints_t *hints; /* NULL: hinted handoff off, or a cluster of one */
     dkv_ring_t *ring;
     uint32_t self_idx;
     dkv_hlc_t hlc;
     dkv_rpc_shared_t rpc_shared;
+    dkv_coord_stats_t coord_stats;
     uint64_t start_ms;
     _Atomic unsigned conn_count;
     unsigned n_threads;
@@ -148,6 +155,9 @@ static void on_drain_timeout(uv_timer_t *timer)
 static void on_stop_async(uv_async_t *a)
 {
     io_thread_t *t = a->data;
+    if (t->router != NULL) {
+        dkv_router_stop(t->router); /* waiting admin calls answer now, not at their timeout */
+    }
     if (t->http == NULL || t->node->signals_seen > 1) {
         thread_finish(t);
         return;
@@ -161,6 +171,12 @@ static void on_stop_async(uv_async_t *a)
 static int sync_wal_cb(void *arg)
 {
     return dkv_store_sync_wal(arg);
+}
+
+static int rpc_send(void *ctx, uint32_t peer, const dkv_rpc_call_t *call, dkv_rpc_reply_cb cb,
+                    void *arg)
+{
+    return dkv_rpc_client_call(ctx, peer, call, cb, arg);
 }
 
 static int thread_setup(io_thread_t *t)
@@ -177,13 +193,17 @@ static int thread_setup(io_thread_t *t)
             return rc;
         }
     }
-    dkv_rpc_server_new(&t->loop, n->ring, n->store, &n->hlc, &n->rpc_shared, &t->rpc_server);
+    dkv_rpc_server_new(&t->loop, n->ring, n->replica, &n->rpc_shared, &t->rpc_server);
     dkv_coord_env_t cenv = {.loop = &t->loop,
-                            .store = n->store,
+                            .replica = n->replica,
                             .ring = n->ring,
                             .self_idx = n->self_idx,
                             .hlc = &n->hlc,
-                            .rpc = t->rpc_client};
+                            .send = t->rpc_client != NULL ? rpc_send : NULL,
+                            .send_ctx = t->rpc_client,
+                            .read_repair = conf->read_repair,
+                            .hints = n->hints,
+                            .stats = &n->coord_stats};
     dkv_coord_new(&cenv, &t->coord);
     dkv_router_env_t renv = {.coord = t->coord,
                              .store = n->store,
@@ -192,7 +212,12 @@ static int thread_setup(io_thread_t *t)
                              .start_ms = n->start_ms,
                              .rpc_shared = &n->rpc_shared,
                              .n_loops = n->n_threads,
-                             .self_idx = n->self_idx};
+                             .self_idx = n->self_idx,
+                             .loop = &t->loop,
+                             .hints = n->hints,
+                             .identity = n->identity,
+                             .coord_stats = &n->coord_stats,
+                             .read_repair = conf->read_repair && dkv_ring_size(n->ring) > 1};
     dkv_router_new(&renv, &t->router);
     dkv_http_opts_t hopts = {.max_body_bytes = conf->max_body_bytes,
                              .max_header_bytes = conf->max_header_bytes,
@@ -306,6 +331,20 @@ int main(int argc, char **argv)
                       (unsigned)n->conf.listen_port, dkv_strerror(rc));
         goto out;
     }
+    char path[sizeof(n->conf.data_dir) + 16];
+    memcpy(path, n->conf.data_dir, strlen(n->conf.data_dir) + 1);
+    strcat(path, "/db/CURRENT");
+    struct stat st;
+    bool db_exists = stat(path, &st) == 0;
+    char why[1024] = "";
+    rc = dkv_identity_open(n->conf.data_dir, n->ring, n->self_idx, db_exists, why, sizeof(why),
+                           &n->identity);
+    if (rc != 0) {
+        DKV_LOG_ERROR("refusing to start: %s", why);
+        exit_code = 2;
+        goto out;
+    }
+    n->rpc_shared.identity = n->identity;
     dkv_store_opts_t sopts = {.block_cache_bytes = n->conf.block_cache_bytes,
                               .fsync = n->conf.fsync};
     rc = dkv_store_open(n->conf.data_dir, &sopts, &n->store);
@@ -313,6 +352,10 @@ int main(int argc, char **argv)
         DKV_LOG_ERROR("cannot open the store in %s (see above)", n->conf.data_dir);
         goto out;
     }
+    if (dkv_store_has_records(n->store)) {
+        dkv_identity_note_data(n->identity);
+    }
+    dkv_replica_new(n->store, &n->hlc, n->identity, &n->replica);
 
 #ifdef __linux__
     n->n_threads = n->conf.io_threads;
@@ -322,6 +365,25 @@ int main(int argc, char **argv)
     }
     n->n_threads = 1;
 #endif
+    if (n->conf.hinted_handoff && dkv_ring_size(n->ring) > 1) {
+        dkv_hints_opts_t hopts = {.window_ms = n->conf.hint_window_ms,
+                                  .max_bytes = n->conf.max_hints_bytes,
+                                  .replay_bytes_per_s = n->conf.hint_replay_bytes_per_s,
+                                  .replay_interval_ms = 200,
+                                  .rpc = {.request_timeout_ms = n->conf.replica_timeout_ms,
+                                          .breaker_failures = n->conf.breaker_failures,
+                                          .breaker_cooldown_ms = n->conf.breaker_cooldown_ms},
+                                  .rpc_loop_idx = n->n_threads};
+        rc = dkv_hints_open(n->store, n->ring, n->self_idx, &n->hlc, &n->rpc_shared, &hopts,
+                            &n->hints);
+        if (rc == 0) {
+            rc = dkv_hints_start(n->hints);
+        }
+        if (rc != 0) {
+            DKV_LOG_ERROR("cannot start hinted handoff: %s", dkv_strerror(rc));
+            goto out;
+        }
+    }
     n->threads = dkv_xcalloc(n->n_threads, sizeof(io_thread_t));
     uv_sem_init(&n->started, 0);
     uv_loop_init(&n->main_loop);
@@ -374,7 +436,10 @@ int main(int argc, char **argv)
     free(n->threads);
     exit_code = start_rc == 0 ? 0 : 1;
 out:
+    dkv_hints_free(n->hints); /* stops the replay thread before the store closes */
+    dkv_replica_free(n->replica);
     dkv_store_close(n->store);
+    dkv_identity_free(n->identity);
     if (exit_code == 0) {
         DKV_LOG_INFO("stopped cleanly: store closed, write-ahead log flushed");
     }

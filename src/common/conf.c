@@ -39,6 +39,16 @@ static const char usage[] =
     "  --max-connections N         open client connections per node (default 10000)\n"
     "  --max-inflight N            requests in progress per I/O thread, 503 past it (default 4096)\n"
     "\n"
+    "Convergence:\n"
+    "  --hinted-handoff on|off     keep a durable hint for a replica write that failed and\n"
+    "                              replay it when the replica answers again (default on)\n"
+    "  --hint-window-ms MS         no new hints for a peer whose oldest hint is older\n"
+    "                              (default 10800000 = 3 h)\n"
+    "  --max-hints-bytes N         no new hints once all hints take N bytes (default 1 GiB)\n"
+    "  --hint-replay-bytes-per-s N hint replay throttle, all peers together (default 8 MiB)\n"
+    "  --read-repair on|off        after a GET, write the newest version to replicas that\n"
+    "                              answered an older one or none (default on)\n"
+    "\n"
     "Storage:\n"
     "  --block-cache-bytes N       RocksDB block cache (default 67108864)\n"
     "  --fsync                     fsync the write-ahead log on every write (default: write(2)\n"
@@ -186,6 +196,11 @@ int dkv_conf_parse(int argc, char **argv, dkv_conf_t *conf, char *err, size_t er
     conf->breaker_failures = 5;
     conf->breaker_cooldown_ms = 2000;
     conf->block_cache_bytes = 64u << 20;
+    conf->hinted_handoff = true;
+    conf->hint_window_ms = 3u * 3600u * 1000u;
+    conf->max_hints_bytes = (uint64_t)1 << 30;
+    conf->hint_replay_bytes_per_s = 8u << 20;
+    conf->read_repair = true;
     conf->log_level = DKV_LOG_INFO;
     const char *cluster_arg = NULL;
 
@@ -210,7 +225,9 @@ int dkv_conf_parse(int argc, char **argv, dkv_conf_t *conf, char *err, size_t er
             "--listen", "--self", "--cluster", "--data", "--log-level", "--io-threads",
             "--max-body-bytes", "--max-header-bytes", "--idle-timeout-ms", "--request-timeout-ms",
             "--replica-timeout-ms", "--shutdown-timeout-ms", "--max-connections", "--max-inflight",
-            "--vnodes", "--breaker-failures", "--breaker-cooldown-ms", "--block-cache-bytes"};
+            "--vnodes", "--breaker-failures", "--breaker-cooldown-ms", "--block-cache-bytes",
+            "--hinted-handoff", "--hint-window-ms", "--max-hints-bytes",
+            "--hint-replay-bytes-per-s", "--read-repair"};
         bool known = false;
         for (size_t k = 0; k < sizeof(valued) / sizeof(valued[0]); k++) {
             known = known || strcmp(flag, valued[k]) == 0;
@@ -245,7 +262,21 @@ int dkv_conf_parse(int argc, char **argv, dkv_conf_t *conf, char *err, size_t er
         NUM("--breaker-failures", 1, 1000000, breaker_failures)
         NUM("--breaker-cooldown-ms", 1, 3600000, breaker_cooldown_ms)
         NUM("--block-cache-bytes", 1u << 20, (uint64_t)1 << 40, block_cache_bytes)
+        NUM("--hint-window-ms", 1, (uint64_t)30 * 86400000, hint_window_ms)
+        NUM("--max-hints-bytes", 1, (uint64_t)1 << 50, max_hints_bytes)
+        NUM("--hint-replay-bytes-per-s", 1024, (uint64_t)1 << 40, hint_replay_bytes_per_s)
 #undef NUM
+#define ONOFF(name, field)                                                                         \
+    if (strcmp(flag, name) == 0) {                                                                 \
+        if (strcmp(val, "on") != 0 && strcmp(val, "off") != 0) {                                   \
+            return fail(err, err_len, "%s: '%s' is not on or off", name, val);                    \
+        }                                                                                          \
+        conf->field = strcmp(val, "on") == 0;                                                      \
+        continue;                                                                                  \
+    }
+        ONOFF("--hinted-handoff", hinted_handoff)
+        ONOFF("--read-repair", read_repair)
+#undef ONOFF
         if (strcmp(flag, "--listen") == 0) {
             if (dkv_conf_parse_url(val, conf->listen_host, sizeof(conf->listen_host),
                                    &conf->listen_port) != 0) {

@@ -35,6 +35,11 @@ typedef struct dkv_conf {
     unsigned breaker_failures; /* consecutive failures that open a peer's circuit breaker */
     uint64_t breaker_cooldown_ms;
     size_t block_cache_bytes;
+    bool hinted_handoff;              /* durable hints for failed replica writes */
+    uint64_t hint_window_ms;          /* no new hints for a peer whose oldest hint is older */
+    uint64_t max_hints_bytes;         /* no new hints past this total */
+    uint64_t hint_replay_bytes_per_s; /* replay throttle */
+    bool read_repair;                 /* repair stale replicas after a GET */
     bool fsync;
     enum dkv_log_level log_level;
 } dkv_conf_t;

@@ -17,7 +17,8 @@
     X(DKV_ECANCELED, -10008, "canceled")                                                           \
     X(DKV_EOVERLOAD, -10009, "overloaded")                                                         \
     X(DKV_EUNAVAIL, -10010, "peer unavailable")                                                    \
-    X(DKV_ECLUSTER, -10011, "cluster mismatch")
+    X(DKV_ECLUSTER, -10011, "cluster mismatch")                                                    \
+    X(DKV_ENOTREADY, -10012, "replica not ready (its data is being rebuilt)")
 
 enum dkv_err {
 #define DKV_ERR_ENUM(name, value, msg) name = (value),

@@ -2,7 +2,8 @@
  * Coordinator: runs one client operation (GET, PUT, DELETE) against the key's first `from`
  * replicas of its preference list, in parallel, and reports the outcome once `ack` replicas
  * succeeded or success became impossible (Dynamo paper §4.5, sloppy-quorum-free variant).
- * One coordinator per I/O thread; it uses the local store for itself and RPC for peers.
+ * One coordinator per I/O thread; it uses the local replica for itself and RPC for peers, and
+ * starts the convergence mechanisms a client operation can see the need for: read repair and hints.
  */
 #ifndef DKV_COORD_COORD_H
 #define DKV_COORD_COORD_H
@@ -15,32 +16,43 @@
 
 #include "cluster/hlc.h"
 #include "cluster/ring.h"
+#include "common/owned.h"
 #include "common/record.h"
 #include "common/slice.h"
+#include "repair/hints.h"
+#include "replica/replica.h"
 #include "rpc/rpc.h"
-#include "store/store.h"
 
 typedef struct dkv_coord dkv_coord_t;
+
+/**
+ * Sends one replica request to a peer: dkv_rpc_client_call()'s contract (0 and `cb` runs exactly
+ * once, later; an error and `cb` never runs). The unit tests give a fake.
+ */
+typedef int (*dkv_coord_send_fn)(void *ctx, uint32_t peer, const dkv_rpc_call_t *call,
+                                 dkv_rpc_reply_cb cb, void *arg);
+
+/** Convergence counters shared by every coordinator of a node (relaxed atomics). */
+typedef struct dkv_coord_stats {
+    _Atomic uint64_t read_repair_reads;    /* GETs whose replicas disagreed */
+    _Atomic uint64_t read_repair_writes;   /* repair writes sent (one per stale replica) */
+    _Atomic uint64_t read_repair_failures; /* repair writes that failed */
+    _Atomic uint64_t hints_not_stored;     /* failed replica writes left without a hint */
+} dkv_coord_stats_t;
 
 /** What a coordinator needs; every pointer is borrowed and must outlive the coordinator. */
 typedef struct dkv_coord_env {
     uv_loop_t *loop;           /* the I/O thread's loop */
-    dkv_store_t *store;        /* this node's replica data */
+    dkv_replica_t *replica;    /* this node's replica side (its store) */
     const dkv_ring_t *ring;    /* placement */
     uint32_t self_idx;         /* this node's index in the ring */
     dkv_hlc_t *hlc;            /* shared by all threads of the node */
-    dkv_rpc_client_t *rpc;     /* this loop's connections to peers; NULL when N == 1 */
+    dkv_coord_send_fn send;    /* replica requests to peers; NULL when N == 1 */
+    void *send_ctx;            /* first argument of `send` (the loop's RPC client) */
+    bool read_repair;          /* repair stale replicas after a GET (Dynamo §4.7) */
+    dkv_hints_t *hints;        /* hinted handoff (Dynamo §4.6); NULL = off */
+    dkv_coord_stats_t *stats;  /* NULL = not counted */
 } dkv_coord_env_t;
-
-/** An owned encoded record: `free_fn(ptr)` releases it. */
-typedef struct dkv_owned {
-    uint8_t *ptr;
-    size_t len;
-    void (*free_fn)(uint8_t *ptr);
-} dkv_owned_t;
-
-/** Releases an owned buffer (no-op on an empty one) and empties it. Thread: any. */
-void dkv_owned_release(dkv_owned_t *o);
 
 /**
  * The outcome of an operation, passed to the callback.
@@ -77,7 +89,12 @@ size_t dkv_coord_inflight(const dkv_coord_t *c);
  * @param ack   Replies needed before `cb` runs; 1..from.
  * @param from  Replicas asked; 1..N.
  * @return 0 and `cb` runs exactly once (possibly before this returns); DKV_EINVAL and `cb` never
- *         runs. Callback: see dkv_coord_result_t. Later replies are consumed quietly.
+ *         runs. Callback: see dkv_coord_result_t.
+ * Read repair (env.read_repair; Dynamo §4.7): the operation lives on after the answer until every
+ * replica answered or timed out; then each replica that answered "absent" or an older version
+ * gets the newest record (its original timestamp) through the normal replica write, if it is one
+ * of the first `from` nodes of that record's own replica set (common/record.h), or, for a record
+ * of unknown replica set, if it already held an older version. Never delays the answer.
  * Thread: the coordinator's loop thread.
  */
 int dkv_coord_get(dkv_coord_t *c, dkv_slice_t key, unsigned ack, unsigned from, dkv_coord_cb cb,
@@ -91,6 +108,8 @@ int dkv_coord_get(dkv_coord_t *c, dkv_slice_t key, unsigned ack, unsigned from, 
  * @param key, value  Borrowed for the call (copied into every replica request before it returns).
  * @return 0 and `cb` runs exactly once (possibly before this returns); DKV_EINVAL and `cb` never
  *         runs. Callback rc: 0 or DKV_EQUORUM.
+ * Hinted handoff (env.hints): each peer replica whose write fails (refused, timed out, breaker
+ * open, replica error) gets a durable hint, whether or not the client was already answered.
  * Thread: the coordinator's loop thread.
  */
 int dkv_coord_put(dkv_coord_t *c, dkv_slice_t key, bool tombstone, dkv_slice_t value, unsigned ack,

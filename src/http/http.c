@@ -219,6 +219,8 @@ static enum dkv_method map_method(uint8_t m)
         return DKV_METHOD_PUT;
     case HTTP_DELETE:
         return DKV_METHOD_DELETE;
+    case HTTP_POST:
+        return DKV_METHOD_POST;
     default:
         return DKV_METHOD_OTHER;
     }

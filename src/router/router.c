@@ -13,8 +13,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+typedef struct sync_wait sync_wait_t;
+
 struct dkv_router {
     dkv_router_env_t env;
+    sync_wait_t *waits; /* admin calls waiting for a hints sync point */
+    bool stopped;
 };
 
 #define TEXT "text/plain; charset=utf-8"
@@ -79,6 +83,7 @@ void dkv_query_cleanup(dkv_query_t *q)
     dkv_buf_cleanup(&q->ack);
     dkv_buf_cleanup(&q->from);
     dkv_buf_cleanup(&q->replicas);
+    dkv_buf_cleanup(&q->timeout_ms);
 }
 
 int dkv_query_parse(dkv_slice_t query, dkv_query_t *q)
@@ -118,6 +123,8 @@ int dkv_query_parse(dkv_slice_t query, dkv_query_t *q)
             has = &q->has_from, dst = &q->from;
         } else if (dkv_slice_eq_str(n, "replicas")) {
             has = &q->has_replicas, dst = &q->replicas;
+        } else if (dkv_slice_eq_str(n, "timeout_ms")) {
+            has = &q->has_timeout_ms, dst = &q->timeout_ms;
         } else if (dkv_slice_eq_str(n, "verbose")) {
             has = &q->verbose;
         }
@@ -224,6 +231,7 @@ int dkv_router_status_of(int err, bool is_get, bool is_delete)
     case DKV_EQUORUM:
     case DKV_ETIMEDOUT:
     case DKV_EUNAVAIL:
+    case DKV_ENOTREADY:
         return 504;
     case DKV_EOVERLOAD:
         return 503;
@@ -296,7 +304,7 @@ static void entity_done_cb(void *arg, dkv_coord_result_t *res)
 static void handle_entity(dkv_router_t *r, const dkv_request_t *req, dkv_query_t *q,
                           dkv_router_reply_cb cb, void *arg)
 {
-    if (req->method == DKV_METHOD_OTHER) {
+    if (req->method == DKV_METHOD_OTHER || req->method == DKV_METHOD_POST) {
         reply_text(cb, arg, 405, "Method Not Allowed: use GET, PUT or DELETE\n");
         return;
     }
@@ -425,6 +433,175 @@ static void json_str(dkv_buf_t *b, const char *s)
     dkv_buf_append(b, "\"", 1);
 }
 
+/* ---- convergence: hints and read repair ---- */
+
+static void hints_json(dkv_router_t *r, dkv_buf_t *b)
+{
+    if (r->env.hints == NULL) {
+        dkv_buf_append_str(b, "{\"enabled\":false}");
+        return;
+    }
+    dkv_hints_status_json(r->env.hints, b);
+}
+
+static void read_repair_json(dkv_router_t *r, dkv_buf_t *b)
+{
+    dkv_coord_stats_t *st = r->env.coord_stats;
+    uint64_t reads = 0;
+    uint64_t writes = 0;
+    uint64_t failures = 0;
+    uint64_t unhinted = 0;
+    if (st != NULL) {
+        reads = atomic_load_explicit(&st->read_repair_reads, memory_order_relaxed);
+        writes = atomic_load_explicit(&st->read_repair_writes, memory_order_relaxed);
+        failures = atomic_load_explicit(&st->read_repair_failures, memory_order_relaxed);
+        unhinted = atomic_load_explicit(&st->hints_not_stored, memory_order_relaxed);
+    }
+    dkv_buf_printf(b,
+                   "{\"enabled\":%s,\"reads_repaired\":%" PRIu64 ",\"writes\":%" PRIu64
+                   ",\"failures\":%" PRIu64 ",\"failed_writes_without_hint\":%" PRIu64 "}",
+                   r->env.read_repair ? "true" : "false", reads, writes, failures, unhinted);
+}
+
+/* GET /v0/admin/hints: pending hints per peer and the counters. */
+static void handle_admin_hints(dkv_router_t *r, const dkv_request_t *req, dkv_query_t *q,
+                               dkv_router_reply_cb cb, void *arg)
+{
+    (void)q;
+    if (req->method != DKV_METHOD_GET) {
+        reply_text(cb, arg, 405, "Method Not Allowed: use GET\n");
+        return;
+    }
+    dkv_buf_t b;
+    dkv_buf_init(&b);
+    hints_json(r, &b);
+    dkv_buf_append_str(&b, "\n");
+    reply_owned_text(cb, arg, 200, &b, "application/json");
+}
+
+#define SYNC_POLL_MS 10u
+#define SYNC_DEFAULT_TIMEOUT_MS 60000u
+#define SYNC_MAX_TIMEOUT_MS 3600000u
+
+struct sync_wait {
+    uv_timer_t timer;
+    dkv_router_t *router;
+    sync_wait_t *prev;
+    sync_wait_t *next;
+    dkv_hints_t *hints;
+    dkv_hints_sync_point_t sp;
+    uint64_t deadline_ms;
+    dkv_router_reply_cb cb;
+    void *arg;
+};
+
+static void sync_wait_free(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+/* Answers a waiting sync call and lets its timer go. */
+static void sync_wait_end(sync_wait_t *w, int status, const char *text)
+{
+    dkv_router_t *r = w->router;
+    if (w->prev != NULL) {
+        w->prev->next = w->next;
+    } else {
+        r->waits = w->next;
+    }
+    if (w->next != NULL) {
+        w->next->prev = w->prev;
+    }
+    uv_timer_stop(&w->timer);
+    reply_text(w->cb, w->arg, status, text);
+    uv_close((uv_handle_t *)&w->timer, sync_wait_free);
+}
+
+static void sync_poll(uv_timer_t *t)
+{
+    sync_wait_t *w = t->data;
+    if (dkv_hints_sync_reached(w->hints, &w->sp)) {
+        sync_wait_end(w, 200, "OK: every hint that existed at the call was delivered\n");
+    } else if (uv_now(t->loop) >= w->deadline_ms) {
+        sync_wait_end(w, 504, "Timeout: hints are still pending (GET /v0/admin/hints)\n");
+    }
+}
+
+void dkv_router_stop(dkv_router_t *r)
+{
+    r->stopped = true;
+    while (r->waits != NULL) {
+        sync_wait_end(r->waits, 503, "Service Unavailable: the node is shutting down\n");
+    }
+}
+
+/*
+ * POST /v0/admin/hints/sync?timeout_ms=T: 200 once every hint that existed at the call was
+ * delivered (a sync point, as in Scylla), 504 at the timeout. Operators run it before restarting
+ * the next node of a rolling restart.
+ */
+static void handle_admin_hints_sync(dkv_router_t *r, const dkv_request_t *req, dkv_query_t *q,
+                                    dkv_router_reply_cb cb, void *arg)
+{
+    if (req->method != DKV_METHOD_POST) {
+        reply_text(cb, arg, 405, "Method Not Allowed: use POST\n");
+        return;
+    }
+    unsigned timeout_ms = SYNC_DEFAULT_TIMEOUT_MS;
+    if (q->has_timeout_ms &&
+        (parse_count(&q->timeout_ms, &timeout_ms) != 0 || timeout_ms > SYNC_MAX_TIMEOUT_MS)) {
+        reply_text(cb, arg, 400, "Bad Request: timeout_ms must be 0..3600000\n");
+        return;
+    }
+    if (r->env.hints == NULL) {
+        reply_text(cb, arg, 200, "OK: hinted handoff is off, no hints to wait for\n");
+        return;
+    }
+    if (r->stopped) {
+        reply_text(cb, arg, 503, "Service Unavailable: the node is shutting down\n");
+        return;
+    }
+    sync_wait_t *w = dkv_xcalloc(1, sizeof(*w));
+    w->hints = r->env.hints;
+    dkv_hints_sync_point(w->hints, &w->sp);
+    if (dkv_hints_sync_reached(w->hints, &w->sp)) {
+        free(w);
+        reply_text(cb, arg, 200, "OK: every hint that existed at the call was delivered\n");
+        return;
+    }
+    w->cb = cb;
+    w->arg = arg;
+    w->router = r;
+    w->next = r->waits;
+    if (r->waits != NULL) {
+        r->waits->prev = w;
+    }
+    r->waits = w;
+    uv_timer_init(r->env.loop, &w->timer);
+    w->timer.data = w;
+    w->deadline_ms = uv_now(r->env.loop) + timeout_ms;
+    uv_timer_start(&w->timer, sync_poll, SYNC_POLL_MS, SYNC_POLL_MS);
+}
+
+/*
+ * POST /v0/admin/rebuild-done: the operator's word that a rebuilding node may answer replica
+ * reads from its data again (after hints and read repair refilled it, or accepting the loss).
+ */
+static void handle_admin_rebuild_done(dkv_router_t *r, const dkv_request_t *req, dkv_query_t *q,
+                                      dkv_router_reply_cb cb, void *arg)
+{
+    (void)q;
+    if (req->method != DKV_METHOD_POST) {
+        reply_text(cb, arg, 405, "Method Not Allowed: use POST\n");
+        return;
+    }
+    if (r->env.identity == NULL || dkv_identity_rebuild_done(r->env.identity) != 0) {
+        reply_text(cb, arg, 500, "Internal Error: the state could not be recorded (see the log)\n");
+        return;
+    }
+    reply_text(cb, arg, 200, "OK: ready\n");
+}
+
 static void handle_status(dkv_router_t *r, const dkv_request_t *req, dkv_query_t *q,
                           dkv_router_reply_cb cb, void *arg)
 {
@@ -441,6 +618,10 @@ static void handle_status(dkv_router_t *r, const dkv_request_t *req, dkv_query_t
     uint64_t now_ms = dkv_hlc_system_clock_ms(NULL);
     dkv_buf_append_str(&b, "{\"status\":\"ok\",\"version\":\"" DKV_VERSION "\",\"self\":");
     json_str(&b, r->env.self_url);
+    if (r->env.identity != NULL) {
+        dkv_buf_append(&b, ",", 1);
+        dkv_identity_status_json(r->env.identity, &b);
+    }
     dkv_buf_printf(&b, ",\"uptime_ms\":%" PRIu64 ",\"cluster\":[",
                    now_ms > r->env.start_ms ? now_ms - r->env.start_ms : 0);
     for (size_t i = 0; i < dkv_ring_size(r->env.ring); i++) {
@@ -453,7 +634,11 @@ static void handle_status(dkv_router_t *r, const dkv_request_t *req, dkv_query_t
     if (r->env.rpc_shared != NULL) {
         dkv_rpc_status_json(r->env.rpc_shared, r->env.ring, r->env.self_idx, r->env.n_loops, &b);
     }
-    dkv_buf_append_str(&b, "]}\n");
+    dkv_buf_append_str(&b, "],\"hints\":");
+    hints_json(r, &b);
+    dkv_buf_append_str(&b, ",\"read_repair\":");
+    read_repair_json(r, &b);
+    dkv_buf_append_str(&b, "}\n");
     reply_owned_text(cb, arg, 200, &b, "application/json");
 }
 
@@ -473,6 +658,12 @@ void dkv_router_handle(dkv_router_t *r, const dkv_request_t *req, dkv_router_rep
         handler = handle_entities;
     } else if (dkv_slice_eq_str(path, "/v0/status")) {
         handler = handle_status;
+    } else if (dkv_slice_eq_str(path, "/v0/admin/hints")) {
+        handler = handle_admin_hints;
+    } else if (dkv_slice_eq_str(path, "/v0/admin/hints/sync")) {
+        handler = handle_admin_hints_sync;
+    } else if (dkv_slice_eq_str(path, "/v0/admin/rebuild-done")) {
+        handler = handle_admin_rebuild_done;
     } else {
         reply_text(cb, arg, 400, "Bad Request: unknown path\n");
         return;
@@ -480,7 +671,8 @@ void dkv_router_handle(dkv_router_t *r, const dkv_request_t *req, dkv_router_rep
     dkv_query_t q;
     int rc = dkv_query_parse(query, &q);
     if (rc != 0) {
-        if (handler == handle_entity && req->method == DKV_METHOD_OTHER) {
+        if (handler == handle_entity &&
+            (req->method == DKV_METHOD_OTHER || req->method == DKV_METHOD_POST)) {
             reply_text(cb, arg, 405, "Method Not Allowed: use GET, PUT or DELETE\n");
         } else {
             reply_text(cb, arg, 400, "Bad Request: malformed percent-escape in the query\n");

@@ -17,7 +17,13 @@
 #include "coord/coord.h"
 #include "store/store.h"
 
-enum dkv_method { DKV_METHOD_GET, DKV_METHOD_PUT, DKV_METHOD_DELETE, DKV_METHOD_OTHER };
+enum dkv_method {
+    DKV_METHOD_GET,
+    DKV_METHOD_PUT,
+    DKV_METHOD_DELETE,
+    DKV_METHOD_POST, /* only the admin endpoints take it */
+    DKV_METHOD_OTHER
+};
 
 typedef struct dkv_request {
     enum dkv_method method;
@@ -66,11 +72,23 @@ typedef struct dkv_router_env {
     dkv_rpc_shared_t *rpc_shared; /* peer views for the verbose status */
     unsigned n_loops;              /* I/O threads publishing into rpc_shared */
     uint32_t self_idx;
+    uv_loop_t *loop;               /* this I/O thread's loop (timers of waiting admin calls) */
+    dkv_hints_t *hints;            /* NULL: hinted handoff is off */
+    dkv_identity_t *identity;      /* node id and readiness; NULL in tests */
+    dkv_coord_stats_t *coord_stats; /* convergence counters, may be NULL */
+    bool read_repair;
 } dkv_router_env_t;
 
 /** Creates a router for one I/O thread. @param env copied, pointers borrowed. @return 0. */
 int dkv_router_new(const dkv_router_env_t *env, dkv_router_t **out);
-/** Frees a router. */
+/**
+ * Stops the router's waiting admin calls (a hints sync answers 503 at once) and refuses new
+ * ones; call when the node starts to drain, so no call holds the drain up.
+ * Thread: the router's I/O thread.
+ */
+void dkv_router_stop(dkv_router_t *r);
+
+/** Frees a router; dkv_router_stop() must have run if the loop ran admin calls. */
 void dkv_router_free(dkv_router_t *r);
 
 /**
@@ -91,8 +109,8 @@ int dkv_percent_decode(dkv_slice_t in, dkv_buf_t *out);
 
 /** The decoded query parameters the API knows; unknown ones are ignored. */
 typedef struct dkv_query {
-    bool has_id, has_start, has_end, has_ack, has_from, has_replicas, verbose;
-    dkv_buf_t id, start, end, ack, from, replicas; /* decoded values, owned */
+    bool has_id, has_start, has_end, has_ack, has_from, has_replicas, verbose, has_timeout_ms;
+    dkv_buf_t id, start, end, ack, from, replicas, timeout_ms; /* decoded values, owned */
 } dkv_query_t;
 
 /**

@@ -46,7 +46,7 @@ typedef struct pending {
     uint64_t deadline_ms;
     dkv_rpc_reply_cb cb; /* NULL once answered (timed out) or for the HELLO */
     void *arg;
-    bool is_get;
+    uint8_t expect; /* the reply type that answers it (DKV_RPC_GET_REPLY, ...) */
     bool is_probe;
 } pending_t;
 
@@ -82,7 +82,8 @@ struct peer {
     bool background; /* the current connection is a background probe */
     bool dirty;      /* `out` has bytes to flush */
     bool rejected;   /* the peer refused our handshake (different cluster) */
-    bool refused;    /* the last connection attempt was refused: the port is closed */
+    bool refused;    /* the last failed connection attempt was refused (the port was closed)
+                        and no handshake has succeeded since */
 };
 
 struct dkv_rpc_client {
@@ -186,9 +187,10 @@ static int breaker_admit(peer_t *p, bool *probe)
     case BREAKER_CLOSED:
         return 0;
     case BREAKER_OPEN:
-        if (p->refused && !p->probe_inflight && p->state == DISCONNECTED) {
+        if (p->refused && !p->probe_inflight && (p->state == DISCONNECTED || p->background)) {
             /* A refused connection fails in microseconds, so trying again costs the request
-             * nothing and reaches a restarted peer on the very next request (API.md §8). */
+             * nothing and reaches a restarted peer on the very next request (API.md §8). A
+             * background reconnection already under way carries the request instead. */
             p->probe_inflight = true;
             *probe = true;
             return 0;
@@ -227,7 +229,7 @@ static void complete(peer_t *p, pending_t *req, int rc, const dkv_record_t *rec)
     if (probe) {
         p->probe_inflight = false;
     }
-    if (rc == 0 || rc == DKV_ENOTFOUND) {
+    if (rc == 0 || rc == DKV_ENOTFOUND || rc == DKV_ENOTREADY) {
         breaker_success(p);
     } else if (!p->client->closing) {
         breaker_failure(p, probe);
@@ -257,14 +259,15 @@ static void fail_all(peer_t *p, int rc)
     publish(p);
 }
 
-static pending_t *enqueue(peer_t *p, uint64_t req_id, dkv_rpc_reply_cb cb, void *arg, bool is_get)
+static pending_t *enqueue(peer_t *p, uint64_t req_id, dkv_rpc_reply_cb cb, void *arg,
+                          uint8_t expect, uint64_t timeout_ms)
 {
     pending_t *req = dkv_xcalloc(1, sizeof(*req));
     req->req_id = req_id;
-    req->deadline_ms = now_ms(p->client) + p->client->opts.request_timeout_ms;
+    req->deadline_ms = now_ms(p->client) + timeout_ms;
     req->cb = cb;
     req->arg = arg;
-    req->is_get = is_get;
+    req->expect = expect;
     if (p->tail != NULL) {
         p->tail->next = req;
     } else {
@@ -381,6 +384,10 @@ static void handle_reply(peer_t *p, const dkv_rpc_msg_t *m)
     switch (m->type) {
     case DKV_RPC_HELLO_OK:
         p->hello_ok = true;
+        p->refused = false;
+        if (m->hello_ok.has_ident && p->client->shared->identity != NULL) {
+            dkv_identity_observe(p->client->shared->identity, p->idx, &m->hello_ok.ident);
+        }
         if (p->background) {
             p->background = false;
             breaker_close(p, "handshake succeeded");
@@ -396,18 +403,20 @@ static void handle_reply(peer_t *p, const dkv_rpc_msg_t *m)
         peer_conn_failed(p, DKV_EUNAVAIL, "handshake refused");
         return;
     case DKV_RPC_GET_REPLY:
-        if (!req->is_get) {
+        if (req->expect != DKV_RPC_GET_REPLY) {
             complete(p, req, DKV_EPROTO, NULL);
         } else if (m->get_reply.status == DKV_RPC_OK) {
             complete(p, req, 0, &m->get_reply.rec);
         } else if (m->get_reply.status == DKV_RPC_ABSENT) {
             complete(p, req, DKV_ENOTFOUND, NULL);
+        } else if (m->get_reply.status == DKV_RPC_NOT_READY) {
+            complete(p, req, DKV_ENOTREADY, NULL);
         } else {
             complete(p, req, DKV_EIO, NULL);
         }
         break;
     case DKV_RPC_PUT_REPLY:
-        if (req->is_get) {
+        if (req->expect != DKV_RPC_PUT_REPLY) {
             complete(p, req, DKV_EPROTO, NULL);
         } else {
             complete(p, req, m->put_reply.status == DKV_RPC_OK ? 0 : DKV_EIO, NULL);
@@ -495,7 +504,6 @@ static void on_connect(uv_connect_t *req, int status)
         peer_conn_failed(p, DKV_EUNAVAIL, uv_strerror(status));
         return;
     }
-    p->refused = false;
     p->state = CONNECTED;
     uv_tcp_nodelay(&l->tcp, 1);
     if (uv_read_start((uv_stream_t *)&l->tcp, on_alloc, on_read) != 0) {
@@ -523,15 +531,27 @@ static void peer_connect(peer_t *p, bool background)
         uv_tcp_connect(&l->connect_req, &l->tcp, (const struct sockaddr *)&p->addr, on_connect);
     /* The HELLO goes first; requests may be pipelined right behind it. */
     uint64_t id = c->next_req_id++;
+    dkv_ident_info_t ident;
+    if (c->shared->identity != NULL) {
+        dkv_identity_info_for(c->shared->identity, p->idx, &ident);
+    }
     dkv_rpc_encode_hello(&p->out, id, c->fingerprint,
-                         dkv_slice_str(dkv_ring_url(c->ring, c->self_idx)));
-    enqueue(p, id, NULL, NULL, false);
+                         dkv_slice_str(dkv_ring_url(c->ring, c->self_idx)),
+                         c->shared->identity != NULL ? &ident : NULL);
+    enqueue(p, id, NULL, NULL, DKV_RPC_HELLO_OK, c->opts.request_timeout_ms);
     if (rc != 0) {
         peer_conn_failed(p, DKV_EUNAVAIL, uv_strerror(rc));
     }
 }
 
 /* ---- timers ---- */
+
+/* Is the node JOINING (one loop, the first, reaches out to every peer)? */
+static bool joining(const dkv_rpc_client_t *c)
+{
+    return c->loop_idx == 0 && c->shared->identity != NULL &&
+           dkv_identity_state(c->shared->identity) == DKV_NODE_JOINING;
+}
 
 static void on_sweep(uv_timer_t *t)
 {
@@ -547,7 +567,12 @@ static void on_sweep(uv_timer_t *t)
             continue;
         }
         bool timed_out = false;
-        for (pending_t *r = p->head; r != NULL && r->deadline_ms <= now; r = r->next) {
+        /* Requests carry their own timeouts, so the FIFO is not ordered by deadline: look at
+         * every one (a handful per peer; a failed connection has none). */
+        for (pending_t *r = p->head; r != NULL; r = r->next) {
+            if (r->deadline_ms > now) {
+                continue;
+            }
             if (r->cb != NULL) {
                 complete(p, r, DKV_ETIMEDOUT, NULL);
                 timed_out = true;
@@ -563,6 +588,11 @@ static void on_sweep(uv_timer_t *t)
         }
         if (p->breaker == BREAKER_OPEN && p->state == DISCONNECTED && !p->rejected &&
             now >= p->next_probe_ms) {
+            peer_connect(p, true);
+        } else if (joining(c) && p->breaker == BREAKER_CLOSED && p->state == DISCONNECTED &&
+                   !p->rejected && now >= p->next_probe_ms) {
+            /* A node that started empty learns from a peer's handshake whether it is new or
+             * lost its data (cluster/identity.h): reach out rather than wait for traffic. */
             peer_connect(p, true);
         }
     }
@@ -636,11 +666,14 @@ int dkv_rpc_client_new(uv_loop_t *loop, unsigned loop_idx, const dkv_ring_t *rin
     return 0;
 }
 
-static int submit(dkv_rpc_client_t *c, uint32_t peer, bool is_get, dkv_slice_t key,
-                  const dkv_record_t *rec, dkv_rpc_reply_cb cb, void *arg)
+int dkv_rpc_client_call(dkv_rpc_client_t *c, uint32_t peer, const dkv_rpc_call_t *call,
+                        dkv_rpc_reply_cb cb, void *arg)
 {
     if (peer >= c->n_peers || peer == c->self_idx || c->closing) {
         return c->closing ? DKV_EUNAVAIL : DKV_EINVAL;
+    }
+    if (call->type != DKV_RPC_GET && (call->type != DKV_RPC_PUT || call->rec == NULL)) {
+        return DKV_EINVAL;
     }
     peer_t *p = &c->peers[peer];
     bool probe = false;
@@ -666,31 +699,21 @@ static int submit(dkv_rpc_client_t *c, uint32_t peer, bool is_get, dkv_slice_t k
     }
     p->background = false; /* real traffic now rides on this connection */
     uint64_t id = c->next_req_id++;
-    rc = is_get ? dkv_rpc_encode_get(&p->out, id, key) : dkv_rpc_encode_put(&p->out, id, key, rec);
+    rc = call->type == DKV_RPC_GET ? dkv_rpc_encode_get(&p->out, id, call->key)
+                                   : dkv_rpc_encode_put(&p->out, id, call->key, call->rec);
     if (rc != 0) {
         if (probe) {
             p->probe_inflight = false;
         }
         return DKV_EINVAL;
     }
-    pending_t *req = enqueue(p, id, cb, arg, is_get);
+    pending_t *req = enqueue(p, id, cb, arg, (uint8_t)(call->type | 0x80),
+                             call->timeout_ms > 0 ? call->timeout_ms : c->opts.request_timeout_ms);
     req->is_probe = probe;
     if (p->state == CONNECTED) {
         mark_dirty(p);
     }
     return 0;
-}
-
-int dkv_rpc_client_get(dkv_rpc_client_t *c, uint32_t peer, dkv_slice_t key, dkv_rpc_reply_cb cb,
-                       void *arg)
-{
-    return submit(c, peer, true, key, NULL, cb, arg);
-}
-
-int dkv_rpc_client_put(dkv_rpc_client_t *c, uint32_t peer, dkv_slice_t key, const dkv_record_t *rec,
-                       dkv_rpc_reply_cb cb, void *arg)
-{
-    return submit(c, peer, false, key, rec, cb, arg);
 }
 
 static const char *const breaker_names[] = {"closed", "open", "half-open"};

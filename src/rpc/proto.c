@@ -296,10 +296,39 @@ int dkv_rpc_frame_header(dkv_slice_t frame, dkv_rpc_header_t *out)
 
 /* ---- payload decoders: each fills `m` from the whole payload `c` ---- */
 
+/* The optional identity block that ends HELLO and HELLO_OK: nothing left, or exactly it. */
+static int read_ident(cursor_t *c, bool *has, dkv_ident_info_t *ident)
+{
+    const uint8_t *p;
+    if (c->left == 0) {
+        *has = false;
+        return 0;
+    }
+    if (c->left != DKV_RPC_IDENTITY_BYTES || take(c, DKV_RPC_IDENTITY_BYTES, &p) != 0) {
+        return DKV_EPROTO;
+    }
+    memcpy(ident->node_id, p, DKV_NODE_ID_BYTES);
+    ident->flags = p[DKV_NODE_ID_BYTES];
+    memcpy(ident->known_you, p + DKV_NODE_ID_BYTES + 1, DKV_NODE_ID_BYTES);
+    if ((ident->flags & ~DKV_IDENT_FLAGS_KNOWN) != 0) {
+        return DKV_EPROTO;
+    }
+    *has = true;
+    return 0;
+}
+
+static void append_ident(dkv_buf_t *b, const dkv_ident_info_t *ident)
+{
+    dkv_buf_append(b, ident->node_id, DKV_NODE_ID_BYTES);
+    append_u8(b, (uint8_t)(ident->flags & DKV_IDENT_FLAGS_KNOWN));
+    dkv_buf_append(b, ident->known_you, DKV_NODE_ID_BYTES);
+}
+
 static int decode_hello(cursor_t *c, dkv_rpc_msg_t *m)
 {
     if (read_u64(c, &m->hello.fingerprint) != 0 ||
-        read_str16(c, 1, DKV_RPC_MAX_URL_BYTES, &m->hello.url) != 0) {
+        read_str16(c, 1, DKV_RPC_MAX_URL_BYTES, &m->hello.url) != 0 ||
+        read_ident(c, &m->hello.has_ident, &m->hello.ident) != 0) {
         return DKV_EPROTO;
     }
     return 0;
@@ -315,6 +344,7 @@ static int decode_get_reply(cursor_t *c, dkv_rpc_msg_t *m)
         return read_record(c, &m->get_reply.rec, &m->get_reply.rec_bytes);
     case DKV_RPC_ABSENT:
     case DKV_RPC_ERROR:
+    case DKV_RPC_NOT_READY:
         memset(&m->get_reply.rec, 0, sizeof(m->get_reply.rec));
         m->get_reply.rec_bytes = dkv_slice(NULL, 0);
         return 0;
@@ -415,7 +445,7 @@ static int decode_payload(cursor_t *c, dkv_rpc_msg_t *m)
     case DKV_RPC_HELLO:
         return decode_hello(c, m);
     case DKV_RPC_HELLO_OK:
-        return 0;
+        return read_ident(c, &m->hello_ok.has_ident, &m->hello_ok.ident);
     case DKV_RPC_HELLO_REJECT:
         return read_str16(c, 0, DKV_RPC_MAX_REASON_BYTES, &m->hello_reject.reason);
     case DKV_RPC_GET:
@@ -459,21 +489,30 @@ int dkv_rpc_decode(dkv_slice_t frame, dkv_rpc_msg_t *out)
 
 /* ---- encoders ---- */
 
-int dkv_rpc_encode_hello(dkv_buf_t *out, uint64_t req_id, uint64_t fingerprint, dkv_slice_t url)
+int dkv_rpc_encode_hello(dkv_buf_t *out, uint64_t req_id, uint64_t fingerprint, dkv_slice_t url,
+                         const dkv_ident_info_t *ident)
 {
-    if (url.len < 1 || url.len > DKV_RPC_MAX_URL_BYTES) {
+    if (url.len < 1 || url.len > DKV_RPC_MAX_URL_BYTES ||
+        (ident != NULL && (ident->flags & ~DKV_IDENT_FLAGS_KNOWN) != 0)) {
         return DKV_EINVAL;
     }
-    size_t off = begin_frame(out, DKV_RPC_HELLO, req_id, 8 + KEY_LEN_BYTES + url.len);
+    size_t off = begin_frame(out, DKV_RPC_HELLO, req_id,
+                             8 + KEY_LEN_BYTES + url.len + DKV_RPC_IDENTITY_BYTES);
     append_u64(out, fingerprint);
     append_str16(out, url);
+    if (ident != NULL) {
+        append_ident(out, ident);
+    }
     end_frame(out, off);
     return 0;
 }
 
-void dkv_rpc_encode_hello_ok(dkv_buf_t *out, uint64_t req_id)
+void dkv_rpc_encode_hello_ok(dkv_buf_t *out, uint64_t req_id, const dkv_ident_info_t *ident)
 {
-    size_t off = begin_frame(out, DKV_RPC_HELLO_OK, req_id, 0);
+    size_t off = begin_frame(out, DKV_RPC_HELLO_OK, req_id, DKV_RPC_IDENTITY_BYTES);
+    if (ident != NULL) {
+        append_ident(out, ident);
+    }
     end_frame(out, off);
 }
 
@@ -501,7 +540,7 @@ int dkv_rpc_encode_get(dkv_buf_t *out, uint64_t req_id, dkv_slice_t key)
 int dkv_rpc_encode_get_reply(dkv_buf_t *out, uint64_t req_id, dkv_rpc_status_t status,
                              const dkv_record_t *rec)
 {
-    if (status == DKV_RPC_ABSENT || status == DKV_RPC_ERROR) {
+    if (status == DKV_RPC_ABSENT || status == DKV_RPC_ERROR || status == DKV_RPC_NOT_READY) {
         size_t off = begin_frame(out, DKV_RPC_GET_REPLY, req_id, 1);
         append_u8(out, (uint8_t)status);
         end_frame(out, off);

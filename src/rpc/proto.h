@@ -26,6 +26,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cluster/identity.h"
 #include "common/buf.h"
 #include "common/conf.h"
 #include "common/record.h"
@@ -45,6 +46,8 @@
 #define DKV_RPC_MAX_FRAME_BYTES ((2u << 20) + (64u << 10))
 /* Keys on the wire: 1..DKV_RPC_MAX_KEY_BYTES (the API's key limit, common/conf.h). */
 #define DKV_RPC_MAX_KEY_BYTES DKV_MAX_KEY_BYTES
+/* The optional identity block at the end of HELLO and HELLO_OK: node id, flags, known id. */
+#define DKV_RPC_IDENTITY_BYTES (2u * DKV_NODE_ID_BYTES + 1u)
 /* HELLO's node URL (1..) and HELLO_REJECT's reason (0..); longer reasons are truncated. */
 #define DKV_RPC_MAX_URL_BYTES 1024u
 #define DKV_RPC_MAX_REASON_BYTES 1024u
@@ -69,6 +72,8 @@ typedef enum dkv_rpc_status {
     DKV_RPC_OK = 0,     /* done; for GET: found (a tombstone is found too, it is a version) */
     DKV_RPC_ABSENT = 1, /* GET only: the replica holds no version at all */
     DKV_RPC_ERROR = 2,  /* the replica could not serve the request (store error, overload) */
+    DKV_RPC_NOT_READY = 3, /* GET only: the replica's data is being rebuilt (cluster/identity.h):
+                              a failure, never "absent" */
 } dkv_rpc_status_t;
 
 /* SCAN request: keys k with start <= k < end (or start < k when start_exclusive). */
@@ -91,7 +96,13 @@ typedef struct dkv_rpc_msg {
         struct {
             uint64_t fingerprint; /* dkv_ring_fingerprint() of the sender's cluster */
             dkv_slice_t url;      /* sender's own node URL, 1..DKV_RPC_MAX_URL_BYTES */
+            bool has_ident;       /* the identity block is present */
+            dkv_ident_info_t ident;
         } hello;
+        struct {
+            bool has_ident;
+            dkv_ident_info_t ident; /* the server's identity, told to the client */
+        } hello_ok;
         struct {
             dkv_slice_t reason; /* 0..DKV_RPC_MAX_REASON_BYTES, for logs */
         } hello_reject;
@@ -99,7 +110,8 @@ typedef struct dkv_rpc_msg {
             dkv_slice_t key;
         } get;
         struct {
-            uint8_t status;        /* DKV_RPC_OK (found), DKV_RPC_ABSENT, DKV_RPC_ERROR */
+            uint8_t status;        /* DKV_RPC_OK (found), DKV_RPC_ABSENT, DKV_RPC_ERROR,
+                                      DKV_RPC_NOT_READY */
             dkv_record_t rec;      /* valid when status == DKV_RPC_OK */
             dkv_slice_t rec_bytes; /* the encoded record (common/record.h); empty unless OK */
         } get_reply;
@@ -202,12 +214,17 @@ int dkv_rpc_decode(dkv_slice_t frame, dkv_rpc_msg_t *out);
  * behind it).
  * @param fingerprint  dkv_ring_fingerprint() of the sender's cluster set.
  * @param url          Sender's own node URL, 1..DKV_RPC_MAX_URL_BYTES bytes.
- * @return 0; DKV_EINVAL (url length out of range).
+ * @param ident        The sender's identity block (cluster/identity.h), or NULL for none.
+ * @return 0; DKV_EINVAL (url length out of range, unknown identity flag bits).
  */
-int dkv_rpc_encode_hello(dkv_buf_t *out, uint64_t req_id, uint64_t fingerprint, dkv_slice_t url);
+int dkv_rpc_encode_hello(dkv_buf_t *out, uint64_t req_id, uint64_t fingerprint, dkv_slice_t url,
+                         const dkv_ident_info_t *ident);
 
-/** HELLO_OK: the server accepts the handshake; `req_id` echoes the HELLO's. Cannot fail. */
-void dkv_rpc_encode_hello_ok(dkv_buf_t *out, uint64_t req_id);
+/**
+ * HELLO_OK: the server accepts the handshake; `req_id` echoes the HELLO's.
+ * @param ident  The server's identity block, or NULL for none; unknown flag bits are dropped.
+ */
+void dkv_rpc_encode_hello_ok(dkv_buf_t *out, uint64_t req_id, const dkv_ident_info_t *ident);
 
 /**
  * HELLO_REJECT: the server refuses the handshake and closes the connection after it.
@@ -226,7 +243,7 @@ int dkv_rpc_encode_get(dkv_buf_t *out, uint64_t req_id, dkv_slice_t key);
 /**
  * GET_REPLY.
  * @param status  DKV_RPC_OK (found: `rec` is the stored version, tombstones included),
- *                DKV_RPC_ABSENT or DKV_RPC_ERROR (`rec` ignored, may be NULL).
+ *                DKV_RPC_ABSENT, DKV_RPC_ERROR or DKV_RPC_NOT_READY (`rec` ignored, may be NULL).
  * @return 0; DKV_EINVAL (unknown status, OK without rec, tombstone with a value); DKV_ETOOBIG
  *         (the frame would exceed DKV_RPC_MAX_FRAME_BYTES).
  */

@@ -15,11 +15,13 @@
 #include <uv.h>
 
 #include "cluster/hlc.h"
+#include "cluster/identity.h"
 #include "cluster/ring.h"
 #include "common/buf.h"
 #include "common/record.h"
 #include "common/slice.h"
-#include "store/store.h"
+#include "replica/replica.h"
+#include "rpc/proto.h"
 
 typedef struct dkv_rpc_client dkv_rpc_client_t;
 typedef struct dkv_rpc_server dkv_rpc_server_t;
@@ -33,6 +35,9 @@ typedef struct dkv_rpc_server dkv_rpc_server_t;
 #define DKV_RPC_MAX_LOOPS 64
 
 typedef struct dkv_rpc_shared {
+    /* The node's identity, exchanged in every handshake (cluster/identity.h); NULL: none is
+     * sent and peers' are ignored. Set before any client or server is created. */
+    dkv_identity_t *identity;
     _Atomic uint32_t peer_epoch[DKV_RING_MAX_NODES];
     /* Each loop's view of each peer, published by that loop's client for the status page:
      * breaker (8 bits) | connected (8) | consecutive failures (16) | pending requests (32). */
@@ -47,7 +52,8 @@ typedef struct dkv_rpc_client_opts {
 
 /**
  * Reply to one replica request. rc: 0 (PUT stored; GET found `rec`, borrowed for the callback);
- * DKV_ENOTFOUND (GET: the replica has no version, a success); DKV_ETIMEDOUT; DKV_EUNAVAIL
+ * DKV_ENOTFOUND (GET: the replica has no version, a success); DKV_ENOTREADY (GET: the replica's
+ * data is being rebuilt: a failure, but a healthy peer for the breaker); DKV_ETIMEDOUT; DKV_EUNAVAIL
  * (refused, reset, breaker open, shutting down); DKV_EPROTO (malformed reply); DKV_EIO (the
  * replica's store failed). `rec` is NULL unless rc == 0 on a GET.
  */
@@ -72,23 +78,26 @@ int dkv_rpc_client_new(uv_loop_t *loop, unsigned loop_idx, const dkv_ring_t *rin
  */
 void dkv_rpc_client_close(dkv_rpc_client_t *c, void (*cb)(void *arg), void *arg);
 
-/**
- * Asks peer `peer` (ring index, not self) for its stored version of `key`.
- * @param key  Copied into the request before this returns.
- * @return 0 and `cb` runs exactly once, never before this returns; DKV_EUNAVAIL (the peer's
- *         circuit breaker is open: a failure at once) or DKV_EINVAL (bad peer or key), and `cb`
- *         never runs.
- * Thread: the client's loop thread.
- */
-int dkv_rpc_client_get(dkv_rpc_client_t *c, uint32_t peer, dkv_slice_t key, dkv_rpc_reply_cb cb,
-                       void *arg);
+/** One replica request: what dkv_rpc_client_call() sends. */
+typedef struct dkv_rpc_call {
+    dkv_rpc_type_t type;     /* DKV_RPC_GET (stored version of key) or DKV_RPC_PUT (store rec) */
+    dkv_slice_t key;         /* 1..DKV_RPC_MAX_KEY_BYTES bytes */
+    const dkv_record_t *rec; /* PUT: the record; ignored for GET */
+    uint64_t timeout_ms;     /* from send to reply; 0 = the client's request_timeout_ms */
+} dkv_rpc_call_t;
 
 /**
- * Sends `rec` for `key` to peer `peer`, which stores it unless it holds a newer version.
- * Same contract as dkv_rpc_client_get(); on success the callback's `rec` is NULL.
+ * Sends one replica request to peer `peer` (ring index, not self). A PUT is stored unless the
+ * peer holds a newer version; a GET returns the peer's stored version.
+ * @param call  Borrowed; key and record are copied into the request before this returns.
+ * @return 0 and `cb` runs exactly once, never before this returns; DKV_EUNAVAIL (the peer's
+ *         circuit breaker is open, or too many bytes are queued for it: a failure at once) or
+ *         DKV_EINVAL (bad peer, type, key or record), and `cb` never runs.
+ * Callback: see dkv_rpc_reply_cb; `rec` is non-NULL only for a GET that found a version.
+ * Thread: the client's loop thread.
  */
-int dkv_rpc_client_put(dkv_rpc_client_t *c, uint32_t peer, dkv_slice_t key,
-                       const dkv_record_t *rec, dkv_rpc_reply_cb cb, void *arg);
+int dkv_rpc_client_call(dkv_rpc_client_t *c, uint32_t peer, const dkv_rpc_call_t *call,
+                        dkv_rpc_reply_cb cb, void *arg);
 
 /**
  * Appends the node's view of every peer as JSON array elements (without brackets) to `out`,
@@ -102,12 +111,12 @@ void dkv_rpc_status_json(dkv_rpc_shared_t *shared, const dkv_ring_t *ring, uint3
 /**
  * Creates the RPC server of one I/O thread: it serves connections handed over by the HTTP
  * listener (first byte DKV_RPC_MAGIC), checks each HELLO's cluster fingerprint against `ring`'s,
- * and executes GET, PUT and SCAN against `store` in order. Timestamps in PUTs advance `hlc`.
- * All pointers are borrowed for the server's life.
+ * and executes GET and PUT through `replica` (replica/replica.h) and SCAN against its store, in
+ * order. All pointers are borrowed for the server's life.
  * @return 0. Thread: the loop's thread.
  */
-int dkv_rpc_server_new(uv_loop_t *loop, const dkv_ring_t *ring, dkv_store_t *store,
-                       dkv_hlc_t *hlc, dkv_rpc_shared_t *shared, dkv_rpc_server_t **out);
+int dkv_rpc_server_new(uv_loop_t *loop, const dkv_ring_t *ring, dkv_replica_t *replica,
+                       dkv_rpc_shared_t *shared, dkv_rpc_server_t **out);
 
 /**
  * Takes over an accepted connection (matches dkv_http_foreign_cb): `tcp` is malloc'd, reading is

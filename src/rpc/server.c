@@ -25,8 +25,8 @@ typedef struct sconn sconn_t;
 struct dkv_rpc_server {
     uv_loop_t *loop;
     const dkv_ring_t *ring;
+    dkv_replica_t *replica;
     dkv_store_t *store;
-    dkv_hlc_t *hlc;
     dkv_rpc_shared_t *shared;
     uint64_t fingerprint;
     sconn_t *conns;
@@ -135,7 +135,17 @@ static int handle_hello(sconn_t *c, const dkv_rpc_msg_t *m)
     }
     atomic_fetch_add(&s->shared->peer_epoch[idx], 1);
     c->hello_done = true;
-    dkv_rpc_encode_hello_ok(&c->out, m->req_id);
+    dkv_identity_t *identity = s->shared->identity;
+    if (identity == NULL) {
+        dkv_rpc_encode_hello_ok(&c->out, m->req_id, NULL);
+        return 0;
+    }
+    if (m->hello.has_ident) {
+        dkv_identity_observe(identity, (uint32_t)idx, &m->hello.ident);
+    }
+    dkv_ident_info_t ident;
+    dkv_identity_info_for(identity, (uint32_t)idx, &ident);
+    dkv_rpc_encode_hello_ok(&c->out, m->req_id, &ident);
     return 0;
 }
 
@@ -204,23 +214,23 @@ static int handle_frame(sconn_t *c, dkv_slice_t frame)
     }
     switch (m.type) {
     case DKV_RPC_GET: {
-        uint8_t *data = NULL;
-        size_t len = 0;
-        rc = dkv_store_get(s->store, m.get.key, &data, &len);
         dkv_record_t rec;
-        if (rc == 0 && dkv_record_decode(dkv_slice(data, len), &rec) == 0) {
+        dkv_owned_t buf = {0};
+        rc = dkv_replica_get(s->replica, m.get.key, &rec, &buf);
+        if (rc == 0) {
             dkv_rpc_encode_get_reply(&c->out, m.req_id, DKV_RPC_OK, &rec);
         } else if (rc == DKV_ENOTFOUND) {
             dkv_rpc_encode_get_reply(&c->out, m.req_id, DKV_RPC_ABSENT, NULL);
+        } else if (rc == DKV_ENOTREADY) {
+            dkv_rpc_encode_get_reply(&c->out, m.req_id, DKV_RPC_NOT_READY, NULL);
         } else {
             dkv_rpc_encode_get_reply(&c->out, m.req_id, DKV_RPC_ERROR, NULL);
         }
-        dkv_store_free(data);
+        dkv_owned_release(&buf);
         return 0;
     }
     case DKV_RPC_PUT:
-        dkv_hlc_observe(s->hlc, m.put.rec.ts);
-        rc = dkv_store_put(s->store, m.put.key, &m.put.rec);
+        rc = dkv_replica_put(s->replica, m.put.key, &m.put.rec);
         dkv_rpc_encode_put_reply(&c->out, m.req_id, rc == 0 ? DKV_RPC_OK : DKV_RPC_ERROR);
         return 0;
     case DKV_RPC_SCAN:
@@ -294,14 +304,14 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     }
 }
 
-int dkv_rpc_server_new(uv_loop_t *loop, const dkv_ring_t *ring, dkv_store_t *store,
-                       dkv_hlc_t *hlc, dkv_rpc_shared_t *shared, dkv_rpc_server_t **out)
+int dkv_rpc_server_new(uv_loop_t *loop, const dkv_ring_t *ring, dkv_replica_t *replica,
+                       dkv_rpc_shared_t *shared, dkv_rpc_server_t **out)
 {
     dkv_rpc_server_t *s = dkv_xcalloc(1, sizeof(*s));
     s->loop = loop;
     s->ring = ring;
-    s->store = store;
-    s->hlc = hlc;
+    s->replica = replica;
+    s->store = dkv_replica_store(replica);
     s->shared = shared;
     s->fingerprint = dkv_ring_fingerprint(ring);
     *out = s;

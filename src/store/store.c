@@ -21,6 +21,8 @@ static _Thread_local bool wal_dirty;
 struct dkv_store {
     bool fsync;
     rocksdb_t *db;
+    rocksdb_column_family_handle_t *cf_data;  /* "default": replica records */
+    rocksdb_column_family_handle_t *cf_hints; /* "hints": repair/hints.c, raw bytes */
     rocksdb_options_t *options;
     rocksdb_writeoptions_t *wopts;
     rocksdb_readoptions_t *ropts;
@@ -28,6 +30,14 @@ struct dkv_store {
     rocksdb_cache_t *cache;
     rocksdb_filterpolicy_t *filter; /* owned by table_opts once set */
     rocksdb_mergeoperator_t *merge; /* owned by options once set */
+};
+
+struct dkv_store_raw_iter {
+    rocksdb_iterator_t *it;
+    rocksdb_readoptions_t *ropts;
+    char *lower; /* bounds, owned; must outlive ropts */
+    char *upper;
+    bool started;
 };
 
 struct dkv_store_iter {
@@ -154,6 +164,12 @@ void dkv_store_close(dkv_store_t *s)
         if (err != NULL) {
             rocks_err("flush WAL on close", err);
         }
+        if (s->cf_data != NULL) {
+            rocksdb_column_family_handle_destroy(s->cf_data);
+        }
+        if (s->cf_hints != NULL) {
+            rocksdb_column_family_handle_destroy(s->cf_hints);
+        }
         rocksdb_close(s->db);
     }
     if (s->ropts != NULL) {
@@ -183,6 +199,7 @@ int dkv_store_open(const char *dir, const dkv_store_opts_t *opts, dkv_store_t **
     dkv_store_t *s = dkv_xcalloc(1, sizeof(*s));
     s->options = rocksdb_options_create();
     rocksdb_options_set_create_if_missing(s->options, 1);
+    rocksdb_options_set_create_missing_column_families(s->options, 1);
     /* WAL records are buffered until dkv_store_sync_wal(): one write(2) (or fsync) per loop
      * iteration instead of one per write, and nothing is acknowledged before it. */
     rocksdb_options_set_manual_wal_flush(s->options, 1);
@@ -215,7 +232,14 @@ int dkv_store_open(const char *dir, const dkv_store_opts_t *opts, dkv_store_t **
         return DKV_EINVAL;
     }
     char *err = NULL;
-    s->db = rocksdb_open(s->options, path, &err);
+    /* The hints column family shares the options (its merge operator is never used there) and,
+     * above all, the write-ahead log: a hint is as durable as a replica write. */
+    const char *cf_names[2] = {"default", "hints"};
+    const rocksdb_options_t *cf_opts[2] = {s->options, s->options};
+    rocksdb_column_family_handle_t *handles[2] = {NULL, NULL};
+    s->db = rocksdb_open_column_families(s->options, path, 2, cf_names, cf_opts, handles, &err);
+    s->cf_data = handles[0];
+    s->cf_hints = handles[1];
     if (err != NULL) {
         s->db = NULL;
         int rc = rocks_err("open", err);
@@ -287,6 +311,15 @@ int dkv_store_sync_wal(dkv_store_t *s)
     return 0;
 }
 
+bool dkv_store_has_records(dkv_store_t *s)
+{
+    rocksdb_iterator_t *it = rocksdb_create_iterator(s->db, s->ropts);
+    rocksdb_iter_seek_to_first(it);
+    bool any = rocksdb_iter_valid(it) != 0;
+    rocksdb_iter_destroy(it);
+    return any;
+}
+
 int dkv_store_iter_new(dkv_store_t *s, dkv_slice_t start, dkv_slice_t end, dkv_store_iter_t **out)
 {
     dkv_store_iter_t *it = dkv_xcalloc(1, sizeof(*it));
@@ -341,5 +374,87 @@ void dkv_store_iter_free(dkv_store_iter_t *it)
     rocksdb_iter_destroy(it->it);
     rocksdb_readoptions_destroy(it->ropts);
     free(it->end);
+    free(it);
+}
+
+/* ---- the hints column family ---- */
+
+int dkv_store_hint_put(dkv_store_t *s, dkv_slice_t key, dkv_slice_t value)
+{
+    char *err = NULL;
+    rocksdb_put_cf(s->db, s->wopts, s->cf_hints, (const char *)key.ptr, key.len,
+                   (const char *)value.ptr, value.len, &err);
+    if (err != NULL) {
+        return rocks_err("hint put", err);
+    }
+    wal_dirty = true;
+    return 0;
+}
+
+int dkv_store_hint_delete(dkv_store_t *s, dkv_slice_t key)
+{
+    char *err = NULL;
+    rocksdb_delete_cf(s->db, s->wopts, s->cf_hints, (const char *)key.ptr, key.len, &err);
+    if (err != NULL) {
+        return rocks_err("hint delete", err);
+    }
+    wal_dirty = true;
+    return 0;
+}
+
+int dkv_store_hint_iter_new(dkv_store_t *s, dkv_slice_t lower, dkv_slice_t upper,
+                            dkv_store_raw_iter_t **out)
+{
+    dkv_store_raw_iter_t *it = dkv_xcalloc(1, sizeof(*it));
+    it->ropts = rocksdb_readoptions_create();
+    rocksdb_readoptions_set_fill_cache(it->ropts, 0);
+    size_t n = 0;
+    /* Bounds keep a seek from walking over the deleted hints at the head of a queue. */
+    if (lower.len > 0) {
+        it->lower = copy_out(lower, &n);
+        rocksdb_readoptions_set_iterate_lower_bound(it->ropts, it->lower, n);
+    }
+    if (upper.len > 0) {
+        it->upper = copy_out(upper, &n);
+        rocksdb_readoptions_set_iterate_upper_bound(it->ropts, it->upper, n);
+    }
+    it->it = rocksdb_create_iterator_cf(s->db, it->ropts, s->cf_hints);
+    rocksdb_iter_seek(it->it, (const char *)lower.ptr, lower.len);
+    *out = it;
+    return 0;
+}
+
+int dkv_store_raw_iter_next(dkv_store_raw_iter_t *it, dkv_slice_t *key, dkv_slice_t *value)
+{
+    if (it->started && rocksdb_iter_valid(it->it)) {
+        rocksdb_iter_next(it->it);
+    }
+    it->started = true;
+    if (!rocksdb_iter_valid(it->it)) {
+        char *err = NULL;
+        rocksdb_iter_get_error(it->it, &err);
+        if (err != NULL) {
+            return rocks_err("hint scan", err);
+        }
+        return DKV_ENOTFOUND;
+    }
+    size_t klen = 0;
+    size_t vlen = 0;
+    const char *k = rocksdb_iter_key(it->it, &klen);
+    const char *v = rocksdb_iter_value(it->it, &vlen);
+    *key = dkv_slice(k, klen);
+    *value = dkv_slice(v, vlen);
+    return 0;
+}
+
+void dkv_store_raw_iter_free(dkv_store_raw_iter_t *it)
+{
+    if (it == NULL) {
+        return;
+    }
+    rocksdb_iter_destroy(it->it);
+    rocksdb_readoptions_destroy(it->ropts);
+    free(it->lower);
+    free(it->upper);
     free(it);
 }

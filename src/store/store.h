@@ -17,6 +17,7 @@
 
 typedef struct dkv_store dkv_store_t;
 typedef struct dkv_store_iter dkv_store_iter_t;
+typedef struct dkv_store_raw_iter dkv_store_raw_iter_t;
 
 typedef struct dkv_store_opts {
     size_t block_cache_bytes; /* LRU block cache; 0 = 64 MiB */
@@ -84,6 +85,9 @@ int dkv_store_put(dkv_store_t *s, dkv_slice_t key, const dkv_record_t *rec);
  */
 int dkv_store_sync_wal(dkv_store_t *s);
 
+/** Whether the store holds at least one replica record (tombstones count). Thread: any. */
+bool dkv_store_has_records(dkv_store_t *s);
+
 /**
  * Starts an ordered scan of keys k with start <= k < end (unsigned bytes, lexicographic); an empty
  * `end` means "to the last key". The scan sees a consistent snapshot and includes tombstones.
@@ -109,6 +113,39 @@ int dkv_store_iter_next(dkv_store_iter_t *it, dkv_slice_t *key, dkv_record_t *re
 
 /** Releases an iterator. NULL is a no-op. */
 void dkv_store_iter_free(dkv_store_iter_t *it);
+
+/*
+ * The hints column family (repair/hints.h): raw keys and values, apart from replica data (never
+ * read by a GET or a scan above), written through the same write-ahead log: durable once the
+ * calling thread runs dkv_store_sync_wal().
+ */
+
+/**
+ * Stores `value` under `key` in the hints column family (overwrites).
+ * @param key, value  Borrowed for the call. @return 0; DKV_EIO (logged). Thread: any.
+ */
+int dkv_store_hint_put(dkv_store_t *s, dkv_slice_t key, dkv_slice_t value);
+
+/** Deletes `key` from the hints column family. @return 0; DKV_EIO (logged). Thread: any. */
+int dkv_store_hint_delete(dkv_store_t *s, dkv_slice_t key);
+
+/**
+ * Starts an ordered scan of the hints column family over lower <= k < upper (an empty bound is
+ * no bound), from a consistent snapshot.
+ * @param lower, upper  Copied. @param out written; release with dkv_store_raw_iter_free().
+ * @return 0. Thread: any; the iterator is then used by one thread at a time.
+ */
+int dkv_store_hint_iter_new(dkv_store_t *s, dkv_slice_t lower, dkv_slice_t upper,
+                            dkv_store_raw_iter_t **out);
+
+/**
+ * Moves to the next entry. @param key, value On 0: borrowed from the iterator until the next
+ * call or its release. @return 0; DKV_ENOTFOUND at the end; DKV_EIO (logged).
+ */
+int dkv_store_raw_iter_next(dkv_store_raw_iter_t *it, dkv_slice_t *key, dkv_slice_t *value);
+
+/** Releases a raw iterator. NULL is a no-op. */
+void dkv_store_raw_iter_free(dkv_store_raw_iter_t *it);
 
 /**
  * The merge operator's core, exported for tests and fuzzing: among `n` encoded records, the index

@@ -73,10 +73,11 @@ static int reencode(dkv_buf_t *out, const dkv_rpc_msg_t *m, dkv_slice_t frame)
     switch (m->type) {
     case DKV_RPC_HELLO:
         CHECK(within(m->hello.url, frame));
-        CHECK(dkv_rpc_encode_hello(out, m->req_id, m->hello.fingerprint, m->hello.url) == 0);
+        CHECK(dkv_rpc_encode_hello(out, m->req_id, m->hello.fingerprint, m->hello.url,
+                                   m->hello.has_ident ? &m->hello.ident : NULL) == 0);
         return 0;
     case DKV_RPC_HELLO_OK:
-        dkv_rpc_encode_hello_ok(out, m->req_id);
+        dkv_rpc_encode_hello_ok(out, m->req_id, m->hello_ok.has_ident ? &m->hello_ok.ident : NULL);
         return 0;
     case DKV_RPC_HELLO_REJECT:
         CHECK(within(m->hello_reject.reason, frame));

@@ -732,3 +732,29 @@ class Cluster:
         for nd in self.nodes:
             problems += nd.close()
         return problems
+
+
+def sigstop(pid: int, timeout_s: float = IO_TIMEOUT_S) -> None:
+    """SIGSTOPs process `pid` and returns once every one of its threads is stopped.
+
+    kill(2) only queues the signal: a thread busy on another core may still answer a request or
+    two. Waiting for the 'T' state of each thread in /proc makes "the node is hung" a fact.
+    """
+    os.kill(pid, signal.SIGSTOP)
+
+    def all_stopped() -> bool:
+        try:
+            tids = os.listdir("/proc/%d/task" % pid)
+        except FileNotFoundError:
+            return True
+        for tid in tids:
+            try:
+                with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+            except (FileNotFoundError, IndexError):
+                continue
+            if state not in ("T", "t"):
+                return False
+        return True
+
+    wait_until(all_stopped, timeout_s, interval_s=0.001, what="pid %d to stop" % pid)

@@ -602,7 +602,7 @@ def test_hung_peer_requests_finish_within_bounds_and_recover(cluster_factory, un
         name, coord, method, value, ack, _ = op
         return call(c[coord], method, keys[name], value, ack, N, timeout_s=HUNG_BOUND_S + 5)
 
-    os.kill(c[2].pid, signal.SIGSTOP)
+    h.sigstop(c[2].pid)
     try:
         # All at once (many requests stuck on the hung peer), then one by one.
         with ThreadPoolExecutor(max_workers=len(ops)) as ex:
@@ -678,7 +678,7 @@ def test_breaker_opens_for_a_hung_peer_and_then_fails_fast(cluster_factory, uniq
     c = cluster_factory(N, "--io-threads", "1", "--replica-timeout-ms", "300")
     k = uniq()
     assert PUT(c[0], k, b"v", N, N).status == 201
-    os.kill(c[2].pid, signal.SIGSTOP)
+    h.sigstop(c[2].pid)
     try:
         times, view = _open_breaker_and_time_fast_failures(c, k, c[2], max_tries=5 + 3)
     finally:
@@ -724,8 +724,16 @@ def test_node_answers_status_within_1s_with_all_peers_down(cluster_factory):
     assert elapsed < 1.0, elapsed
     r = PUT(nd, b"k", b"v")  # default 2/3 is impossible alone: 504, at once
     assert r.status == 504 and r.elapsed < PROMPT_S, r
-    # 1/3 needs one answer: its own local "absent" (the 504 PUT may have been stored locally,
-    # so read a key never written).
+    # 1/3 needs one answer, but a node that started on an empty data directory cannot tell a new
+    # cluster from a lost disk until a peer tells it: it is "joining", and its "absent" would not
+    # be authoritative, so the honest answer is 504, at once (not a 404).
+    r = GET(nd, b"never-written", 1, N)
+    assert r.status == 504 and r.elapsed < PROMPT_S, r
+    assert b'"state":"joining"' in nd.client().request("GET", "/v0/status?verbose=1").body
+    # Its first peer, also new, settles it: both are a new cluster, and the 1/3 read is a 404.
+    c[0].start()
+    h.wait_until(lambda: b'"state":"ready"' in
+                 nd.client().request("GET", "/v0/status?verbose=1").body, 10, what="ready")
     r = GET(nd, b"never-written", 1, N)
     assert r.status == 404 and r.elapsed < PROMPT_S, r
 

@@ -68,9 +68,10 @@ int dkv_test_node_new(const dkv_test_node_opts_t *opts, dkv_test_node_t **out)
         goto out;
     }
     dkv_hlc_init(&n->hlc, NULL, NULL);
+    dkv_replica_new(n->store, &n->hlc, NULL, &n->replica);
     /* Designated initialisers: fields the coordinator or router gain later start at zero. */
     dkv_coord_env_t cenv = {
-        .loop = &n->loop, .store = n->store, .ring = n->ring, .self_idx = 0, .hlc = &n->hlc};
+        .loop = &n->loop, .replica = n->replica, .ring = n->ring, .self_idx = 0, .hlc = &n->hlc};
     rc = dkv_coord_new(&cenv, &n->coord);
     if (rc != 0) {
         goto out;
@@ -78,6 +79,7 @@ int dkv_test_node_new(const dkv_test_node_opts_t *opts, dkv_test_node_t **out)
     dkv_router_env_t renv = {.coord = n->coord,
                              .store = n->store,
                              .ring = n->ring,
+                             .loop = &n->loop,
                              .self_url = DKV_TEST_NODE_URL,
                              .start_ms = dkv_hlc_system_clock_ms(NULL)};
     rc = dkv_router_new(&renv, &n->router);
@@ -87,6 +89,7 @@ out:
         if (n->coord != NULL) {
             dkv_coord_free(n->coord);
         }
+        dkv_replica_free(n->replica);
         dkv_store_close(n->store);
         dkv_ring_free(n->ring);
         if (loop_ready) {
@@ -109,6 +112,7 @@ void dkv_test_node_free(dkv_test_node_t *n)
     }
     dkv_router_free(n->router);
     dkv_coord_free(n->coord);
+    dkv_replica_free(n->replica);
     dkv_store_close(n->store);
     dkv_ring_free(n->ring);
     uv_loop_close(&n->loop);

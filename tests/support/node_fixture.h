@@ -11,6 +11,7 @@
 #include "cluster/hlc.h"
 #include "cluster/ring.h"
 #include "coord/coord.h"
+#include "replica/replica.h"
 #include "router/router.h"
 #include "store/store.h"
 
@@ -35,6 +36,7 @@ typedef struct dkv_test_node {
     uv_loop_t loop;       /* the coordinator's loop; nothing runs it but the test */
     dkv_ring_t *ring;     /* one node, DKV_TEST_NODE_URL, index 0 */
     dkv_store_t *store;   /* opened in `dir` */
+    dkv_replica_t *replica; /* over `store`; no identity: always ready */
     dkv_hlc_t hlc;        /* on the system clock */
     dkv_coord_t *coord;   /* local store only: no RPC client */
     dkv_router_t *router; /* self_url DKV_TEST_NODE_URL, no RPC peer views */

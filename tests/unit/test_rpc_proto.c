@@ -122,9 +122,10 @@ static void encode_all(dkv_buf_t *b)
     dkv_record_t t = tombstone_record(43);
     dkv_rpc_scan_t scan = {dkv_slice_str("a"), dkv_slice_str("z"), false, 10, 4096};
     assert_int_equal(
-        dkv_rpc_encode_hello(b, 1, 0x1122334455667788ull, dkv_slice_str("http://127.0.0.1:8080")),
+        dkv_rpc_encode_hello(b, 1, 0x1122334455667788ull, dkv_slice_str("http://127.0.0.1:8080"),
+                             NULL),
         0);
-    dkv_rpc_encode_hello_ok(b, 1);
+    dkv_rpc_encode_hello_ok(b, 1, NULL);
     dkv_rpc_encode_hello_reject(b, 2, dkv_slice_str("cluster mismatch"));
     assert_int_equal(dkv_rpc_encode_get(b, 3, dkv_slice_str("k")), 0);
     assert_int_equal(dkv_rpc_encode_get_reply(b, 3, DKV_RPC_OK, &v), 0);
@@ -152,7 +153,7 @@ static void test_hello_round_trip(void **state)
     dkv_buf_t b;
     dkv_buf_init(&b);
     dkv_slice_t url = dkv_slice_str("http://10.0.0.1:8080");
-    assert_int_equal(dkv_rpc_encode_hello(&b, 99, 0xDEADBEEFCAFEF00Dull, url), 0);
+    assert_int_equal(dkv_rpc_encode_hello(&b, 99, 0xDEADBEEFCAFEF00Dull, url, NULL), 0);
     assert_int_equal(b.data[0], DKV_RPC_MAGIC);
     dkv_rpc_msg_t m = decode_one(&b);
     assert_int_equal(m.type, DKV_RPC_HELLO);
@@ -161,7 +162,7 @@ static void test_hello_round_trip(void **state)
     assert_slice_eq(m.hello.url, url);
     dkv_buf_cleanup(&b);
 
-    dkv_rpc_encode_hello_ok(&b, UINT64_MAX);
+    dkv_rpc_encode_hello_ok(&b, UINT64_MAX, NULL);
     m = decode_one(&b);
     assert_int_equal(m.type, DKV_RPC_HELLO_OK);
     assert_true(m.req_id == UINT64_MAX);
@@ -347,7 +348,7 @@ static void test_scan_reply_round_trip(void **state)
     dkv_buf_cleanup(&b);
 
     /* Failing mid-scan leaves one well-formed error reply and nothing else. */
-    dkv_rpc_encode_hello_ok(&b, 1);
+    dkv_rpc_encode_hello_ok(&b, 1, NULL);
     size_t before = b.len;
     dkv_rpc_scan_reply_begin(&w, &b, 79);
     assert_int_equal(dkv_rpc_scan_reply_add(&w, dkv_slice_str("x"), &recs[0]), 0);
@@ -593,6 +594,61 @@ static void test_garbage_record_is_eproto(void **state)
                      DKV_EPROTO);
 }
 
+/* The identity block (cluster/identity.h) that may end HELLO and HELLO_OK. */
+static void test_hello_identity_block_roundtrip_and_limits(void **state)
+{
+    (void)state;
+    dkv_ident_info_t id;
+    for (unsigned i = 0; i < DKV_NODE_ID_BYTES; i++) {
+        id.node_id[i] = (uint8_t)(0xA0 + i);
+        id.known_you[i] = (uint8_t)(0x10 + i);
+    }
+    id.flags = DKV_IDENT_FLAG_HAS_DATA | DKV_IDENT_FLAG_READY;
+    dkv_buf_t b;
+    dkv_buf_init(&b);
+    assert_int_equal(dkv_rpc_encode_hello(&b, 7, 42, dkv_slice_str("http://a:1"), &id), 0);
+    dkv_rpc_msg_t m;
+    assert_int_equal(dkv_rpc_decode(dkv_buf_slice(&b), &m), 0);
+    assert_true(m.hello.has_ident);
+    assert_memory_equal(m.hello.ident.node_id, id.node_id, DKV_NODE_ID_BYTES);
+    assert_memory_equal(m.hello.ident.known_you, id.known_you, DKV_NODE_ID_BYTES);
+    assert_int_equal(m.hello.ident.flags, id.flags);
+    assert_true(m.hello.fingerprint == 42);
+    /* The block is exactly DKV_RPC_IDENTITY_BYTES: one byte less or more is malformed. */
+    size_t hello_len = b.len;
+    b.data[hello_len - 1 - DKV_RPC_IDENTITY_BYTES + 1 + DKV_NODE_ID_BYTES] = 0x80; /* flags */
+    assert_int_equal(dkv_rpc_decode(dkv_buf_slice(&b), &m), DKV_EPROTO);
+    b.len = 0;
+
+    dkv_rpc_encode_hello_ok(&b, 9, &id);
+    assert_int_equal(dkv_rpc_decode(dkv_buf_slice(&b), &m), 0);
+    assert_true(m.hello_ok.has_ident);
+    assert_memory_equal(m.hello_ok.ident.node_id, id.node_id, DKV_NODE_ID_BYTES);
+    b.len = 0;
+    dkv_rpc_encode_hello_ok(&b, 9, NULL);
+    assert_int_equal(dkv_rpc_decode(dkv_buf_slice(&b), &m), 0);
+    assert_false(m.hello_ok.has_ident);
+
+    uint8_t short_block[DKV_RPC_IDENTITY_BYTES - 1] = {0};
+    assert_int_equal(decode_raw(1, DKV_RPC_HELLO_OK, short_block, sizeof(short_block)),
+                     DKV_EPROTO);
+    uint8_t long_block[DKV_RPC_IDENTITY_BYTES + 1] = {0};
+    assert_int_equal(decode_raw(1, DKV_RPC_HELLO_OK, long_block, sizeof(long_block)), DKV_EPROTO);
+    uint8_t block[DKV_RPC_IDENTITY_BYTES] = {0};
+    assert_int_equal(decode_raw(1, DKV_RPC_HELLO_OK, block, sizeof(block)), 0);
+
+    /* Unknown flag bits are refused by the encoder. */
+    id.flags = 0x04;
+    assert_int_equal(dkv_rpc_encode_hello(&b, 7, 42, dkv_slice_str("http://a:1"), &id),
+                     DKV_EINVAL);
+    /* NOT_READY is a GET_REPLY status without a record. */
+    b.len = 0;
+    assert_int_equal(dkv_rpc_encode_get_reply(&b, 3, DKV_RPC_NOT_READY, NULL), 0);
+    assert_int_equal(dkv_rpc_decode(dkv_buf_slice(&b), &m), 0);
+    assert_int_equal(m.get_reply.status, DKV_RPC_NOT_READY);
+    dkv_buf_cleanup(&b);
+}
+
 static void test_malformed_fields_are_eproto(void **state)
 {
     (void)state;
@@ -609,14 +665,14 @@ static void test_malformed_fields_are_eproto(void **state)
     assert_int_equal(decode_raw(1, DKV_RPC_GET, past, sizeof(past)), DKV_EPROTO);
     uint8_t trailing[] = {0, 1, 'k', 0};
     assert_int_equal(decode_raw(1, DKV_RPC_GET, trailing, sizeof(trailing)), DKV_EPROTO);
-    /* HELLO_OK has no payload. */
+    /* HELLO_OK's payload is nothing or exactly an identity block. */
     assert_int_equal(decode_raw(1, DKV_RPC_HELLO_OK, "x", 1), DKV_EPROTO);
     /* HELLO: empty URL, missing fingerprint. */
     uint8_t hello[] = {0, 0, 0, 0, 0, 0, 0, 1, 0, 0};
     assert_int_equal(decode_raw(1, DKV_RPC_HELLO, hello, sizeof(hello)), DKV_EPROTO);
     assert_int_equal(decode_raw(1, DKV_RPC_HELLO, hello, 4), DKV_EPROTO);
     /* Status bytes out of range. */
-    uint8_t st = 3;
+    uint8_t st = 4;
     assert_int_equal(decode_raw(1, DKV_RPC_GET_REPLY, &st, 1), DKV_EPROTO);
     st = DKV_RPC_ABSENT; /* not a PUT_REPLY status */
     assert_int_equal(decode_raw(1, DKV_RPC_PUT_REPLY, &st, 1), DKV_EPROTO);
@@ -704,10 +760,10 @@ static void test_encoders_refuse_bad_arguments(void **state)
     assert_int_equal(dkv_rpc_encode_get_reply(&b, 1, DKV_RPC_OK, &bad), DKV_EINVAL);
     assert_int_equal(dkv_rpc_encode_get_reply(&b, 1, (dkv_rpc_status_t)7, &v), DKV_EINVAL);
     assert_int_equal(dkv_rpc_encode_put_reply(&b, 1, DKV_RPC_ABSENT), DKV_EINVAL);
-    assert_int_equal(dkv_rpc_encode_hello(&b, 1, 0, empty), DKV_EINVAL);
+    assert_int_equal(dkv_rpc_encode_hello(&b, 1, 0, empty, NULL), DKV_EINVAL);
     char url[DKV_RPC_MAX_URL_BYTES + 1];
     memset(url, 'u', sizeof(url));
-    assert_int_equal(dkv_rpc_encode_hello(&b, 1, 0, dkv_slice(url, sizeof(url))), DKV_EINVAL);
+    assert_int_equal(dkv_rpc_encode_hello(&b, 1, 0, dkv_slice(url, sizeof(url)), NULL), DKV_EINVAL);
     dkv_rpc_scan_t s = {too_long, empty, false, 1, 1};
     assert_int_equal(dkv_rpc_encode_scan(&b, 1, &s), DKV_EINVAL);
     s = (dkv_rpc_scan_t){empty, too_long, false, 1, 1};
@@ -749,6 +805,7 @@ int main(void)
         cmocka_unit_test(test_not_magic_is_eproto_at_first_byte),
         cmocka_unit_test(test_unknown_version_or_type_is_eproto),
         cmocka_unit_test(test_garbage_record_is_eproto),
+        cmocka_unit_test(test_hello_identity_block_roundtrip_and_limits),
         cmocka_unit_test(test_malformed_fields_are_eproto),
         cmocka_unit_test(test_every_single_byte_change_is_safe),
         cmocka_unit_test(test_encoders_refuse_bad_arguments),
