@@ -662,6 +662,14 @@ int dkv_rpc_client_new(uv_loop_t *loop, unsigned loop_idx, const dkv_ring_t *rin
     tick = tick < 5 ? 5 : (tick > 50 ? 50 : tick);
     uv_timer_start(&c->sweep, on_sweep, tick, tick);
     c->open_handles = 2;
+    if (joining(c)) {
+        /* Settle "new cluster or lost disk?" before the first request needs this node. */
+        for (size_t i = 0; i < c->n_peers; i++) {
+            if (i != self_idx) {
+                peer_connect(&c->peers[i], true);
+            }
+        }
+    }
     *out = c;
     return 0;
 }
