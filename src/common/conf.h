@@ -11,7 +11,7 @@
 
 #include "common/log.h"
 
-#define DKV_VERSION "0.1.0"
+#define DKV_VERSION "0.2.0"
 #define DKV_MAX_KEY_BYTES 1024u
 #define DKV_MAX_CLUSTER_NODES 64u
 
