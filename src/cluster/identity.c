@@ -26,6 +26,8 @@ struct dkv_identity {
     _Atomic bool has_data;
     pthread_mutex_t mu;     /* peers and the files */
     uint8_t (*peer_ids)[DKV_NODE_ID_BYTES]; /* by ring index; zero = never seen */
+    bool *fresh;        /* JOINING: this peer neither knew us nor held data (by ring index) */
+    size_t fresh_count; /* peers in `fresh` */
 };
 
 static const uint8_t zero_id[DKV_NODE_ID_BYTES];
@@ -252,6 +254,7 @@ int dkv_identity_open(const char *data_dir, const dkv_ring_t *ring, uint32_t sel
     id->ring = ring;
     id->self_idx = self_idx;
     id->peer_ids = dkv_xcalloc(dkv_ring_size(ring), DKV_NODE_ID_BYTES);
+    id->fresh = dkv_xcalloc(dkv_ring_size(ring), sizeof(bool));
     pthread_mutex_init(&id->mu, NULL);
     const char *self_url = dkv_ring_url(ring, self_idx);
     char url[LINE_MAX_BYTES];
@@ -332,6 +335,7 @@ void dkv_identity_free(dkv_identity_t *id)
         return;
     }
     pthread_mutex_destroy(&id->mu);
+    free(id->fresh);
     free(id->peer_ids);
     free(id);
 }
@@ -394,10 +398,19 @@ void dkv_identity_observe(dkv_identity_t *id, uint32_t peer, const dkv_ident_inf
                              url, knew_other ? "knew this node under another id"
                                              : "holds data while this node started empty");
             }
-        } else if (set_state(id, DKV_NODE_READY) == 0) {
-            DKV_LOG_INFO("identity: %s neither knows this node nor holds data: a new cluster; "
-                         "ready",
-                         url);
+        } else {
+            if (!id->fresh[peer]) {
+                id->fresh[peer] = true;
+                id->fresh_count++;
+            }
+            /* A majority of the cluster, this node included, must say so: one other wiped node
+             * alone must not make a new cluster of the two while the nodes holding the data are
+             * down; a majority of lost disks loses quorum-acknowledged writes anyway. */
+            if (id->fresh_count + 1 >= dkv_ring_size(id->ring) / 2 + 1 &&
+                set_state(id, DKV_NODE_READY) == 0) {
+                DKV_LOG_INFO("identity: no peer knows this node or holds data: a new cluster; "
+                             "ready");
+            }
         }
     }
     pthread_mutex_unlock(&id->mu);

@@ -6,8 +6,12 @@
  * the survivor of a lost disk; until a peer tells it, it is JOINING, and when a peer remembers it
  * under another id (its disk was lost) or a ready peer holds data, it is REBUILDING. In both states
  * it accepts replica writes (it misses nothing new) but answers replica reads "not ready", which a
- * coordinator counts as a failure, never as "absent". A peer that neither knows it nor holds
- * data makes it READY: a fresh cluster (every node empty) starts ready as soon as its nodes talk.
+ * coordinator counts as a failure, never as "absent". When enough peers that, with this node,
+ * they are a majority of the cluster have said that they neither know it nor hold data, it is
+ * READY: a fresh cluster (every node empty) starts ready as soon as a majority of its nodes have
+ * talked. (Not one peer: in a 5-node cluster two wiped nodes must not call themselves a new
+ * cluster while the nodes holding the data are down.) An operator who knows better ends the wait
+ * with POST /v0/admin/rebuild-done.
  * A REBUILDING node becomes READY when an operator says so (POST /v0/admin/rebuild-done, after
  * hints and read repair refilled it, or accepting the loss); anti-entropy will end it by itself.
  *

@@ -59,6 +59,8 @@ typedef struct target {
     uint64_t last_drop_log_ms;
     /* Replay thread only. */
     batch_t *batch; /* in flight, or NULL */
+    bool probing;   /* the last batch failed: send one hint at a time until one is delivered,
+                       rather than read and fail a full batch every tick while the peer is down */
 } target_t;
 
 struct dkv_hints {
@@ -420,6 +422,7 @@ static void batch_done(batch_t *b)
                       delivered, b->n, dkv_strerror(b->entries[delivered].rc));
     }
     t->batch = NULL;
+    t->probing = failed;
     dkv_buf_cleanup(&b->keys);
     free(b);
     if (!failed && !h->stopping) {
@@ -483,7 +486,8 @@ static void replay_target(target_t *t)
     size_t value_offs[BATCH_MAX_HINTS];
     size_t value_lens[BATCH_MAX_HINTS];
     size_t key_offs[BATCH_MAX_HINTS];
-    while (b->n < BATCH_MAX_HINTS && batch_bytes < BATCH_MAX_BYTES) {
+    unsigned max_hints = t->probing ? 1 : BATCH_MAX_HINTS;
+    while (b->n < max_hints && batch_bytes < BATCH_MAX_BYTES) {
         dkv_slice_t k;
         dkv_slice_t v;
         if (dkv_store_raw_iter_next(it, &k, &v) != 0) {

@@ -730,7 +730,8 @@ def test_node_answers_status_within_1s_with_all_peers_down(cluster_factory):
     r = GET(nd, b"never-written", 1, N)
     assert r.status == 504 and r.elapsed < PROMPT_S, r
     assert b'"state":"joining"' in nd.client().request("GET", "/v0/status?verbose=1").body
-    # Its first peer, also new, settles it: both are a new cluster, and the 1/3 read is a 404.
+    # A peer, also new, settles it (with it, a majority of the cluster): a new cluster, and the
+    # 1/3 read is a 404.
     c[0].start()
     h.wait_until(lambda: b'"state":"ready"' in
                  nd.client().request("GET", "/v0/status?verbose=1").body, 10, what="ready")
