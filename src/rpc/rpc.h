@@ -32,7 +32,8 @@ typedef struct dkv_rpc_server dkv_rpc_server_t;
  * peer sees the change and closes the breaker, so a restarted peer is reached on the very next
  * request (API.md §8) instead of after the cooldown. Zero-initialise it.
  */
-#define DKV_RPC_MAX_LOOPS 64
+/* Up to 64 I/O loops (--io-threads) plus the hint replay loop. */
+#define DKV_RPC_MAX_LOOPS 65
 
 typedef struct dkv_rpc_shared {
     /* The node's identity, exchanged in every handshake (cluster/identity.h); NULL: none is
