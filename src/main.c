@@ -12,6 +12,7 @@
 #include "coord/coord.h"
 #include "http/http.h"
 #include "repair/hints.h"
+#include "repair/rebuild.h"
 #include "replica/replica.h"
 #include "router/router.h"
 #include "rpc/proto.h"
@@ -52,6 +53,7 @@ struct node {
     dkv_identity_t *identity;
     dkv_replica_t *replica;
     dkv_hints_t *hints; /* NULL: hinted handoff off, or a cluster of one */
+    dkv_rebuild_t *rebuild; /* NULL for a cluster of one */
     dkv_ring_t *ring;
     uint32_t self_idx;
     dkv_hlc_t hlc;
@@ -215,6 +217,7 @@ static int thread_setup(io_thread_t *t)
                              .self_idx = n->self_idx,
                              .loop = &t->loop,
                              .hints = n->hints,
+                             .rebuild = n->rebuild,
                              .identity = n->identity,
                              .coord_stats = &n->coord_stats,
                              .read_repair = conf->read_repair && dkv_ring_size(n->ring) > 1};
@@ -384,6 +387,22 @@ int main(int argc, char **argv)
             goto out;
         }
     }
+    if (dkv_ring_size(n->ring) > 1 && n->conf.auto_rebuild) {
+        dkv_rebuild_opts_t bopts = {.max_bytes_per_s = n->conf.ae_max_bytes_per_s,
+                                    .retry_ms = 1000,
+                                    .check_ms = 500,
+                                    .rpc = {.request_timeout_ms = n->conf.replica_timeout_ms,
+                                            .breaker_failures = n->conf.breaker_failures,
+                                            .breaker_cooldown_ms = n->conf.breaker_cooldown_ms},
+                                    .rpc_loop_idx = n->n_threads + 1};
+        dkv_rebuild_new(n->replica, n->identity, n->ring, n->self_idx, &n->hlc, &n->rpc_shared,
+                        &bopts, &n->rebuild);
+        rc = dkv_rebuild_start(n->rebuild);
+        if (rc != 0) {
+            DKV_LOG_ERROR("cannot start the rebuild thread: %s", dkv_strerror(rc));
+            goto out;
+        }
+    }
     n->threads = dkv_xcalloc(n->n_threads, sizeof(io_thread_t));
     uv_sem_init(&n->started, 0);
     uv_loop_init(&n->main_loop);
@@ -437,6 +456,7 @@ int main(int argc, char **argv)
     exit_code = start_rc == 0 ? 0 : 1;
 out:
     dkv_hints_free(n->hints); /* stops the replay thread before the store closes */
+    dkv_rebuild_free(n->rebuild);
     dkv_replica_free(n->replica);
     dkv_store_close(n->store);
     dkv_identity_free(n->identity);

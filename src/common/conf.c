@@ -48,6 +48,12 @@ static const char usage[] =
     "  --hint-replay-bytes-per-s N hint replay throttle, all peers together (default 8 MiB)\n"
     "  --read-repair on|off        after a GET, write the newest version to replicas that\n"
     "                              answered an older one or none (default on)\n"
+    "  --auto-rebuild on|off       a node whose data was lost streams it back from its peers\n"
+    "                              and becomes ready by itself (default on); off: it stays\n"
+    "                              rebuilding until POST /v0/admin/rebuild-done\n"
+    "  --anti-entropy-max-bytes-per-s N\n"
+    "                              throttle of a lost node's rebuild from its peers\n"
+    "                              (default 32 MiB)\n"
     "\n"
     "Storage:\n"
     "  --block-cache-bytes N       RocksDB block cache (default 67108864)\n"
@@ -201,6 +207,8 @@ int dkv_conf_parse(int argc, char **argv, dkv_conf_t *conf, char *err, size_t er
     conf->max_hints_bytes = (uint64_t)1 << 30;
     conf->hint_replay_bytes_per_s = 8u << 20;
     conf->read_repair = true;
+    conf->ae_max_bytes_per_s = 32u << 20;
+    conf->auto_rebuild = true;
     conf->log_level = DKV_LOG_INFO;
     const char *cluster_arg = NULL;
 
@@ -227,7 +235,8 @@ int dkv_conf_parse(int argc, char **argv, dkv_conf_t *conf, char *err, size_t er
             "--replica-timeout-ms", "--shutdown-timeout-ms", "--max-connections", "--max-inflight",
             "--vnodes", "--breaker-failures", "--breaker-cooldown-ms", "--block-cache-bytes",
             "--hinted-handoff", "--hint-window-ms", "--max-hints-bytes",
-            "--hint-replay-bytes-per-s", "--read-repair"};
+            "--hint-replay-bytes-per-s", "--read-repair", "--anti-entropy-max-bytes-per-s",
+            "--auto-rebuild"};
         bool known = false;
         for (size_t k = 0; k < sizeof(valued) / sizeof(valued[0]); k++) {
             known = known || strcmp(flag, valued[k]) == 0;
@@ -265,6 +274,7 @@ int dkv_conf_parse(int argc, char **argv, dkv_conf_t *conf, char *err, size_t er
         NUM("--hint-window-ms", 1, (uint64_t)30 * 86400000, hint_window_ms)
         NUM("--max-hints-bytes", 1, (uint64_t)1 << 50, max_hints_bytes)
         NUM("--hint-replay-bytes-per-s", 1024, (uint64_t)1 << 40, hint_replay_bytes_per_s)
+        NUM("--anti-entropy-max-bytes-per-s", 1024, (uint64_t)1 << 40, ae_max_bytes_per_s)
 #undef NUM
 #define ONOFF(name, field)                                                                         \
     if (strcmp(flag, name) == 0) {                                                                 \
@@ -276,6 +286,7 @@ int dkv_conf_parse(int argc, char **argv, dkv_conf_t *conf, char *err, size_t er
     }
         ONOFF("--hinted-handoff", hinted_handoff)
         ONOFF("--read-repair", read_repair)
+        ONOFF("--auto-rebuild", auto_rebuild)
 #undef ONOFF
         if (strcmp(flag, "--listen") == 0) {
             if (dkv_conf_parse_url(val, conf->listen_host, sizeof(conf->listen_host),

@@ -638,6 +638,10 @@ static void handle_status(dkv_router_t *r, const dkv_request_t *req, dkv_query_t
     hints_json(r, &b);
     dkv_buf_append_str(&b, ",\"read_repair\":");
     read_repair_json(r, &b);
+    if (r->env.rebuild != NULL) {
+        dkv_buf_append_str(&b, ",\"rebuild\":");
+        dkv_rebuild_status_json(r->env.rebuild, &b);
+    }
     dkv_buf_append_str(&b, "}\n");
     reply_owned_text(cb, arg, 200, &b, "application/json");
 }

@@ -15,6 +15,7 @@
 #include "common/buf.h"
 #include "common/slice.h"
 #include "coord/coord.h"
+#include "repair/rebuild.h"
 #include "store/store.h"
 
 enum dkv_method {
@@ -74,6 +75,7 @@ typedef struct dkv_router_env {
     uint32_t self_idx;
     uv_loop_t *loop;               /* this I/O thread's loop (timers of waiting admin calls) */
     dkv_hints_t *hints;            /* NULL: hinted handoff is off */
+    dkv_rebuild_t *rebuild;        /* NULL for a cluster of one */
     dkv_identity_t *identity;      /* node id and readiness; NULL in tests */
     dkv_coord_stats_t *coord_stats; /* convergence counters, may be NULL */
     bool read_repair;

@@ -45,6 +45,7 @@ typedef struct pending {
     uint64_t req_id;
     uint64_t deadline_ms;
     dkv_rpc_reply_cb cb; /* NULL once answered (timed out) or for the HELLO */
+    dkv_rpc_scan_cb scan_cb; /* instead of cb for a SCAN */
     void *arg;
     uint8_t expect; /* the reply type that answers it (DKV_RPC_GET_REPLY, ...) */
     bool is_probe;
@@ -215,17 +216,27 @@ static int breaker_admit(peer_t *p, bool *probe)
 
 /* ---- pending requests ---- */
 
-static void complete(peer_t *p, pending_t *req, int rc, const dkv_record_t *rec)
+/* Is someone still waiting for this request's reply? */
+static bool live(const pending_t *req)
 {
-    if (req->cb == NULL) {
+    return req->cb != NULL || req->scan_cb != NULL;
+}
+
+/* `msg` is the SCAN_REPLY for a scan answered with rc 0, else NULL. */
+static void complete_msg(peer_t *p, pending_t *req, int rc, const dkv_record_t *rec,
+                         const dkv_rpc_msg_t *msg)
+{
+    if (!live(req)) {
         return;
     }
     /* Copy what we need first: a breaker that opens below closes the connection and frees every
      * pending request, `req` included. */
     dkv_rpc_reply_cb cb = req->cb;
+    dkv_rpc_scan_cb scan_cb = req->scan_cb;
     void *arg = req->arg;
     bool probe = req->is_probe;
     req->cb = NULL;
+    req->scan_cb = NULL;
     if (probe) {
         p->probe_inflight = false;
     }
@@ -234,7 +245,16 @@ static void complete(peer_t *p, pending_t *req, int rc, const dkv_record_t *rec)
     } else if (!p->client->closing) {
         breaker_failure(p, probe);
     }
-    cb(arg, rc, rec);
+    if (scan_cb != NULL) {
+        scan_cb(arg, rc, rc == 0 ? msg : NULL);
+    } else {
+        cb(arg, rc, rec);
+    }
+}
+
+static void complete(peer_t *p, pending_t *req, int rc, const dkv_record_t *rec)
+{
+    complete_msg(p, req, rc, rec, NULL);
 }
 
 static void fail_all(peer_t *p, int rc)
@@ -245,13 +265,19 @@ static void fail_all(peer_t *p, int rc)
     while (req != NULL) {
         pending_t *next = req->next;
         /* Only the first failure counts for the breaker: the rest are the same event. */
-        if (req->cb != NULL) {
+        if (live(req)) {
             dkv_rpc_reply_cb cb = req->cb;
+            dkv_rpc_scan_cb scan_cb = req->scan_cb;
             req->cb = NULL;
+            req->scan_cb = NULL;
             if (req->is_probe) {
                 p->probe_inflight = false;
             }
-            cb(req->arg, rc, NULL);
+            if (scan_cb != NULL) {
+                scan_cb(req->arg, rc, NULL);
+            } else {
+                cb(req->arg, rc, NULL);
+            }
         }
         free(req);
         req = next;
@@ -316,8 +342,8 @@ static void peer_conn_failed(peer_t *p, int rc, const char *what)
     bool had_requests = false;
     bool probe = false;
     for (pending_t *r = p->head; r != NULL; r = r->next) {
-        had_requests = had_requests || r->cb != NULL;
-        probe = probe || (r->cb != NULL && r->is_probe);
+        had_requests = had_requests || live(r);
+        probe = probe || (live(r) && r->is_probe);
     }
     DKV_LOG_DEBUG("rpc: peer %s: %s", p->url, what);
     bool background = p->background;
@@ -420,6 +446,13 @@ static void handle_reply(peer_t *p, const dkv_rpc_msg_t *m)
             complete(p, req, DKV_EPROTO, NULL);
         } else {
             complete(p, req, m->put_reply.status == DKV_RPC_OK ? 0 : DKV_EIO, NULL);
+        }
+        break;
+    case DKV_RPC_SCAN_REPLY:
+        if (req->expect != DKV_RPC_SCAN_REPLY) {
+            complete(p, req, DKV_EPROTO, NULL);
+        } else {
+            complete_msg(p, req, m->scan_reply.status == DKV_RPC_OK ? 0 : DKV_EIO, NULL, m);
         }
         break;
     default:
@@ -573,7 +606,7 @@ static void on_sweep(uv_timer_t *t)
             if (r->deadline_ms > now) {
                 continue;
             }
-            if (r->cb != NULL) {
+            if (live(r)) {
                 complete(p, r, DKV_ETIMEDOUT, NULL);
                 timed_out = true;
             } else if (r == p->head && p->background && !p->hello_ok) {
@@ -680,7 +713,11 @@ int dkv_rpc_client_call(dkv_rpc_client_t *c, uint32_t peer, const dkv_rpc_call_t
     if (peer >= c->n_peers || peer == c->self_idx || c->closing) {
         return c->closing ? DKV_EUNAVAIL : DKV_EINVAL;
     }
-    if (call->type != DKV_RPC_GET && (call->type != DKV_RPC_PUT || call->rec == NULL)) {
+    bool ok = (call->type == DKV_RPC_GET && cb != NULL) ||
+              (call->type == DKV_RPC_PUT && call->rec != NULL && cb != NULL) ||
+              (call->type == DKV_RPC_SCAN && call->scan != NULL && call->scan_cb != NULL &&
+               cb == NULL);
+    if (!ok) {
         return DKV_EINVAL;
     }
     peer_t *p = &c->peers[peer];
@@ -707,8 +744,13 @@ int dkv_rpc_client_call(dkv_rpc_client_t *c, uint32_t peer, const dkv_rpc_call_t
     }
     p->background = false; /* real traffic now rides on this connection */
     uint64_t id = c->next_req_id++;
-    rc = call->type == DKV_RPC_GET ? dkv_rpc_encode_get(&p->out, id, call->key)
-                                   : dkv_rpc_encode_put(&p->out, id, call->key, call->rec);
+    if (call->type == DKV_RPC_GET) {
+        rc = dkv_rpc_encode_get(&p->out, id, call->key);
+    } else if (call->type == DKV_RPC_PUT) {
+        rc = dkv_rpc_encode_put(&p->out, id, call->key, call->rec);
+    } else {
+        rc = dkv_rpc_encode_scan(&p->out, id, call->scan);
+    }
     if (rc != 0) {
         if (probe) {
             p->probe_inflight = false;
@@ -718,6 +760,7 @@ int dkv_rpc_client_call(dkv_rpc_client_t *c, uint32_t peer, const dkv_rpc_call_t
     pending_t *req = enqueue(p, id, cb, arg, (uint8_t)(call->type | 0x80),
                              call->timeout_ms > 0 ? call->timeout_ms : c->opts.request_timeout_ms);
     req->is_probe = probe;
+    req->scan_cb = call->scan_cb;
     if (p->state == CONNECTED) {
         mark_dirty(p);
     }

@@ -32,8 +32,8 @@ typedef struct dkv_rpc_server dkv_rpc_server_t;
  * peer sees the change and closes the breaker, so a restarted peer is reached on the very next
  * request (API.md §8) instead of after the cooldown. Zero-initialise it.
  */
-/* Up to 64 I/O loops (--io-threads) plus the hint replay loop. */
-#define DKV_RPC_MAX_LOOPS 65
+/* Up to 64 I/O loops (--io-threads) plus the hint replay and the rebuild loops. */
+#define DKV_RPC_MAX_LOOPS 66
 
 typedef struct dkv_rpc_shared {
     /* The node's identity, exchanged in every handshake (cluster/identity.h); NULL: none is
@@ -79,21 +79,32 @@ int dkv_rpc_client_new(uv_loop_t *loop, unsigned loop_idx, const dkv_ring_t *rin
  */
 void dkv_rpc_client_close(dkv_rpc_client_t *c, void (*cb)(void *arg), void *arg);
 
+/**
+ * Reply to a SCAN. rc: 0 with `reply` a decoded SCAN_REPLY of status OK (walk its entries with
+ * dkv_rpc_scan_iter_*(); everything borrowed for the callback); DKV_EIO (the replica's scan
+ * failed); or a transport error as for dkv_rpc_reply_cb, with `reply` NULL.
+ */
+typedef void (*dkv_rpc_scan_cb)(void *arg, int rc, const dkv_rpc_msg_t *reply);
+
 /** One replica request: what dkv_rpc_client_call() sends. */
 typedef struct dkv_rpc_call {
-    dkv_rpc_type_t type;     /* DKV_RPC_GET (stored version of key) or DKV_RPC_PUT (store rec) */
-    dkv_slice_t key;         /* 1..DKV_RPC_MAX_KEY_BYTES bytes */
-    const dkv_record_t *rec; /* PUT: the record; ignored for GET */
-    uint64_t timeout_ms;     /* from send to reply; 0 = the client's request_timeout_ms */
+    dkv_rpc_type_t type;         /* DKV_RPC_GET (stored version of key), DKV_RPC_PUT (store
+                                    rec) or DKV_RPC_SCAN (one ordered batch of a key range) */
+    dkv_slice_t key;             /* GET, PUT: 1..DKV_RPC_MAX_KEY_BYTES bytes */
+    const dkv_record_t *rec;     /* PUT: the record */
+    const dkv_rpc_scan_t *scan;  /* SCAN: the range and batch limits */
+    dkv_rpc_scan_cb scan_cb;     /* SCAN: receives the reply (the `cb` argument must be NULL) */
+    uint64_t timeout_ms;         /* from send to reply; 0 = the client's request_timeout_ms */
 } dkv_rpc_call_t;
 
 /**
  * Sends one replica request to peer `peer` (ring index, not self). A PUT is stored unless the
  * peer holds a newer version; a GET returns the peer's stored version.
  * @param call  Borrowed; key and record are copied into the request before this returns.
- * @return 0 and `cb` runs exactly once, never before this returns; DKV_EUNAVAIL (the peer's
- *         circuit breaker is open, or too many bytes are queued for it: a failure at once) or
- *         DKV_EINVAL (bad peer, type, key or record), and `cb` never runs.
+ * @return 0 and `cb` (`call->scan_cb` for a SCAN) runs exactly once, never before this returns;
+ *         DKV_EUNAVAIL (the peer's circuit breaker is open, or too many bytes are queued for it:
+ *         a failure at once) or DKV_EINVAL (bad peer, type, key, record or scan), and no callback
+ *         runs.
  * Callback: see dkv_rpc_reply_cb; `rec` is non-NULL only for a GET that found a version.
  * Thread: the client's loop thread.
  */

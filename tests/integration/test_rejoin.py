@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import pytest
 
@@ -60,9 +61,9 @@ def test_a_new_cluster_starts_ready_and_every_node_knows_its_peers(cluster_facto
 @pytest.mark.timeout_s(120)
 def test_wiped_node_never_turns_an_acknowledged_write_into_a_404_or_an_old_value(
         cluster_factory, uniq):
-    # Read repair off, so that nothing refills the wiped node behind the test's back: the node
-    # must stay honest by itself.
-    c = cluster_factory(N, "--read-repair", "off")
+    # Read repair and the automatic rebuild off, so that nothing refills the wiped node behind
+    # the test's back: the node must stay honest by itself.
+    c = cluster_factory(N, "--read-repair", "off", "--auto-rebuild", "off")
     for nd in c:
         wait_state(nd, "ready")
     victim = c[2]
@@ -136,7 +137,7 @@ def test_wiped_node_never_turns_an_acknowledged_write_into_a_404_or_an_old_value
 
 
 def test_wiped_node_with_every_peer_down_stays_joining_and_answers_504(cluster_factory, uniq):
-    c = cluster_factory(N)
+    c = cluster_factory(N, "--auto-rebuild", "off")
     k = uniq()
     with c[0].client() as cl:
         assert cl.put(k, b"v", ack=3, **{"from": 3}).status == 201
@@ -180,3 +181,86 @@ def test_another_nodes_data_directory_refuses_to_start(cluster_factory):
         a.expected_dead = True
     a.start()
     b.start()
+
+
+def pipelined(port: int, method: str, targets_bodies: list, want: int, batch: int = 64):
+    """Sends many requests pipelined on one connection; each must answer `want`."""
+    with h.RawConn(port) as c:
+        for i in range(0, len(targets_bodies), batch):
+            part = targets_bodies[i: i + batch]
+            c.send(b"".join(h.http_request(method, t, b) for t, b in part))
+            for t, _ in part:
+                r = c.read_response()
+                assert r.status == want, (method, t[:80], r.status, r.body[:200])
+
+
+def local_all(nd: h.Node, prefix: bytes) -> dict:
+    with nd.raw() as c:
+        r = c.request("GET", h.entities_target(prefix, prefix[:-1] + bytes([prefix[-1] + 1])))
+    assert r.status == 200, r
+    return {} if r.chunks is None else dict(h.parse_records(r.chunks))
+
+
+@pytest.mark.timeout_s(150)
+def test_wiped_node_rebuilds_every_record_from_its_peers_with_no_client_read(cluster_factory):
+    # No hints, no read repair: only the rebuild can refill the node.
+    c = cluster_factory(N, "--hinted-handoff", "off", "--read-repair", "off")
+    for nd in c:
+        wait_state(nd, "ready")
+    victim = c[2]
+    p3 = b"rb3/"
+    p2 = b"rb2/"
+    # 5,000 keys on all three replicas, 500 of them then deleted; 1,000 keys with from=2, which
+    # the victim holds only where it is one of the key's first two nodes.
+    k3 = [p3 + b"%05d" % i for i in range(5000)]
+    k2 = [p2 + b"%05d" % i for i in range(1000)]
+    pipelined(c[0].port, "PUT", [(h.entity_target(k, "ack=3", "from=3"), b"v-" + k) for k in k3], 201)
+    pipelined(c[1].port, "PUT", [(h.entity_target(k, "ack=2", "from=2"), b"w-" + k) for k in k2], 201)
+    deleted = k3[::10]
+    pipelined(c[0].port, "DELETE", [(h.entity_target(k, "ack=3", "from=3"), b"") for k in deleted],
+              202)
+    want3 = {k: b"v-" + k for k in k3 if k not in set(deleted)}
+    assert local_all(victim, p3) == want3
+    want2 = local_all(victim, p2)
+    assert 500 < len(want2) < 1000, len(want2)  # about 2/3 of them
+
+    victim.stop()
+    shutil.rmtree(victim.data_dir)
+    victim.start()
+    t0 = time.monotonic()
+    h.wait_until(lambda: state(victim) == "ready", 60, interval_s=0.1,
+                 what="the wiped node to rebuild and become ready")
+    took = time.monotonic() - t0
+    rb = status(victim)["rebuild"]
+    assert rb["completed"] == 1 and rb["peers_done"] == N - 1, rb
+    # Exactly its records back, deletes included (nothing resurrected), nothing outside its
+    # replica sets; and no client read happened before this check.
+    assert local_all(victim, p3) == want3
+    assert local_all(victim, p2) == want2
+    print("rebuilt %d records in %.1f s: %s" % (len(want3) + len(want2), took, rb))
+    # The tombstones came back too: each of the two peers streamed all 5,000 from=3 records
+    # (500 of them tombstones), and the one peer sharing each from=2 key with the victim.
+    assert rb["records_kept"] == 2 * len(k3) + len(want2), rb
+
+
+def test_rebuild_waits_for_every_peer_and_says_which(cluster_factory, uniq):
+    c = cluster_factory(N, "--hinted-handoff", "off", "--read-repair", "off")
+    for nd in c:
+        wait_state(nd, "ready")
+    keys = [uniq(i) for i in range(50)]
+    for k in keys:
+        with c[0].client() as cl:
+            assert cl.put(k, b"v", ack=3, **{"from": 3}).status == 201
+    victim, down = c[2], c[1]
+    victim.stop()
+    down.stop()
+    shutil.rmtree(victim.data_dir)
+    victim.start()
+    wait_state(victim, "rebuilding")
+    h.wait_until(lambda: status(victim)["rebuild"]["waiting_for"] == [down.url], 10,
+                 what="the rebuild to report the peer it waits for")
+    assert status(victim)["rebuild"]["peers_done"] == 1
+    assert state(victim) == "rebuilding"  # one peer streamed is not enough
+    down.start()
+    wait_state(victim, "ready", 30)
+    assert all(local(victim, k) == b"v" for k in keys)
