@@ -1,6 +1,6 @@
 /*
- * The one-node fixture of node_fixture.h: builds the same wiring as src/main.c does for N = 1 and
- * one I/O thread, minus sockets and RPC, and tears it down in reverse order.
+ * The node fixture of node_fixture.h: builds the same wiring as src/main.c does for one I/O
+ * thread, minus sockets and RPC, and tears it down in reverse order.
  */
 #define _XOPEN_SOURCE 700 /* nftw() */
 
@@ -38,12 +38,27 @@ int dkv_test_node_new(const dkv_test_node_opts_t *opts, dkv_test_node_t **out)
     }
     const char *name = opts->name != NULL ? opts->name : "test";
     unsigned vnodes = opts->vnodes != 0 ? opts->vnodes : DKV_TEST_NODE_DEFAULT_VNODES;
-    const char *urls[] = {DKV_TEST_NODE_URL};
+    unsigned nodes = opts->nodes != 0 ? opts->nodes : 1;
+    char url_bufs[DKV_RING_MAX_NODES][32];
+    const char *urls[DKV_RING_MAX_NODES];
     bool dir_made = false;
     bool loop_ready = false;
     int rc = 0;
 
     dkv_test_node_t *n = dkv_xcalloc(1, sizeof(*n));
+    if (nodes > DKV_RING_MAX_NODES || opts->self_idx >= nodes) {
+        rc = DKV_EINVAL;
+        goto out;
+    }
+    n->self_idx = opts->self_idx;
+    if (nodes == 1) {
+        urls[0] = DKV_TEST_NODE_URL;
+    } else {
+        for (unsigned i = 0; i < nodes; i++) {
+            snprintf(url_bufs[i], sizeof(url_bufs[i]), DKV_TEST_NODE_PEER_URL_FMT, i + 1);
+            urls[i] = url_bufs[i];
+        }
+    }
     int len = snprintf(n->dir, sizeof(n->dir), "/tmp/dkv-%s-XXXXXX", name);
     if (len < 0 || (size_t)len >= sizeof(n->dir)) {
         rc = DKV_EINVAL;
@@ -59,7 +74,7 @@ int dkv_test_node_new(const dkv_test_node_opts_t *opts, dkv_test_node_t **out)
         goto out;
     }
     loop_ready = true;
-    rc = dkv_ring_new(urls, 1, vnodes, &n->ring);
+    rc = dkv_ring_new(urls, nodes, vnodes, &n->ring);
     if (rc != 0) {
         goto out;
     }
@@ -71,7 +86,8 @@ int dkv_test_node_new(const dkv_test_node_opts_t *opts, dkv_test_node_t **out)
     dkv_replica_new(n->store, &n->hlc, NULL, &n->replica);
     /* Designated initialisers: fields the coordinator or router gain later start at zero. */
     dkv_coord_env_t cenv = {
-        .loop = &n->loop, .replica = n->replica, .ring = n->ring, .self_idx = 0, .hlc = &n->hlc};
+        .loop = &n->loop, .replica = n->replica, .ring = n->ring, .self_idx = n->self_idx,
+        .hlc = &n->hlc};
     rc = dkv_coord_new(&cenv, &n->coord);
     if (rc != 0) {
         goto out;
@@ -80,7 +96,8 @@ int dkv_test_node_new(const dkv_test_node_opts_t *opts, dkv_test_node_t **out)
                              .store = n->store,
                              .ring = n->ring,
                              .loop = &n->loop,
-                             .self_url = DKV_TEST_NODE_URL,
+                             .self_url = dkv_ring_url(n->ring, n->self_idx),
+                             .self_idx = n->self_idx,
                              .start_ms = dkv_hlc_system_clock_ms(NULL)};
     rc = dkv_router_new(&renv, &n->router);
 
