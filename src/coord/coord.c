@@ -149,6 +149,7 @@ static void repair_cb(void *arg, int rc, const dkv_record_t *rec)
 {
     (void)rec;
     dkv_coord_t *c = arg;
+    c->inflight--;
     if (rc != 0 && c->env.stats != NULL) {
         count(c, &c->env.stats->read_repair_failures);
     }
@@ -185,6 +186,7 @@ static void read_repair(op_t *op)
             dkv_rpc_call_t call = {.type = DKV_RPC_PUT, .key = op->key, .rec = &op->best};
             rc = c->env.send(c->env.send_ctx, s->node, &call, repair_cb, c);
             if (rc == 0) {
+                c->inflight++; /* a repair write in flight holds the coordinator too */
                 continue;
             }
         }

@@ -79,7 +79,8 @@ int dkv_coord_new(const dkv_coord_env_t *env, dkv_coord_t **out);
 /** Frees the coordinator; no operation may be in flight (see dkv_coord_inflight). */
 void dkv_coord_free(dkv_coord_t *c);
 
-/** Operations started and not yet finished with every replica (answered or not). */
+/** Operations started and not yet finished with every replica (answered or not), read repair
+ * writes still in flight included. */
 size_t dkv_coord_inflight(const dkv_coord_t *c);
 
 /**
