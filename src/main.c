@@ -390,7 +390,7 @@ int main(int argc, char **argv)
     if (dkv_ring_size(n->ring) > 1 && n->conf.auto_rebuild) {
         dkv_rebuild_opts_t bopts = {.max_bytes_per_s = n->conf.ae_max_bytes_per_s,
                                     .retry_ms = 1000,
-                                    .check_ms = 500,
+                                    .check_ms = 100,
                                     .rpc = {.request_timeout_ms = n->conf.replica_timeout_ms,
                                             .breaker_failures = n->conf.breaker_failures,
                                             .breaker_cooldown_ms = n->conf.breaker_cooldown_ms},

@@ -290,8 +290,6 @@ int dkv_hints_add(dkv_hints_t *h, uint32_t target, dkv_slice_t key, const dkv_re
     dkv_buf_t v;
     dkv_buf_init(&k);
     dkv_buf_init(&v);
-    uint64_t seq = dkv_hlc_now(h->hlc);
-    hint_key(t, seq, &k);
     uint8_t fixed[HINT_VALUE_FIXED];
     fixed[0] = HINT_VERSION;
     put_be(fixed + 1, now, 8);
@@ -300,9 +298,14 @@ int dkv_hints_add(dkv_hints_t *h, uint32_t target, dkv_slice_t key, const dkv_re
     dkv_buf_append(&v, fixed, sizeof(fixed));
     dkv_buf_append(&v, key.ptr, key.len);
     dkv_record_encode(rec, &v);
-    uint64_t bytes = k.len + v.len;
+    uint64_t bytes = t->prefix.len + SEQ_BYTES + v.len; /* the hint key and value */
 
     int rc = 0;
+    /*
+     * The sequence is taken and the hint stored under the lock, so hints become visible in
+     * sequence order: the replay thread reads after the last delivered sequence and must never
+     * find a smaller one appearing behind it (another I/O thread's hint, stored a moment later).
+     */
     pthread_mutex_lock(&h->mu);
     if (t->count > 0 && t->oldest_created_ms != 0 && now > t->oldest_created_ms &&
         now - t->oldest_created_ms > h->opts.window_ms) {
@@ -314,32 +317,27 @@ int dkv_hints_add(dkv_hints_t *h, uint32_t target, dkv_slice_t key, const dkv_re
         log_drop(t, now, "the hints take --max-hints-bytes");
         rc = DKV_ETOOBIG;
     } else {
-        /* Counted before the write so that concurrent adds respect the quota; undone below. */
-        h->total_bytes += bytes;
-        t->bytes += bytes;
-        t->count++;
-        if (t->count == 1) {
-            t->oldest_created_ms = now;
+        uint64_t seq = dkv_hlc_now(h->hlc);
+        hint_key(t, seq, &k);
+        rc = dkv_store_hint_put(h->store, dkv_buf_slice(&k), dkv_buf_slice(&v));
+        if (rc == 0) {
+            h->total_bytes += bytes;
+            t->bytes += bytes;
+            t->count++;
+            if (t->count == 1) {
+                t->oldest_created_ms = now;
+            }
+            t->max_seq = seq > t->max_seq ? seq : t->max_seq;
+            h->written++;
         }
-        t->max_seq = seq > t->max_seq ? seq : t->max_seq;
-        h->written++;
     }
     pthread_mutex_unlock(&h->mu);
     if (rc == 0) {
         /* Synced at once: a hint is written when a replica fails, possibly after the client's
-         * answer went out, and no later flush on this thread may come soon. */
-        rc = dkv_store_hint_put(h->store, dkv_buf_slice(&k), dkv_buf_slice(&v));
-        if (rc == 0) {
-            rc = dkv_store_sync_wal(h->store);
-        }
-        if (rc != 0) {
-            pthread_mutex_lock(&h->mu);
-            h->total_bytes -= bytes;
-            t->bytes -= bytes;
-            t->count--;
-            h->written--;
-            pthread_mutex_unlock(&h->mu);
-        }
+         * answer went out, and no later flush on this thread may come soon. A hint lost to a
+         * failed sync is only a missed repair: the replica write it stands for was not
+         * acknowledged by that replica anyway. */
+        rc = dkv_store_sync_wal(h->store);
     }
     dkv_buf_cleanup(&k);
     dkv_buf_cleanup(&v);
