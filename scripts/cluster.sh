@@ -52,6 +52,16 @@ wait_up() {
   return 1
 }
 
+# The cluster secret peers prove to each other in the RPC handshake (docs/security.md): made once
+# per DATA_ROOT, 32 random bytes as 64 hex digits, readable by its owner only.
+secret_file() {
+  local f="$DATA_ROOT/cluster.secret"
+  if [[ ! -s "$f" ]]; then
+    (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$f" && echo >>"$f")
+  fi
+  echo "$f"
+}
+
 start_node() {
   local i=$1
   if [[ -n "$(pid_of "$i" || true)" ]]; then echo "node $i already running"; return 0; fi
@@ -59,7 +69,8 @@ start_node() {
   mkdir -p "$DATA_ROOT/node$i"
   # shellcheck disable=SC2086
   "$DKV_BIN" --listen "127.0.0.1:$((BASE_PORT + i))" --self "$(url "$i")" \
-    --cluster "$(cluster_list)" --data "$DATA_ROOT/node$i" $DKV_ARGS \
+    --cluster "$(cluster_list)" --data "$DATA_ROOT/node$i" \
+    --cluster-secret-file "$(secret_file)" $DKV_ARGS \
     >>"$(logfile "$i")" 2>&1 </dev/null &
   echo $! >"$(pidfile "$i")"
   wait_up "$i" && echo "node $i up at $(url "$i") (pid $!, log $(logfile "$i"))"

@@ -51,6 +51,7 @@ struct node {
     dkv_conf_t conf;
     dkv_store_t *store;
     dkv_identity_t *identity;
+    dkv_auth_t *auth; /* NULL: no --cluster-secret-file */
     dkv_replica_t *replica;
     dkv_hints_t *hints; /* NULL: hinted handoff off, or a cluster of one */
     dkv_rebuild_t *rebuild; /* NULL for a cluster of one */
@@ -348,6 +349,15 @@ int main(int argc, char **argv)
         goto out;
     }
     n->rpc_shared.identity = n->identity;
+    if (n->conf.cluster_secret_file[0] != '\0') {
+        rc = dkv_auth_load(n->conf.cluster_secret_file, why, sizeof(why), &n->auth);
+        if (rc != 0) {
+            DKV_LOG_ERROR("refusing to start: %s", why);
+            exit_code = 2;
+            goto out;
+        }
+        n->rpc_shared.auth = n->auth;
+    }
     dkv_store_opts_t sopts = {.block_cache_bytes = n->conf.block_cache_bytes,
                               .fsync = n->conf.fsync};
     rc = dkv_store_open(n->conf.data_dir, &sopts, &n->store);
@@ -441,10 +451,13 @@ int main(int argc, char **argv)
         uv_close((uv_handle_t *)&n->sigterm, NULL);
     } else {
         DKV_LOG_INFO("dkv %s node %s (%u of %zu) listening on %s:%u, data in %s, %u I/O "
-                     "thread(s), %u vnodes, WAL %s",
+                     "thread(s), %u vnodes, WAL %s, peers %s",
                      DKV_VERSION, n->conf.self, n->self_idx + 1, dkv_ring_size(n->ring),
                      n->conf.listen_host, (unsigned)n->conf.listen_port, n->conf.data_dir,
-                     n->n_threads, n->conf.vnodes, n->conf.fsync ? "fsync per write" : "write(2) per write");
+                     n->n_threads, n->conf.vnodes,
+                     n->conf.fsync ? "fsync per write" : "write(2) per write",
+                     n->auth != NULL ? "authenticated (--cluster-secret-file)"
+                                     : "not authenticated (loopback only)");
     }
     uv_run(&n->main_loop, UV_RUN_DEFAULT);
     for (unsigned i = 0; i < started; i++) {
@@ -460,6 +473,7 @@ out:
     dkv_replica_free(n->replica);
     dkv_store_close(n->store);
     dkv_identity_free(n->identity);
+    dkv_auth_free(n->auth);
     if (exit_code == 0) {
         DKV_LOG_INFO("stopped cleanly: store closed, write-ahead log flushed");
     }

@@ -28,6 +28,9 @@ static const char usage[] =
     "  --replica-timeout-ms MS     give up on a replica request after MS (default 1000)\n"
     "  --breaker-failures N        consecutive failures that open a peer's breaker (default 5)\n"
     "  --breaker-cooldown-ms MS    how long an open breaker fails fast (default 2000)\n"
+    "  --cluster-secret-file FILE  shared secret that peers prove in the RPC handshake\n"
+    "                              (HMAC-SHA256 challenge-response; docs/security.md);\n"
+    "                              required unless --listen is a loopback address\n"
     "\n"
     "Server:\n"
     "  --io-threads N              I/O threads, one event loop each (default: CPU cores)\n"
@@ -182,6 +185,13 @@ static int parse_cluster(dkv_conf_t *conf, const char *list, char *err, size_t e
     }
 }
 
+/* Only this host can connect: 127.0.0.0/8, ::1 or localhost. */
+static bool is_loopback(const char *host)
+{
+    return strncmp(host, "127.", 4) == 0 || strcmp(host, "::1") == 0 ||
+           strcmp(host, "[::1]") == 0 || strcmp(host, "localhost") == 0;
+}
+
 int dkv_conf_parse(int argc, char **argv, dkv_conf_t *conf, char *err, size_t err_len)
 {
     memset(conf, 0, sizeof(*conf));
@@ -236,7 +246,7 @@ int dkv_conf_parse(int argc, char **argv, dkv_conf_t *conf, char *err, size_t er
             "--vnodes", "--breaker-failures", "--breaker-cooldown-ms", "--block-cache-bytes",
             "--hinted-handoff", "--hint-window-ms", "--max-hints-bytes",
             "--hint-replay-bytes-per-s", "--read-repair", "--anti-entropy-max-bytes-per-s",
-            "--auto-rebuild"};
+            "--auto-rebuild", "--cluster-secret-file"};
         bool known = false;
         for (size_t k = 0; k < sizeof(valued) / sizeof(valued[0]); k++) {
             known = known || strcmp(flag, valued[k]) == 0;
@@ -306,6 +316,11 @@ int dkv_conf_parse(int argc, char **argv, dkv_conf_t *conf, char *err, size_t er
             if (val[0] == '\0' || copy_str(conf->data_dir, sizeof(conf->data_dir), val) != 0) {
                 return fail(err, err_len, "--data: empty or too long");
             }
+        } else if (strcmp(flag, "--cluster-secret-file") == 0) {
+            if (val[0] == '\0' ||
+                copy_str(conf->cluster_secret_file, sizeof(conf->cluster_secret_file), val) != 0) {
+                return fail(err, err_len, "--cluster-secret-file: empty or too long");
+            }
         } else if (strcmp(flag, "--log-level") == 0) {
             if (dkv_log_parse_level(val, &conf->log_level) != 0) {
                 return fail(err, err_len, "--log-level: '%s' is not debug, info, warn or error",
@@ -322,6 +337,14 @@ int dkv_conf_parse(int argc, char **argv, dkv_conf_t *conf, char *err, size_t er
     int rc = parse_cluster(conf, cluster_arg != NULL ? cluster_arg : conf->self, err, err_len);
     if (rc != 0) {
         return rc;
+    }
+    if (conf->cluster_n > 1 && conf->cluster_secret_file[0] == '\0' &&
+        !is_loopback(conf->listen_host)) {
+        return fail(err, err_len,
+                    "--listen %s is reachable from other hosts: give every node the same "
+                    "--cluster-secret-file (e.g. openssl rand -hex 32 > FILE; chmod 600 FILE), "
+                    "or anyone who reaches the port can act as a cluster member",
+                    conf->listen_host);
     }
     for (size_t i = 0; i < conf->cluster_n; i++) {
         if (strcmp(conf->cluster[i], conf->self) == 0) {

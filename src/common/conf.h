@@ -22,6 +22,7 @@ typedef struct dkv_conf {
     char **cluster;            /* owned: node URLs as given (the ring canonicalises them) */
     size_t cluster_n;
     char data_dir[1024];
+    char cluster_secret_file[1024]; /* empty: RPC handshakes are not authenticated */
     unsigned io_threads;       /* >= 1 */
     size_t max_body_bytes;     /* request body cap: 413 past it */
     size_t max_header_bytes;   /* request line + headers cap: 431 past it */

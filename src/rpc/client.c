@@ -85,6 +85,9 @@ struct peer {
     bool rejected;   /* the peer refused our handshake (different cluster) */
     bool refused;    /* the last failed connection attempt was refused (the port was closed)
                         and no handshake has succeeded since */
+    bool auth_wait;  /* authenticated handshake: HELLO sent, nothing else until its challenge */
+    size_t hello_bytes; /* the HELLO frame at the head of `out`, not yet written */
+    uint8_t transcript[32]; /* SHA-256 of our HELLO frame (rpc/auth.h) */
 };
 
 struct dkv_rpc_client {
@@ -328,6 +331,8 @@ static void peer_disconnect(peer_t *p, int rc)
     p->state = DISCONNECTED;
     p->hello_ok = false;
     p->background = false;
+    p->auth_wait = false;
+    p->hello_bytes = 0;
     p->out.len = 0;
     p->in.len = 0;
     p->dirty = false;
@@ -377,6 +382,25 @@ static void peer_flush(peer_t *p)
     if (p->state != CONNECTED || p->out.len == 0) {
         return;
     }
+    if (p->auth_wait) {
+        /* Only the HELLO goes out before the server proved it knows the secret; requests wait
+         * behind it and follow the AUTH (the server would refuse them before it). */
+        if (p->hello_bytes == 0) {
+            return;
+        }
+        dkv_buf_t hello;
+        dkv_buf_init(&hello);
+        dkv_buf_append(&hello, p->out.data, p->hello_bytes);
+        dkv_buf_consume(&p->out, p->hello_bytes);
+        p->hello_bytes = 0;
+        bool queued = false;
+        int rc = dkv_uvwrite((uv_stream_t *)&p->link->tcp, &hello, NULL, NULL, &queued);
+        dkv_buf_cleanup(&hello);
+        if (rc != 0) {
+            peer_conn_failed(p, DKV_EUNAVAIL, "write failed");
+        }
+        return;
+    }
     /* A failed queued write also fails the read side, which handles it. */
     bool queued = false;
     if (dkv_uvwrite((uv_stream_t *)&p->link->tcp, &p->out, NULL, NULL, &queued) != 0) {
@@ -395,6 +419,49 @@ static void on_flush_check(uv_check_t *h)
     }
 }
 
+/* The server proved it knows the secret: prove it back with AUTH, then let the held requests
+ * go. The AUTH's pending entry goes first in the FIFO, where the HELLO's was. */
+static void handle_challenge(peer_t *p, pending_t *hello, const dkv_rpc_msg_t *m)
+{
+    dkv_rpc_client_t *c = p->client;
+    int key = -1;
+    if (hello->expect == DKV_RPC_HELLO_CHALLENGE && c->shared->auth != NULL) {
+        key = dkv_auth_check_server(c->shared->auth, p->transcript, m->challenge.nonce,
+                                    m->challenge.tag);
+    }
+    free(hello);
+    if (key < 0) {
+        DKV_LOG_ERROR("rpc: peer %s failed authentication (a different --cluster-secret-file?); "
+                      "not using it",
+                      p->url);
+        p->rejected = true;
+        peer_conn_failed(p, DKV_EUNAVAIL, "peer failed authentication");
+        return;
+    }
+    uint8_t tag[DKV_RPC_TAG_BYTES];
+    dkv_auth_client_tag(c->shared->auth, key, p->transcript, m->challenge.nonce, m->challenge.tag,
+                        tag);
+    dkv_buf_t out;
+    dkv_buf_init(&out);
+    uint64_t id = c->next_req_id++;
+    dkv_rpc_encode_auth(&out, id, tag);
+    dkv_buf_append(&out, p->out.data, p->out.len);
+    dkv_buf_cleanup(&p->out);
+    p->out = out;
+    pending_t *req = dkv_xcalloc(1, sizeof(*req));
+    req->req_id = id;
+    req->deadline_ms = now_ms(c) + c->opts.request_timeout_ms;
+    req->expect = DKV_RPC_HELLO_OK;
+    req->next = p->head;
+    p->head = req;
+    if (p->tail == NULL) {
+        p->tail = req;
+    }
+    p->n_pending++;
+    p->auth_wait = false;
+    mark_dirty(p);
+}
+
 static void handle_reply(peer_t *p, const dkv_rpc_msg_t *m)
 {
     pending_t *req = p->head;
@@ -408,7 +475,21 @@ static void handle_reply(peer_t *p, const dkv_rpc_msg_t *m)
     }
     p->n_pending--;
     switch (m->type) {
+    case DKV_RPC_HELLO_CHALLENGE:
+        handle_challenge(p, req, m);
+        return;
     case DKV_RPC_HELLO_OK:
+        if (req->expect != DKV_RPC_HELLO_OK) {
+            /* We asked for an authenticated handshake and the server accepted us without one:
+             * it does not know the secret, so it is not to be trusted with our requests. */
+            DKV_LOG_ERROR("rpc: peer %s did not authenticate itself (is its "
+                          "--cluster-secret-file set?); not using it",
+                          p->url);
+            p->rejected = true;
+            free(req);
+            peer_conn_failed(p, DKV_EUNAVAIL, "peer not authenticated");
+            return;
+        }
         p->hello_ok = true;
         p->refused = false;
         if (m->hello_ok.has_ident && p->client->shared->identity != NULL) {
@@ -568,10 +649,28 @@ static void peer_connect(peer_t *p, bool background)
     if (c->shared->identity != NULL) {
         dkv_identity_info_for(c->shared->identity, p->idx, &ident);
     }
+    uint8_t nonce[DKV_RPC_NONCE_BYTES];
+    bool auth = c->shared->auth != NULL;
+    if (auth) {
+        dkv_auth_nonce(nonce);
+        if (c->shared->identity == NULL) {
+            memset(&ident, 0, sizeof(ident)); /* the nonce rides after an identity block */
+        }
+    }
+    size_t hello_off = p->out.len;
     dkv_rpc_encode_hello(&p->out, id, c->fingerprint,
                          dkv_slice_str(dkv_ring_url(c->ring, c->self_idx)),
-                         c->shared->identity != NULL ? &ident : NULL);
-    enqueue(p, id, NULL, NULL, DKV_RPC_HELLO_OK, c->opts.request_timeout_ms);
+                         c->shared->identity != NULL || auth ? &ident : NULL,
+                         auth ? nonce : NULL);
+    p->auth_wait = auth;
+    p->hello_bytes = 0;
+    if (auth) {
+        /* Nothing can precede the HELLO in `out`: a new connection starts with an empty one. */
+        p->hello_bytes = p->out.len - hello_off;
+        dkv_auth_transcript(dkv_slice(p->out.data + hello_off, p->hello_bytes), p->transcript);
+    }
+    enqueue(p, id, NULL, NULL, auth ? DKV_RPC_HELLO_CHALLENGE : DKV_RPC_HELLO_OK,
+            c->opts.request_timeout_ms);
     if (rc != 0) {
         peer_conn_failed(p, DKV_EUNAVAIL, uv_strerror(rc));
     }

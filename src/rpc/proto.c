@@ -324,11 +324,36 @@ static void append_ident(dkv_buf_t *b, const dkv_ident_info_t *ident)
     dkv_buf_append(b, ident->known_you, DKV_NODE_ID_BYTES);
 }
 
+static int read_fixed(cursor_t *c, uint8_t *out, size_t n)
+{
+    const uint8_t *p;
+    if (take(c, n, &p) != 0) {
+        return DKV_EPROTO;
+    }
+    memcpy(out, p, n);
+    return 0;
+}
+
 static int decode_hello(cursor_t *c, dkv_rpc_msg_t *m)
 {
     if (read_u64(c, &m->hello.fingerprint) != 0 ||
-        read_str16(c, 1, DKV_RPC_MAX_URL_BYTES, &m->hello.url) != 0 ||
-        read_ident(c, &m->hello.has_ident, &m->hello.ident) != 0) {
+        read_str16(c, 1, DKV_RPC_MAX_URL_BYTES, &m->hello.url) != 0) {
+        return DKV_EPROTO;
+    }
+    /* Optional tail: nothing, the identity block, or the identity block and a nonce. */
+    cursor_t ident = *c;
+    if (c->left == DKV_RPC_IDENTITY_BYTES + DKV_RPC_NONCE_BYTES) {
+        ident.left = DKV_RPC_IDENTITY_BYTES;
+        c->p += DKV_RPC_IDENTITY_BYTES;
+        c->left -= DKV_RPC_IDENTITY_BYTES;
+        if (read_fixed(c, m->hello.nonce, DKV_RPC_NONCE_BYTES) != 0) {
+            return DKV_EPROTO;
+        }
+        m->hello.has_nonce = true;
+    } else {
+        c->left = 0;
+    }
+    if (read_ident(&ident, &m->hello.has_ident, &m->hello.ident) != 0 || ident.left != 0) {
         return DKV_EPROTO;
     }
     return 0;
@@ -448,6 +473,12 @@ static int decode_payload(cursor_t *c, dkv_rpc_msg_t *m)
         return read_ident(c, &m->hello_ok.has_ident, &m->hello_ok.ident);
     case DKV_RPC_HELLO_REJECT:
         return read_str16(c, 0, DKV_RPC_MAX_REASON_BYTES, &m->hello_reject.reason);
+    case DKV_RPC_HELLO_CHALLENGE:
+        return read_fixed(c, m->challenge.nonce, DKV_RPC_NONCE_BYTES) != 0
+                   ? DKV_EPROTO
+                   : read_fixed(c, m->challenge.tag, DKV_RPC_TAG_BYTES);
+    case DKV_RPC_AUTH:
+        return read_fixed(c, m->auth.tag, DKV_RPC_TAG_BYTES);
     case DKV_RPC_GET:
         return read_str16(c, 1, DKV_RPC_MAX_KEY_BYTES, &m->get.key);
     case DKV_RPC_GET_REPLY:
@@ -490,21 +521,44 @@ int dkv_rpc_decode(dkv_slice_t frame, dkv_rpc_msg_t *out)
 /* ---- encoders ---- */
 
 int dkv_rpc_encode_hello(dkv_buf_t *out, uint64_t req_id, uint64_t fingerprint, dkv_slice_t url,
-                         const dkv_ident_info_t *ident)
+                         const dkv_ident_info_t *ident, const uint8_t *nonce)
 {
     if (url.len < 1 || url.len > DKV_RPC_MAX_URL_BYTES ||
-        (ident != NULL && (ident->flags & ~DKV_IDENT_FLAGS_KNOWN) != 0)) {
+        (ident != NULL && (ident->flags & ~DKV_IDENT_FLAGS_KNOWN) != 0) ||
+        (nonce != NULL && ident == NULL)) {
         return DKV_EINVAL;
     }
     size_t off = begin_frame(out, DKV_RPC_HELLO, req_id,
-                             8 + KEY_LEN_BYTES + url.len + DKV_RPC_IDENTITY_BYTES);
+                             8 + KEY_LEN_BYTES + url.len + DKV_RPC_IDENTITY_BYTES +
+                                 DKV_RPC_NONCE_BYTES);
     append_u64(out, fingerprint);
     append_str16(out, url);
     if (ident != NULL) {
         append_ident(out, ident);
     }
+    if (nonce != NULL) {
+        dkv_buf_append(out, nonce, DKV_RPC_NONCE_BYTES);
+    }
     end_frame(out, off);
     return 0;
+}
+
+void dkv_rpc_encode_hello_challenge(dkv_buf_t *out, uint64_t req_id,
+                                    const uint8_t nonce[DKV_RPC_NONCE_BYTES],
+                                    const uint8_t tag[DKV_RPC_TAG_BYTES])
+{
+    size_t off = begin_frame(out, DKV_RPC_HELLO_CHALLENGE, req_id,
+                             DKV_RPC_NONCE_BYTES + DKV_RPC_TAG_BYTES);
+    dkv_buf_append(out, nonce, DKV_RPC_NONCE_BYTES);
+    dkv_buf_append(out, tag, DKV_RPC_TAG_BYTES);
+    end_frame(out, off);
+}
+
+void dkv_rpc_encode_auth(dkv_buf_t *out, uint64_t req_id, const uint8_t tag[DKV_RPC_TAG_BYTES])
+{
+    size_t off = begin_frame(out, DKV_RPC_AUTH, req_id, DKV_RPC_TAG_BYTES);
+    dkv_buf_append(out, tag, DKV_RPC_TAG_BYTES);
+    end_frame(out, off);
 }
 
 void dkv_rpc_encode_hello_ok(dkv_buf_t *out, uint64_t req_id, const dkv_ident_info_t *ident)
@@ -716,6 +770,10 @@ const char *dkv_rpc_type_name(uint8_t type)
         return "HELLO_OK";
     case DKV_RPC_HELLO_REJECT:
         return "HELLO_REJECT";
+    case DKV_RPC_HELLO_CHALLENGE:
+        return "HELLO_CHALLENGE";
+    case DKV_RPC_AUTH:
+        return "AUTH";
     case DKV_RPC_GET:
         return "GET";
     case DKV_RPC_GET_REPLY:

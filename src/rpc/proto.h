@@ -48,6 +48,9 @@
 #define DKV_RPC_MAX_KEY_BYTES DKV_MAX_KEY_BYTES
 /* The optional identity block at the end of HELLO and HELLO_OK: node id, flags, known id. */
 #define DKV_RPC_IDENTITY_BYTES (2u * DKV_NODE_ID_BYTES + 1u)
+/* Cluster authentication (rpc/auth.h): nonces and HMAC-SHA256 tags. */
+#define DKV_RPC_NONCE_BYTES 32u
+#define DKV_RPC_TAG_BYTES 32u
 /* HELLO's node URL (1..) and HELLO_REJECT's reason (0..); longer reasons are truncated. */
 #define DKV_RPC_MAX_URL_BYTES 1024u
 #define DKV_RPC_MAX_REASON_BYTES 1024u
@@ -60,11 +63,14 @@ typedef enum dkv_rpc_type {
     DKV_RPC_GET = 0x02,          /* request the stored version of a key */
     DKV_RPC_PUT = 0x03,          /* store a record unless a newer one is stored */
     DKV_RPC_SCAN = 0x04,         /* ordered batch of a key range */
+    DKV_RPC_AUTH = 0x05,         /* client's proof of the cluster secret; answered by HELLO_OK */
     DKV_RPC_HELLO_OK = 0x81,     /* handshake accepted */
     DKV_RPC_GET_REPLY = 0x82,    /* status + record when found */
     DKV_RPC_PUT_REPLY = 0x83,    /* status */
     DKV_RPC_SCAN_REPLY = 0x84,   /* status + entries + more + last key */
     DKV_RPC_HELLO_REJECT = 0xC1, /* handshake refused (reason); the server then closes */
+    DKV_RPC_HELLO_CHALLENGE = 0xC2, /* server's nonce and proof of the cluster secret, in answer
+                                       to a HELLO that carries a nonce (rpc/auth.h) */
 } dkv_rpc_type_t;
 
 /* Reply status byte. GET_REPLY uses all three; PUT_REPLY and SCAN_REPLY use OK and ERROR. */
@@ -98,7 +104,17 @@ typedef struct dkv_rpc_msg {
             dkv_slice_t url;      /* sender's own node URL, 1..DKV_RPC_MAX_URL_BYTES */
             bool has_ident;       /* the identity block is present */
             dkv_ident_info_t ident;
+            bool has_nonce;       /* the client's nonce follows the identity block: it asks for
+                                     an authenticated handshake */
+            uint8_t nonce[DKV_RPC_NONCE_BYTES];
         } hello;
+        struct {
+            uint8_t nonce[DKV_RPC_NONCE_BYTES]; /* the server's */
+            uint8_t tag[DKV_RPC_TAG_BYTES];     /* the server's proof */
+        } challenge;
+        struct {
+            uint8_t tag[DKV_RPC_TAG_BYTES]; /* the client's proof */
+        } auth;
         struct {
             bool has_ident;
             dkv_ident_info_t ident; /* the server's identity, told to the client */
@@ -215,10 +231,24 @@ int dkv_rpc_decode(dkv_slice_t frame, dkv_rpc_msg_t *out);
  * @param fingerprint  dkv_ring_fingerprint() of the sender's cluster set.
  * @param url          Sender's own node URL, 1..DKV_RPC_MAX_URL_BYTES bytes.
  * @param ident        The sender's identity block (cluster/identity.h), or NULL for none.
- * @return 0; DKV_EINVAL (url length out of range, unknown identity flag bits).
+ * @param nonce        DKV_RPC_NONCE_BYTES fresh random bytes asking for an authenticated
+ *                     handshake, or NULL; needs `ident`.
+ * @return 0; DKV_EINVAL (url length out of range, unknown identity flag bits, nonce without
+ *         identity).
  */
 int dkv_rpc_encode_hello(dkv_buf_t *out, uint64_t req_id, uint64_t fingerprint, dkv_slice_t url,
-                         const dkv_ident_info_t *ident);
+                         const dkv_ident_info_t *ident, const uint8_t *nonce);
+
+/**
+ * HELLO_CHALLENGE: the server's nonce and its proof of the cluster secret (rpc/auth.h); the
+ * client must answer with AUTH before anything else. `req_id` echoes the HELLO's. Cannot fail.
+ */
+void dkv_rpc_encode_hello_challenge(dkv_buf_t *out, uint64_t req_id,
+                                    const uint8_t nonce[DKV_RPC_NONCE_BYTES],
+                                    const uint8_t tag[DKV_RPC_TAG_BYTES]);
+
+/** AUTH: the client's proof of the cluster secret, answered by HELLO_OK. Cannot fail. */
+void dkv_rpc_encode_auth(dkv_buf_t *out, uint64_t req_id, const uint8_t tag[DKV_RPC_TAG_BYTES]);
 
 /**
  * HELLO_OK: the server accepts the handshake; `req_id` echoes the HELLO's.

@@ -21,6 +21,7 @@
 #include "common/record.h"
 #include "common/slice.h"
 #include "replica/replica.h"
+#include "rpc/auth.h"
 #include "rpc/proto.h"
 
 typedef struct dkv_rpc_client dkv_rpc_client_t;
@@ -39,6 +40,9 @@ typedef struct dkv_rpc_shared {
     /* The node's identity, exchanged in every handshake (cluster/identity.h); NULL: none is
      * sent and peers' are ignored. Set before any client or server is created. */
     dkv_identity_t *identity;
+    /* The cluster secret (rpc/auth.h); NULL: handshakes are not authenticated. Set before any
+     * client or server is created. */
+    dkv_auth_t *auth;
     _Atomic uint32_t peer_epoch[DKV_RING_MAX_NODES];
     /* Each loop's view of each peer, published by that loop's client for the status page:
      * breaker (8 bits) | connected (8) | consecutive failures (16) | pending requests (32). */

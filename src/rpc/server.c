@@ -17,6 +17,9 @@
 #include <string.h>
 
 #define READ_BUF_BYTES (64u << 10)
+/* Largest frame accepted before the handshake completed (a HELLO is ~1.1 KiB at most): an
+ * unauthenticated peer cannot make us buffer more. */
+#define PRE_HELLO_MAX_FRAME_BYTES 4096u
 #define SCAN_MAX_RECORDS 1024u
 #define SCAN_MAX_BYTES (1u << 20)
 
@@ -47,6 +50,14 @@ struct sconn {
     bool hello_done;
     bool closing;
     char peer_url[128];
+    /* Authenticated handshake (rpc/auth.h): after our HELLO_CHALLENGE, only AUTH may come. */
+    bool auth_wait;
+    int peer_idx;
+    bool has_ident;
+    dkv_ident_info_t ident;
+    uint8_t transcript[32];
+    uint8_t nonce_s[DKV_RPC_NONCE_BYTES];
+    uint8_t tag_s[DKV_RPC_TAG_BYTES];
 };
 
 
@@ -109,7 +120,44 @@ static void sconn_flush(sconn_t *c)
     }
 }
 
-static int handle_hello(sconn_t *c, const dkv_rpc_msg_t *m)
+/* The peer is who it says (or no secret is configured): serve it. */
+static void accept_peer(sconn_t *c, uint64_t req_id, int idx, bool has_ident,
+                        const dkv_ident_info_t *peer_ident)
+{
+    dkv_rpc_server_t *s = c->srv;
+    atomic_fetch_add(&s->shared->peer_epoch[idx], 1);
+    c->hello_done = true;
+    dkv_identity_t *identity = s->shared->identity;
+    if (identity == NULL) {
+        dkv_rpc_encode_hello_ok(&c->out, req_id, NULL);
+        return;
+    }
+    if (has_ident) {
+        dkv_identity_observe(identity, (uint32_t)idx, peer_ident);
+    }
+    dkv_ident_info_t ident;
+    dkv_identity_info_for(identity, (uint32_t)idx, &ident);
+    dkv_rpc_encode_hello_ok(&c->out, req_id, &ident);
+}
+
+/* AUTH: the client's proof. A wrong one closes the connection with a log line that names the
+ * peer's claimed URL and nothing about the secret. */
+static int handle_auth(sconn_t *c, const dkv_rpc_msg_t *m)
+{
+    dkv_rpc_server_t *s = c->srv;
+    c->auth_wait = false;
+    if (m->type != DKV_RPC_AUTH ||
+        !dkv_auth_check_client(s->shared->auth, c->transcript, c->nonce_s, c->tag_s,
+                               m->auth.tag)) {
+        DKV_LOG_WARN("rpc: a peer claiming to be %s failed authentication; closing",
+                     c->peer_url);
+        return DKV_ECLUSTER;
+    }
+    accept_peer(c, m->req_id, c->peer_idx, c->has_ident, &c->ident);
+    return 0;
+}
+
+static int handle_hello(sconn_t *c, const dkv_rpc_msg_t *m, dkv_slice_t frame)
 {
     dkv_rpc_server_t *s = c->srv;
     size_t n = m->hello.url.len < sizeof(c->peer_url) - 1 ? m->hello.url.len
@@ -133,19 +181,28 @@ static int handle_hello(sconn_t *c, const dkv_rpc_msg_t *m)
                                     dkv_slice_str("your URL is not in my --cluster"));
         return DKV_ECLUSTER;
     }
-    atomic_fetch_add(&s->shared->peer_epoch[idx], 1);
-    c->hello_done = true;
-    dkv_identity_t *identity = s->shared->identity;
-    if (identity == NULL) {
-        dkv_rpc_encode_hello_ok(&c->out, m->req_id, NULL);
+    if (s->shared->auth == NULL) {
+        accept_peer(c, m->req_id, idx, m->hello.has_ident, &m->hello.ident);
         return 0;
     }
-    if (m->hello.has_ident) {
-        dkv_identity_observe(identity, (uint32_t)idx, &m->hello.ident);
+    if (!m->hello.has_nonce) {
+        DKV_LOG_WARN("rpc: refusing %s: it did not ask for an authenticated handshake (is its "
+                     "--cluster-secret-file set?)",
+                     c->peer_url);
+        dkv_rpc_encode_hello_reject(&c->out, m->req_id,
+                                    dkv_slice_str("this cluster requires authentication "
+                                                  "(--cluster-secret-file)"));
+        return DKV_ECLUSTER;
     }
-    dkv_ident_info_t ident;
-    dkv_identity_info_for(identity, (uint32_t)idx, &ident);
-    dkv_rpc_encode_hello_ok(&c->out, m->req_id, &ident);
+    /* Nothing about the peer is trusted or recorded until its AUTH proves the secret. */
+    c->auth_wait = true;
+    c->peer_idx = idx;
+    c->has_ident = m->hello.has_ident;
+    c->ident = m->hello.ident;
+    dkv_auth_transcript(frame, c->transcript);
+    dkv_auth_nonce(c->nonce_s);
+    dkv_auth_server_tag(s->shared->auth, c->transcript, c->nonce_s, c->tag_s);
+    dkv_rpc_encode_hello_challenge(&c->out, m->req_id, c->nonce_s, c->tag_s);
     return 0;
 }
 
@@ -206,11 +263,14 @@ static int handle_frame(sconn_t *c, dkv_slice_t frame)
         return rc;
     }
     if (!c->hello_done) {
+        if (c->auth_wait) {
+            return handle_auth(c, &m);
+        }
         if (m.type != DKV_RPC_HELLO) {
             DKV_LOG_WARN("rpc: first frame is %s, not HELLO; closing", dkv_rpc_type_name(m.type));
             return DKV_EPROTO;
         }
-        return handle_hello(c, &m);
+        return handle_hello(c, &m, frame);
     }
     switch (m.type) {
     case DKV_RPC_GET: {
@@ -250,6 +310,11 @@ static long handle_bytes(sconn_t *c, const uint8_t *data, size_t len)
     while (off < len) {
         size_t frame_bytes = 0;
         int rc = dkv_rpc_frame_peek(dkv_slice(data + off, len - off), &frame_bytes);
+        if (rc == 0 && !c->hello_done && frame_bytes > PRE_HELLO_MAX_FRAME_BYTES) {
+            DKV_LOG_WARN("rpc: a %zu-byte frame before the handshake completed; closing",
+                         frame_bytes);
+            return -1;
+        }
         if (rc == DKV_RPC_NEED_MORE || (rc == 0 && frame_bytes > len - off)) {
             break;
         }

@@ -74,7 +74,8 @@ static int reencode(dkv_buf_t *out, const dkv_rpc_msg_t *m, dkv_slice_t frame)
     case DKV_RPC_HELLO:
         CHECK(within(m->hello.url, frame));
         CHECK(dkv_rpc_encode_hello(out, m->req_id, m->hello.fingerprint, m->hello.url,
-                                   m->hello.has_ident ? &m->hello.ident : NULL) == 0);
+                                   m->hello.has_ident ? &m->hello.ident : NULL,
+                                   m->hello.has_nonce ? m->hello.nonce : NULL) == 0);
         return 0;
     case DKV_RPC_HELLO_OK:
         dkv_rpc_encode_hello_ok(out, m->req_id, m->hello_ok.has_ident ? &m->hello_ok.ident : NULL);
@@ -106,6 +107,12 @@ static int reencode(dkv_buf_t *out, const dkv_rpc_msg_t *m, dkv_slice_t frame)
         return 0;
     case DKV_RPC_SCAN_REPLY:
         return encode_scan_reply(out, m, frame);
+    case DKV_RPC_HELLO_CHALLENGE:
+        dkv_rpc_encode_hello_challenge(out, m->req_id, m->challenge.nonce, m->challenge.tag);
+        return 0;
+    case DKV_RPC_AUTH:
+        dkv_rpc_encode_auth(out, m->req_id, m->auth.tag);
+        return 0;
     default:
         /* dkv_rpc_decode() returned 0 for a type it does not know. */
         abort();

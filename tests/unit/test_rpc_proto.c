@@ -123,7 +123,7 @@ static void encode_all(dkv_buf_t *b)
     dkv_rpc_scan_t scan = {dkv_slice_str("a"), dkv_slice_str("z"), false, 10, 4096};
     assert_int_equal(
         dkv_rpc_encode_hello(b, 1, 0x1122334455667788ull, dkv_slice_str("http://127.0.0.1:8080"),
-                             NULL),
+                             NULL, NULL),
         0);
     dkv_rpc_encode_hello_ok(b, 1, NULL);
     dkv_rpc_encode_hello_reject(b, 2, dkv_slice_str("cluster mismatch"));
@@ -153,7 +153,7 @@ static void test_hello_round_trip(void **state)
     dkv_buf_t b;
     dkv_buf_init(&b);
     dkv_slice_t url = dkv_slice_str("http://10.0.0.1:8080");
-    assert_int_equal(dkv_rpc_encode_hello(&b, 99, 0xDEADBEEFCAFEF00Dull, url, NULL), 0);
+    assert_int_equal(dkv_rpc_encode_hello(&b, 99, 0xDEADBEEFCAFEF00Dull, url, NULL, NULL), 0);
     assert_int_equal(b.data[0], DKV_RPC_MAGIC);
     dkv_rpc_msg_t m = decode_one(&b);
     assert_int_equal(m.type, DKV_RPC_HELLO);
@@ -519,7 +519,7 @@ static void test_unknown_version_or_type_is_eproto(void **state)
     assert_int_equal(decode_raw(DKV_RPC_VERSION, DKV_RPC_GET, key, sizeof(key)), 0);
     assert_int_equal(decode_raw(0, DKV_RPC_GET, key, sizeof(key)), DKV_EPROTO);
     assert_int_equal(decode_raw(2, DKV_RPC_GET, key, sizeof(key)), DKV_EPROTO);
-    uint8_t types[] = {0x00, 0x05, 0x7F, 0x80, 0x85, 0xC0, 0xC2, 0xFF};
+    uint8_t types[] = {0x00, 0x06, 0x7F, 0x80, 0x85, 0xC0, 0xC3, 0xFF};
     for (size_t i = 0; i < sizeof(types); i++) {
         assert_int_equal(decode_raw(DKV_RPC_VERSION, types[i], key, sizeof(key)), DKV_EPROTO);
         assert_string_equal(dkv_rpc_type_name(types[i]), "UNKNOWN");
@@ -606,7 +606,7 @@ static void test_hello_identity_block_roundtrip_and_limits(void **state)
     id.flags = DKV_IDENT_FLAG_HAS_DATA | DKV_IDENT_FLAG_READY;
     dkv_buf_t b;
     dkv_buf_init(&b);
-    assert_int_equal(dkv_rpc_encode_hello(&b, 7, 42, dkv_slice_str("http://a:1"), &id), 0);
+    assert_int_equal(dkv_rpc_encode_hello(&b, 7, 42, dkv_slice_str("http://a:1"), &id, NULL), 0);
     dkv_rpc_msg_t m;
     assert_int_equal(dkv_rpc_decode(dkv_buf_slice(&b), &m), 0);
     assert_true(m.hello.has_ident);
@@ -639,8 +639,43 @@ static void test_hello_identity_block_roundtrip_and_limits(void **state)
 
     /* Unknown flag bits are refused by the encoder. */
     id.flags = 0x04;
-    assert_int_equal(dkv_rpc_encode_hello(&b, 7, 42, dkv_slice_str("http://a:1"), &id),
+    assert_int_equal(dkv_rpc_encode_hello(&b, 7, 42, dkv_slice_str("http://a:1"), &id, NULL),
                      DKV_EINVAL);
+    /* The authenticated handshake: HELLO with a nonce (needs the identity block), then
+     * HELLO_CHALLENGE and AUTH with fixed-size fields. */
+    id.flags = DKV_IDENT_FLAG_READY;
+    uint8_t nonce[DKV_RPC_NONCE_BYTES];
+    uint8_t tag[DKV_RPC_TAG_BYTES];
+    for (unsigned i = 0; i < DKV_RPC_NONCE_BYTES; i++) {
+        nonce[i] = (uint8_t)(0x40 + i);
+        tag[i] = (uint8_t)(0x80 + i);
+    }
+    b.len = 0;
+    assert_int_equal(dkv_rpc_encode_hello(&b, 7, 42, dkv_slice_str("http://a:1"), NULL, nonce),
+                     DKV_EINVAL);
+    assert_int_equal(dkv_rpc_encode_hello(&b, 7, 42, dkv_slice_str("http://a:1"), &id, nonce), 0);
+    assert_int_equal(dkv_rpc_decode(dkv_buf_slice(&b), &m), 0);
+    assert_true(m.hello.has_ident && m.hello.has_nonce);
+    assert_memory_equal(m.hello.nonce, nonce, sizeof(nonce));
+    b.data[b.len - 1] ^= 1; /* any nonce is fine... */
+    assert_int_equal(dkv_rpc_decode(dkv_buf_slice(&b), &m), 0);
+    b.len--; /* ...but a nonce one byte short is not */
+    assert_int_equal(dkv_rpc_decode(dkv_buf_slice(&b), &m), DKV_EPROTO);
+    b.len = 0;
+    dkv_rpc_encode_hello_challenge(&b, 7, nonce, tag);
+    assert_int_equal(dkv_rpc_decode(dkv_buf_slice(&b), &m), 0);
+    assert_int_equal(m.type, DKV_RPC_HELLO_CHALLENGE);
+    assert_memory_equal(m.challenge.nonce, nonce, sizeof(nonce));
+    assert_memory_equal(m.challenge.tag, tag, sizeof(tag));
+    assert_int_equal(decode_raw(1, DKV_RPC_HELLO_CHALLENGE, nonce, sizeof(nonce)), DKV_EPROTO);
+    b.len = 0;
+    dkv_rpc_encode_auth(&b, 8, tag);
+    assert_int_equal(dkv_rpc_decode(dkv_buf_slice(&b), &m), 0);
+    assert_int_equal(m.type, DKV_RPC_AUTH);
+    assert_memory_equal(m.auth.tag, tag, sizeof(tag));
+    assert_int_equal(decode_raw(1, DKV_RPC_AUTH, tag, sizeof(tag) - 1), DKV_EPROTO);
+    assert_string_equal(dkv_rpc_type_name(DKV_RPC_AUTH), "AUTH");
+
     /* NOT_READY is a GET_REPLY status without a record. */
     b.len = 0;
     assert_int_equal(dkv_rpc_encode_get_reply(&b, 3, DKV_RPC_NOT_READY, NULL), 0);
@@ -760,10 +795,11 @@ static void test_encoders_refuse_bad_arguments(void **state)
     assert_int_equal(dkv_rpc_encode_get_reply(&b, 1, DKV_RPC_OK, &bad), DKV_EINVAL);
     assert_int_equal(dkv_rpc_encode_get_reply(&b, 1, (dkv_rpc_status_t)7, &v), DKV_EINVAL);
     assert_int_equal(dkv_rpc_encode_put_reply(&b, 1, DKV_RPC_ABSENT), DKV_EINVAL);
-    assert_int_equal(dkv_rpc_encode_hello(&b, 1, 0, empty, NULL), DKV_EINVAL);
+    assert_int_equal(dkv_rpc_encode_hello(&b, 1, 0, empty, NULL, NULL), DKV_EINVAL);
     char url[DKV_RPC_MAX_URL_BYTES + 1];
     memset(url, 'u', sizeof(url));
-    assert_int_equal(dkv_rpc_encode_hello(&b, 1, 0, dkv_slice(url, sizeof(url)), NULL), DKV_EINVAL);
+    assert_int_equal(dkv_rpc_encode_hello(&b, 1, 0, dkv_slice(url, sizeof(url)), NULL, NULL),
+                     DKV_EINVAL);
     dkv_rpc_scan_t s = {too_long, empty, false, 1, 1};
     assert_int_equal(dkv_rpc_encode_scan(&b, 1, &s), DKV_EINVAL);
     s = (dkv_rpc_scan_t){empty, too_long, false, 1, 1};
