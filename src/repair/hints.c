@@ -14,6 +14,7 @@
 
 #include "common/err.h"
 #include "common/log.h"
+#include "common/throttle.h"
 
 #include <inttypes.h>
 #include <pthread.h>
@@ -88,8 +89,7 @@ struct dkv_hints {
     uv_async_t stop;
     uv_timer_t tick;
     dkv_rpc_client_t *rpc;
-    double tokens; /* token bucket, bytes */
-    uint64_t refill_ms;
+    dkv_throttle_t throttle; /* replay_bytes_per_s */
 };
 
 /* ---- encoding ---- */
@@ -348,8 +348,9 @@ int dkv_hints_add(dkv_hints_t *h, uint32_t target, dkv_slice_t key, const dkv_re
 
 static void replay_target(target_t *t);
 
-/* The created_ms of the first pending hint of `t`, or 0. */
-static uint64_t first_created_ms(dkv_hints_t *h, target_t *t, uint64_t after_seq)
+/* An iterator over `t`'s hints with a sequence above `after_seq`, in order; the bounds keep it
+ * off the deleted (delivered) hints before them. */
+static dkv_store_raw_iter_t *pending_iter(dkv_hints_t *h, target_t *t, uint64_t after_seq)
 {
     dkv_buf_t lo;
     dkv_buf_t hi;
@@ -360,6 +361,15 @@ static uint64_t first_created_ms(dkv_hints_t *h, target_t *t, uint64_t after_seq
     dkv_buf_append(&hi, "\xff", 1);
     dkv_store_raw_iter_t *it = NULL;
     dkv_store_hint_iter_new(h->store, dkv_buf_slice(&lo), dkv_buf_slice(&hi), &it);
+    dkv_buf_cleanup(&lo);
+    dkv_buf_cleanup(&hi);
+    return it;
+}
+
+/* The created_ms of the first pending hint of `t`, or 0. */
+static uint64_t first_created_ms(dkv_hints_t *h, target_t *t, uint64_t after_seq)
+{
+    dkv_store_raw_iter_t *it = pending_iter(h, t, after_seq);
     dkv_slice_t k;
     dkv_slice_t v;
     uint64_t created = 0;
@@ -369,8 +379,6 @@ static uint64_t first_created_ms(dkv_hints_t *h, target_t *t, uint64_t after_seq
         created = 0;
     }
     dkv_store_raw_iter_free(it);
-    dkv_buf_cleanup(&lo);
-    dkv_buf_cleanup(&hi);
     return created;
 }
 
@@ -439,18 +447,6 @@ static void replay_cb(void *arg, int rc, const dkv_record_t *rec)
     }
 }
 
-static bool take_tokens(dkv_hints_t *h)
-{
-    uint64_t now = uv_now(&h->loop);
-    double rate = (double)h->opts.replay_bytes_per_s;
-    h->tokens += (double)(now - h->refill_ms) * rate / 1000.0;
-    h->refill_ms = now;
-    if (h->tokens > rate) {
-        h->tokens = rate; /* at most one second of burst */
-    }
-    return h->tokens > 0;
-}
-
 /* Sends the next batch of `t`'s hints, oldest first. */
 static void replay_target(target_t *t)
 {
@@ -462,21 +458,13 @@ static void replay_target(target_t *t)
     uint64_t pending = t->count;
     uint64_t cursor = t->delivered_seq;
     pthread_mutex_unlock(&h->mu);
-    if (pending == 0 || !take_tokens(h)) {
+    if (pending == 0 || !dkv_throttle_ready(&h->throttle, uv_now(&h->loop))) {
         return;
     }
     batch_t *b = dkv_xcalloc(1, sizeof(*b));
     b->t = t;
     dkv_buf_init(&b->keys);
-    dkv_buf_t lo;
-    dkv_buf_t hi;
-    dkv_buf_init(&lo);
-    dkv_buf_init(&hi);
-    hint_key(t, cursor + 1, &lo);
-    hint_key(t, UINT64_MAX, &hi);
-    dkv_buf_append(&hi, "\xff", 1);
-    dkv_store_raw_iter_t *it = NULL;
-    dkv_store_hint_iter_new(h->store, dkv_buf_slice(&lo), dkv_buf_slice(&hi), &it);
+    dkv_store_raw_iter_t *it = pending_iter(h, t, cursor);
     size_t batch_bytes = 0;
     /* First pass: collect the keys (the iterator's slices die with it). */
     dkv_buf_t values;
@@ -509,9 +497,7 @@ static void replay_target(target_t *t)
         b->n++;
     }
     dkv_store_raw_iter_free(it);
-    dkv_buf_cleanup(&lo);
-    dkv_buf_cleanup(&hi);
-    h->tokens -= (double)batch_bytes;
+    dkv_throttle_spend(&h->throttle, batch_bytes);
     if (b->n == 0) {
         dkv_buf_cleanup(&values);
         dkv_buf_cleanup(&b->keys);
@@ -608,8 +594,7 @@ int dkv_hints_start(dkv_hints_t *h)
     h->stop.data = h;
     uv_timer_init(&h->loop, &h->tick);
     h->tick.data = h;
-    h->refill_ms = uv_now(&h->loop);
-    h->tokens = (double)h->opts.replay_bytes_per_s;
+    dkv_throttle_init(&h->throttle, h->opts.replay_bytes_per_s, uv_now(&h->loop));
     uv_timer_start(&h->tick, on_tick, h->opts.replay_interval_ms, h->opts.replay_interval_ms);
     if (uv_thread_create(&h->thread, replay_main, h) != 0) {
         return DKV_EIO; /* the process exits: nothing to unwind */

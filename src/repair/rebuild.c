@@ -4,6 +4,7 @@
 
 #include "common/err.h"
 #include "common/log.h"
+#include "common/throttle.h"
 
 #include <inttypes.h>
 #include <pthread.h>
@@ -36,8 +37,7 @@ struct dkv_rebuild {
     bool running;
     bool stopping;
     uint64_t started_ms;
-    double tokens;
-    uint64_t refill_ms;
+    dkv_throttle_t throttle; /* max_bytes_per_s, all streams */
     bool started;
     uv_thread_t thread;
     uv_loop_t loop;
@@ -75,18 +75,6 @@ static bool belongs_here(const dkv_rebuild_t *r, dkv_slice_t key, const dkv_reco
         }
     }
     return false;
-}
-
-static bool take_tokens(dkv_rebuild_t *r)
-{
-    uint64_t now = uv_now(&r->loop);
-    double rate = (double)r->opts.max_bytes_per_s;
-    r->tokens += (double)(now - r->refill_ms) * rate / 1000.0;
-    r->refill_ms = now;
-    if (r->tokens > rate) {
-        r->tokens = rate;
-    }
-    return r->tokens > 0;
 }
 
 static void finish(dkv_rebuild_t *r)
@@ -141,7 +129,7 @@ static void scan_cb(void *arg, int rc, const dkv_rpc_msg_t *reply)
         }
     }
     dkv_store_sync_wal(dkv_replica_store(r->replica));
-    r->tokens -= (double)bytes;
+    dkv_throttle_spend(&r->throttle, bytes);
     if (!r->running) {
         return; /* ended by the operator meanwhile */
     }
@@ -179,7 +167,8 @@ static void scan_cb(void *arg, int rc, const dkv_rpc_msg_t *reply)
 static void request(stream_t *s)
 {
     dkv_rebuild_t *r = s->r;
-    if (s->done || s->inflight || r->stopping || !take_tokens(r) ||
+    if (s->done || s->inflight || r->stopping ||
+        !dkv_throttle_ready(&r->throttle, uv_now(&r->loop)) ||
         uv_now(&r->loop) < s->retry_at_ms) {
         return;
     }
@@ -313,8 +302,7 @@ int dkv_rebuild_start(dkv_rebuild_t *r)
     r->tick.data = r;
     uv_async_init(&r->loop, &r->stop, on_stop);
     r->stop.data = r;
-    r->refill_ms = uv_now(&r->loop);
-    r->tokens = (double)r->opts.max_bytes_per_s;
+    dkv_throttle_init(&r->throttle, r->opts.max_bytes_per_s, uv_now(&r->loop));
     uv_timer_start(&r->tick, on_tick, 0, r->opts.check_ms);
     if (uv_thread_create(&r->thread, thread_main, r) != 0) {
         return DKV_EIO; /* the process exits: nothing to unwind */

@@ -336,31 +336,48 @@ int dkv_store_iter_new(dkv_store_t *s, dkv_slice_t start, dkv_slice_t end, dkv_s
     return 0;
 }
 
+/* Moves a RocksDB iterator to its next entry (its first on the first call).
+ * @return 0 with the entry, borrowed from the iterator; DKV_ENOTFOUND at the end; DKV_EIO. */
+static int iter_step(rocksdb_iterator_t *it, bool *started, const char *what, dkv_slice_t *key,
+                     dkv_slice_t *value)
+{
+    if (*started && rocksdb_iter_valid(it)) {
+        rocksdb_iter_next(it);
+    }
+    *started = true;
+    if (!rocksdb_iter_valid(it)) {
+        char *err = NULL;
+        rocksdb_iter_get_error(it, &err);
+        if (err != NULL) {
+            return rocks_err(what, err);
+        }
+        return DKV_ENOTFOUND;
+    }
+    size_t klen = 0;
+    size_t vlen = 0;
+    const char *k = rocksdb_iter_key(it, &klen);
+    const char *v = rocksdb_iter_value(it, &vlen);
+    *key = dkv_slice(k, klen);
+    *value = dkv_slice(v, vlen);
+    return 0;
+}
+
 int dkv_store_iter_next(dkv_store_iter_t *it, dkv_slice_t *key, dkv_record_t *rec)
 {
     for (;;) {
-        if (it->started && rocksdb_iter_valid(it->it)) {
-            rocksdb_iter_next(it->it);
+        dkv_slice_t k;
+        dkv_slice_t v;
+        int rc = iter_step(it->it, &it->started, "scan", &k, &v);
+        if (rc != 0) {
+            return rc;
         }
-        it->started = true;
-        if (!rocksdb_iter_valid(it->it)) {
-            char *err = NULL;
-            rocksdb_iter_get_error(it->it, &err);
-            if (err != NULL) {
-                return rocks_err("scan", err);
-            }
-            return DKV_ENOTFOUND;
-        }
-        size_t klen = 0;
-        size_t vlen = 0;
-        const char *k = rocksdb_iter_key(it->it, &klen);
-        const char *v = rocksdb_iter_value(it->it, &vlen);
         dkv_record_t r;
-        if (dkv_record_decode(dkv_slice(v, vlen), &r) != 0) {
-            DKV_LOG_ERROR("store: skipping a record that does not decode (key of %zu bytes)", klen);
+        if (dkv_record_decode(v, &r) != 0) {
+            DKV_LOG_ERROR("store: skipping a record that does not decode (key of %zu bytes)",
+                          k.len);
             continue;
         }
-        *key = dkv_slice(k, klen);
+        *key = k;
         *rec = r;
         return 0;
     }
@@ -426,25 +443,7 @@ int dkv_store_hint_iter_new(dkv_store_t *s, dkv_slice_t lower, dkv_slice_t upper
 
 int dkv_store_raw_iter_next(dkv_store_raw_iter_t *it, dkv_slice_t *key, dkv_slice_t *value)
 {
-    if (it->started && rocksdb_iter_valid(it->it)) {
-        rocksdb_iter_next(it->it);
-    }
-    it->started = true;
-    if (!rocksdb_iter_valid(it->it)) {
-        char *err = NULL;
-        rocksdb_iter_get_error(it->it, &err);
-        if (err != NULL) {
-            return rocks_err("hint scan", err);
-        }
-        return DKV_ENOTFOUND;
-    }
-    size_t klen = 0;
-    size_t vlen = 0;
-    const char *k = rocksdb_iter_key(it->it, &klen);
-    const char *v = rocksdb_iter_value(it->it, &vlen);
-    *key = dkv_slice(k, klen);
-    *value = dkv_slice(v, vlen);
-    return 0;
+    return iter_step(it->it, &it->started, "hint scan", key, value);
 }
 
 void dkv_store_raw_iter_free(dkv_store_raw_iter_t *it)

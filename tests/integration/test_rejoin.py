@@ -257,9 +257,12 @@ def test_rebuild_waits_for_every_peer_and_says_which(cluster_factory, uniq):
     shutil.rmtree(victim.data_dir)
     victim.start()
     wait_state(victim, "rebuilding")
-    h.wait_until(lambda: status(victim)["rebuild"]["waiting_for"] == [down.url], 10,
-                 what="the rebuild to report the peer it waits for")
-    assert status(victim)["rebuild"]["peers_done"] == 1
+
+    def streamed_one_waits_for_the_other():
+        rb = status(victim)["rebuild"]
+        return rb["peers_done"] == 1 and rb["waiting_for"] == [down.url]
+    h.wait_until(streamed_one_waits_for_the_other, 10,
+                 what="the rebuild to stream the live peer and name the one it waits for")
     assert state(victim) == "rebuilding"  # one peer streamed is not enough
     down.start()
     wait_state(victim, "ready", 30)
