@@ -220,6 +220,8 @@ static int thread_setup(io_thread_t *t)
                              .hints = n->hints,
                              .rebuild = n->rebuild,
                              .identity = n->identity,
+                             .replica = n->replica,
+                             .max_clock_offset_ms = conf->max_clock_offset_ms,
                              .coord_stats = &n->coord_stats,
                              .read_repair = conf->read_repair && dkv_ring_size(n->ring) > 1};
     dkv_router_new(&renv, &t->router);
@@ -308,6 +310,7 @@ int main(int argc, char **argv)
     int exit_code = 1;
     n->start_ms = dkv_hlc_system_clock_ms(NULL);
     dkv_hlc_init(&n->hlc, NULL, NULL);
+    dkv_hlc_set_max_offset(&n->hlc, n->conf.max_clock_offset_ms);
 
     rc = dkv_ring_new((const char *const *)n->conf.cluster, n->conf.cluster_n, n->conf.vnodes,
                       &n->ring);

@@ -17,6 +17,12 @@ void dkv_hlc_init(dkv_hlc_t *hlc, dkv_hlc_clock_ms_cb clock_ms, void *clock_ctx)
     atomic_init(&hlc->last, 0);
     hlc->clock_ms = clock_ms != NULL ? clock_ms : dkv_hlc_system_clock_ms;
     hlc->clock_ctx = clock_ctx;
+    hlc->max_offset_ms = 0;
+}
+
+void dkv_hlc_set_max_offset(dkv_hlc_t *hlc, uint64_t max_offset_ms)
+{
+    hlc->max_offset_ms = max_offset_ms;
 }
 
 uint64_t dkv_hlc_now(dkv_hlc_t *hlc)
@@ -31,12 +37,19 @@ uint64_t dkv_hlc_now(dkv_hlc_t *hlc)
     }
 }
 
-void dkv_hlc_observe(dkv_hlc_t *hlc, uint64_t seen_ts)
+bool dkv_hlc_observe(dkv_hlc_t *hlc, uint64_t seen_ts)
 {
+    /* The bound is checked against the wall clock, not against `last`: a clock that was already
+     * dragged ahead (before the bound existed) must not vouch for more of the same. */
+    if (hlc->max_offset_ms != 0 &&
+        dkv_hlc_ms(seen_ts) > hlc->clock_ms(hlc->clock_ctx) + hlc->max_offset_ms) {
+        return false;
+    }
     uint64_t last = atomic_load(&hlc->last);
     while (seen_ts > last) {
         if (atomic_compare_exchange_weak(&hlc->last, &last, seen_ts)) {
-            return;
+            break;
         }
     }
+    return true;
 }

@@ -9,6 +9,7 @@
 #define DKV_CLUSTER_HLC_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #define DKV_HLC_LOGICAL_BITS 16
@@ -20,6 +21,7 @@ typedef struct dkv_hlc {
     _Atomic uint64_t last; /* the last timestamp handed out or observed */
     dkv_hlc_clock_ms_cb clock_ms;
     void *clock_ctx;
+    uint64_t max_offset_ms; /* observe() refuses timestamps further ahead; 0 = no bound */
 } dkv_hlc_t;
 
 /** Wall clock in ms (CLOCK_REALTIME); the default clock. Thread: any. */
@@ -39,10 +41,20 @@ void dkv_hlc_init(dkv_hlc_t *hlc, dkv_hlc_clock_ms_cb clock_ms, void *clock_ctx)
 uint64_t dkv_hlc_now(dkv_hlc_t *hlc);
 
 /**
- * Advances the clock to at least `seen_ts`, a timestamp received from a peer, so later local
- * timestamps order after it. Thread: any.
+ * Bounds how far ahead of this node's wall clock an observed timestamp may be
+ * (CockroachDB's --max-offset: a clock far ahead, or a forged timestamp, must not drag every
+ * node's clock with it). Thread: any, before the clock is shared.
  */
-void dkv_hlc_observe(dkv_hlc_t *hlc, uint64_t seen_ts);
+void dkv_hlc_set_max_offset(dkv_hlc_t *hlc, uint64_t max_offset_ms);
+
+/**
+ * Advances the clock to at least `seen_ts`, a timestamp received from a peer, so later local
+ * timestamps order after it; unless `seen_ts` is more than max_offset_ms ahead of the wall
+ * clock, which is never adopted.
+ * @return true: within the bound (adopted, or already behind the clock); false: too far ahead.
+ * Thread: any.
+ */
+bool dkv_hlc_observe(dkv_hlc_t *hlc, uint64_t seen_ts);
 
 /** The wall-clock milliseconds part of a timestamp. */
 static inline uint64_t dkv_hlc_ms(uint64_t ts)

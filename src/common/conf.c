@@ -28,6 +28,8 @@ static const char usage[] =
     "  --replica-timeout-ms MS     give up on a replica request after MS (default 1000)\n"
     "  --breaker-failures N        consecutive failures that open a peer's breaker (default 5)\n"
     "  --breaker-cooldown-ms MS    how long an open breaker fails fast (default 2000)\n"
+    "  --max-clock-offset-ms MS    a replica refuses a record stamped more than MS ahead of\n"
+    "                              its own clock (default 500)\n"
     "  --cluster-secret-file FILE  shared secret that peers prove in the RPC handshake\n"
     "                              (HMAC-SHA256 challenge-response; docs/security.md);\n"
     "                              required unless --listen is a loopback address\n"
@@ -211,6 +213,7 @@ int dkv_conf_parse(int argc, char **argv, dkv_conf_t *conf, char *err, size_t er
     conf->vnodes = DKV_RING_DEFAULT_VNODES;
     conf->breaker_failures = 5;
     conf->breaker_cooldown_ms = 2000;
+    conf->max_clock_offset_ms = 500;
     conf->block_cache_bytes = 64u << 20;
     conf->hinted_handoff = true;
     conf->hint_window_ms = 3u * 3600u * 1000u;
@@ -246,7 +249,7 @@ int dkv_conf_parse(int argc, char **argv, dkv_conf_t *conf, char *err, size_t er
             "--vnodes", "--breaker-failures", "--breaker-cooldown-ms", "--block-cache-bytes",
             "--hinted-handoff", "--hint-window-ms", "--max-hints-bytes",
             "--hint-replay-bytes-per-s", "--read-repair", "--anti-entropy-max-bytes-per-s",
-            "--auto-rebuild", "--cluster-secret-file"};
+            "--auto-rebuild", "--cluster-secret-file", "--max-clock-offset-ms"};
         bool known = false;
         for (size_t k = 0; k < sizeof(valued) / sizeof(valued[0]); k++) {
             known = known || strcmp(flag, valued[k]) == 0;
@@ -280,6 +283,7 @@ int dkv_conf_parse(int argc, char **argv, dkv_conf_t *conf, char *err, size_t er
         NUM("--vnodes", 1, 65536, vnodes)
         NUM("--breaker-failures", 1, 1000000, breaker_failures)
         NUM("--breaker-cooldown-ms", 1, 3600000, breaker_cooldown_ms)
+        NUM("--max-clock-offset-ms", 1, 3600000, max_clock_offset_ms)
         NUM("--block-cache-bytes", 1u << 20, (uint64_t)1 << 40, block_cache_bytes)
         NUM("--hint-window-ms", 1, (uint64_t)30 * 86400000, hint_window_ms)
         NUM("--max-hints-bytes", 1, (uint64_t)1 << 50, max_hints_bytes)

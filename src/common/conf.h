@@ -35,6 +35,7 @@ typedef struct dkv_conf {
     unsigned vnodes;           /* virtual nodes per node on the ring */
     unsigned breaker_failures; /* consecutive failures that open a peer's circuit breaker */
     uint64_t breaker_cooldown_ms;
+    uint64_t max_clock_offset_ms; /* replicas refuse records stamped further ahead */
     size_t block_cache_bytes;
     bool hinted_handoff;              /* durable hints for failed replica writes */
     uint64_t hint_window_ms;          /* no new hints for a peer whose oldest hint is older */

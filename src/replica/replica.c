@@ -4,12 +4,15 @@
 #include "common/err.h"
 #include "common/log.h"
 
+#include <inttypes.h>
 #include <stdlib.h>
 
 struct dkv_replica {
     dkv_store_t *store;
     dkv_hlc_t *hlc;
     dkv_identity_t *identity;
+    _Atomic uint64_t future_refused;
+    _Atomic uint64_t last_refusal_log_ms;
 };
 
 int dkv_replica_new(dkv_store_t *store, dkv_hlc_t *hlc, dkv_identity_t *identity,
@@ -64,10 +67,29 @@ int dkv_replica_get(dkv_replica_t *r, dkv_slice_t key, dkv_record_t *rec, dkv_ow
 
 int dkv_replica_put(dkv_replica_t *r, dkv_slice_t key, const dkv_record_t *rec)
 {
-    dkv_hlc_observe(r->hlc, rec->ts);
+    if (!dkv_hlc_observe(r->hlc, rec->ts)) {
+        /* A record stamped beyond --max-clock-offset-ms would win every later write and drag
+         * every clock it reaches: refused, counted, logged at most every 10 s. */
+        atomic_fetch_add(&r->future_refused, 1);
+        uint64_t now = dkv_hlc_system_clock_ms(NULL);
+        uint64_t last = atomic_load(&r->last_refusal_log_ms);
+        if (now - last >= 10000 && atomic_compare_exchange_strong(&r->last_refusal_log_ms, &last,
+                                                                  now)) {
+            DKV_LOG_WARN("replica: refused a record stamped %" PRIu64 " ms ahead of this node's "
+                         "clock (--max-clock-offset-ms %" PRIu64 "; %" PRIu64 " refused so far)",
+                         dkv_hlc_ms(rec->ts) - now, r->hlc->max_offset_ms,
+                         atomic_load(&r->future_refused));
+        }
+        return DKV_ECLOCK;
+    }
     int rc = dkv_store_put(r->store, key, rec);
     if (rc == 0 && r->identity != NULL) {
         dkv_identity_note_data(r->identity);
     }
     return rc;
+}
+
+uint64_t dkv_replica_future_refused(const dkv_replica_t *r)
+{
+    return atomic_load(&r->future_refused);
 }

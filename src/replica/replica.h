@@ -52,9 +52,14 @@ int dkv_replica_get(dkv_replica_t *r, dkv_slice_t key, dkv_record_t *rec, dkv_ow
  * advances the node's hybrid logical clock past `rec->ts` so later local writes order after it.
  * Durable once the calling thread runs dkv_store_sync_wal() (see dkv_store_put()).
  * @param key, rec  Borrowed for the call.
- * @return 0; DKV_EINVAL (empty key, tombstone with a value); DKV_EIO.
+ * @return 0; DKV_EINVAL (empty key, tombstone with a value); DKV_ECLOCK (the record is stamped
+ *         more than the clock's max offset ahead of this node's wall clock: not stored, not
+ *         adopted by the clock, counted); DKV_EIO.
  * Thread: any.
  */
 int dkv_replica_put(dkv_replica_t *r, dkv_slice_t key, const dkv_record_t *rec);
+
+/** Records refused by dkv_replica_put() as stamped too far in the future. Thread: any. */
+uint64_t dkv_replica_future_refused(const dkv_replica_t *r);
 
 #endif

@@ -232,6 +232,7 @@ int dkv_router_status_of(int err, bool is_get, bool is_delete)
     case DKV_ETIMEDOUT:
     case DKV_EUNAVAIL:
     case DKV_ENOTREADY:
+    case DKV_ECLOCK:
         return 504;
     case DKV_EOVERLOAD:
         return 503;
@@ -641,6 +642,11 @@ static void handle_status(dkv_router_t *r, const dkv_request_t *req, dkv_query_t
     if (r->env.rebuild != NULL) {
         dkv_buf_append_str(&b, ",\"rebuild\":");
         dkv_rebuild_status_json(r->env.rebuild, &b);
+    }
+    if (r->env.replica != NULL) {
+        dkv_buf_printf(&b, ",\"clock\":{\"max_offset_ms\":%" PRIu64 ",\"future_refused\":%" PRIu64
+                           "}",
+                       r->env.max_clock_offset_ms, dkv_replica_future_refused(r->env.replica));
     }
     dkv_buf_append_str(&b, "}\n");
     reply_owned_text(cb, arg, 200, &b, "application/json");

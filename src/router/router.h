@@ -77,6 +77,8 @@ typedef struct dkv_router_env {
     dkv_hints_t *hints;            /* NULL: hinted handoff is off */
     dkv_rebuild_t *rebuild;        /* NULL for a cluster of one */
     dkv_identity_t *identity;      /* node id and readiness; NULL in tests */
+    dkv_replica_t *replica;        /* clock refusals for the status; NULL in tests */
+    uint64_t max_clock_offset_ms;
     dkv_coord_stats_t *coord_stats; /* convergence counters, may be NULL */
     bool read_repair;
 } dkv_router_env_t;

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import re
 import socket
 import struct
+import time
 
 import pytest
 
@@ -272,3 +274,32 @@ def test_short_secret_refuses_to_start(tmp_path):
                    ",".join(urls), "--data", str(tmp_path / "d"), "--cluster-secret-file", f],
                   tmp_path)
     assert r.returncode == 2 and b"shorter than 32" in r.stderr, r
+
+
+def test_a_record_stamped_far_in_the_future_is_refused_and_never_freezes_a_key(cluster_factory):
+    # Before 0.2 a PUT stamped 2^64-1 made a key permanent and wrapped every replica's clock.
+    c = cluster_factory(N)
+    nd = c[0]
+    fp = server_fingerprint(nd.port)
+    p = RawPeer(nd.port)
+    p.send(frame(HELLO, 1, hello_payload(fp, c[1].url, None)))
+    assert p.read_frame()[0] == HELLO_OK
+    now_ms = int(time.time() * 1000)
+    cases = [(b"future-max", (1 << 64) - 1, 2), (b"future-1h", (now_ms + 3600_000) << 16, 2),
+             (b"future-100ms", (now_ms + 100) << 16, 0)]
+    for i, (key, ts, status) in enumerate(cases):
+        p.send(frame(PUT, 10 + i, put_payload(key, b"forged", ts)))
+        t, _, payload = p.read_frame()
+        assert (t, payload) == (PUT_REPLY, bytes([status])), (key, t, payload)
+    p.close()
+    assert local(nd, b"future-max") is None and local(nd, b"future-1h") is None
+    assert local(nd, b"future-100ms") == b"forged"  # within --max-clock-offset-ms (500)
+    st = json.loads(nd.client().request("GET", "/v0/status?verbose=1").body)
+    assert st["clock"] == {"max_offset_ms": 500, "future_refused": 2}, st["clock"]
+    assert b"refused a record stamped" in nd.log_bytes()
+    # The key is not frozen and the node's clock was not dragged: later writes win.
+    with nd.client() as cl:
+        assert cl.put(b"future-max", b"honest", ack=3, **{"from": 3}).status == 201
+        assert cl.get(b"future-max", ack=3, **{"from": 3}).body == b"honest"
+        assert cl.delete(b"future-max", ack=3, **{"from": 3}).status == 202
+        assert cl.get(b"future-max", ack=3, **{"from": 3}).status == 404

@@ -42,6 +42,32 @@ static void fake_init(fake_clock_t *c, dkv_hlc_t *hlc, uint64_t ms)
 
 /* ---- tests ---- */
 
+/* A timestamp more than the max offset ahead of the wall clock is never adopted, however far
+ * ahead the clock already is; within the bound it is, as without one. */
+static void test_observe_refuses_timestamps_beyond_the_max_offset(void **state)
+{
+    (void)state;
+    fake_clock_t clk;
+    dkv_hlc_t hlc;
+    fake_init(&clk, &hlc, T0_MS);
+    dkv_hlc_set_max_offset(&hlc, 500);
+    uint64_t before = dkv_hlc_now(&hlc);
+    assert_false(dkv_hlc_observe(&hlc, (T0_MS + 501) << 16));
+    assert_false(dkv_hlc_observe(&hlc, UINT64_MAX));
+    uint64_t after = dkv_hlc_now(&hlc);
+    assert_true(after == before + 1); /* nothing was adopted */
+    assert_true(dkv_hlc_observe(&hlc, (T0_MS + 500) << 16));
+    assert_true(dkv_hlc_now(&hlc) > (T0_MS + 500) << 16);
+    assert_true(dkv_hlc_observe(&hlc, 1)); /* the past is always fine */
+    /* The wall clock moves on: what was too far ahead is now within the bound. */
+    atomic_store(&clk.ms, T0_MS + 2000);
+    assert_true(dkv_hlc_observe(&hlc, (T0_MS + 2400) << 16));
+    /* Without a bound everything is adopted, as before. */
+    dkv_hlc_set_max_offset(&hlc, 0);
+    assert_true(dkv_hlc_observe(&hlc, (T0_MS + 100000) << 16));
+    assert_true(dkv_hlc_now(&hlc) > (T0_MS + 100000) << 16);
+}
+
 static void test_uses_the_given_clock(void **state)
 {
     (void)state;
@@ -252,6 +278,7 @@ int main(void)
         cmocka_unit_test(test_counter_overflow_still_increases),
         cmocka_unit_test(test_observe_future_pushes_clock),
         cmocka_unit_test(test_observe_past_changes_nothing),
+        cmocka_unit_test(test_observe_refuses_timestamps_beyond_the_max_offset),
         cmocka_unit_test(test_system_clock_is_sane),
         cmocka_unit_test(test_threads_get_distinct_timestamps),
     };
