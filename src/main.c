@@ -196,7 +196,8 @@ static int thread_setup(io_thread_t *t)
             return rc;
         }
     }
-    dkv_rpc_server_new(&t->loop, n->ring, n->replica, &n->rpc_shared, &t->rpc_server);
+    dkv_rpc_server_new(&t->loop, n->ring, n->self_idx, n->replica, &n->rpc_shared,
+                       &t->rpc_server);
     dkv_coord_env_t cenv = {.loop = &t->loop,
                             .replica = n->replica,
                             .ring = n->ring,

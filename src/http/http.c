@@ -87,6 +87,7 @@ struct conn {
     bool dispatching; /* inside dkv_router_handle() */
     bool keep_alive;
     bool is_head; /* HEAD: the response carries headers only (RFC 9110 §9.3.2) */
+    bool http10;  /* an HTTP/1.0 request: no chunked response (RFC 9112 §6.1), close-delimited */
     bool close_after; /* close once `out` and the write queue are flushed */
     bool lingering;
     bool closing;
@@ -219,6 +220,8 @@ static enum dkv_method map_method(uint8_t m)
         return DKV_METHOD_PUT;
     case HTTP_DELETE:
         return DKV_METHOD_DELETE;
+    case HTTP_HEAD:
+        return DKV_METHOD_GET; /* HEAD is allowed wherever GET is; the body is left out */
     case HTTP_POST:
         return DKV_METHOD_POST;
     default:
@@ -231,6 +234,11 @@ static int on_headers_complete(llhttp_t *p)
     conn_t *c = p->data;
     c->method = map_method(p->method);
     c->is_head = p->method == HTTP_HEAD;
+    if (p->http_major != 1 || p->http_minor > 1) {
+        c->err_status = 505; /* only HTTP/1.0 and HTTP/1.1 are spoken here */
+        return -1;
+    }
+    c->http10 = p->http_minor == 0;
     p->upgrade = 0; /* dkv never switches protocols (RFC 9110 §7.8): keep parsing HTTP/1.1 */
     if ((p->flags & F_CONTENT_LENGTH) && p->content_length > c->srv->opts.max_body_bytes) {
         c->err_status = 413;
@@ -289,6 +297,8 @@ static const char *reason_of(int status)
         return "Request Header Fields Too Large";
     case 500:
         return "Internal Server Error";
+    case 505:
+        return "HTTP Version Not Supported";
     case 503:
         return "Service Unavailable";
     case 504:
@@ -326,7 +336,9 @@ static void write_head(conn_t *c, const dkv_response_t *resp, bool close)
     if (resp->extra_headers != NULL) {
         dkv_buf_append_str(o, resp->extra_headers);
     }
-    if (resp->stream != NULL) {
+    if (resp->stream != NULL && c->http10) {
+        close = true; /* HTTP/1.0 has no chunked coding: the body ends when the connection does */
+    } else if (resp->stream != NULL) {
         dkv_buf_append_str(o, "Transfer-Encoding: chunked\r\n");
     } else {
         dkv_buf_append_str(o, "Content-Length: ");
@@ -342,7 +354,8 @@ static void write_head(conn_t *c, const dkv_response_t *resp, bool close)
 /* Appends a complete response; closes the connection after it when asked or required. */
 static void conn_respond(conn_t *c, const dkv_response_t *resp, bool force_close)
 {
-    bool close = force_close || !c->keep_alive || c->srv->stopping;
+    bool close = force_close || !c->keep_alive || c->srv->stopping ||
+                 (resp->stream != NULL && c->http10);
     write_head(c, resp, close);
     if (resp->stream == NULL && !c->is_head) {
         dkv_buf_append(&c->out, resp->body.ptr, resp->body.len);
@@ -371,11 +384,15 @@ static void sink_write(dkv_chunk_sink_t *base, const dkv_slice_t *parts, size_t 
     }
     size_t before = c->out.len;
     dkv_buf_reserve(&c->out, total + 24);
-    dkv_buf_printf(&c->out, "%zx\r\n", total);
+    if (!c->http10) {
+        dkv_buf_printf(&c->out, "%zx\r\n", total);
+    }
     for (size_t i = 0; i < n; i++) {
         dkv_buf_append(&c->out, parts[i].ptr, parts[i].len);
     }
-    dkv_buf_append(&c->out, "\r\n", 2);
+    if (!c->http10) {
+        dkv_buf_append(&c->out, "\r\n", 2);
+    }
     base->buffered_bytes += c->out.len - before;
 }
 
@@ -612,7 +629,9 @@ static void stream_pump(conn_t *c)
             return;
         }
         if (rc == 1) {
-            dkv_buf_append_str(&c->out, "0\r\n\r\n");
+            if (!c->http10) {
+                dkv_buf_append_str(&c->out, "0\r\n\r\n");
+            }
             c->stream->free(c->stream);
             c->stream = NULL;
             c->busy = false;
@@ -640,7 +659,10 @@ static void reply_cb(void *arg, dkv_response_t *resp)
     }
     conn_respond(c, resp, false);
     dkv_owned_release(&resp->body_owner);
-    if (resp->stream != NULL) {
+    if (resp->stream != NULL && c->is_head) {
+        resp->stream->free(resp->stream); /* HEAD: the headers say what GET would send */
+        c->busy = false;
+    } else if (resp->stream != NULL) {
         c->stream = resp->stream;
     } else {
         c->busy = false;
@@ -684,6 +706,9 @@ static void conn_dispatch(conn_t *c)
 static void parse_error(conn_t *c, llhttp_errno_t e)
 {
     int status = c->err_status != 0 ? c->err_status : 400;
+    if (e == HPE_INVALID_VERSION) {
+        status = 505; /* llhttp knows no HTTP/1.2: a version we do not speak, not a bad request */
+    }
     if (status == 400) {
         DKV_LOG_DEBUG("http: malformed request: %s (%s)", llhttp_errno_name(e),
                       llhttp_get_error_reason(&c->parser));
@@ -694,6 +719,9 @@ static void parse_error(conn_t *c, llhttp_errno_t e)
         break;
     case 431:
         respond_error(c, 431, "Request Header Fields Too Large\n", NULL);
+        break;
+    case 505:
+        respond_error(c, 505, "HTTP Version Not Supported: use HTTP/1.1 or HTTP/1.0\n", NULL);
         break;
     default:
         respond_error(c, 400, "Bad Request: malformed HTTP\n", NULL);

@@ -128,11 +128,12 @@ void dkv_rpc_status_json(dkv_rpc_shared_t *shared, const dkv_ring_t *ring, uint3
  * Creates the RPC server of one I/O thread: it serves connections handed over by the HTTP
  * listener (first byte DKV_RPC_MAGIC), checks each HELLO's cluster fingerprint against `ring`'s,
  * and executes GET and PUT through `replica` (replica/replica.h) and SCAN against its store, in
- * order. All pointers are borrowed for the server's life.
+ * order. A HELLO that claims `self_idx`'s URL is refused (a second node with this --self).
+ * All pointers are borrowed for the server's life.
  * @return 0. Thread: the loop's thread.
  */
-int dkv_rpc_server_new(uv_loop_t *loop, const dkv_ring_t *ring, dkv_replica_t *replica,
-                       dkv_rpc_shared_t *shared, dkv_rpc_server_t **out);
+int dkv_rpc_server_new(uv_loop_t *loop, const dkv_ring_t *ring, uint32_t self_idx,
+                       dkv_replica_t *replica, dkv_rpc_shared_t *shared, dkv_rpc_server_t **out);
 
 /**
  * Takes over an accepted connection (matches dkv_http_foreign_cb): `tcp` is malloc'd, reading is

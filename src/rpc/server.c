@@ -28,6 +28,7 @@ typedef struct sconn sconn_t;
 struct dkv_rpc_server {
     uv_loop_t *loop;
     const dkv_ring_t *ring;
+    uint32_t self_idx;
     dkv_replica_t *replica;
     dkv_store_t *store;
     dkv_rpc_shared_t *shared;
@@ -49,7 +50,7 @@ struct sconn {
     dkv_buf_t out;
     bool hello_done;
     bool closing;
-    char peer_url[128];
+    char peer_url[DKV_RPC_MAX_URL_BYTES + 1]; /* as the peer claims it; control bytes as '?' */
     /* Authenticated handshake (rpc/auth.h): after our HELLO_CHALLENGE, only AUTH may come. */
     bool auth_wait;
     int peer_idx;
@@ -160,9 +161,13 @@ static int handle_auth(sconn_t *c, const dkv_rpc_msg_t *m)
 static int handle_hello(sconn_t *c, const dkv_rpc_msg_t *m, dkv_slice_t frame)
 {
     dkv_rpc_server_t *s = c->srv;
+    /* The URL is the peer's word and goes into log lines: no control bytes (forged lines). */
     size_t n = m->hello.url.len < sizeof(c->peer_url) - 1 ? m->hello.url.len
                                                            : sizeof(c->peer_url) - 1;
-    memcpy(c->peer_url, m->hello.url.ptr, n);
+    for (size_t i = 0; i < n; i++) {
+        uint8_t b = m->hello.url.ptr[i];
+        c->peer_url[i] = b < 0x20 || b >= 0x7f ? '?' : (char)b;
+    }
     c->peer_url[n] = '\0';
     if (m->hello.fingerprint != s->fingerprint) {
         char reason[256];
@@ -175,6 +180,14 @@ static int handle_hello(sconn_t *c, const dkv_rpc_msg_t *m, dkv_slice_t frame)
         return DKV_ECLUSTER;
     }
     int idx = dkv_ring_index_of(s->ring, c->peer_url);
+    if (idx >= 0 && (uint32_t)idx == s->self_idx) {
+        DKV_LOG_ERROR("rpc: refusing a peer that claims this node's own URL %s (two nodes "
+                      "started with the same --self?)",
+                      c->peer_url);
+        dkv_rpc_encode_hello_reject(&c->out, m->req_id,
+                                    dkv_slice_str("that URL is mine: two nodes with one --self?"));
+        return DKV_ECLUSTER;
+    }
     if (idx < 0) {
         DKV_LOG_WARN("rpc: refusing %s: not a member of this cluster", c->peer_url);
         dkv_rpc_encode_hello_reject(&c->out, m->req_id,
@@ -369,12 +382,13 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     }
 }
 
-int dkv_rpc_server_new(uv_loop_t *loop, const dkv_ring_t *ring, dkv_replica_t *replica,
-                       dkv_rpc_shared_t *shared, dkv_rpc_server_t **out)
+int dkv_rpc_server_new(uv_loop_t *loop, const dkv_ring_t *ring, uint32_t self_idx,
+                       dkv_replica_t *replica, dkv_rpc_shared_t *shared, dkv_rpc_server_t **out)
 {
     dkv_rpc_server_t *s = dkv_xcalloc(1, sizeof(*s));
     s->loop = loop;
     s->ring = ring;
+    s->self_idx = self_idx;
     s->replica = replica;
     s->store = dkv_replica_store(replica);
     s->shared = shared;
