@@ -229,6 +229,7 @@ static int thread_setup(io_thread_t *t)
     dkv_http_opts_t hopts = {.max_body_bytes = conf->max_body_bytes,
                              .max_header_bytes = conf->max_header_bytes,
                              .idle_timeout_ms = conf->idle_timeout_ms,
+                             .first_byte_timeout_ms = conf->first_byte_timeout_ms,
                              .request_timeout_ms = conf->request_timeout_ms,
                              .max_inflight = conf->max_inflight,
                              .max_connections = conf->max_connections,

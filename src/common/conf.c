@@ -39,6 +39,8 @@ static const char usage[] =
     "  --max-body-bytes N          largest request body, 413 past it (default 1048576)\n"
     "  --max-header-bytes N        largest request line + headers, 431 past it (default 16384)\n"
     "  --idle-timeout-ms MS        close keep-alive connections idle this long (default 60000)\n"
+    "  --first-byte-timeout-ms MS  close new connections that send nothing this long\n"
+    "                              (default 10000)\n"
     "  --request-timeout-ms MS     a started request must arrive within MS (default 10000)\n"
     "  --shutdown-timeout-ms MS    drain budget on SIGTERM/SIGINT (default 5000)\n"
     "  --max-connections N         open client connections per node (default 10000)\n"
@@ -205,6 +207,7 @@ int dkv_conf_parse(int argc, char **argv, dkv_conf_t *conf, char *err, size_t er
     conf->max_body_bytes = 1u << 20;
     conf->max_header_bytes = 16u << 10;
     conf->idle_timeout_ms = 60000;
+    conf->first_byte_timeout_ms = 10000;
     conf->request_timeout_ms = 10000;
     conf->replica_timeout_ms = 1000;
     conf->shutdown_timeout_ms = 5000;
@@ -249,7 +252,8 @@ int dkv_conf_parse(int argc, char **argv, dkv_conf_t *conf, char *err, size_t er
             "--vnodes", "--breaker-failures", "--breaker-cooldown-ms", "--block-cache-bytes",
             "--hinted-handoff", "--hint-window-ms", "--max-hints-bytes",
             "--hint-replay-bytes-per-s", "--read-repair", "--anti-entropy-max-bytes-per-s",
-            "--auto-rebuild", "--cluster-secret-file", "--max-clock-offset-ms"};
+            "--auto-rebuild", "--cluster-secret-file", "--max-clock-offset-ms",
+            "--first-byte-timeout-ms"};
         bool known = false;
         for (size_t k = 0; k < sizeof(valued) / sizeof(valued[0]); k++) {
             known = known || strcmp(flag, valued[k]) == 0;
@@ -275,6 +279,7 @@ int dkv_conf_parse(int argc, char **argv, dkv_conf_t *conf, char *err, size_t er
         NUM("--max-body-bytes", 1, 64u << 20, max_body_bytes)
         NUM("--max-header-bytes", 8u << 10, 1u << 20, max_header_bytes)
         NUM("--idle-timeout-ms", 1, 86400000, idle_timeout_ms)
+        NUM("--first-byte-timeout-ms", 1, 86400000, first_byte_timeout_ms)
         NUM("--request-timeout-ms", 1, 3600000, request_timeout_ms)
         NUM("--replica-timeout-ms", 1, 600000, replica_timeout_ms)
         NUM("--shutdown-timeout-ms", 0, 600000, shutdown_timeout_ms)

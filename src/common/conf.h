@@ -27,6 +27,7 @@ typedef struct dkv_conf {
     size_t max_body_bytes;     /* request body cap: 413 past it */
     size_t max_header_bytes;   /* request line + headers cap: 431 past it */
     uint64_t idle_timeout_ms;  /* keep-alive connection with no request in progress */
+    uint64_t first_byte_timeout_ms; /* a new connection that has sent nothing */
     uint64_t request_timeout_ms; /* a started request must be fully received within this */
     uint64_t replica_timeout_ms; /* per replica request */
     uint64_t shutdown_timeout_ms; /* graceful drain budget on SIGTERM */

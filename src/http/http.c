@@ -895,7 +895,11 @@ static void on_sweep(uv_timer_t *t)
                 conn_flush(c);
                 conn_maybe_finish(c);
             }
-        } else if (now - c->activity_ms >= s->opts.idle_timeout_ms) {
+        } else if (now - c->activity_ms >= s->opts.idle_timeout_ms ||
+                   (!c->sniffed && s->opts.first_byte_timeout_ms != 0 &&
+                    now - c->activity_ms >= s->opts.first_byte_timeout_ms)) {
+            /* A connection that never sent a byte gets the shorter first-byte timeout: parked
+             * sockets must not hold every slot of --max-connections for a whole idle timeout. */
             conn_close(c);
         }
     }
@@ -1024,6 +1028,9 @@ int dkv_http_server_start(uv_loop_t *loop, const char *host, uint16_t port, bool
     s->open_handles++;
     uint64_t tick = opts->idle_timeout_ms < opts->request_timeout_ms ? opts->idle_timeout_ms
                                                                      : opts->request_timeout_ms;
+    if (opts->first_byte_timeout_ms != 0 && opts->first_byte_timeout_ms < tick) {
+        tick = opts->first_byte_timeout_ms;
+    }
     tick /= 4;
     tick = tick < 10 ? 10 : (tick > 500 ? 500 : tick);
     uv_timer_start(&s->sweep, on_sweep, tick, tick);

@@ -33,6 +33,7 @@ typedef struct dkv_http_opts {
     size_t max_body_bytes;       /* 413 past it */
     size_t max_header_bytes;     /* request line + headers; 431 past it */
     uint64_t idle_timeout_ms;    /* keep-alive connection with nothing in progress */
+    uint64_t first_byte_timeout_ms; /* a new connection that has sent nothing yet; 0 = idle's */
     uint64_t request_timeout_ms; /* a started request must be complete within this; else 408 */
     unsigned max_inflight;       /* requests dispatched and not answered; 503 past it */
     unsigned max_connections;    /* across all threads, counted in `conn_count` */

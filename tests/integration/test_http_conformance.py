@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 
 import dkvharness as h
 
@@ -94,3 +95,20 @@ def test_peer_claiming_this_nodes_url_is_refused_and_urls_are_logged_without_con
     log = nd.log_bytes()
     assert b"http://evil:1?ERROR forged line?[31m" in log
     assert b"\nERROR forged line" not in log
+
+
+def test_connections_that_send_nothing_are_closed_after_the_first_byte_timeout(node_factory):
+    nd = node_factory("--first-byte-timeout-ms", "300", "--idle-timeout-ms", "60000")
+    silent = [socket.create_connection((h.HOST, nd.port), timeout=h.IO_TIMEOUT_S)
+              for _ in range(50)]
+    with nd.client() as cl:  # a connection that talks stays, until the idle timeout
+        assert cl.status().status == 200
+        t0 = time.monotonic()
+        for s in silent:
+            assert s.recv(1) == b""  # closed by the server
+        took = time.monotonic() - t0
+        assert took < 5.0, took  # not the 60 s idle timeout
+        time.sleep(0.5)  # well past 300 ms: a connection that sent a request is not cut
+        assert cl.status().status == 200
+    for s in silent:
+        s.close()
