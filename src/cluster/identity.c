@@ -28,6 +28,8 @@ struct dkv_identity {
     uint8_t (*peer_ids)[DKV_NODE_ID_BYTES]; /* by ring index; zero = never seen */
     bool *fresh;        /* JOINING: this peer neither knew us nor held data (by ring index) */
     size_t fresh_count; /* peers in `fresh` */
+    bool probation;     /* READY by a majority's word only: a peer not heard yet may still
+                           remember this node under another id (state file "probation") */
 };
 
 static const uint8_t zero_id[DKV_NODE_ID_BYTES];
@@ -137,18 +139,27 @@ static FILE *open_file(const dkv_identity_t *id, const char *name)
 }
 
 /* Persists the state (before it is used), then publishes it. Called with mu held or at open. */
-static int set_state(dkv_identity_t *id, dkv_node_state_t s)
+static int set_state_ex(dkv_identity_t *id, dkv_node_state_t s, bool probation)
 {
-    int rc = s == DKV_NODE_READY ? remove_file(id, "state")
-                                 : write_file(id, "state", s == DKV_NODE_JOINING ? "joining\n"
-                                                                                : "rebuilding\n");
+    int rc;
+    if (s == DKV_NODE_READY) {
+        rc = probation ? write_file(id, "state", "probation\n") : remove_file(id, "state");
+    } else {
+        rc = write_file(id, "state", s == DKV_NODE_JOINING ? "joining\n" : "rebuilding\n");
+    }
     if (rc != 0) {
         DKV_LOG_ERROR("identity: cannot record the state '%s' in %s: %s", dkv_node_state_name(s),
                       id->dir, dkv_strerror(rc));
         return DKV_EIO;
     }
+    id->probation = s == DKV_NODE_READY && probation;
     atomic_store(&id->state, (int)s);
     return 0;
+}
+
+static int set_state(dkv_identity_t *id, dkv_node_state_t s)
+{
+    return set_state_ex(id, s, false);
 }
 
 static int save_peers(dkv_identity_t *id)
@@ -228,6 +239,7 @@ static int load_identity(dkv_identity_t *id, char *url, size_t url_len)
 
 static int load_state(dkv_identity_t *id, dkv_node_state_t *out)
 {
+    id->probation = false;
     FILE *f = open_file(id, "state");
     if (f == NULL) {
         if (errno != ENOENT) {
@@ -241,8 +253,13 @@ static int load_state(dkv_identity_t *id, dkv_node_state_t *out)
         line[0] = '\0';
     }
     fclose(f);
-    /* Anything but "joining" is treated as the safer "rebuilding". */
-    *out = strncmp(line, "joining", 7) == 0 ? DKV_NODE_JOINING : DKV_NODE_REBUILDING;
+    /* Anything unknown is treated as the safer "rebuilding". */
+    if (strncmp(line, "probation", 9) == 0) {
+        id->probation = true;
+        *out = DKV_NODE_READY;
+    } else {
+        *out = strncmp(line, "joining", 7) == 0 ? DKV_NODE_JOINING : DKV_NODE_REBUILDING;
+    }
     return 0;
 }
 
@@ -345,6 +362,18 @@ dkv_node_state_t dkv_identity_state(const dkv_identity_t *id)
     return (dkv_node_state_t)atomic_load_explicit(&id->state, memory_order_acquire);
 }
 
+bool dkv_identity_wants_peers(dkv_identity_t *id)
+{
+    dkv_node_state_t s = dkv_identity_state(id);
+    if (s != DKV_NODE_READY) {
+        return s == DKV_NODE_JOINING;
+    }
+    pthread_mutex_lock(&id->mu);
+    bool probation = id->probation;
+    pthread_mutex_unlock(&id->mu);
+    return probation;
+}
+
 void dkv_identity_note_data(dkv_identity_t *id)
 {
     if (!atomic_load_explicit(&id->has_data, memory_order_relaxed)) {
@@ -385,9 +414,27 @@ void dkv_identity_observe(dkv_identity_t *id, uint32_t peer, const dkv_ident_inf
             DKV_LOG_ERROR("identity: cannot save peers in %s: %s", id->dir, dkv_strerror(rc));
         }
     }
-    if (dkv_identity_state(id) == DKV_NODE_JOINING) {
-        bool knew_other = memcmp(info->known_you, zero_id, DKV_NODE_ID_BYTES) != 0 &&
-                          memcmp(info->known_you, id->node_id, DKV_NODE_ID_BYTES) != 0;
+    bool knew_other = memcmp(info->known_you, zero_id, DKV_NODE_ID_BYTES) != 0 &&
+                      memcmp(info->known_you, id->node_id, DKV_NODE_ID_BYTES) != 0;
+    if (dkv_identity_state(id) == DKV_NODE_READY && id->probation) {
+        /* Ready on a majority's word: the first peer that remembers this node under another id
+         * proves its data was lost after all (e.g. two of three disks wiped while the third node
+         * was down). Every other peer heard from without that ends the probation. */
+        if (knew_other) {
+            if (set_state(id, DKV_NODE_REBUILDING) == 0) {
+                DKV_LOG_WARN("identity: %s knew this node under another id: its data was lost; "
+                             "REBUILDING",
+                             url);
+            }
+        } else if (!id->fresh[peer]) {
+            id->fresh[peer] = true;
+            id->fresh_count++;
+            if (id->fresh_count + 1 == dkv_ring_size(id->ring) &&
+                set_state(id, DKV_NODE_READY) == 0) {
+                DKV_LOG_INFO("identity: every peer has now confirmed it never knew this node");
+            }
+        }
+    } else if (dkv_identity_state(id) == DKV_NODE_JOINING) {
         bool peer_has_data = (info->flags & DKV_IDENT_FLAG_HAS_DATA) != 0 &&
                              (info->flags & DKV_IDENT_FLAG_READY) != 0;
         if (knew_other || peer_has_data) {
@@ -406,10 +453,12 @@ void dkv_identity_observe(dkv_identity_t *id, uint32_t peer, const dkv_ident_inf
             /* A majority of the cluster, this node included, must say so: one other wiped node
              * alone must not make a new cluster of the two while the nodes holding the data are
              * down; a majority of lost disks loses quorum-acknowledged writes anyway. */
+            bool all = id->fresh_count + 1 == dkv_ring_size(id->ring);
             if (id->fresh_count + 1 >= dkv_ring_size(id->ring) / 2 + 1 &&
-                set_state(id, DKV_NODE_READY) == 0) {
+                set_state_ex(id, DKV_NODE_READY, !all) == 0) {
                 DKV_LOG_INFO("identity: no peer knows this node or holds data: a new cluster; "
-                             "ready");
+                             "ready%s",
+                             all ? "" : " (until a peer not heard from yet says otherwise)");
             }
         }
     }

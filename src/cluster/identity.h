@@ -78,6 +78,13 @@ void dkv_identity_free(dkv_identity_t *id);
 /** The node's state now. Thread: any (an atomic load). */
 dkv_node_state_t dkv_identity_state(const dkv_identity_t *id);
 
+/**
+ * Whether the node still needs to hear from its peers: it is joining, or ready on a majority's
+ * word only (on probation until every peer has answered). Its RPC client then reaches out to
+ * every peer instead of waiting for traffic. Thread: any.
+ */
+bool dkv_identity_wants_peers(dkv_identity_t *id);
+
 /** "ready", "joining" or "rebuilding". Thread: any. */
 const char *dkv_node_state_name(dkv_node_state_t s);
 

@@ -11,6 +11,10 @@
  * the record's own (common/record.h); a version-1 record (from unknown) is taken as from = N, the
  * default. Tombstones are streamed too, so nothing deleted comes back.
  *
+ * Only ready peers are streamed from: a peer that is itself joining or rebuilding answers SCAN
+ * with an error, so two wiped nodes never declare each other complete; the rebuild then waits
+ * for it like for a peer that is down.
+ *
  * Bounded: one stream per peer at a time, batches of at most 256 KiB / 1024 records (a batch costs
  * the peer one short iterator pass on an I/O loop), all streams together paced by a token bucket
  * (`max_bytes_per_s`). A failed batch is retried from the same key after `retry_ms`; the node stays

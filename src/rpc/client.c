@@ -678,11 +678,12 @@ static void peer_connect(peer_t *p, bool background)
 
 /* ---- timers ---- */
 
-/* Is the node JOINING (one loop, the first, reaches out to every peer)? */
+/* Does the node need to hear from its peers (joining, or ready on probation)? One loop, the
+ * first, reaches out to every peer. */
 static bool joining(const dkv_rpc_client_t *c)
 {
     return c->loop_idx == 0 && c->shared->identity != NULL &&
-           dkv_identity_state(c->shared->identity) == DKV_NODE_JOINING;
+           dkv_identity_wants_peers(c->shared->identity);
 }
 
 static void on_sweep(uv_timer_t *t)

@@ -133,11 +133,14 @@ static void accept_peer(sconn_t *c, uint64_t req_id, int idx, bool has_ident,
         dkv_rpc_encode_hello_ok(&c->out, req_id, NULL);
         return;
     }
+    /* What we tell the peer is taken before we take in what it told us: "the id I knew you
+     * under" must be the one from before this handshake, or a node whose data was lost would
+     * hear its own new id back and never learn it. */
+    dkv_ident_info_t ident;
+    dkv_identity_info_for(identity, (uint32_t)idx, &ident);
     if (has_ident) {
         dkv_identity_observe(identity, (uint32_t)idx, peer_ident);
     }
-    dkv_ident_info_t ident;
-    dkv_identity_info_for(identity, (uint32_t)idx, &ident);
     dkv_rpc_encode_hello_ok(&c->out, req_id, &ident);
 }
 
@@ -223,6 +226,13 @@ static void handle_scan(sconn_t *c, const dkv_rpc_msg_t *m)
 {
     dkv_rpc_scan_writer_t w;
     dkv_rpc_scan_reply_begin(&w, &c->out, m->req_id);
+    dkv_identity_t *identity = c->srv->shared->identity;
+    if (identity != NULL && dkv_identity_state(identity) != DKV_NODE_READY) {
+        /* A node that is itself joining or rebuilding holds no authoritative copy: a rebuild
+         * must not finish from it (two wiped nodes would call each other complete). */
+        dkv_rpc_scan_reply_fail(&w);
+        return;
+    }
     dkv_store_iter_t *it = NULL;
     if (dkv_store_iter_new(c->srv->store, m->scan.start, m->scan.end, &it) != 0) {
         dkv_rpc_scan_reply_fail(&w);

@@ -267,3 +267,28 @@ def test_rebuild_waits_for_every_peer_and_says_which(cluster_factory, uniq):
     down.start()
     wait_state(victim, "ready", 30)
     assert all(local(victim, k) == b"v" for k in keys)
+
+
+def test_two_wiped_nodes_do_not_rebuild_from_each_other(cluster_factory, uniq):
+    c = cluster_factory(N, "--hinted-handoff", "off", "--read-repair", "off")
+    for nd in c:
+        wait_state(nd, "ready")
+    keys = [uniq(i) for i in range(50)]
+    for k in keys:
+        with c[0].client() as cl:
+            assert cl.put(k, b"v", ack=3, **{"from": 3}).status == 201
+    for nd in c:
+        nd.stop()
+    for nd in (c[1], c[2]):
+        shutil.rmtree(nd.data_dir)
+    c[1].start()
+    c[2].start()
+    # Two empty nodes are a majority of three: they may take themselves for a new cluster, but
+    # only on probation. The survivor remembers both under their old ids: both must rebuild,
+    # from it, since neither will serve its (empty) data to the other while not ready.
+    c[0].start()
+    for nd in (c[1], c[2]):
+        h.wait_until(lambda: status(nd)["rebuild"]["completed"] >= 1 and state(nd) == "ready",
+                     30, what="%s to rebuild from the survivor" % nd.name)
+        assert all(local(nd, k) == b"v" for k in keys), nd.name
+        assert b"knew this node under another id" in nd.log_bytes()
