@@ -14,6 +14,14 @@ What one run does (docs/benchmarks.md explains the method and the choice of tool
  3. Each target (nginx or a scenario): maximum throughput in closed loop (wrk -t1 -c64 -d10s),
     median of --runs runs; then latency at fixed rates of 50% and 80% of that median
     (p50/p90/p99/p99.9, corrected for coordinated omission), each a median of --runs runs.
+    Every run also records the servers' CPU: utime + stime of all server processes (nginx
+    master + workers, every dkv node) from /proc over the run, per request answered.
+ 4. Convergence, on the 3-node fill: ab-n3-a2f3-get / ab-n3-a2f3-put run the ack=2/from=3
+    scenario on two clusters side by side, hinted handoff + read repair on (defaults) and off,
+    alternating closed-loop runs on, off, on, off, ... (CPU/request and throughput ratios);
+    hints-drain stops node 3, writes 100k keys through nodes 1 and 2 (100k hints), starts node 3
+    and measures the time until no hint is pending and GET latency at a fixed rate meanwhile,
+    against the same load without a drain.
 Every load is bounded in time (wrk -d plus a subprocess timeout); every process it starts is
 stopped on the way out, Ctrl-C included. Python standard library only.
 """
@@ -74,6 +82,19 @@ SCENARIOS = [
     Scenario("n3-a3f3-put", 3, "put", 3, 3),
 ]
 SCENARIO_BY_NAME = {s.name: s for s in SCENARIOS}
+
+# Convergence scenarios (3 nodes, on the same fill as the scenarios above):
+# - A/B: the ack=2/from=3 scenario on two clusters side by side, one with the defaults (hinted
+#   handoff and read repair on), one with both off; closed-loop runs alternate on, off, on, off...
+# - hints-drain: node 3 stopped, DRAIN_KEYS written through nodes 1 and 2 (hints pile up), node 3
+#   started; time until no hint is pending and client GET latency meanwhile vs without a drain.
+AB_SCENARIOS = {"ab-n3-a2f3-get": "n3-a2f3-get", "ab-n3-a2f3-put": "n3-a2f3-put"}
+AB_OFF_ARGS = "--hinted-handoff off --read-repair off"
+AB_GOAL_EFFICIENCY = 0.9  # CPU per request on <= off / 0.9
+DRAIN_SCENARIO = "hints-drain"
+EXTRA_SCENARIOS = list(AB_SCENARIOS) + [DRAIN_SCENARIO]
+ALL_SCENARIO_NAMES = list(SCENARIO_BY_NAME) + EXTRA_SCENARIOS
+DEFAULT_HINT_REPLAY_BYTES_PER_S = 8 << 20
 
 # Targets the lead asked for: (scenario, ratio to nginx at least, p99 at 50% at most in ms).
 TARGETS = [
@@ -267,6 +288,42 @@ class Cluster:
     def pid(self, i: int) -> int:
         return int((self.data_root / f"node{i}.pid").read_text())
 
+    def pids(self) -> List[int]:
+        return [self.pid(i) for i in range(self.nodes)]
+
+    def stop_node(self, i: int) -> None:
+        """SIGTERM to node i and wait for it to exit (SIGKILL after 20 s); see stop()."""
+        f = self.data_root / f"node{i}.pid"
+        pid = int(f.read_text())
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + 20
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if alive(pid):
+            log(f"node {i} (pid {pid}) still running 20 s after SIGTERM; sending SIGKILL")
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            while alive(pid):
+                time.sleep(0.02)
+        f.unlink(missing_ok=True)
+
+    def start_node(self, i: int) -> None:
+        """Starts node i again on its data directory; returns once it answers /v0/status."""
+        if not port_free(self.base_port + i):
+            raise BenchError(f"port {self.base_port + i} is still in use")
+        self._sh("start", str(i), timeout_s=60)
+
+    def json(self, i: int, path: str) -> dict:
+        status, body = http_get(self.url(i) + path, 5.0)
+        if status != 200:
+            raise BenchError(f"GET {self.url(i)}{path}: {status} {body[:200]!r}")
+        return json.loads(body)
+
 
 # ---------------------------------------------------------------------------------------------
 # Load generation
@@ -340,7 +397,11 @@ class LoadGen:
         """One bounded wrk run; returns the DKV_RESULT record plus the command line.
 
         With `server_pids`, also `other_cpu_pct`: CPU used meanwhile by processes other than
-        wrk and these servers, in % of all cores (another build on a shared machine, say).
+        wrk and these servers, in % of all cores (another build on a shared machine, say); and
+        the servers' own CPU: `server_cpu_s` (utime + stime of every server process over the
+        run, from /proc/PID/stat, all threads) and `cpu_us_per_req` = that / requests answered.
+        CPU per request is the figure to compare across runs on this shared machine: throughput
+        swings with whatever else gets the cores, the work done per request does not.
         """
         d = max(1, int(round(duration_s)))
         if rate is not None and self.wrk2:
@@ -369,10 +430,14 @@ class LoadGen:
         res = json.loads(m.group(1))
         c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         wall = time.monotonic() - t0
-        ours = (proc_ticks(pids) - s0) / CLK_TCK + (c1.ru_utime - c0.ru_utime) + \
-            (c1.ru_stime - c0.ru_stime)
+        server_s = (proc_ticks(pids) - s0) / CLK_TCK
+        ours = server_s + (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
         other = (busy_ticks() - b0) / CLK_TCK - ours
         res["other_cpu_pct"] = max(0.0, 100.0 * other / (wall * (os.cpu_count() or 1)))
+        if pids:
+            res["server_pids"] = list(pids)
+            res["server_cpu_s"] = round(server_s, 3)
+            res["cpu_us_per_req"] = (1e6 * server_s / res["requests"]) if res["requests"] else None
         res["cmd"] = " ".join(cmd)
         res["target_rate"] = rate
         res["errors"] = sum(res[k] for k in ("err_connect", "err_read", "err_write",
@@ -387,13 +452,14 @@ def wrk_version(wrk: str) -> str:
 
 
 def fill(gen: LoadGen, url: str, keys: int, value_bytes: int, query_args: List[str],
-         work: Path) -> dict:
-    """PUTs key1..keyN once each (bench/lua/fill.lua); returns {keys, seconds, rate}."""
+         work: Path, start: int = 1) -> dict:
+    """PUTs key<start>..key<start+keys-1> once each (bench/lua/fill.lua); returns {keys,
+    seconds, rate}."""
     prefix = work / f"fill-{os.getpid()}-{random.randrange(1 << 30)}"
     bound_s = 120 + keys // 1000  # generous: at least 1000 keys/s
     cmd = [gen.wrk, "-t1", "-c32", f"-d{bound_s}s", "--timeout", "10s", "-s",
            str(LUA / "fill.lua"), url, "--", f"keys={keys}", "threads=1",
-           f"value={value_bytes}", f"out={prefix}", *query_args]
+           f"value={value_bytes}", f"out={prefix}", f"start={start}", *query_args]
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
@@ -447,6 +513,8 @@ def summarize(runs: List[dict]) -> dict:
     out["rps_max"] = max(r["rps"] for r in runs)
     out["errors"] = sum(r["errors"] for r in runs)
     out["requests"] = sum(r["requests"] for r in runs)
+    cpu = [r["cpu_us_per_req"] for r in runs if r.get("cpu_us_per_req") is not None]
+    out["cpu_us_per_req"] = median(cpu) if cpu else None
     sent = sum(r["sent"] for r in runs)
     out["late_pct"] = 100.0 * sum(r["late"] for r in runs) / sent if sent else 0.0
     return out
@@ -459,7 +527,8 @@ def measure(gen: LoadGen, url: str, script: str, args: List[str], opts,
     runs = []
     for i in range(opts.runs):
         r = gen.run(url, script, args, opts.duration, server_pids=pids)
-        log(f"    max run {i + 1}/{opts.runs}: {r['rps']:.0f} req/s, errors {r['errors']}, "
+        log(f"    max run {i + 1}/{opts.runs}: {r['rps']:.0f} req/s, "
+            f"server CPU {fmt_cpu(r.get('cpu_us_per_req'))} us/req, errors {r['errors']}, "
             f"other CPU {r['other_cpu_pct']:.0f}%")
         runs.append(r)
     result["max"] = summarize(runs)
@@ -473,6 +542,7 @@ def measure(gen: LoadGen, url: str, script: str, args: List[str], opts,
             log(f"    {frac:.0%} = {rate:.0f} req/s run {i + 1}/{opts.runs}: "
                 f"got {r['rps']:.0f}, p50 {r['p50_us'] / 1e3:.2f} p99 {r['p99_us'] / 1e3:.2f} "
                 f"p99.9 {r['p999_us'] / 1e3:.2f} ms, lag p99 {r['lag_p99_us'] / 1e3:.2f} ms, "
+                f"server CPU {fmt_cpu(r.get('cpu_us_per_req'))} us/req, "
                 f"errors {r['errors']}, other CPU {r['other_cpu_pct']:.0f}%")
             runs.append(r)
         s = summarize(runs)
@@ -514,7 +584,7 @@ def cpu_busy_pct(seconds: float = 1.0) -> float:
 
 
 def run_topology(nodes: int, scenarios: List[Scenario], gen: LoadGen, opts, work: Path,
-                 dkv_bin: Path, results: dict) -> None:
+                 dkv_bin: Path, results: dict, extras: List[str] = ()) -> None:
     base = opts.base_port
     snap = work / f"snapshot-{nodes}"
     shutil.rmtree(snap, ignore_errors=True)
@@ -559,8 +629,413 @@ def run_topology(nodes: int, scenarios: List[Scenario], gen: LoadGen, opts, work
             cl.stop()
             if not opts.keep:
                 shutil.rmtree(root, ignore_errors=True)
+    ab = [n for n in extras if n in AB_SCENARIOS]
+    if ab:
+        run_ab(ab, snap, gen, opts, work, dkv_bin, results)
+    if DRAIN_SCENARIO in extras:
+        run_drain(snap, gen, opts, work, dkv_bin, results)
     if not opts.keep:
         shutil.rmtree(snap, ignore_errors=True)
+
+
+def copy_snapshot(snap: Path, root: Path, nodes: int) -> None:
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    for i in range(nodes):
+        shutil.copytree(snap / f"node{i}", root / f"node{i}", symlinks=True)
+
+
+def reidentify(root: Path, nodes: int) -> None:
+    """Lets a copy of a cluster's data run under other URLs (ports): a node's `identity` names
+    its URL and dkv refuses another node's directory (cluster/identity.h). Without `identity`,
+    `peers` and `state` but with its database, a node takes a new id and stays ready with its
+    data (the dkv 0.1 upgrade path), and its peers, which never saw the old ids, accept it."""
+    for i in range(nodes):
+        for name in ("identity", "peers", "state"):
+            (root / f"node{i}" / name).unlink(missing_ok=True)
+
+
+def wait_quiet(pids: List[int], max_s: float, cores: float = 0.1) -> dict:
+    """Waits until these processes together use less than `cores` CPU over a 1 s window (a
+    memtable flush or compaction after a burst of writes has ended), at most `max_s` seconds.
+    Returns {waited_s, last_cores}."""
+    t0 = time.monotonic()
+    used = 0.0
+    while True:
+        a = proc_ticks(pids)
+        time.sleep(1.0)
+        used = (proc_ticks(pids) - a) / CLK_TCK
+        if used < cores or time.monotonic() - t0 >= max_s:
+            return {"waited_s": round(time.monotonic() - t0, 1), "last_cores": round(used, 2)}
+
+
+def convergence_flags(cl: Cluster) -> dict:
+    """What node 0 says about hinted handoff and read repair, and their counters."""
+    st = cl.json(0, "v0/status?verbose=1")
+    hints = cl.json(0, "v0/admin/hints")
+    rr = st.get("read_repair", {})
+    return {"hinted_handoff": bool(hints.get("enabled")), "read_repair": bool(rr.get("enabled")),
+            "hints_written": hints.get("written", 0),
+            "read_repair_writes": rr.get("writes", 0),
+            "reads_repaired": rr.get("reads_repaired", 0)}
+
+
+def ab_summary(blocks: List[dict]) -> dict:
+    """Medians of each side, and the on ÷ off ratios two ways, over blocks of alternating runs
+    (a block: {"on_slot", "pairs": [{"on", "off"}, ...], "closing_on"}):
+
+    - bracketed (the headline): each off run against the mean of the on runs just before and
+      just after it, so a steady drift of the shared machine during a block cancels out (with
+      on always first in a pair, plain pair ratios would charge that drift to one side); a
+      block ends with one more on run so that its last off run is bracketed too;
+    - per pair (on_i ÷ off_i, adjacent runs), for reference.
+    """
+    ons, offs, pairs, out = [], [], [], {}
+    ratio = {"cpu_ratio": ([], []), "rps_ratio": ([], [])}
+    for blk in blocks:
+        b_on = [p["on"] for p in blk["pairs"]] + ([blk["closing_on"]]
+                                                  if blk.get("closing_on") else [])
+        b_off = [p["off"] for p in blk["pairs"]]
+        ons += b_on
+        offs += b_off
+        pairs += blk["pairs"]
+        for name, key in (("cpu_ratio", "cpu_us_per_req"), ("rps_ratio", "rps")):
+            pr, br = ratio[name]
+            pr += [p["on"][key] / p["off"][key] for p in blk["pairs"]
+                   if p["on"].get(key) and p["off"].get(key)]
+            br += [(b_on[i][key] + b_on[i + 1][key]) / 2 / b_off[i][key]
+                   for i in range(min(len(b_off), len(b_on) - 1))
+                   if b_on[i].get(key) and b_on[i + 1].get(key) and b_off[i].get(key)]
+    out = {"pairs": len(pairs), "on": summarize(ons), "off": summarize(offs),
+           "slots": [blk.get("on_slot", "A") for blk in blocks]}
+    for name, (pr, br) in ratio.items():
+        out[f"{name}_pairs"] = median(pr) if pr else None
+        out[f"{name}_brackets"] = len(br)
+        out[name] = median(br) if br else out[f"{name}_pairs"]
+        use = br or pr
+        out[f"{name}_min"] = min(use) if use else None
+        out[f"{name}_max"] = max(use) if use else None
+    return out
+
+
+def ab_blocks(ab: dict) -> List[dict]:
+    """The blocks of an A/B result (older reports: one block, `all` + `closing_on`)."""
+    if "blocks" in ab:
+        return ab["blocks"]
+    return [{"on_slot": "A", "pairs": ab["all"], "closing_on": ab.get("closing_on")}]
+
+
+def run_ab(names: List[str], snap: Path, gen: LoadGen, opts, work: Path, dkv_bin: Path,
+           results: dict) -> None:
+    """Convergence on vs off for the 3-node ack=2/from=3 GET and PUT, in the same run.
+
+    Two clusters from copies of the same fill run side by side in two slots (A: ports
+    base+0..2, B: base+10..12; both copies re-identified, see reidentify()): `on` with the
+    defaults, `off` with --ab-off-args (default --hinted-handoff off --read-repair off; ""
+    gives an A/A check of the method). Copies of one fill, not two fills: the same LSM shape
+    on both sides. An A/A check showed the two slots differing by ~3% in GET CPU per request
+    with identical flags, so each scenario runs two blocks, on in slot A then on in slot B
+    (the clusters are restarted with the flags swapped in between), each block alternating
+    closed-loop runs of --ab-duration seconds on, off, on, off, ..., on. Order: GET block,
+    swap, GET block, PUT block, swap, PUT block: the PUTs change neither side's data before
+    the GETs.
+    """
+    off_args = opts.ab_off_args
+    roots = {"A": work / "run-ab-slotA", "B": work / "run-ab-slotB"}
+    ports = {"A": opts.base_port, "B": opts.base_port + 10}
+    per_block = [(opts.ab_pairs + 1) // 2, opts.ab_pairs // 2]
+    log(f"convergence A/B ({', '.join(names)}): two 3-node clusters from copies of the fill, "
+        f"'on' = defaults, 'off' = {off_args or '(defaults too: A/A check)'}; {opts.ab_pairs} "
+        f"alternating pairs of {opts.ab_duration:g} s closed-loop runs in two blocks (slots "
+        f"swapped), each closed by an 'on' run")
+    for root in roots.values():
+        copy_snapshot(snap, root, 3)
+        reidentify(root, 3)
+    want_off = {"hinted_handoff": "--hinted-handoff off" not in off_args,
+                "read_repair": "--read-repair off" not in off_args}
+    state = {"on_slot": None, "on": None, "off": None}
+
+    def start(on_slot: str) -> None:
+        for k in ("on", "off"):
+            if state[k] is not None:
+                state[k].stop()
+                state[k] = None
+        off_slot = "B" if on_slot == "A" else "A"
+        on = Cluster(3, ports[on_slot], roots[on_slot], dkv_bin, opts.dkv_args)
+        off = Cluster(3, ports[off_slot], roots[off_slot], dkv_bin,
+                      f"{opts.dkv_args} {off_args}")
+        state.update(on_slot=on_slot, on=on, off=off)
+        on.start()
+        off.start()
+        flags_on, flags_off = convergence_flags(on), convergence_flags(off)
+        if not (flags_on["hinted_handoff"] and flags_on["read_repair"]) or \
+                any(flags_off[k] != v for k, v in want_off.items()):
+            raise BenchError(f"A/B clusters do not have the expected flags: on {flags_on}, "
+                             f"off {flags_off}")
+        for cl in (on, off):
+            for i in range(3):
+                st = cl.json(i, "v0/status?verbose=1")
+                if st.get("state", "ready") != "ready":
+                    raise BenchError(f"A/B: {cl.url(i)} is not ready: {st}")
+
+    def block(name: str, script: str, args: List[str], npairs: int) -> dict:
+        on, off = state["on"], state["off"]
+        warm = max(1.0, opts.warmup)
+        for cl in (on, off):
+            gen.run(cl.url(0), script, args, warm)
+        pairs = []
+        for i in range(npairs):
+            pair = {}
+            for side, cl in (("on", on), ("off", off)):
+                pair[side] = gen.run(cl.url(0), script, args, opts.ab_duration,
+                                     server_pids=cl.pids())
+            log(f"  {name} slot {state['on_slot']} on, pair {i + 1}/{npairs}: on "
+                f"{pair['on']['rps']:.0f} req/s {fmt_cpu(pair['on'].get('cpu_us_per_req'))} "
+                f"us/req, off {pair['off']['rps']:.0f} req/s "
+                f"{fmt_cpu(pair['off'].get('cpu_us_per_req'))} us/req (other CPU "
+                f"{pair['on']['other_cpu_pct']:.0f}% / {pair['off']['other_cpu_pct']:.0f}%, "
+                f"errors {pair['on']['errors']} / {pair['off']['errors']})")
+            pairs.append(pair)
+        closing = gen.run(on.url(0), script, args, opts.ab_duration, server_pids=on.pids())
+        log(f"  {name} slot {state['on_slot']} on, closing on run: {closing['rps']:.0f} req/s "
+            f"{fmt_cpu(closing.get('cpu_us_per_req'))} us/req")
+        return {"on_slot": state["on_slot"], "pairs": pairs, "closing_on": closing}
+
+    try:
+        slot = "A"
+        start(slot)
+        for name in names:
+            s = SCENARIO_BY_NAME[AB_SCENARIOS[name]]
+            script, args = scenario_args(s, opts.fill_keys)
+            blocks = []
+            for n in per_block:
+                if n == 0:
+                    continue
+                if blocks:
+                    slot = "B" if slot == "A" else "A"
+                    start(slot)
+                blocks.append(block(name, script, args, n))
+            res = ab_summary(blocks)
+            res["blocks"] = blocks
+            res["scenario"] = s.name
+            res["off_args"] = off_args
+            res["counters_on"] = convergence_flags(state["on"])
+            res["counters_off"] = convergence_flags(state["off"])
+            results["ab"][name] = res
+            log(f"  {name}: CPU/req on/off {res['cpu_ratio']:.3f} (efficiency "
+                f"{1 / res['cpu_ratio']:.3f}; plain pairs {res['cpu_ratio_pairs']:.3f}), "
+                f"throughput on/off {res['rps_ratio']:.3f}")
+    finally:
+        for k in ("on", "off"):
+            if state[k] is not None:
+                state[k].stop()
+        if not opts.keep:
+            for root in roots.values():
+                shutil.rmtree(root, ignore_errors=True)
+
+
+class HintsPoller:
+    """Polls GET /v0/admin/hints on the coordinators every 100 ms from its start until every
+    pending_count is 0 (or `timeout_s`); `drained_at` is then the time.monotonic() of the first
+    poll that saw them all at 0."""
+
+    def __init__(self, cl: Cluster, nodes: List[int], timeout_s: float):
+        import threading
+        self.cl, self.nodes, self.timeout_s = cl, nodes, timeout_s
+        self.samples = []  # (monotonic, [pending_count per node])
+        self.drained_at = None
+        self.stop_flag = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self):
+        self.t0 = time.monotonic()
+        self.thread.start()
+
+    def _run(self):
+        while not self.stop_flag and time.monotonic() - self.t0 < self.timeout_s:
+            counts = []
+            for i in self.nodes:
+                status, body = http_get(self.cl.url(i) + "v0/admin/hints", 2.0)
+                try:
+                    counts.append(json.loads(body)["pending_count"] if status == 200 else None)
+                except (ValueError, KeyError):
+                    counts.append(None)
+            now = time.monotonic()
+            self.samples.append((now, counts))
+            if all(c == 0 for c in counts):
+                self.drained_at = now
+                return
+            time.sleep(0.1)
+
+    def join(self):
+        self.thread.join(self.timeout_s + 10)
+        self.stop_flag = True
+
+
+def hint_replay_rate(dkv_args: str) -> int:
+    m = re.search(r"--hint-replay-bytes-per-s[ =](\d+)", dkv_args)
+    return int(m.group(1)) if m else DEFAULT_HINT_REPLAY_BYTES_PER_S
+
+
+def start_node3_under_load(cl: Cluster, gen: LoadGen, script: str, args: List[str], rate: float,
+                           dur: int, hints: int, timeout_s: float) -> dict:
+    """Starts node 3 (index 2) and, from that moment (clients do not wait for it, and no hint
+    can move before it listens): GETs at `rate` for `dur` s, and /v0/admin/hints polled on
+    nodes 1 and 2 every 100 ms until pending_count is 0 on both. Times are from the launch."""
+    import threading
+    up = {}
+
+    def launch():
+        try:
+            cl.start_node(2)
+            up["t"] = time.monotonic()
+        except Exception as e:  # reported below
+            up["error"] = e
+    poller = HintsPoller(cl, [0, 1], timeout_s=timeout_s)
+    pidfile = cl.data_root / "node2.pid"
+    t_launch = time.monotonic()
+    starter = threading.Thread(target=launch, daemon=True)
+    starter.start()
+    poller.start()
+    while not pidfile.exists() and starter.is_alive():
+        time.sleep(0.005)
+    try:
+        pids = [cl.pid(0), cl.pid(1), int(pidfile.read_text())]
+    except (OSError, ValueError):
+        starter.join(60)
+        raise BenchError(f"node 3 did not start: {up.get('error')}")
+    run = gen.run(cl.url(0), script, args, dur, rate=rate, server_pids=pids)
+    t_end = time.monotonic()
+    starter.join(60)
+    if "t" not in up:
+        raise BenchError(f"node 3 did not start: {up.get('error')}")
+    poller.join()
+    if poller.drained_at is None:
+        raise BenchError(f"hints not drained {timeout_s:.0f} s after node 3 started: last poll "
+                         f"{poller.samples[-1:]}")
+    first = next((ts for ts, c in poller.samples if None not in c and sum(c) < hints),
+                 poller.drained_at)
+    return {"node3_start_s": round(up["t"] - t_launch, 2),
+            "first_delivery_s": round(first - t_launch, 2),
+            "drain_s": round(poller.drained_at - t_launch, 2),
+            "get_duration_s": dur,
+            "get_overlap_s": round(max(0.0, min(t_end, poller.drained_at) - t_launch), 2),
+            "drain_samples": [(round(ts - t_launch, 2), c) for ts, c in poller.samples],
+            "run": run}
+
+
+def fmt_run(r: dict) -> str:
+    return (f"p50 {r['p50_us'] / 1e3:.2f} p99 {r['p99_us'] / 1e3:.2f} p99.9 "
+            f"{r['p999_us'] / 1e3:.2f} ms, lag p99 {r['lag_p99_us'] / 1e3:.2f} ms, "
+            f"{fmt_cpu(r.get('cpu_us_per_req'))} us/req, errors {r['errors']}")
+
+
+def run_drain(snap: Path, gen: LoadGen, opts, work: Path, dkv_bin: Path, results: dict) -> None:
+    """Hinted handoff under client load, on a copy of the 3-node fill, --drain-reps times:
+
+    1. node 3 (index 2) stopped (SIGTERM); --drain-keys keys key<F+1>..key<F+K> (F = fill keys,
+       so not the keys the GETs read) written once each with --drain-value-bytes random values
+       at the default quorum (ack=2/from=3), the first half through node 1, the second through
+       node 2: each PUT leaves a hint for node 3 on its coordinator; checked on
+       /v0/admin/hints. Then wait until the nodes are idle (memtable flush, compaction).
+    2. node 3 started; from its launch: /v0/admin/hints polled on both coordinators every 100 ms
+       until pending_count is 0 on both (the drain time), while GETs of the n3-a2f3-get
+       workload run at a fixed rate (--drain-rate-fraction of n3-a2f3-get's maximum in this
+       run) for about as long as the throttle needs to deliver the hints.
+    3. once drained and idle again: the same GET load, same rate and duration, no drain.
+    4. control: node 3 stopped and started again with nothing written meanwhile (no hints),
+       the same GET load from its launch: what a restart alone costs the clients. (Before it,
+       one unmeasured restart, so that its write-ahead log no longer holds the delivered hints:
+       the drain's restart had none to replay either.)
+    """
+    s = SCENARIO_BY_NAME["n3-a2f3-get"]
+    script, args = scenario_args(s, opts.fill_keys)
+    root = work / f"run-{DRAIN_SCENARIO}"
+    copy_snapshot(snap, root, 3)
+    cl = Cluster(3, opts.base_port, root, dkv_bin, opts.dkv_args)
+    keys, vbytes, start_key = opts.drain_keys, opts.drain_value_bytes, opts.fill_keys + 1
+    replay_rate = hint_replay_rate(opts.dkv_args)
+    out = {"keys": keys, "value_bytes": vbytes, "first_key": start_key,
+           "replay_bytes_per_s": replay_rate, "reps": []}
+    log(f"hints drain: 3 nodes, node 3 stopped, {keys:,} keys x {vbytes} B written at the "
+        f"default quorum through nodes 1 and 2, node 3 started; {opts.drain_reps} repetition(s)")
+    try:
+        cl.start()
+        ref = results["scenarios"].get("n3-a2f3-get")
+        if opts.warmup > 0 or ref is None:
+            gen.run(cl.url(0), script, args, max(1.0, opts.warmup))
+        if ref is not None:
+            peak, peak_src = ref["max"]["rps"], "n3-a2f3-get maximum in this run"
+        else:
+            peak = median([gen.run(cl.url(0), script, args, opts.duration,
+                                   server_pids=cl.pids())["rps"] for _ in range(opts.runs)])
+            peak_src = "closed-loop maximum measured on the drain cluster"
+        rate = peak * opts.drain_rate_fraction
+        out.update(rate=rate, rate_fraction=opts.drain_rate_fraction, peak=peak,
+                   peak_source=peak_src)
+        half = keys // 2
+        for rep in range(opts.drain_reps):
+            r = {}
+            cl.stop_node(2)
+            t = time.monotonic()
+            w1 = fill(gen, cl.url(0), half, vbytes, [], work, start=start_key)
+            w2 = fill(gen, cl.url(1), keys - half, vbytes, [], work, start=start_key + half)
+            r["write_s"] = round(time.monotonic() - t, 1)
+            r["write_rate"] = round(keys / r["write_s"])
+            coords = [cl.json(i, "v0/admin/hints") for i in (0, 1)]
+            r["pending_count"] = [c["pending_count"] for c in coords]
+            r["pending_bytes"] = [c["pending_bytes"] for c in coords]
+            r["hints_total"] = sum(r["pending_count"])
+            log(f"  rep {rep + 1}: wrote {w1['keys'] + w2['keys']:,} keys in {r['write_s']} s; "
+                f"pending hints {r['pending_count']} ({sum(r['pending_bytes']) / 2**20:.1f} MiB)")
+            if r["hints_total"] < 0.95 * keys:
+                raise BenchError(f"expected ~{keys} hints, /v0/admin/hints says "
+                                 f"{r['pending_count']}")
+            r["quiet_before"] = wait_quiet([cl.pid(0), cl.pid(1)], 30)
+            # The GET runs: about as long as the throttle needs for the larger coordinator's
+            # hints (it starts with one second of burst; node 3 takes about a second to start).
+            est = max(r["pending_bytes"]) / replay_rate
+            dur = int(min(30, max(2, round(est))))
+            d = start_node3_under_load(cl, gen, script, args, rate, dur, r["hints_total"],
+                                       max(120.0, 10 * est))
+            run = d.pop("run")
+            r.update(d)
+            r["during"] = run
+            r["hints_after"] = [cl.json(i, "v0/admin/hints") for i in (0, 1)]
+            log(f"  rep {rep + 1}: node 3 answered after {r['node3_start_s']} s, first hint "
+                f"delivered by {r['first_delivery_s']} s, drained {r['drain_s']} s after its "
+                f"launch; GET at {rate:.0f}/s for {dur} s ({r['get_overlap_s']} s of it during "
+                f"the drain): {fmt_run(run)}")
+            r["quiet_after"] = wait_quiet(cl.pids(), 30)
+            r["no_drain"] = gen.run(cl.url(0), script, args, dur, rate=rate,
+                                    server_pids=cl.pids())
+            log(f"  rep {rep + 1}: no drain, same rate: {fmt_run(r['no_drain'])}")
+            # Node 3's write-ahead log now holds the delivered hints: a restart would replay
+            # them. One restart without load first (RocksDB flushes what it recovered), so the
+            # control measures a restart alone, like the drain's restart above.
+            cl.stop_node(2)
+            cl.start_node(2)
+            wait_quiet(cl.pids(), 30)
+            cl.stop_node(2)
+            time.sleep(1.0)
+            c = start_node3_under_load(cl, gen, script, args, rate, dur, 0, 60.0)
+            r["restart_only"] = c.pop("run")
+            r["restart_only_node3_start_s"] = c["node3_start_s"]
+            log(f"  rep {rep + 1}: control, node 3 restarted with no hints pending (answered "
+                f"after {c['node3_start_s']} s): {fmt_run(r['restart_only'])}")
+            wait_quiet(cl.pids(), 30)
+            out["reps"].append(r)
+        for k in ("during", "no_drain", "restart_only"):
+            out[k] = summarize([r[k] for r in out["reps"]])
+        for k in ("drain_s", "write_s", "hints_total", "get_overlap_s", "node3_start_s",
+                  "first_delivery_s"):
+            out[k] = median([r[k] for r in out["reps"]])
+        out["pending_bytes"] = median([sum(r["pending_bytes"]) for r in out["reps"]])
+        results["drain"] = out
+    finally:
+        cl.stop()
+        if not opts.keep:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -606,6 +1081,13 @@ def fmt_ms(us: float) -> str:
     if ms >= 10:
         return f"{ms:.1f}"
     return f"{ms:.2f}"
+
+
+def fmt_cpu(us: Optional[float]) -> str:
+    """Server CPU microseconds per request."""
+    if us is None:
+        return "-"
+    return f"{us:.0f}" if us >= 100 else f"{us:.1f}"
 
 
 def fmt_k(rps: float) -> str:
@@ -656,7 +1138,144 @@ unset multiplot
     return None
 
 
+def report_ab(results: dict, ng_cpu: Optional[float]) -> List[str]:
+    ab_all = results.get("ab") or {}
+    if not ab_all:
+        return []
+    o = results["options"]
+    off_args = next(iter(ab_all.values())).get("off_args", AB_OFF_ARGS)
+    aa = off_args.strip() == ""
+    swapped = any(len(ab_blocks(ab)) > 1 for ab in ab_all.values())
+    how = ("in two blocks: *on* in slot A (ports base+0..2) and *off* in slot B (base+10..12), "
+           "then both restarted with the flags swapped (an A/A check, both clusters on, showed "
+           "the slots themselves differing by ~3% in GET CPU per request)" if swapped else
+           "(*on* on ports base+0..2, *off* on base+10..12)")
+    L = ["## Convergence on vs off (same run, alternating)\n" if not aa else
+         "## A/A check of the on vs off method (both clusters on)\n"]
+    L.append(f"Two 3-node clusters from copies of the same fill run side by side: *on* with the "
+             f"defaults (hinted handoff and read repair on), *off* with "
+             f"`{off_args or '(no extra flags)'}`. Closed-loop runs (`wrk -t1 -c{CONNECTIONS} "
+             f"-d{o.get('ab_duration', 0):g}s`) alternate on, off, on, off, ..., on {how}. "
+             f"*on ÷ off* is the "
+             f"median over all off runs of the ratio to the mean of the two on runs around it "
+             f"(a steady drift of the shared machine cancels), with its min - max; *pairs* is "
+             f"the plain median of on_i ÷ off_i for reference. Server CPU per request as above "
+             f"(all three nodes of that cluster). "
+             f"**Goal: CPU per request on <= off ÷ {AB_GOAL_EFFICIENCY} "
+             f"(= {1 / AB_GOAL_EFFICIENCY:.3f}x off), i.e. efficiency off ÷ on >= "
+             f"{AB_GOAL_EFFICIENCY}x.**\n")
+    L.append("| Scenario | pairs | req/s on | req/s off | throughput on ÷ off | CPU/req on (us) "
+             "| CPU/req off (us) | CPU on ÷ off | (pairs) | efficiency (off ÷ on) | goal >= 0.9 "
+             "| CPU eff. x nginx on / off | other CPU on / off | errors |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---:|---:|---:|")
+
+    def eff(us):
+        return f"{ng_cpu / us:.2f}" if ng_cpu and us else "-"
+    for name, ab in ab_all.items():
+        on, off = ab["on"], ab["off"]
+        cr, rr = ab.get("cpu_ratio"), ab.get("rps_ratio")
+        e = 1 / cr if cr else None
+        pr = ab.get("cpu_ratio_pairs")
+        L.append(f"| {SCENARIO_BY_NAME[ab['scenario']].title()} (`{name}`) | {ab['pairs']} | "
+                 f"{on['rps']:,.0f} | {off['rps']:,.0f} | "
+                 f"{rr:.3f} ({ab['rps_ratio_min']:.2f} - {ab['rps_ratio_max']:.2f}) | "
+                 f"{fmt_cpu(on.get('cpu_us_per_req'))} | {fmt_cpu(off.get('cpu_us_per_req'))} | "
+                 f"{cr:.3f} ({ab['cpu_ratio_min']:.3f} - {ab['cpu_ratio_max']:.3f}) | "
+                 f"{f'{pr:.3f}' if pr else '-'} | "
+                 f"**{e:.3f}** | {'yes' if e >= AB_GOAL_EFFICIENCY else '**no**'} | "
+                 f"{eff(on.get('cpu_us_per_req'))} / {eff(off.get('cpu_us_per_req'))} | "
+                 f"{on['other_cpu_pct']:.0f}% / {off['other_cpu_pct']:.0f}% | "
+                 f"{on['errors']} / {off['errors']} |")
+    L.append("")
+    for name, ab in ab_all.items():
+        c = ab.get("counters_on") or {}
+        L.append(f"- `{name}`, *on* cluster's node 0 after its runs: hints written "
+                 f"{c.get('hints_written', '?')}, read repair writes "
+                 f"{c.get('read_repair_writes', '?')}, reads repaired "
+                 f"{c.get('reads_repaired', '?')} (all replicas healthy and in agreement: what "
+                 f"is measured is the bookkeeping, not repair traffic).")
+        for blk in ab_blocks(ab):
+            seq = []
+            for p in blk["pairs"]:
+                seq += [f"on {fmt_cpu(p['on'].get('cpu_us_per_req'))}",
+                        f"off {fmt_cpu(p['off'].get('cpu_us_per_req'))}"]
+            if blk.get("closing_on"):
+                seq.append(f"on {fmt_cpu(blk['closing_on'].get('cpu_us_per_req'))}")
+            L.append(f"  CPU us/req in run order, *on* in slot {blk.get('on_slot', 'A')}: "
+                     f"{', '.join(seq)}.")
+    L.append("")
+    return L
+
+
+def report_drain(results: dict) -> List[str]:
+    d = results.get("drain")
+    if not d:
+        return []
+    L = ["## Hints drain under client load\n"]
+    mib = d["pending_bytes"] / 2**20
+    L.append(f"3 nodes, filled as above. Node 3 (index 2) stopped; {d['keys']:,} new keys "
+             f"(`key{d['first_key']}` onwards, not the keys the GETs read) written once each "
+             f"with {d['value_bytes']} B random values at the default quorum (ack=2/from=3), "
+             f"half through node 1 and half through node 2: {d['hints_total']:,.0f} hints "
+             f"pending ({mib:.1f} MiB, median over repetitions). Then node 3 is started and, "
+             f"from that moment: `/v0/admin/hints` polled on both coordinators every 100 ms "
+             f"(*drain* = time from node 3's launch until `pending_count` is 0 on both), and "
+             f"the `n3-a2f3-get` workload at a fixed {d['rate']:,.0f} req/s "
+             f"({d['rate_fraction']:.0%} of {d['peak']:,.0f}, the {d['peak_source']}), same "
+             f"CO-corrected pacing, for about as long as the throttle needs; then, once drained "
+             f"and idle, the same load for the same time with no drain; and a control: node 3 "
+             f"stopped and started again with nothing written meanwhile, the same load from its "
+             f"launch (what the restart alone costs). Server CPU per GET while draining "
+             f"includes node 3's start and the replay. Replay throttle "
+             f"`--hint-replay-bytes-per-s` {d['replay_bytes_per_s'] / 2**20:g} MiB/s per "
+             f"coordinator. {len(d['reps'])} repetition(s); figures are medians.\n")
+    L.append("| | drain s | GET s (of it during the drain) | achieved req/s | p50 ms | p99 ms "
+             "| p99.9 ms | lag p99 ms | server CPU/GET (us) | errors |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for title, k in (("while draining", "during"), ("no drain (same rate, same run)",
+                                                     "no_drain"),
+                     ("control: node 3 restarted, no hints", "restart_only")):
+        x = d.get(k)
+        if x is None:
+            continue
+        drain = f"{d['drain_s']:.1f}" if k == "during" else "-"
+        dur = d["reps"][0]["get_duration_s"]
+        ov = f"{dur} ({d['get_overlap_s']:.1f})" if k == "during" else f"{dur}"
+        L.append(f"| {title} | {drain} | {ov} | {x['rps']:,.0f} | {fmt_ms(x['p50_us'])} | "
+                 f"{fmt_ms(x['p99_us'])} | {fmt_ms(x['p999_us'])} | {fmt_ms(x['lag_p99_us'])} | "
+                 f"{fmt_cpu(x.get('cpu_us_per_req'))} | {x['errors']} |")
+    L.append("")
+    L.append("Per repetition (times in s from node 3's launch; *replay* = pending MiB ÷ (drain "
+             "- first delivery), both coordinators together):\n")
+    L.append("| rep | write s (keys/s) | hints per coordinator | node 3 answers | first hint "
+             "delivered | drained | replay MiB/s | p99 during / without drain ms |")
+    L.append("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for i, r in enumerate(d["reps"]):
+        span = r["drain_s"] - r.get("first_delivery_s", 0)
+        rate = sum(r["pending_bytes"]) / 2**20 / span if span > 0 else 0
+        L.append(f"| {i + 1} | {r['write_s']} ({r['write_rate']:,}) | "
+                 f"{' + '.join(f'{c:,}' for c in r['pending_count'])} | {r['node3_start_s']} | "
+                 f"{r.get('first_delivery_s', '-')} | {r['drain_s']} | {rate:.1f} | "
+                 f"{fmt_ms(r['during']['p99_us'])} / {fmt_ms(r['no_drain']['p99_us'])} |")
+    L.append("")
+    return L
+
+
+def refresh_ab(results: dict) -> bool:
+    """Recomputes the A/B summaries from their runs (reports written by an older harness);
+    True when something changed."""
+    changed = False
+    for name, ab in (results.get("ab") or {}).items():
+        fresh = ab_summary(ab_blocks(ab))
+        for k, v in fresh.items():
+            if ab.get(k) != v:
+                ab[k] = v
+                changed = True
+    return changed
+
+
 def report_md(results: dict, png_name: Optional[str], plot_note: Optional[str]) -> str:
+    refresh_ab(results)
     m, g, o = results["machine"], results["git"], results["options"]
     ng = results["nginx"]
     ng_max = ng["max"]["rps"]
@@ -665,6 +1284,8 @@ def report_md(results: dict, png_name: Optional[str], plot_note: Optional[str]) 
              f"{', modified working tree' if g['dirty'] else ''})\n")
     if o["quick"]:
         L.append("**QUICK run** (short loads, small fill): a smoke test, not figures to quote.\n")
+    if results.get("note"):
+        L.append(f"**Note:** {results['note']}\n")
     L.append(f"- Machine: {m['cores']} cores, {m['cpu']}, Linux {m['kernel']}, "
              f"{m['mem_gib']} GiB RAM. Load generator, nginx and every dkv node share these cores.")
     L.append(f"- Background CPU before the run: {results['background_cpu_pct']:.0f}% of all cores"
@@ -695,20 +1316,33 @@ def report_md(results: dict, png_name: Optional[str], plot_note: Optional[str]) 
                  f"(memtable 64 MiB + block cache {o['block_cache_mib']} MiB).")
     L.append("")
 
-    L.append("## Maximum throughput (closed loop)\n")
-    L.append("*other CPU*: CPU used during the runs by processes other than wrk and the "
+    ng_cpu = ng["max"].get("cpu_us_per_req")
+
+    def eff(us):
+        return f"{ng_cpu / us:.2f}" if ng_cpu and us else "-"
+
+    L.append("## Maximum throughput and server CPU per request (closed loop)\n")
+    L.append("*server CPU/req*: utime + stime of every server process of the target (nginx "
+             "master and workers; every dkv node of the cluster, all threads, RocksDB's "
+             "background threads included) over the run, from /proc/PID/stat, divided by the "
+             "requests answered in it; median of the runs. *CPU eff.* = nginx's CPU/req ÷ the "
+             "target's (1.00 = as cheap as nginx's static 200). On these shared cores throughput "
+             "swings with whatever else runs; CPU per request is the stable figure. "
+             "*other CPU*: CPU used during the runs by processes other than wrk and the "
              "servers under test (median, % of all cores): above a few % the machine was shared "
              "and the figures are low and noisy.\n")
-    L.append("| Target | req/s (median) | min - max | x nginx | errors | other CPU |")
-    L.append("|---|---:|---:|---:|---:|---:|")
+    L.append("| Target | req/s (median) | min - max | x nginx | server CPU/req (us) | "
+             "CPU eff. (x nginx) | errors | other CPU |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|")
     L.append(f"| nginx static 200 (ceiling) | {ng_max:,.0f} | {ng['max']['rps_min']:,.0f} - "
-             f"{ng['max']['rps_max']:,.0f} | 1.00 | {ng['max']['errors']} | "
-             f"{ng['max']['other_cpu_pct']:.0f}% |")
+             f"{ng['max']['rps_max']:,.0f} | 1.00 | {fmt_cpu(ng_cpu)} | {eff(ng_cpu)} | "
+             f"{ng['max']['errors']} | {ng['max']['other_cpu_pct']:.0f}% |")
     for name, r in results["scenarios"].items():
         mx = r["max"]
+        cpu = mx.get("cpu_us_per_req")
         L.append(f"| {SCENARIO_BY_NAME[name].title()} (`{name}`) | {mx['rps']:,.0f} | "
                  f"{mx['rps_min']:,.0f} - {mx['rps_max']:,.0f} | {mx['rps'] / ng_max:.2f} | "
-                 f"{mx['errors']} | {mx['other_cpu_pct']:.0f}% |")
+                 f"{fmt_cpu(cpu)} | {eff(cpu)} | {mx['errors']} | {mx['other_cpu_pct']:.0f}% |")
     L.append("")
 
     L.append("## Latency at fixed rates\n")
@@ -722,8 +1356,8 @@ def report_md(results: dict, png_name: Optional[str], plot_note: Optional[str]) 
              "what the system sustains and the true latency is up to the lag higher "
              "(docs/benchmarks.md).\n")
     L.append("| Target | rate | achieved | p50 ms | p90 ms | p99 ms | p99.9 ms | lag p99 ms "
-             "| late | errors | other CPU |")
-    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+             "| late | server CPU/req (us) | errors | other CPU |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = [("nginx static 200", ng)] + [(SCENARIO_BY_NAME[n].title(), r)
                                          for n, r in results["scenarios"].items()]
     for title, r in rows:
@@ -731,9 +1365,13 @@ def report_md(results: dict, png_name: Optional[str], plot_note: Optional[str]) 
             L.append(f"| {title} | {fx['fraction']:.0%} = {fx['target_rate']:,.0f} | "
                      f"{fx['rps']:,.0f} | {fmt_ms(fx['p50_us'])} | {fmt_ms(fx['p90_us'])} | "
                      f"{fmt_ms(fx['p99_us'])} | {fmt_ms(fx['p999_us'])} | "
-                     f"{fmt_ms(fx['lag_p99_us'])} | {fx['late_pct']:.1f}% | {fx['errors']} | "
+                     f"{fmt_ms(fx['lag_p99_us'])} | {fx['late_pct']:.1f}% | "
+                     f"{fmt_cpu(fx.get('cpu_us_per_req'))} | {fx['errors']} | "
                      f"{fx['other_cpu_pct']:.0f}% |")
     L.append("")
+
+    L.extend(report_ab(results, ng_cpu))
+    L.extend(report_drain(results))
 
     L.append("## Targets\n")
     L.append("| Target | measured | goal | met |")
@@ -754,6 +1392,14 @@ def report_md(results: dict, png_name: Optional[str], plot_note: Optional[str]) 
                          f"({half[0]['target_rate']:,.0f} req/s; lag p99 {lag:.1f} ms) | "
                          f"{p99:.2f} ms | <= {p99_ms} ms "
                          f"| {'yes' if p99 <= p99_ms else '**no**'} |")
+    for name, ab in results.get("ab", {}).items():
+        if ab.get("cpu_ratio") and ab.get("off_args", AB_OFF_ARGS) == AB_OFF_ARGS:
+            e = 1 / ab["cpu_ratio"]
+            L.append(f"| {SCENARIO_BY_NAME[ab['scenario']].title()}: CPU/req efficiency with "
+                     f"hints + read repair on vs off (off ÷ on, median of "
+                     f"{ab.get('cpu_ratio_brackets') or ab['pairs']} bracketed off runs) "
+                     f"| {e:.3f} | >= {AB_GOAL_EFFICIENCY} | "
+                     f"{'yes' if e >= AB_GOAL_EFFICIENCY else '**no**'} |")
     L.append("")
 
     if png_name:
@@ -1026,7 +1672,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: 100k-key fill, 1 s loads (make bench QUICK=1)")
     ap.add_argument("--scenarios", default="all",
-                    help="comma-separated subset of: " + ", ".join(SCENARIO_BY_NAME))
+                    help="comma-separated subset of: " + ", ".join(ALL_SCENARIO_NAMES))
     ap.add_argument("--fill-keys", type=int, default=None,
                     help="keys written before measuring (default 1000000; quick 100000)")
     ap.add_argument("--fill-gib-per-node", type=float, default=None,
@@ -1041,6 +1687,23 @@ def main() -> int:
                     help="warm-up seconds per scenario (default 3; quick 0: none)")
     ap.add_argument("--rates", default="0.5,0.8",
                     help="fixed rates as fractions of the maximum (default 0.5,0.8)")
+    ap.add_argument("--ab-pairs", type=int, default=None,
+                    help="convergence A/B: alternating on/off pairs of closed-loop runs, "
+                         "split over two blocks with the clusters' slots swapped (default 6; "
+                         "quick 4)")
+    ap.add_argument("--ab-duration", type=float, default=None,
+                    help="convergence A/B: seconds per run (default 5; quick 2)")
+    ap.add_argument("--ab-off-args", default=AB_OFF_ARGS,
+                    help=f"convergence A/B: flags of the 'off' cluster (default '{AB_OFF_ARGS}'; "
+                         f"'' for an A/A check of the method)")
+    ap.add_argument("--drain-keys", type=int, default=100000,
+                    help="hints drain: keys written while node 3 is down (default 100000)")
+    ap.add_argument("--drain-value-bytes", type=int, default=FILL_VALUE_BYTES,
+                    help=f"hints drain: value size of those writes (default {FILL_VALUE_BYTES})")
+    ap.add_argument("--drain-reps", type=int, default=None,
+                    help="hints drain: repetitions (default 3; quick 1)")
+    ap.add_argument("--drain-rate-fraction", type=float, default=0.5,
+                    help="hints drain: GET rate as a share of n3-a2f3-get's maximum (0.5)")
     ap.add_argument("--io-threads", type=int, default=os.cpu_count() or 2,
                     help="dkv --io-threads and nginx worker_processes (default: cores)")
     ap.add_argument("--dkv-args", default="", help="extra flags for every dkv node")
@@ -1051,6 +1714,7 @@ def main() -> int:
                     help="data directories (default build/bench-work; deleted afterwards)")
     ap.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--keep", action="store_true", help="keep data directories")
+    ap.add_argument("--note", default="", help="a sentence printed at the top of the report")
     ap.add_argument("--report-from", metavar="JSON",
                     help="only rewrite the .md and .png of an earlier run from its .json")
     pg = ap.add_argument_group("profiling (bench/profile.sh)")
@@ -1071,6 +1735,11 @@ def main() -> int:
     opts.rate_duration = opts.rate_duration or (1 if opts.quick else 8)
     if opts.warmup is None:
         opts.warmup = 0 if opts.quick else 3
+    opts.ab_pairs = opts.ab_pairs or (4 if opts.quick else 6)
+    opts.ab_duration = opts.ab_duration or (2 if opts.quick else 5)
+    opts.drain_reps = opts.drain_reps or (1 if opts.quick else 3)
+    if opts.drain_keys < 2:
+        ap.error("--drain-keys must be at least 2")
     opts.rates = [float(x) for x in opts.rates.split(",")]
     if opts.fill_gib_per_node is not None:
         opts.fill_keys = int(opts.fill_gib_per_node * (1 << 30) / FILL_VALUE_BYTES)
@@ -1080,17 +1749,21 @@ def main() -> int:
         ap.error("--fill-keys must be positive")
     if opts.runs < 1:
         ap.error("--runs must be >= 1")
-    names = list(SCENARIO_BY_NAME) if opts.scenarios == "all" else opts.scenarios.split(",")
+    names = ALL_SCENARIO_NAMES if opts.scenarios == "all" else opts.scenarios.split(",")
     if opts.profile and opts.profile not in SCENARIO_BY_NAME:
         ap.error(f"unknown scenario {opts.profile}; known: {', '.join(SCENARIO_BY_NAME)}")
     for n in names:
-        if n not in SCENARIO_BY_NAME:
-            ap.error(f"unknown scenario {n}; known: {', '.join(SCENARIO_BY_NAME)}")
+        if n not in ALL_SCENARIO_NAMES:
+            ap.error(f"unknown scenario {n}; known: {', '.join(ALL_SCENARIO_NAMES)}")
     chosen = [SCENARIO_BY_NAME[n] for n in SCENARIO_BY_NAME if n in names]
+    extras = [n for n in EXTRA_SCENARIOS if n in names]
 
     if opts.report_from:
         jp = Path(opts.report_from)
         results = json.loads(jp.read_text())
+        if refresh_ab(results):
+            jp.write_text(json.dumps(results, indent=1) + "\n")
+            print(f"recomputed the A/B summaries in {jp} from its runs")
         png = jp.with_suffix(".png")
         with tempfile.TemporaryDirectory(prefix="dkv-bench-plot-") as td:
             note = plot(results, png, Path(td))
@@ -1115,6 +1788,11 @@ def main() -> int:
     # A private copy: a rebuild of build/dkv during the run must not change what is measured.
     dkv_bin = work / "dkv"
     shutil.copy2(src_bin, dkv_bin)
+    # The same for the script that starts the nodes: it must match the binary copied above
+    # even if scripts/cluster.sh is edited during the run (new flags, say).
+    global CLUSTER_SH
+    shutil.copy2(CLUSTER_SH, work / "cluster.sh")
+    CLUSTER_SH = work / "cluster.sh"
     opts.dkv_args = f"--io-threads {opts.io_threads} {opts.dkv_args}".strip()
     block_cache_mib = 64
     m = re.search(r"--block-cache-bytes[ =](\d+)", opts.dkv_args)
@@ -1154,8 +1832,11 @@ def main() -> int:
                     "dkv_args_extra": opts.dkv_args.replace(f"--io-threads {opts.io_threads}",
                                                             "").strip(),
                     "block_cache_mib": block_cache_mib,
-                    "scenarios": [s.name for s in chosen]},
-        "fill": {}, "scenarios": {}, "nginx": None,
+                    "scenarios": [s.name for s in chosen] + extras,
+                    "ab_pairs": opts.ab_pairs, "ab_duration": opts.ab_duration,
+                    "drain_reps": opts.drain_reps},
+        "fill": {}, "scenarios": {}, "nginx": None, "ab": {}, "drain": None,
+        "note": opts.note,
     }
     log(f"commit {gi['commit']}{' (modified)' if gi['dirty'] else ''}; "
         f"{results['machine']['cores']} cores; background CPU {results['background_cpu_pct']:.0f}%"
@@ -1176,8 +1857,9 @@ def main() -> int:
             nginx.stop()
         for nodes in (1, 3):
             group = [s for s in chosen if s.nodes == nodes]
-            if group:
-                run_topology(nodes, group, gen, opts, work, dkv_bin, results)
+            more = extras if nodes == 3 else []
+            if group or more:
+                run_topology(nodes, group, gen, opts, work, dkv_bin, results, more)
     except KeyboardInterrupt:
         interrupted = True
         log("interrupted; stopping everything")
