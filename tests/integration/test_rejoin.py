@@ -243,14 +243,21 @@ def test_wiped_node_rebuilds_every_record_from_its_peers_with_no_client_read(clu
     assert rb["records_kept"] == 2 * len(k3) + len(want2), rb
 
 
-def test_rebuild_waits_for_every_peer_and_says_which(cluster_factory, uniq):
+def ready_cluster_with_keys(cluster_factory, uniq, n_keys: int = 50):
+    """A 3-node cluster with only the rebuild to refill nodes (no hints, no read repair), every
+    node ready, and `n_keys` keys written 3/3 with the value b"v"."""
     c = cluster_factory(N, "--hinted-handoff", "off", "--read-repair", "off")
     for nd in c:
         wait_state(nd, "ready")
-    keys = [uniq(i) for i in range(50)]
-    for k in keys:
-        with c[0].client() as cl:
+    keys = [uniq(i) for i in range(n_keys)]
+    with c[0].client() as cl:
+        for k in keys:
             assert cl.put(k, b"v", ack=3, **{"from": 3}).status == 201
+    return c, keys
+
+
+def test_rebuild_waits_for_every_peer_and_says_which(cluster_factory, uniq):
+    c, keys = ready_cluster_with_keys(cluster_factory, uniq)
     victim, down = c[2], c[1]
     victim.stop()
     down.stop()
@@ -270,13 +277,7 @@ def test_rebuild_waits_for_every_peer_and_says_which(cluster_factory, uniq):
 
 
 def test_two_wiped_nodes_do_not_rebuild_from_each_other(cluster_factory, uniq):
-    c = cluster_factory(N, "--hinted-handoff", "off", "--read-repair", "off")
-    for nd in c:
-        wait_state(nd, "ready")
-    keys = [uniq(i) for i in range(50)]
-    for k in keys:
-        with c[0].client() as cl:
-            assert cl.put(k, b"v", ack=3, **{"from": 3}).status == 201
+    c, keys = ready_cluster_with_keys(cluster_factory, uniq)
     for nd in c:
         nd.stop()
     for nd in (c[1], c[2]):
