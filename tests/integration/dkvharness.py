@@ -444,6 +444,31 @@ def parse_records(chunks: list[bytes]) -> list[tuple[bytes, bytes]]:
     return out
 
 
+def local_records(node: "Node", start: bytes, end: bytes | None = None,
+                  timeout_s: float = IO_TIMEOUT_S) -> dict[bytes, bytes]:
+    """The node's own live records in [start, end) (to the last key without `end`) through
+    `GET /v0/entities`, checking the framing strictly: chunked with one record per chunk (or an
+    empty body), keys in order and each once."""
+    with node.raw(timeout_s=timeout_s) as c:
+        r = c.request("GET", entities_target(start, end))
+    assert r.status == 200, (node.name, r.status, r.body[:200])
+    if r.chunks is None:
+        assert r.body == b"", "non-chunked range response with a body: %r" % r.body[:200]
+        return {}
+    recs = parse_records(r.chunks)
+    keys = [k for k, _ in recs]
+    assert keys == sorted(keys), "%s: range not in key order" % node.name
+    assert len(set(keys)) == len(keys), "%s: a key appears twice in the range" % node.name
+    return dict(recs)
+
+
+def local_value(node: "Node", key: bytes) -> bytes | None:
+    """The node's own live value of `key` (None: absent or a tombstone), via local_records()."""
+    recs = local_records(node, key, key + b"\x00")
+    assert set(recs) <= {key}, recs
+    return recs.get(key)
+
+
 def bulk_put(port: int, items: list[tuple[bytes, bytes]], batch: int = 64) -> None:
     """PUTs many records fast: `batch` pipelined requests per write on one connection."""
     with RawConn(port) as c:

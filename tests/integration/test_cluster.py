@@ -28,7 +28,7 @@ from typing import NamedTuple
 import pytest
 
 import dkvharness as h
-from dkvharness import entities_target, entity_target
+from dkvharness import entity_target
 
 N = 3
 Q = N // 2 + 1  # default quorum
@@ -102,23 +102,12 @@ def prefix_end(prefix: bytes) -> bytes:
 
 def local_range(nd: h.Node, start: bytes, end: bytes) -> dict[bytes, bytes]:
     """The node's own records in [start, end) via /v0/entities, with strict chunk framing."""
-    with nd.raw() as c:
-        r = c.request("GET", entities_target(start, end))
-    assert r.status == 200, (nd.name, r.status, r.body[:200])
-    if r.chunks is None:
-        assert r.body == b"", "non-chunked range response with a body: %r" % r.body[:200]
-        return {}
-    recs = h.parse_records(r.chunks)
-    keys = [k for k, _ in recs]
-    assert keys == sorted(keys) and len(set(keys)) == len(keys), "range not sorted/unique"
-    return dict(recs)
+    return h.local_records(nd, start, end)
 
 
 def local(nd: h.Node, key: bytes) -> bytes | None:
     """The node's local live value for `key` (None: absent or tombstoned)."""
-    recs = local_range(nd, key, key + b"\x00")
-    assert set(recs) <= {key}, recs
-    return recs.get(key)
+    return h.local_value(nd, key)
 
 
 def holders(c: h.Cluster, key: bytes) -> dict[int, bytes]:

@@ -60,26 +60,11 @@ PROBE = b"\x01probe-never-written"  # GET 3/3 of it touches no data (all replica
 
 def local_all(nd: h.Node) -> dict[bytes, bytes]:
     """Every live record of the node's own data: `GET /v0/entities?start=%01`, one chunk each."""
-    with nd.raw(timeout_s=30) as c:
-        r = c.request("GET", h.entities_target(b"\x01"))
-    assert r.status == 200, (nd.name, r.status, r.body[:200])
-    if r.chunks is None:
-        assert r.body == b"", "non-chunked range response with a body: %r" % r.body[:200]
-        return {}
-    recs = h.parse_records(r.chunks)
-    keys = [k for k, _ in recs]
-    assert keys == sorted(keys), "%s: range not in key order" % nd.name
-    assert len(set(keys)) == len(keys), "%s: a key appears twice in the range" % nd.name
-    return dict(recs)
+    return h.local_records(nd, b"\x01", timeout_s=30)
 
 
 def local(nd: h.Node, key: bytes) -> bytes | None:
-    with nd.raw() as c:
-        r = c.request("GET", h.entities_target(key, key + b"\x00"))
-    assert r.status == 200, (nd.name, r.status)
-    recs = dict(h.parse_records(r.chunks or []))
-    assert set(recs) <= {key}, recs
-    return recs.get(key)
+    return h.local_value(nd, key)
 
 
 def holders(c: h.Cluster, key: bytes) -> dict[int, bytes]:

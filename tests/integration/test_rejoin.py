@@ -37,12 +37,7 @@ def wait_state(nd: h.Node, want: str, timeout_s: float = 10.0):
 
 def local(nd: h.Node, key: bytes) -> bytes | None:
     """The node's own live value of `key` via /v0/entities (strict chunk framing), or None."""
-    with nd.raw() as c:
-        r = c.request("GET", h.entities_target(key, key + b"\x00"))
-    assert r.status == 200, (nd.name, r.status, r.body[:200])
-    if r.chunks is None:
-        return None
-    return dict(h.parse_records(r.chunks)).get(key)
+    return h.local_value(nd, key)
 
 
 def test_a_new_cluster_starts_ready_and_every_node_knows_its_peers(cluster_factory):
@@ -195,10 +190,7 @@ def pipelined(port: int, method: str, targets_bodies: list, want: int, batch: in
 
 
 def local_all(nd: h.Node, prefix: bytes) -> dict:
-    with nd.raw() as c:
-        r = c.request("GET", h.entities_target(prefix, prefix[:-1] + bytes([prefix[-1] + 1])))
-    assert r.status == 200, r
-    return {} if r.chunks is None else dict(h.parse_records(r.chunks))
+    return h.local_records(nd, prefix, prefix[:-1] + bytes([prefix[-1] + 1]))
 
 
 @pytest.mark.timeout_s(150)

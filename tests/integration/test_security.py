@@ -35,10 +35,7 @@ def secret_file(tmp_path, name: str, *lines: str) -> str:
 
 
 def local(nd: h.Node, key: bytes) -> bytes | None:
-    with nd.raw() as c:
-        r = c.request("GET", h.entities_target(key, key + b"\x00"))
-    assert r.status == 200, r
-    return None if r.chunks is None else dict(h.parse_records(r.chunks)).get(key)
+    return h.local_value(nd, key)
 
 
 # ---- a raw RPC peer ----
