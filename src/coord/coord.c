@@ -228,13 +228,16 @@ static void op_offer(op_t *op, const dkv_record_t *rec, dkv_owned_t *buf, uint64
     memset(buf, 0, sizeof(*buf));
 }
 
-/* Records a GET replica's version in its slot. */
+/* Records a GET replica's version in its slot. The value's hash only serves read repair (to
+ * tell equal versions apart): without it, no hashing on the read path. */
 static void slot_version(slot_t *s, const dkv_record_t *rec)
 {
     s->state = SLOT_VERSION;
     s->ts = rec->ts;
     s->tombstone = rec->tombstone;
-    s->value_hash = rec->tombstone ? 0 : XXH3_64bits(rec->value.ptr, rec->value.len);
+    s->value_hash = rec->tombstone || !s->op->c->env.read_repair
+                        ? 0
+                        : XXH3_64bits(rec->value.ptr, rec->value.len);
 }
 
 /* A failed replica write leaves a hint for that replica (hinted handoff). */
