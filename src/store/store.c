@@ -7,13 +7,26 @@
  */
 #include "store/store.h"
 
+#include "common/conf.h"
 #include "common/err.h"
 #include "common/log.h"
 
+#include <inttypes.h>
+#include <stdatomic.h>
+#include <pthread.h>
 #include <rocksdb/c.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <xxhash.h>
+
+/* Key stripes: a write holds its key's stripe only around the RocksDB write, so that a tombstone
+ * purge's read-check-delete never removes a record written between its read and its delete. */
+#define KEY_STRIPES 1024u
+/* The digest column family's marker: present once every data record has its digest entry. */
+#define DIGEST_MARKER ""
+#define DIGEST_MARKER_VALUE "digest.v1"
+#define DIGEST_VALUE_BYTES 10u /* ts u64 BE | flags u8 | from u8 */
 
 /* Did this thread write since its last dkv_store_sync_wal()? */
 static _Thread_local bool wal_dirty;
@@ -23,13 +36,19 @@ struct dkv_store {
     rocksdb_t *db;
     rocksdb_column_family_handle_t *cf_data;  /* "default": replica records */
     rocksdb_column_family_handle_t *cf_hints; /* "hints": repair/hints.c, raw bytes */
+    rocksdb_column_family_handle_t *cf_digest; /* "digest": segment|key -> ts|flags|from */
     rocksdb_options_t *options;
+    rocksdb_options_t *digest_options; /* a copy of options with the digest merge operator */
     rocksdb_writeoptions_t *wopts;
     rocksdb_readoptions_t *ropts;
     rocksdb_block_based_table_options_t *table_opts;
     rocksdb_cache_t *cache;
     rocksdb_filterpolicy_t *filter; /* owned by table_opts once set */
     rocksdb_mergeoperator_t *merge; /* owned by options once set */
+    dkv_store_write_cb observer;    /* set before any write; may be NULL */
+    void *observer_arg;
+    _Atomic uint64_t purged;        /* tombstones purged since open */
+    pthread_mutex_t stripes[KEY_STRIPES];
 };
 
 struct dkv_store_raw_iter {
@@ -141,6 +160,86 @@ static void merge_destroy_cb(void *state)
     (void)state;
 }
 
+/* ---- the digest column family's merge operator: the same last-write-wins order on the part
+ * of a record the digest keeps (timestamp, then tombstone). Two versions with equal timestamps
+ * and flags but different values have equal digests; see merkle.h. ---- */
+
+static bool digest_decode(dkv_slice_t v, dkv_store_digest_t *d)
+{
+    if (v.len != DIGEST_VALUE_BYTES || (v.ptr[8] & ~1u) != 0) {
+        return false;
+    }
+    uint64_t ts = 0;
+    for (int i = 0; i < 8; i++) {
+        ts = (ts << 8) | v.ptr[i];
+    }
+    d->ts = ts;
+    d->tombstone = (v.ptr[8] & 1u) != 0;
+    d->from = v.ptr[9];
+    return true;
+}
+
+static void digest_encode(const dkv_record_t *rec, uint8_t out[DIGEST_VALUE_BYTES])
+{
+    for (int i = 0; i < 8; i++) {
+        out[i] = (uint8_t)(rec->ts >> (56 - 8 * i));
+    }
+    out[8] = rec->tombstone ? 1u : 0u;
+    out[9] = rec->from;
+}
+
+static char *digest_pick(const char *existing, size_t existing_len, const char *const *ops,
+                         const size_t *op_lens, int n_ops, unsigned char *success, size_t *out_len)
+{
+    dkv_slice_t best = {0};
+    dkv_store_digest_t best_d = {0};
+    bool have = false;
+    for (int i = -1; i < n_ops; i++) {
+        dkv_slice_t v = i < 0 ? dkv_slice(existing, existing_len) : dkv_slice(ops[i], op_lens[i]);
+        dkv_store_digest_t d;
+        if ((i < 0 && existing == NULL) || !digest_decode(v, &d)) {
+            continue;
+        }
+        if (!have || d.ts > best_d.ts || (d.ts == best_d.ts && d.tombstone && !best_d.tombstone)) {
+            best = v;
+            best_d = d;
+            have = true;
+        }
+    }
+    if (!have) {
+        best = n_ops > 0 ? dkv_slice(ops[n_ops - 1], op_lens[n_ops - 1]) : dkv_slice("", 0);
+    }
+    *success = 1;
+    return copy_out(best, out_len);
+}
+
+static char *digest_full_merge_cb(void *state, const char *key, size_t key_len,
+                                  const char *existing, size_t existing_len,
+                                  const char *const *ops, const size_t *op_lens, int n_ops,
+                                  unsigned char *success, size_t *out_len)
+{
+    (void)state;
+    (void)key;
+    (void)key_len;
+    return digest_pick(existing, existing_len, ops, op_lens, n_ops, success, out_len);
+}
+
+static char *digest_partial_merge_cb(void *state, const char *key, size_t key_len,
+                                     const char *const *ops, const size_t *op_lens, int n_ops,
+                                     unsigned char *success, size_t *out_len)
+{
+    (void)state;
+    (void)key;
+    (void)key_len;
+    return digest_pick(NULL, 0, ops, op_lens, n_ops, success, out_len);
+}
+
+static const char *digest_merge_name_cb(void *state)
+{
+    (void)state;
+    return "dkv.digest.lww.v1";
+}
+
 static int rocks_err(const char *what, char *err)
 {
     DKV_LOG_ERROR("store: %s: %s", what, err);
@@ -170,7 +269,16 @@ void dkv_store_close(dkv_store_t *s)
         if (s->cf_hints != NULL) {
             rocksdb_column_family_handle_destroy(s->cf_hints);
         }
+        if (s->cf_digest != NULL) {
+            rocksdb_column_family_handle_destroy(s->cf_digest);
+        }
         rocksdb_close(s->db);
+    }
+    if (s->digest_options != NULL) {
+        rocksdb_options_destroy(s->digest_options);
+    }
+    for (unsigned i = 0; i < KEY_STRIPES; i++) {
+        pthread_mutex_destroy(&s->stripes[i]);
     }
     if (s->ropts != NULL) {
         rocksdb_readoptions_destroy(s->ropts);
@@ -190,6 +298,101 @@ void dkv_store_close(dkv_store_t *s)
     free(s);
 }
 
+uint32_t dkv_store_segment(dkv_slice_t key)
+{
+    /* The ring's token of the key (cluster/ring.c): a segment is a range of the token space. */
+    return (uint32_t)(XXH3_64bits(key.ptr, key.len) >> 48);
+}
+
+/* Digest column family key: segment u16 BE | key. `out` holds 2 + DKV_MAX_KEY_BYTES. */
+static size_t digest_key(dkv_slice_t key, uint8_t *out)
+{
+    uint32_t seg = dkv_store_segment(key);
+    out[0] = (uint8_t)(seg >> 8);
+    out[1] = (uint8_t)seg;
+    memcpy(out + 2, key.ptr, key.len);
+    return key.len + 2;
+}
+
+static pthread_mutex_t *stripe_of(dkv_store_t *s, dkv_slice_t key)
+{
+    return &s->stripes[XXH3_64bits(key.ptr, key.len) % KEY_STRIPES];
+}
+
+/* Gives every data record its digest entry when the digest column family is new (a data
+ * directory from before 0.3); then writes the marker. Synchronous, at open. */
+static int digest_backfill(dkv_store_t *s)
+{
+    char *err = NULL;
+    size_t vlen = 0;
+    char *v = rocksdb_get_cf(s->db, s->ropts, s->cf_digest, DIGEST_MARKER, 0, &vlen, &err);
+    if (err != NULL) {
+        return rocks_err("digest marker get", err);
+    }
+    if (v != NULL) {
+        rocksdb_free(v);
+        return 0;
+    }
+    rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
+    rocksdb_readoptions_set_fill_cache(ro, 0);
+    rocksdb_iterator_t *it = rocksdb_create_iterator_cf(s->db, ro, s->cf_data);
+    rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+    uint64_t n = 0;
+    int rc = 0;
+    for (rocksdb_iter_seek_to_first(it); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+        size_t klen = 0;
+        size_t rlen = 0;
+        const char *k = rocksdb_iter_key(it, &klen);
+        const char *r = rocksdb_iter_value(it, &rlen);
+        dkv_record_t rec;
+        if (klen == 0 || klen > DKV_MAX_KEY_BYTES ||
+            dkv_record_decode(dkv_slice(r, rlen), &rec) != 0) {
+            continue;
+        }
+        uint8_t dk[2 + DKV_MAX_KEY_BYTES];
+        uint8_t dv[DIGEST_VALUE_BYTES];
+        size_t dklen = digest_key(dkv_slice(k, klen), dk);
+        digest_encode(&rec, dv);
+        rocksdb_writebatch_merge_cf(wb, s->cf_digest, (const char *)dk, dklen, (const char *)dv,
+                                    sizeof(dv));
+        if (++n % 1024 == 0) {
+            rocksdb_write(s->db, s->wopts, wb, &err);
+            rocksdb_writebatch_clear(wb);
+            if (err != NULL) {
+                rc = rocks_err("digest backfill", err);
+                break;
+            }
+        }
+    }
+    if (rc == 0) {
+        rocksdb_iter_get_error(it, &err);
+        if (err != NULL) {
+            rc = rocks_err("digest backfill scan", err);
+        }
+    }
+    if (rc == 0) {
+        rocksdb_writebatch_put_cf(wb, s->cf_digest, DIGEST_MARKER, 0, DIGEST_MARKER_VALUE,
+                                  strlen(DIGEST_MARKER_VALUE));
+        rocksdb_write(s->db, s->wopts, wb, &err);
+        if (err != NULL) {
+            rc = rocks_err("digest backfill", err);
+        }
+    }
+    rocksdb_writebatch_destroy(wb);
+    rocksdb_iter_destroy(it);
+    rocksdb_readoptions_destroy(ro);
+    if (rc == 0) {
+        rocksdb_flush_wal(s->db, 1, &err);
+        if (err != NULL) {
+            return rocks_err("digest backfill WAL flush", err);
+        }
+        if (n > 0) {
+            DKV_LOG_INFO("store: built the anti-entropy digests of %" PRIu64 " records", n);
+        }
+    }
+    return rc;
+}
+
 int dkv_store_open(const char *dir, const dkv_store_opts_t *opts, dkv_store_t **out)
 {
     dkv_store_opts_t defaults = {0};
@@ -197,6 +400,9 @@ int dkv_store_open(const char *dir, const dkv_store_opts_t *opts, dkv_store_t **
         opts = &defaults;
     }
     dkv_store_t *s = dkv_xcalloc(1, sizeof(*s));
+    for (unsigned i = 0; i < KEY_STRIPES; i++) {
+        pthread_mutex_init(&s->stripes[i], NULL);
+    }
     s->options = rocksdb_options_create();
     rocksdb_options_set_create_if_missing(s->options, 1);
     rocksdb_options_set_create_missing_column_families(s->options, 1);
@@ -231,18 +437,32 @@ int dkv_store_open(const char *dir, const dkv_store_opts_t *opts, dkv_store_t **
         dkv_store_close(s);
         return DKV_EINVAL;
     }
+    /* The digest column family (anti-entropy's per-record digests, repair/merkle.h) has its own
+     * merge operator; the same block cache and filter. */
+    s->digest_options = rocksdb_options_create_copy(s->options);
+    rocksdb_options_set_merge_operator(
+        s->digest_options,
+        rocksdb_mergeoperator_create(NULL, merge_destroy_cb, digest_full_merge_cb,
+                                     digest_partial_merge_cb, merge_delete_cb,
+                                     digest_merge_name_cb));
     char *err = NULL;
     /* The hints column family shares the options (its merge operator is never used there) and,
      * above all, the write-ahead log: a hint is as durable as a replica write. */
-    const char *cf_names[2] = {"default", "hints"};
-    const rocksdb_options_t *cf_opts[2] = {s->options, s->options};
-    rocksdb_column_family_handle_t *handles[2] = {NULL, NULL};
-    s->db = rocksdb_open_column_families(s->options, path, 2, cf_names, cf_opts, handles, &err);
+    const char *cf_names[3] = {"default", "hints", "digest"};
+    const rocksdb_options_t *cf_opts[3] = {s->options, s->options, s->digest_options};
+    rocksdb_column_family_handle_t *handles[3] = {NULL, NULL, NULL};
+    s->db = rocksdb_open_column_families(s->options, path, 3, cf_names, cf_opts, handles, &err);
     s->cf_data = handles[0];
     s->cf_hints = handles[1];
+    s->cf_digest = handles[2];
     if (err != NULL) {
         s->db = NULL;
         int rc = rocks_err("open", err);
+        dkv_store_close(s);
+        return rc;
+    }
+    int rc = digest_backfill(s);
+    if (rc != 0) {
         dkv_store_close(s);
         return rc;
     }
@@ -285,8 +505,25 @@ int dkv_store_put(dkv_store_t *s, dkv_slice_t key, const dkv_record_t *rec)
     if (rec->value.len > 0) {
         memcpy(buf + DKV_RECORD_HEADER_BYTES, rec->value.ptr, rec->value.len);
     }
+    uint8_t dk[2 + DKV_MAX_KEY_BYTES];
+    uint8_t dv[DIGEST_VALUE_BYTES];
+    size_t dklen = key.len <= DKV_MAX_KEY_BYTES ? digest_key(key, dk) : 0;
+    digest_encode(rec, dv);
+    /* One batch: the record and its digest share the WAL record, so a crash never separates
+     * them. Both are blind merges; each column family's operator keeps the newest. */
+    rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+    rocksdb_writebatch_merge_cf(wb, s->cf_data, (const char *)key.ptr, key.len,
+                                (const char *)buf, total);
+    if (dklen > 0) {
+        rocksdb_writebatch_merge_cf(wb, s->cf_digest, (const char *)dk, dklen, (const char *)dv,
+                                    sizeof(dv));
+    }
     char *err = NULL;
-    rocksdb_merge(s->db, s->wopts, (const char *)key.ptr, key.len, (const char *)buf, total, &err);
+    pthread_mutex_t *mu = stripe_of(s, key);
+    pthread_mutex_lock(mu);
+    rocksdb_write(s->db, s->wopts, wb, &err);
+    pthread_mutex_unlock(mu);
+    rocksdb_writebatch_destroy(wb);
     if (buf != stack) {
         free(buf);
     }
@@ -294,6 +531,9 @@ int dkv_store_put(dkv_store_t *s, dkv_slice_t key, const dkv_record_t *rec)
         return rocks_err("merge", err);
     }
     wal_dirty = true;
+    if (s->observer != NULL && dklen > 0) {
+        s->observer(s->observer_arg, dkv_store_segment(key));
+    }
     return 0;
 }
 
@@ -456,4 +696,126 @@ void dkv_store_raw_iter_free(dkv_store_raw_iter_t *it)
     free(it->lower);
     free(it->upper);
     free(it);
+}
+
+/* ---- anti-entropy support: write observer, the digest column family, tombstone purge ---- */
+
+void dkv_store_set_write_observer(dkv_store_t *s, dkv_store_write_cb cb, void *arg)
+{
+    s->observer = cb;
+    s->observer_arg = arg;
+}
+
+int dkv_store_digest_iter_new(dkv_store_t *s, uint32_t seg_lo, uint32_t seg_end,
+                              dkv_store_raw_iter_t **out)
+{
+    if (seg_lo >= seg_end || seg_end > DKV_STORE_SEGMENTS) {
+        return DKV_EINVAL;
+    }
+    dkv_store_raw_iter_t *it = dkv_xcalloc(1, sizeof(*it));
+    it->ropts = rocksdb_readoptions_create();
+    rocksdb_readoptions_set_fill_cache(it->ropts, 0);
+    it->lower = dkv_xmalloc(2);
+    it->lower[0] = (char)(seg_lo >> 8);
+    it->lower[1] = (char)seg_lo;
+    rocksdb_readoptions_set_iterate_lower_bound(it->ropts, it->lower, 2);
+    if (seg_end < DKV_STORE_SEGMENTS) {
+        it->upper = dkv_xmalloc(2);
+        it->upper[0] = (char)(seg_end >> 8);
+        it->upper[1] = (char)seg_end;
+        rocksdb_readoptions_set_iterate_upper_bound(it->ropts, it->upper, 2);
+    }
+    it->it = rocksdb_create_iterator_cf(s->db, it->ropts, s->cf_digest);
+    rocksdb_iter_seek(it->it, it->lower, 2);
+    *out = it;
+    return 0;
+}
+
+int dkv_store_digest_next(dkv_store_raw_iter_t *it, uint32_t *segment, dkv_slice_t *key,
+                          dkv_store_digest_t *d)
+{
+    for (;;) {
+        dkv_slice_t k;
+        dkv_slice_t v;
+        int rc = iter_step(it->it, &it->started, "digest scan", &k, &v);
+        if (rc != 0) {
+            return rc;
+        }
+        if (k.len < 3 || k.len > 2 + DKV_MAX_KEY_BYTES || !digest_decode(v, d)) {
+            DKV_LOG_ERROR("store: skipping a digest entry that does not decode (%zu bytes)", k.len);
+            continue;
+        }
+        *segment = ((uint32_t)k.ptr[0] << 8) | k.ptr[1];
+        *key = dkv_slice(k.ptr + 2, k.len - 2);
+        return 0;
+    }
+}
+
+int dkv_store_purge_tombstone(dkv_store_t *s, dkv_slice_t key, uint64_t max_ts)
+{
+    if (key.len == 0 || key.len > DKV_MAX_KEY_BYTES) {
+        return DKV_EINVAL;
+    }
+    uint8_t dk[2 + DKV_MAX_KEY_BYTES];
+    size_t dklen = digest_key(key, dk);
+    pthread_mutex_t *mu = stripe_of(s, key);
+    pthread_mutex_lock(mu);
+    char *err = NULL;
+    size_t vlen = 0;
+    char *v = rocksdb_get(s->db, s->ropts, (const char *)key.ptr, key.len, &vlen, &err);
+    if (err != NULL) {
+        pthread_mutex_unlock(mu);
+        return rocks_err("purge get", err);
+    }
+    dkv_record_t rec;
+    bool eligible = v != NULL && dkv_record_decode(dkv_slice(v, vlen), &rec) == 0 &&
+                    rec.tombstone && rec.ts <= max_ts;
+    if (v != NULL) {
+        rocksdb_free(v);
+    }
+    if (!eligible) {
+        pthread_mutex_unlock(mu);
+        return DKV_ENOTFOUND;
+    }
+    /* A RocksDB Delete shadows every older version of the key below it (the tombstone has met
+     * them all), and compaction drops the Delete with them at the bottommost level. */
+    rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+    rocksdb_writebatch_delete_cf(wb, s->cf_data, (const char *)key.ptr, key.len);
+    rocksdb_writebatch_delete_cf(wb, s->cf_digest, (const char *)dk, dklen);
+    rocksdb_write(s->db, s->wopts, wb, &err);
+    pthread_mutex_unlock(mu);
+    rocksdb_writebatch_destroy(wb);
+    if (err != NULL) {
+        return rocks_err("purge", err);
+    }
+    wal_dirty = true;
+    atomic_fetch_add(&s->purged, 1);
+    if (s->observer != NULL) {
+        s->observer(s->observer_arg, dkv_store_segment(key));
+    }
+    return 0;
+}
+
+uint64_t dkv_store_purged(dkv_store_t *s)
+{
+    return atomic_load(&s->purged);
+}
+
+void dkv_store_compact(dkv_store_t *s)
+{
+    rocksdb_compactoptions_t *co = rocksdb_compactoptions_create();
+    /* kForce (2): rewrite the bottommost level too, so Deletes and what they shadow go. */
+    rocksdb_compactoptions_set_bottommost_level_compaction(co, 2);
+    rocksdb_compact_range_cf_opt(s->db, s->cf_data, co, NULL, 0, NULL, 0);
+    rocksdb_compact_range_cf_opt(s->db, s->cf_digest, co, NULL, 0, NULL, 0);
+    rocksdb_compactoptions_destroy(co);
+}
+
+uint64_t dkv_store_keys_estimate(dkv_store_t *s)
+{
+    uint64_t v = 0;
+    if (rocksdb_property_int_cf(s->db, s->cf_data, "rocksdb.estimate-num-keys", &v) != 0) {
+        return 0;
+    }
+    return v;
 }

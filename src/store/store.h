@@ -19,6 +19,19 @@ typedef struct dkv_store dkv_store_t;
 typedef struct dkv_store_iter dkv_store_iter_t;
 typedef struct dkv_store_raw_iter dkv_store_raw_iter_t;
 
+/* Anti-entropy segments (repair/merkle.h): the top 16 bits of the key's ring token, xxh3_64. */
+#define DKV_STORE_SEGMENTS 65536u
+
+/* A record's digest entry: what anti-entropy compares (common/record.h fields). */
+typedef struct dkv_store_digest {
+    uint64_t ts;
+    bool tombstone;
+    uint8_t from; /* 0 = unknown (a version-1 record) */
+} dkv_store_digest_t;
+
+/* Called after every replica write or purge with the key's segment, on the writing thread. */
+typedef void (*dkv_store_write_cb)(void *arg, uint32_t segment);
+
 typedef struct dkv_store_opts {
     size_t block_cache_bytes; /* LRU block cache; 0 = 64 MiB */
     bool fsync;               /* fsync the WAL on every write (power-loss safety); default off */
@@ -146,6 +159,67 @@ int dkv_store_raw_iter_next(dkv_store_raw_iter_t *it, dkv_slice_t *key, dkv_slic
 
 /** Releases a raw iterator. NULL is a no-op. */
 void dkv_store_raw_iter_free(dkv_store_raw_iter_t *it);
+
+/*
+ * The digest column family: for every replica record, key `segment u16 BE | key` and value
+ * `ts u64 BE | flags u8 | from u8`, written in the same WriteBatch (same WAL record) as the record
+ * with its own last-write-wins merge operator (timestamp, then tombstone), so the digest of a key
+ * is always the digest of its stored record without a read before the write (the Riak AAE "A1"
+ * design: /work/shared/research/anti-entropy.md). A data directory from before it gets its
+ * digests at open (one scan). Anti-entropy (repair/merkle.h) reads a segment range in key order.
+ */
+
+/** The anti-entropy segment of `key`: XXH3_64(key) >> 48, the top of its ring token. Pure. */
+uint32_t dkv_store_segment(dkv_slice_t key);
+
+/**
+ * Sets the function told about every write and purge (with the key's segment), e.g. to mark a
+ * hash-tree segment dirty. `cb` runs on the writing thread after the write; it must be cheap and
+ * thread-safe. Thread: main, before any thread writes.
+ */
+void dkv_store_set_write_observer(dkv_store_t *s, dkv_store_write_cb cb, void *arg);
+
+/**
+ * Starts an ordered scan of the digest entries of segments seg_lo <= segment < seg_end, from a
+ * consistent snapshot; walk it with dkv_store_digest_next(), release with
+ * dkv_store_raw_iter_free(). @return 0; DKV_EINVAL (empty or out-of-range segments).
+ * Thread: any; the iterator is then used by one thread at a time.
+ */
+int dkv_store_digest_iter_new(dkv_store_t *s, uint32_t seg_lo, uint32_t seg_end,
+                              dkv_store_raw_iter_t **out);
+
+/**
+ * Next digest entry, ordered by (segment, key). @param key On 0: borrowed from the iterator until
+ * the next call. @return 0; DKV_ENOTFOUND at the end; DKV_EIO (logged). Entries that do not
+ * decode are logged and skipped.
+ */
+int dkv_store_digest_next(dkv_store_raw_iter_t *it, uint32_t *segment, dkv_slice_t *key,
+                          dkv_store_digest_t *d);
+
+/**
+ * Tombstone GC: removes `key` (record and digest) if its stored record is a tombstone stamped
+ * at or before `max_ts`, atomically with respect to dkv_store_put() of the same key (a key
+ * stripe lock), so a newer write is never removed. The caller decides `max_ts` (repair/
+ * antientropy.h: after a repair covered every replica, plus the grace period).
+ * @return 0 purged; DKV_ENOTFOUND (not an eligible tombstone: nothing done); DKV_EINVAL; DKV_EIO.
+ * Durable with the thread's next dkv_store_sync_wal() (a purge lost in a crash is redone).
+ * Thread: any.
+ */
+int dkv_store_purge_tombstone(dkv_store_t *s, dkv_slice_t key, uint64_t max_ts);
+
+/** Tombstones purged since open. Thread: any. */
+uint64_t dkv_store_purged(dkv_store_t *s);
+
+/**
+ * Compacts the whole data and digest column families, bottommost level included, so purged
+ * tombstones (RocksDB Deletes) leave the disk now rather than at the next natural compaction.
+ * Blocks for as long as that takes (seconds per GiB). Thread: any but an I/O loop.
+ */
+void dkv_store_compact(dkv_store_t *s);
+
+/** RocksDB's estimate of the data column family's keys (exact after dkv_store_compact(): one
+ * entry per record, tombstones included). Thread: any. */
+uint64_t dkv_store_keys_estimate(dkv_store_t *s);
 
 /**
  * The merge operator's core, exported for tests and fuzzing: among `n` encoded records, the index
