@@ -789,12 +789,13 @@ static void test_tombstone_beats_value_at_equal_ts_in_digest(void **state)
 }
 
 /*
- * KNOWN BUG (reported, not fixed here): at equal timestamps between two values (or two
- * tombstones) the data column family keeps the version dkv_record_cmp() picks (the smaller
- * value), but the digest merge operator keeps whichever operand came first, so the digest's
- * `from` can differ from the stored record's `from`, and differently on two replicas that saw
- * the writes in different orders. store.h promises "the digest of a key is always the digest of
- * its stored record". Skipped unless DKV_TEST_KNOWN_BUGS is set, so the suite stays green.
+ * KNOWN BUG (reported, not fixed here): at equal timestamps between two different values the
+ * data column family keeps the version dkv_record_cmp() picks (the smaller value), but the
+ * digest merge operator (store.c digest_pick) keeps whichever operand came first, so the
+ * digest's `from` can differ from the stored record's `from`: "b" from 2 then "a" from 3 stores
+ * "a" from 3 with a digest saying from 2. store.h promises "the digest of a key is always the
+ * digest of its stored record". Skipped unless DKV_TEST_KNOWN_BUGS is set, so the suite stays
+ * green.
  */
 static void test_digest_from_follows_stored_record_at_equal_ts(void **state)
 {
