@@ -12,6 +12,7 @@
 #include "coord/coord.h"
 #include "http/http.h"
 #include "repair/hints.h"
+#include "repair/antientropy.h"
 #include "repair/rebuild.h"
 #include "replica/replica.h"
 #include "router/router.h"
@@ -55,6 +56,7 @@ struct node {
     dkv_replica_t *replica;
     dkv_hints_t *hints; /* NULL: hinted handoff off, or a cluster of one */
     dkv_rebuild_t *rebuild; /* NULL for a cluster of one */
+    dkv_ae_t *ae;           /* NULL for a cluster of one */
     dkv_ring_t *ring;
     uint32_t self_idx;
     dkv_hlc_t hlc;
@@ -220,6 +222,7 @@ static int thread_setup(io_thread_t *t)
                              .loop = &t->loop,
                              .hints = n->hints,
                              .rebuild = n->rebuild,
+                             .ae = n->ae,
                              .identity = n->identity,
                              .replica = n->replica,
                              .max_clock_offset_ms = conf->max_clock_offset_ms,
@@ -418,6 +421,26 @@ int main(int argc, char **argv)
             goto out;
         }
     }
+    if (dkv_ring_size(n->ring) > 1) {
+        dkv_ae_opts_t aopts = {.interval_ms = n->conf.ae_interval_ms,
+                               .max_bytes_per_s = n->conf.ae_max_bytes_per_s,
+                               .tombstone_grace_ms = n->conf.tombstone_grace_ms,
+                               .max_clock_offset_ms = n->conf.max_clock_offset_ms,
+                               .exchange_timeout_ms = 600000,
+                               .rpc = {.request_timeout_ms = n->conf.replica_timeout_ms,
+                                       .breaker_failures = n->conf.breaker_failures,
+                                       .breaker_cooldown_ms = n->conf.breaker_cooldown_ms},
+                               .rpc_loop_idx = n->n_threads + 2};
+        dkv_ae_new(n->replica, n->identity, n->ring, n->self_idx, &n->hlc, &n->rpc_shared,
+                   &aopts, &n->ae);
+        n->rpc_shared.tree_handler = dkv_ae_serve_tree;
+        n->rpc_shared.tree_ctx = n->ae;
+        rc = dkv_ae_start(n->ae);
+        if (rc != 0) {
+            DKV_LOG_ERROR("cannot start the anti-entropy thread: %s", dkv_strerror(rc));
+            goto out;
+        }
+    }
     n->threads = dkv_xcalloc(n->n_threads, sizeof(io_thread_t));
     uv_sem_init(&n->started, 0);
     uv_loop_init(&n->main_loop);
@@ -475,6 +498,7 @@ int main(int argc, char **argv)
 out:
     dkv_hints_free(n->hints); /* stops the replay thread before the store closes */
     dkv_rebuild_free(n->rebuild);
+    dkv_ae_free(n->ae);
     dkv_replica_free(n->replica);
     dkv_store_close(n->store);
     dkv_identity_free(n->identity);

@@ -58,10 +58,20 @@ static const char usage[] =
     "  --auto-rebuild on|off       a node whose data was lost streams it back from its peers\n"
     "                              and becomes ready by itself (default on); off: it stays\n"
     "                              rebuilding until POST /v0/admin/rebuild-done\n"
+    "  --anti-entropy-interval-ms MS\n"
+    "                              compare hash trees with every peer and repair the\n"
+    "                              differences this often (default 600000 = 10 min;\n"
+    "                              0 = only on POST /v0/admin/repair)\n"
     "  --anti-entropy-max-bytes-per-s N\n"
-    "                              throttle of a lost node's rebuild from its peers\n"
-    "                              (default 32 MiB)\n"
-    "\n"
+    "                              throttle of anti-entropy exchanges, and separately of a\n"
+    "                              lost node's rebuild from its peers (default 32 MiB)\n"
+    "  --tombstone-grace-ms MS     a tombstone is purged only this long after a repair with\n"
+    "                              every peer covered it (default 3600000 = 1 h); hints for\n"
+    "                              records older than this are dropped, not replayed\n"
+    "\n";
+
+/* Split: one string literal may not pass 4095 bytes (ISO C). */
+static const char usage_more[] =
     "Storage:\n"
     "  --block-cache-bytes N       RocksDB block cache (default 67108864)\n"
     "  --fsync                     fsync the write-ahead log on every write (default: write(2)\n"
@@ -224,6 +234,8 @@ int dkv_conf_parse(int argc, char **argv, dkv_conf_t *conf, char *err, size_t er
     conf->hint_replay_bytes_per_s = 8u << 20;
     conf->read_repair = true;
     conf->ae_max_bytes_per_s = 32u << 20;
+    conf->ae_interval_ms = 600000;
+    conf->tombstone_grace_ms = 3600000;
     conf->auto_rebuild = true;
     conf->log_level = DKV_LOG_INFO;
     const char *cluster_arg = NULL;
@@ -232,6 +244,7 @@ int dkv_conf_parse(int argc, char **argv, dkv_conf_t *conf, char *err, size_t er
         const char *flag = argv[i];
         if (strcmp(flag, "--help") == 0 || strcmp(flag, "-h") == 0) {
             printf(usage, (unsigned)DKV_RING_DEFAULT_VNODES);
+            fputs(usage_more, stdout);
             return 1;
         }
         if (strcmp(flag, "--version") == 0) {
@@ -252,6 +265,7 @@ int dkv_conf_parse(int argc, char **argv, dkv_conf_t *conf, char *err, size_t er
             "--vnodes", "--breaker-failures", "--breaker-cooldown-ms", "--block-cache-bytes",
             "--hinted-handoff", "--hint-window-ms", "--max-hints-bytes",
             "--hint-replay-bytes-per-s", "--read-repair", "--anti-entropy-max-bytes-per-s",
+            "--anti-entropy-interval-ms", "--tombstone-grace-ms",
             "--auto-rebuild", "--cluster-secret-file", "--max-clock-offset-ms",
             "--first-byte-timeout-ms"};
         bool known = false;
@@ -294,6 +308,8 @@ int dkv_conf_parse(int argc, char **argv, dkv_conf_t *conf, char *err, size_t er
         NUM("--max-hints-bytes", 1, (uint64_t)1 << 50, max_hints_bytes)
         NUM("--hint-replay-bytes-per-s", 1024, (uint64_t)1 << 40, hint_replay_bytes_per_s)
         NUM("--anti-entropy-max-bytes-per-s", 1024, (uint64_t)1 << 40, ae_max_bytes_per_s)
+        NUM("--anti-entropy-interval-ms", 0, (uint64_t)30 * 86400000, ae_interval_ms)
+        NUM("--tombstone-grace-ms", 0, (uint64_t)365 * 86400000, tombstone_grace_ms)
 #undef NUM
 #define ONOFF(name, field)                                                                         \
     if (strcmp(flag, name) == 0) {                                                                 \

@@ -43,7 +43,9 @@ typedef struct dkv_conf {
     uint64_t max_hints_bytes;         /* no new hints past this total */
     uint64_t hint_replay_bytes_per_s; /* replay throttle */
     bool read_repair;                 /* repair stale replicas after a GET */
-    uint64_t ae_max_bytes_per_s;      /* rebuild streaming throttle */
+    uint64_t ae_max_bytes_per_s;      /* rebuild streaming and exchange throttle, each */
+    uint64_t ae_interval_ms;          /* between anti-entropy rounds; 0 = on demand only */
+    uint64_t tombstone_grace_ms;      /* tombstone GC waits this long past a complete repair */
     bool auto_rebuild;                /* a node whose data was lost streams it back by itself */
     bool fsync;
     enum dkv_log_level log_level;

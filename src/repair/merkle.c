@@ -20,7 +20,6 @@ struct dkv_merkle {
     uint32_t self;
     size_t n;
     _Atomic uint64_t dirty[DIRTY_WORDS];
-    _Atomic uint32_t dirty_count;
     _Atomic uint64_t refreshed_at_ms;
     _Atomic bool built;
     pthread_mutex_t mu;  /* the published hashes and counts below */
@@ -82,7 +81,6 @@ int dkv_merkle_new(dkv_store_t *store, const dkv_ring_t *ring, uint32_t self_idx
     for (size_t i = 0; i < DIRTY_WORDS; i++) {
         atomic_init(&m->dirty[i], ~(uint64_t)0);
     }
-    atomic_init(&m->dirty_count, DKV_MERKLE_SEGMENTS);
     *out = m;
     return 0;
 }
@@ -110,14 +108,18 @@ void dkv_merkle_mark_dirty(void *arg, uint32_t segment)
     if ((atomic_load_explicit(&m->dirty[segment / 64], memory_order_relaxed) & bit) != 0) {
         return;
     }
-    if ((atomic_fetch_or(&m->dirty[segment / 64], bit) & bit) == 0) {
-        atomic_fetch_add(&m->dirty_count, 1);
-    }
+    atomic_fetch_or(&m->dirty[segment / 64], bit);
 }
 
 uint32_t dkv_merkle_dirty_count(dkv_merkle_t *m)
 {
-    return atomic_load(&m->dirty_count);
+    /* Counted on demand (1,024 words): a separate counter would race with the bits. */
+    uint32_t n = 0;
+    for (size_t w = 0; w < DIRTY_WORDS; w++) {
+        n += (uint32_t)__builtin_popcountll(atomic_load_explicit(&m->dirty[w],
+                                                                 memory_order_relaxed));
+    }
+    return n;
 }
 
 bool dkv_merkle_built(dkv_merkle_t *m)
@@ -222,7 +224,6 @@ int dkv_merkle_refresh(dkv_merkle_t *m, uint32_t *rehashed)
         taken[w] = atomic_exchange(&m->dirty[w], 0);
         n_taken += (uint32_t)__builtin_popcountll(taken[w]);
     }
-    atomic_fetch_sub(&m->dirty_count, n_taken);
     int rc = 0;
     uint32_t s = 0;
     while (s < DKV_MERKLE_SEGMENTS) {

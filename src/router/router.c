@@ -489,8 +489,13 @@ struct sync_wait {
     dkv_router_t *router;
     sync_wait_t *prev;
     sync_wait_t *next;
+    /* What is awaited: 0 while pending, else the HTTP status, with the body written. */
+    int (*poll)(sync_wait_t *w, dkv_buf_t *body);
+    const char *timeout_text;
     dkv_hints_t *hints;
     dkv_hints_sync_point_t sp;
+    dkv_ae_t *ae;
+    uint64_t ticket; /* an anti-entropy round or compaction */
     uint64_t deadline_ms;
     dkv_router_reply_cb cb;
     void *arg;
@@ -501,8 +506,8 @@ static void sync_wait_free(uv_handle_t *h)
     free(h->data);
 }
 
-/* Answers a waiting sync call and lets its timer go. */
-static void sync_wait_end(sync_wait_t *w, int status, const char *text)
+/* Answers a waiting admin call and lets its timer go. */
+static void sync_wait_end(sync_wait_t *w, int status, dkv_buf_t *body)
 {
     dkv_router_t *r = w->router;
     if (w->prev != NULL) {
@@ -514,17 +519,24 @@ static void sync_wait_end(sync_wait_t *w, int status, const char *text)
         w->next->prev = w->prev;
     }
     uv_timer_stop(&w->timer);
-    reply_text(w->cb, w->arg, status, text);
+    bool json = body->len > 0 && body->data[0] == '{';
+    reply_owned_text(w->cb, w->arg, status, body, json ? "application/json" : TEXT);
     uv_close((uv_handle_t *)&w->timer, sync_wait_free);
 }
 
 static void sync_poll(uv_timer_t *t)
 {
     sync_wait_t *w = t->data;
-    if (dkv_hints_sync_reached(w->hints, &w->sp)) {
-        sync_wait_end(w, 200, "OK: every hint that existed at the call was delivered\n");
+    dkv_buf_t body;
+    dkv_buf_init(&body);
+    int status = w->poll(w, &body);
+    if (status != 0) {
+        sync_wait_end(w, status, &body);
     } else if (uv_now(t->loop) >= w->deadline_ms) {
-        sync_wait_end(w, 504, "Timeout: hints are still pending (GET /v0/admin/hints)\n");
+        dkv_buf_append_str(&body, w->timeout_text);
+        sync_wait_end(w, 504, &body);
+    } else {
+        dkv_buf_cleanup(&body);
     }
 }
 
@@ -532,8 +544,62 @@ void dkv_router_stop(dkv_router_t *r)
 {
     r->stopped = true;
     while (r->waits != NULL) {
-        sync_wait_end(r->waits, 503, "Service Unavailable: the node is shutting down\n");
+        dkv_buf_t body;
+        dkv_buf_init(&body);
+        dkv_buf_append_str(&body, "Service Unavailable: the node is shutting down\n");
+        sync_wait_end(r->waits, 503, &body);
     }
+}
+
+/* Parses timeout_ms (default 60 s, at most 1 h). @return false after answering 400. */
+static bool admin_timeout(dkv_query_t *q, unsigned *timeout_ms, dkv_router_reply_cb cb,
+                          void *arg)
+{
+    *timeout_ms = SYNC_DEFAULT_TIMEOUT_MS;
+    if (q->has_timeout_ms &&
+        (parse_count(&q->timeout_ms, timeout_ms) != 0 || *timeout_ms > SYNC_MAX_TIMEOUT_MS)) {
+        reply_text(cb, arg, 400, "Bad Request: timeout_ms must be 0..3600000\n");
+        return false;
+    }
+    return true;
+}
+
+/* Starts waiting for `w` (filled in but for the list and timer), or answers at once when it is
+ * already reached. */
+static void sync_wait_start(dkv_router_t *r, sync_wait_t *w, unsigned timeout_ms,
+                            dkv_router_reply_cb cb, void *arg)
+{
+    dkv_buf_t body;
+    dkv_buf_init(&body);
+    int status = w->poll(w, &body);
+    if (status != 0) {
+        free(w);
+        bool json = body.len > 0 && body.data[0] == '{';
+        reply_owned_text(cb, arg, status, &body, json ? "application/json" : TEXT);
+        return;
+    }
+    dkv_buf_cleanup(&body);
+    w->cb = cb;
+    w->arg = arg;
+    w->router = r;
+    w->next = r->waits;
+    if (r->waits != NULL) {
+        r->waits->prev = w;
+    }
+    r->waits = w;
+    uv_timer_init(r->env.loop, &w->timer);
+    w->timer.data = w;
+    w->deadline_ms = uv_now(r->env.loop) + timeout_ms;
+    uv_timer_start(&w->timer, sync_poll, SYNC_POLL_MS, SYNC_POLL_MS);
+}
+
+static int poll_hints(sync_wait_t *w, dkv_buf_t *body)
+{
+    if (!dkv_hints_sync_reached(w->hints, &w->sp)) {
+        return 0;
+    }
+    dkv_buf_append_str(body, "OK: every hint that existed at the call was delivered\n");
+    return 200;
 }
 
 /*
@@ -548,10 +614,8 @@ static void handle_admin_hints_sync(dkv_router_t *r, const dkv_request_t *req, d
         reply_text(cb, arg, 405, "Method Not Allowed: use POST\n");
         return;
     }
-    unsigned timeout_ms = SYNC_DEFAULT_TIMEOUT_MS;
-    if (q->has_timeout_ms &&
-        (parse_count(&q->timeout_ms, &timeout_ms) != 0 || timeout_ms > SYNC_MAX_TIMEOUT_MS)) {
-        reply_text(cb, arg, 400, "Bad Request: timeout_ms must be 0..3600000\n");
+    unsigned timeout_ms;
+    if (!admin_timeout(q, &timeout_ms, cb, arg)) {
         return;
     }
     if (r->env.hints == NULL) {
@@ -564,24 +628,103 @@ static void handle_admin_hints_sync(dkv_router_t *r, const dkv_request_t *req, d
     }
     sync_wait_t *w = dkv_xcalloc(1, sizeof(*w));
     w->hints = r->env.hints;
+    w->poll = poll_hints;
+    w->timeout_text = "Timeout: hints are still pending (GET /v0/admin/hints)\n";
     dkv_hints_sync_point(w->hints, &w->sp);
-    if (dkv_hints_sync_reached(w->hints, &w->sp)) {
-        free(w);
-        reply_text(cb, arg, 200, "OK: every hint that existed at the call was delivered\n");
+    sync_wait_start(r, w, timeout_ms, cb, arg);
+}
+
+static int poll_repair(sync_wait_t *w, dkv_buf_t *body)
+{
+    bool all_ok = false;
+    if (!dkv_ae_round_result(w->ae, w->ticket, &all_ok)) {
+        return 0;
+    }
+    dkv_ae_status_json(w->ae, body);
+    dkv_buf_append_str(body, "\n");
+    return all_ok ? 200 : 502;
+}
+
+/*
+ * GET /v0/admin/repair: the anti-entropy state (per peer: last complete exchange, segments
+ * compared, records sent and received, bytes). POST /v0/admin/repair?timeout_ms=T: runs one
+ * full exchange with every peer now (like `nodetool repair`) and answers when it finished: 200
+ * when every exchange completed, 502 when some failed (see last_error), 504 at the timeout.
+ */
+static void handle_admin_repair(dkv_router_t *r, const dkv_request_t *req, dkv_query_t *q,
+                                dkv_router_reply_cb cb, void *arg)
+{
+    if (req->method != DKV_METHOD_POST && req->method != DKV_METHOD_GET) {
+        reply_text(cb, arg, 405, "Method Not Allowed: use GET or POST\n");
         return;
     }
-    w->cb = cb;
-    w->arg = arg;
-    w->router = r;
-    w->next = r->waits;
-    if (r->waits != NULL) {
-        r->waits->prev = w;
+    if (r->env.ae == NULL) {
+        reply_text(cb, arg, 200, "OK: a cluster of one node has nothing to repair\n");
+        return;
     }
-    r->waits = w;
-    uv_timer_init(r->env.loop, &w->timer);
-    w->timer.data = w;
-    w->deadline_ms = uv_now(r->env.loop) + timeout_ms;
-    uv_timer_start(&w->timer, sync_poll, SYNC_POLL_MS, SYNC_POLL_MS);
+    if (req->method == DKV_METHOD_GET) {
+        dkv_buf_t b;
+        dkv_buf_init(&b);
+        dkv_ae_status_json(r->env.ae, &b);
+        dkv_buf_append_str(&b, "\n");
+        reply_owned_text(cb, arg, 200, &b, "application/json");
+        return;
+    }
+    unsigned timeout_ms;
+    if (!admin_timeout(q, &timeout_ms, cb, arg)) {
+        return;
+    }
+    if (r->stopped) {
+        reply_text(cb, arg, 503, "Service Unavailable: the node is shutting down\n");
+        return;
+    }
+    sync_wait_t *w = dkv_xcalloc(1, sizeof(*w));
+    w->ae = r->env.ae;
+    w->poll = poll_repair;
+    w->timeout_text = "Timeout: the repair is still running (GET /v0/admin/repair)\n";
+    w->ticket = dkv_ae_request_round(w->ae);
+    sync_wait_start(r, w, timeout_ms, cb, arg);
+}
+
+static int poll_compact(sync_wait_t *w, dkv_buf_t *body)
+{
+    if (!dkv_ae_compact_done(w->ae, w->ticket)) {
+        return 0;
+    }
+    dkv_buf_append_str(body, "OK: compacted\n");
+    return 200;
+}
+
+/*
+ * POST /v0/admin/compact?timeout_ms=T: a full compaction of the store (purged tombstones and the
+ * versions they shadow leave the disk now), run on the anti-entropy thread; 200 when done.
+ */
+static void handle_admin_compact(dkv_router_t *r, const dkv_request_t *req, dkv_query_t *q,
+                                 dkv_router_reply_cb cb, void *arg)
+{
+    if (req->method != DKV_METHOD_POST) {
+        reply_text(cb, arg, 405, "Method Not Allowed: use POST\n");
+        return;
+    }
+    unsigned timeout_ms;
+    if (!admin_timeout(q, &timeout_ms, cb, arg)) {
+        return;
+    }
+    if (r->env.ae == NULL) {
+        reply_text(cb, arg, 501, "Not Implemented: compaction runs on the anti-entropy thread, "
+                                 "which a cluster of one does not have\n");
+        return;
+    }
+    if (r->stopped) {
+        reply_text(cb, arg, 503, "Service Unavailable: the node is shutting down\n");
+        return;
+    }
+    sync_wait_t *w = dkv_xcalloc(1, sizeof(*w));
+    w->ae = r->env.ae;
+    w->poll = poll_compact;
+    w->timeout_text = "Timeout: the compaction is still running\n";
+    w->ticket = dkv_ae_request_compact(w->ae);
+    sync_wait_start(r, w, timeout_ms, cb, arg);
 }
 
 /*
@@ -643,6 +786,10 @@ static void handle_status(dkv_router_t *r, const dkv_request_t *req, dkv_query_t
         dkv_buf_append_str(&b, ",\"rebuild\":");
         dkv_rebuild_status_json(r->env.rebuild, &b);
     }
+    if (r->env.ae != NULL) {
+        dkv_buf_append_str(&b, ",\"anti_entropy\":");
+        dkv_ae_status_json(r->env.ae, &b);
+    }
     if (r->env.replica != NULL) {
         dkv_buf_printf(&b, ",\"clock\":{\"max_offset_ms\":%" PRIu64 ",\"future_refused\":%" PRIu64
                            "}",
@@ -674,6 +821,10 @@ void dkv_router_handle(dkv_router_t *r, const dkv_request_t *req, dkv_router_rep
         handler = handle_admin_hints_sync;
     } else if (dkv_slice_eq_str(path, "/v0/admin/rebuild-done")) {
         handler = handle_admin_rebuild_done;
+    } else if (dkv_slice_eq_str(path, "/v0/admin/repair")) {
+        handler = handle_admin_repair;
+    } else if (dkv_slice_eq_str(path, "/v0/admin/compact")) {
+        handler = handle_admin_compact;
     } else {
         reply_text(cb, arg, 400, "Bad Request: unknown path\n");
         return;

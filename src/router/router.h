@@ -15,6 +15,7 @@
 #include "common/buf.h"
 #include "common/slice.h"
 #include "coord/coord.h"
+#include "repair/antientropy.h"
 #include "repair/rebuild.h"
 #include "store/store.h"
 
@@ -76,6 +77,7 @@ typedef struct dkv_router_env {
     uv_loop_t *loop;               /* this I/O thread's loop (timers of waiting admin calls) */
     dkv_hints_t *hints;            /* NULL: hinted handoff is off */
     dkv_rebuild_t *rebuild;        /* NULL for a cluster of one */
+    dkv_ae_t *ae;                  /* anti-entropy; NULL for a cluster of one */
     dkv_identity_t *identity;      /* node id and readiness; NULL in tests */
     dkv_replica_t *replica;        /* clock refusals for the status; NULL in tests */
     uint64_t max_clock_offset_ms;

@@ -536,6 +536,16 @@ static void handle_reply(peer_t *p, const dkv_rpc_msg_t *m)
             complete_msg(p, req, m->scan_reply.status == DKV_RPC_OK ? 0 : DKV_EIO, NULL, m);
         }
         break;
+    case DKV_RPC_TREE_REPLY:
+        if (req->expect != DKV_RPC_TREE_REPLY) {
+            complete(p, req, DKV_EPROTO, NULL);
+        } else {
+            int trc = m->tree_reply.status == DKV_RPC_OK          ? 0
+                      : m->tree_reply.status == DKV_RPC_NOT_READY ? DKV_ENOTREADY
+                                                                  : DKV_EIO;
+            complete_msg(p, req, trc, NULL, m);
+        }
+        break;
     default:
         complete(p, req, DKV_EPROTO, NULL);
         break;
@@ -816,6 +826,8 @@ int dkv_rpc_client_call(dkv_rpc_client_t *c, uint32_t peer, const dkv_rpc_call_t
     bool ok = (call->type == DKV_RPC_GET && cb != NULL) ||
               (call->type == DKV_RPC_PUT && call->rec != NULL && cb != NULL) ||
               (call->type == DKV_RPC_SCAN && call->scan != NULL && call->scan_cb != NULL &&
+               cb == NULL) ||
+              (call->type == DKV_RPC_TREE && call->tree != NULL && call->scan_cb != NULL &&
                cb == NULL);
     if (!ok) {
         return DKV_EINVAL;
@@ -848,8 +860,11 @@ int dkv_rpc_client_call(dkv_rpc_client_t *c, uint32_t peer, const dkv_rpc_call_t
         rc = dkv_rpc_encode_get(&p->out, id, call->key);
     } else if (call->type == DKV_RPC_PUT) {
         rc = dkv_rpc_encode_put(&p->out, id, call->key, call->rec);
-    } else {
+    } else if (call->type == DKV_RPC_SCAN) {
         rc = dkv_rpc_encode_scan(&p->out, id, call->scan);
+    } else {
+        rc = dkv_rpc_encode_tree(&p->out, id, call->tree->kind, call->tree->index,
+                                 call->tree->after);
     }
     if (rc != 0) {
         if (probe) {

@@ -464,6 +464,88 @@ static int decode_scan_reply(cursor_t *c, dkv_rpc_msg_t *m)
     return 0;
 }
 
+#define TREE_ENTRY_MIN_BYTES (KEY_LEN_BYTES + 1 + 8 + 1 + 1)
+#define TREE_REPLY_FLAG_MORE 0x01u
+
+static int read_tree_entry(cursor_t *c, dkv_rpc_tree_entry_t *e)
+{
+    uint8_t flags;
+    if (read_str16(c, 1, DKV_RPC_MAX_KEY_BYTES, &e->key) != 0 || read_u64(c, &e->ts) != 0 ||
+        read_u8(c, &flags) != 0 || (flags & ~1u) != 0 || read_u8(c, &e->from) != 0 ||
+        e->from == 0) {
+        return DKV_EPROTO;
+    }
+    e->tombstone = (flags & 1u) != 0;
+    return 0;
+}
+
+static int decode_tree(cursor_t *c, dkv_rpc_msg_t *m)
+{
+    if (read_u8(c, &m->tree.kind) != 0 || read_u32(c, &m->tree.index) != 0 ||
+        read_str16(c, 0, DKV_RPC_MAX_KEY_BYTES, &m->tree.after) != 0) {
+        return DKV_EPROTO;
+    }
+    switch (m->tree.kind) {
+    case DKV_RPC_TREE_BRANCHES:
+        return m->tree.index == 0 && m->tree.after.len == 0 ? 0 : DKV_EPROTO;
+    case DKV_RPC_TREE_LEAVES:
+        return m->tree.index < DKV_RPC_TREE_HASHES && m->tree.after.len == 0 ? 0 : DKV_EPROTO;
+    case DKV_RPC_TREE_SEGMENT:
+        return m->tree.index < DKV_RPC_TREE_SEGMENTS ? 0 : DKV_EPROTO;
+    default:
+        return DKV_EPROTO;
+    }
+}
+
+static int decode_tree_reply(cursor_t *c, dkv_rpc_msg_t *m)
+{
+    uint8_t status;
+    if (read_u8(c, &status) != 0) {
+        return DKV_EPROTO;
+    }
+    m->tree_reply.status = status;
+    if (status == DKV_RPC_ERROR || status == DKV_RPC_NOT_READY) {
+        return 0;
+    }
+    if (status != DKV_RPC_OK || read_u8(c, &m->tree_reply.kind) != 0) {
+        return DKV_EPROTO;
+    }
+    const uint8_t *p;
+    switch (m->tree_reply.kind) {
+    case DKV_RPC_TREE_BRANCHES:
+    case DKV_RPC_TREE_LEAVES:
+        if (take(c, DKV_RPC_TREE_HASHES * 8u, &p) != 0) {
+            return DKV_EPROTO;
+        }
+        m->tree_reply.hashes = dkv_slice(p, DKV_RPC_TREE_HASHES * 8u);
+        return 0;
+    case DKV_RPC_TREE_SEGMENT: {
+        uint8_t flags;
+        uint32_t count;
+        if (read_u8(c, &flags) != 0 || (flags & ~TREE_REPLY_FLAG_MORE) != 0 ||
+            read_u32(c, &count) != 0 || count > c->left / TREE_ENTRY_MIN_BYTES) {
+            return DKV_EPROTO;
+        }
+        const uint8_t *entries = c->p;
+        for (uint32_t i = 0; i < count; i++) {
+            dkv_rpc_tree_entry_t e;
+            if (read_tree_entry(c, &e) != 0) {
+                return DKV_EPROTO;
+            }
+        }
+        m->tree_reply.more = (flags & TREE_REPLY_FLAG_MORE) != 0;
+        if (m->tree_reply.more && count == 0) {
+            return DKV_EPROTO;
+        }
+        m->tree_reply.count = count;
+        m->tree_reply.entries = dkv_slice(entries, (size_t)(c->p - entries));
+        return 0;
+    }
+    default:
+        return DKV_EPROTO;
+    }
+}
+
 static int decode_payload(cursor_t *c, dkv_rpc_msg_t *m)
 {
     switch (m->type) {
@@ -491,6 +573,10 @@ static int decode_payload(cursor_t *c, dkv_rpc_msg_t *m)
         return decode_scan(c, m);
     case DKV_RPC_SCAN_REPLY:
         return decode_scan_reply(c, m);
+    case DKV_RPC_TREE:
+        return decode_tree(c, m);
+    case DKV_RPC_TREE_REPLY:
+        return decode_tree_reply(c, m);
     default:
         return DKV_EPROTO;
     }
@@ -730,6 +816,104 @@ void dkv_rpc_scan_reply_fail(dkv_rpc_scan_writer_t *w)
     w->frame_bytes = out->len - w->frame_off;
 }
 
+/* ---- TREE ---- */
+
+int dkv_rpc_encode_tree(dkv_buf_t *out, uint64_t req_id, uint8_t kind, uint32_t index,
+                        dkv_slice_t after)
+{
+    bool ok = (kind == DKV_RPC_TREE_BRANCHES && index == 0 && after.len == 0) ||
+              (kind == DKV_RPC_TREE_LEAVES && index < DKV_RPC_TREE_HASHES && after.len == 0) ||
+              (kind == DKV_RPC_TREE_SEGMENT && index < DKV_RPC_TREE_SEGMENTS &&
+               after.len <= DKV_RPC_MAX_KEY_BYTES);
+    if (!ok) {
+        return DKV_EINVAL;
+    }
+    size_t off = begin_frame(out, DKV_RPC_TREE, req_id, 1 + 4 + KEY_LEN_BYTES + after.len);
+    append_u8(out, kind);
+    append_u32(out, index);
+    append_str16(out, after);
+    end_frame(out, off);
+    return 0;
+}
+
+void dkv_rpc_encode_tree_hashes(dkv_buf_t *out, uint64_t req_id, uint8_t kind,
+                                const uint64_t hashes[DKV_RPC_TREE_HASHES])
+{
+    size_t off = begin_frame(out, DKV_RPC_TREE_REPLY, req_id, 2 + DKV_RPC_TREE_HASHES * 8u);
+    append_u8(out, DKV_RPC_OK);
+    append_u8(out, kind);
+    for (uint32_t i = 0; i < DKV_RPC_TREE_HASHES; i++) {
+        append_u64(out, hashes[i]);
+    }
+    end_frame(out, off);
+}
+
+int dkv_rpc_encode_tree_segment(dkv_buf_t *out, uint64_t req_id, dkv_slice_t entries,
+                                uint32_t count, bool more)
+{
+    if (more && count == 0) {
+        return DKV_EINVAL;
+    }
+    if (DKV_RPC_HEADER_BYTES + 7 + entries.len > DKV_RPC_MAX_FRAME_BYTES) {
+        return DKV_ETOOBIG;
+    }
+    size_t off = begin_frame(out, DKV_RPC_TREE_REPLY, req_id, 7 + entries.len);
+    append_u8(out, DKV_RPC_OK);
+    append_u8(out, DKV_RPC_TREE_SEGMENT);
+    append_u8(out, more ? (uint8_t)TREE_REPLY_FLAG_MORE : 0);
+    append_u32(out, count);
+    dkv_buf_append(out, entries.ptr, entries.len);
+    end_frame(out, off);
+    return 0;
+}
+
+int dkv_rpc_encode_tree_status(dkv_buf_t *out, uint64_t req_id, dkv_rpc_status_t status)
+{
+    if (status != DKV_RPC_ERROR && status != DKV_RPC_NOT_READY) {
+        return DKV_EINVAL;
+    }
+    size_t off = begin_frame(out, DKV_RPC_TREE_REPLY, req_id, 1);
+    append_u8(out, (uint8_t)status);
+    end_frame(out, off);
+    return 0;
+}
+
+size_t dkv_rpc_tree_entry_append(dkv_buf_t *entries, const dkv_rpc_tree_entry_t *e)
+{
+    if (!key_ok(e->key) || e->from == 0) {
+        return 0;
+    }
+    size_t before = entries->len;
+    append_str16(entries, e->key);
+    append_u64(entries, e->ts);
+    append_u8(entries, e->tombstone ? 1u : 0u);
+    append_u8(entries, e->from);
+    return entries->len - before;
+}
+
+int dkv_rpc_tree_iter_next(dkv_slice_t *rest, dkv_rpc_tree_entry_t *e)
+{
+    if (rest->len == 0) {
+        return DKV_ENOTFOUND;
+    }
+    cursor_t c = {rest->ptr, rest->len};
+    if (read_tree_entry(&c, e) != 0) {
+        return DKV_EPROTO;
+    }
+    *rest = dkv_slice(c.p, c.left);
+    return 0;
+}
+
+uint64_t dkv_rpc_tree_hash(const dkv_rpc_msg_t *m, uint32_t i)
+{
+    const uint8_t *p = m->tree_reply.hashes.ptr + (size_t)(i % DKV_RPC_TREE_HASHES) * 8u;
+    uint64_t x = 0;
+    for (int k = 0; k < 8; k++) {
+        x = (x << 8) | p[k];
+    }
+    return x;
+}
+
 /* ---- SCAN_REPLY entries ---- */
 
 void dkv_rpc_scan_iter_init(dkv_rpc_scan_iter_t *it, const dkv_rpc_msg_t *msg)
@@ -786,6 +970,10 @@ const char *dkv_rpc_type_name(uint8_t type)
         return "SCAN";
     case DKV_RPC_SCAN_REPLY:
         return "SCAN_REPLY";
+    case DKV_RPC_TREE:
+        return "TREE";
+    case DKV_RPC_TREE_REPLY:
+        return "TREE_REPLY";
     default:
         return "UNKNOWN";
     }

@@ -64,10 +64,13 @@ typedef enum dkv_rpc_type {
     DKV_RPC_PUT = 0x03,          /* store a record unless a newer one is stored */
     DKV_RPC_SCAN = 0x04,         /* ordered batch of a key range */
     DKV_RPC_AUTH = 0x05,         /* client's proof of the cluster secret; answered by HELLO_OK */
+    DKV_RPC_TREE = 0x06,         /* anti-entropy: a level of the hash tree shared with the
+                                    sender, or one segment's digests (repair/merkle.h) */
     DKV_RPC_HELLO_OK = 0x81,     /* handshake accepted */
     DKV_RPC_GET_REPLY = 0x82,    /* status + record when found */
     DKV_RPC_PUT_REPLY = 0x83,    /* status */
     DKV_RPC_SCAN_REPLY = 0x84,   /* status + entries + more + last key */
+    DKV_RPC_TREE_REPLY = 0x86,   /* status + hashes or digest entries */
     DKV_RPC_HELLO_REJECT = 0xC1, /* handshake refused (reason); the server then closes */
     DKV_RPC_HELLO_CHALLENGE = 0xC2, /* server's nonce and proof of the cluster secret, in answer
                                        to a HELLO that carries a nonce (rpc/auth.h) */
@@ -81,6 +84,24 @@ typedef enum dkv_rpc_status {
     DKV_RPC_NOT_READY = 3, /* GET only: the replica's data is being rebuilt (cluster/identity.h):
                               a failure, never "absent" */
 } dkv_rpc_status_t;
+
+/* TREE request kinds. */
+typedef enum dkv_rpc_tree_kind {
+    DKV_RPC_TREE_BRANCHES = 0, /* the 256 branch hashes (index ignored, must be 0) */
+    DKV_RPC_TREE_LEAVES = 1,   /* the 256 leaf hashes under branch `index` (0..255) */
+    DKV_RPC_TREE_SEGMENT = 2,  /* the digest entries of segment `index` (0..65535) shared with
+                                  the sender, in key order, strictly after `after` */
+} dkv_rpc_tree_kind_t;
+#define DKV_RPC_TREE_HASHES 256u
+#define DKV_RPC_TREE_SEGMENTS 65536u
+
+/* One digest entry of a TREE_REPLY for a segment. */
+typedef struct dkv_rpc_tree_entry {
+    dkv_slice_t key; /* 1..DKV_RPC_MAX_KEY_BYTES */
+    uint64_t ts;
+    bool tombstone;
+    uint8_t from; /* 1.. (a record in a tree always has a known replica set) */
+} dkv_rpc_tree_entry_t;
 
 /* SCAN request: keys k with start <= k < end (or start < k when start_exclusive). */
 typedef struct dkv_rpc_scan {
@@ -148,6 +169,20 @@ typedef struct dkv_rpc_msg {
             dkv_slice_t last_key; /* the last entry's key (empty iff count == 0): resume
                                      strictly after it with start_exclusive */
         } scan_reply;
+        struct {
+            uint8_t kind;      /* dkv_rpc_tree_kind_t */
+            uint32_t index;    /* branch or segment */
+            dkv_slice_t after; /* SEGMENT: resume strictly after this key; empty = from the first */
+        } tree;
+        struct {
+            uint8_t status;      /* DKV_RPC_OK, DKV_RPC_ERROR, or DKV_RPC_NOT_READY (the tree is
+                                    not built yet or the node is not ready: ask again later) */
+            uint8_t kind;        /* as requested; only with OK */
+            dkv_slice_t hashes;  /* BRANCHES, LEAVES: 256 u64 BE (2048 bytes) */
+            bool more;           /* SEGMENT: entries continue after the last one */
+            uint32_t count;      /* SEGMENT: entries; walk with dkv_rpc_tree_iter_next() */
+            dkv_slice_t entries; /* SEGMENT: raw entry bytes, validated by dkv_rpc_decode() */
+        } tree_reply;
     };
 } dkv_rpc_msg_t;
 
@@ -349,6 +384,51 @@ void dkv_rpc_scan_iter_init(dkv_rpc_scan_iter_t *it, const dkv_rpc_msg_t *msg);
  * Thread: any: pure function.
  */
 int dkv_rpc_scan_iter_next(dkv_rpc_scan_iter_t *it, dkv_slice_t *key, dkv_record_t *rec);
+
+/**
+ * TREE: asks for one level of the hash tree the receiver shares with the sender, or one
+ * segment's digest entries.
+ * @param kind   dkv_rpc_tree_kind_t. @param index 0 for BRANCHES, 0..255 for LEAVES, 0..65535
+ *               for SEGMENT. @param after SEGMENT only (else empty): 0..DKV_RPC_MAX_KEY_BYTES.
+ * @return 0; DKV_EINVAL (kind, index or `after` out of range).
+ */
+int dkv_rpc_encode_tree(dkv_buf_t *out, uint64_t req_id, uint8_t kind, uint32_t index,
+                        dkv_slice_t after);
+
+/**
+ * TREE_REPLY with 256 hashes (BRANCHES or LEAVES), status OK.
+ * @param hashes  DKV_RPC_TREE_HASHES values, host order (written big-endian). Cannot fail.
+ */
+void dkv_rpc_encode_tree_hashes(dkv_buf_t *out, uint64_t req_id, uint8_t kind,
+                                const uint64_t hashes[DKV_RPC_TREE_HASHES]);
+
+/**
+ * TREE_REPLY for a SEGMENT, status OK.
+ * @param entries  `count` entries built with dkv_rpc_tree_entry_append(), in key order.
+ * @param more     The segment continues after the last entry (needs count >= 1).
+ * @return 0; DKV_EINVAL (more without entries); DKV_ETOOBIG (past DKV_RPC_MAX_FRAME_BYTES).
+ */
+int dkv_rpc_encode_tree_segment(dkv_buf_t *out, uint64_t req_id, dkv_slice_t entries,
+                                uint32_t count, bool more);
+
+/** TREE_REPLY with status DKV_RPC_ERROR or DKV_RPC_NOT_READY. @return 0; DKV_EINVAL. */
+int dkv_rpc_encode_tree_status(dkv_buf_t *out, uint64_t req_id, dkv_rpc_status_t status);
+
+/**
+ * Appends one SEGMENT entry's bytes to `entries` (key str16 | ts u64 | flags u8 | from u8).
+ * @return the bytes appended; 0 (nothing appended) for a bad key or from = 0. Thread: any.
+ */
+size_t dkv_rpc_tree_entry_append(dkv_buf_t *entries, const dkv_rpc_tree_entry_t *e);
+
+/**
+ * Next entry of a decoded SEGMENT reply. Start with `*rest` = msg->tree_reply.entries.
+ * @return 0 with `e` (key borrowed from the frame); DKV_ENOTFOUND at the end; DKV_EPROTO.
+ * Thread: any: pure.
+ */
+int dkv_rpc_tree_iter_next(dkv_slice_t *rest, dkv_rpc_tree_entry_t *e);
+
+/** Reads hash `i` (0..255) of a decoded BRANCHES/LEAVES reply. Thread: any: pure. */
+uint64_t dkv_rpc_tree_hash(const dkv_rpc_msg_t *m, uint32_t i);
 
 /** Name of a message type for logs ("GET", ...; "UNKNOWN" otherwise). Thread: any. */
 const char *dkv_rpc_type_name(uint8_t type);

@@ -33,8 +33,8 @@ typedef struct dkv_rpc_server dkv_rpc_server_t;
  * peer sees the change and closes the breaker, so a restarted peer is reached on the very next
  * request (API.md §8) instead of after the cooldown. Zero-initialise it.
  */
-/* Up to 64 I/O loops (--io-threads) plus the hint replay and the rebuild loops. */
-#define DKV_RPC_MAX_LOOPS 66
+/* Up to 64 I/O loops (--io-threads) plus the hint replay, rebuild and anti-entropy loops. */
+#define DKV_RPC_MAX_LOOPS 67
 
 typedef struct dkv_rpc_shared {
     /* The node's identity, exchanged in every handshake (cluster/identity.h); NULL: none is
@@ -43,6 +43,10 @@ typedef struct dkv_rpc_shared {
     /* The cluster secret (rpc/auth.h); NULL: handshakes are not authenticated. Set before any
      * client or server is created. */
     dkv_auth_t *auth;
+    /* Answers TREE requests (repair/antientropy.h: dkv_ae_serve_tree) into `out`, for the
+     * authenticated peer `peer`; NULL: TREE is answered with an error. Set before any server. */
+    void (*tree_handler)(void *ctx, uint32_t peer, const dkv_rpc_msg_t *m, dkv_buf_t *out);
+    void *tree_ctx;
     _Atomic uint32_t peer_epoch[DKV_RING_MAX_NODES];
     /* Each loop's view of each peer, published by that loop's client for the status page:
      * breaker (8 bits) | connected (8) | consecutive failures (16) | pending requests (32). */
@@ -90,14 +94,25 @@ void dkv_rpc_client_close(dkv_rpc_client_t *c, void (*cb)(void *arg), void *arg)
  */
 typedef void (*dkv_rpc_scan_cb)(void *arg, int rc, const dkv_rpc_msg_t *reply);
 
+/** A TREE request (anti-entropy, repair/antientropy.h): see dkv_rpc_encode_tree(). */
+typedef struct dkv_rpc_tree_req {
+    uint8_t kind;      /* dkv_rpc_tree_kind_t */
+    uint32_t index;    /* branch or segment */
+    dkv_slice_t after; /* SEGMENT: resume strictly after this key */
+} dkv_rpc_tree_req_t;
+
 /** One replica request: what dkv_rpc_client_call() sends. */
 typedef struct dkv_rpc_call {
     dkv_rpc_type_t type;         /* DKV_RPC_GET (stored version of key), DKV_RPC_PUT (store
-                                    rec) or DKV_RPC_SCAN (one ordered batch of a key range) */
+                                    rec), DKV_RPC_SCAN (one ordered batch of a key range) or
+                                    DKV_RPC_TREE (anti-entropy hash tree level or segment) */
     dkv_slice_t key;             /* GET, PUT: 1..DKV_RPC_MAX_KEY_BYTES bytes */
     const dkv_record_t *rec;     /* PUT: the record */
     const dkv_rpc_scan_t *scan;  /* SCAN: the range and batch limits */
-    dkv_rpc_scan_cb scan_cb;     /* SCAN: receives the reply (the `cb` argument must be NULL) */
+    const dkv_rpc_tree_req_t *tree; /* TREE: the level or segment asked for */
+    dkv_rpc_scan_cb scan_cb;     /* SCAN, TREE: receives the decoded reply (the `cb` argument
+                                    must be NULL); rc 0 = status OK, DKV_ENOTREADY = NOT_READY
+                                    (ask again later), DKV_EIO = ERROR */
     uint64_t timeout_ms;         /* from send to reply; 0 = the client's request_timeout_ms */
 } dkv_rpc_call_t;
 

@@ -128,6 +128,7 @@ static void accept_peer(sconn_t *c, uint64_t req_id, int idx, bool has_ident,
     dkv_rpc_server_t *s = c->srv;
     atomic_fetch_add(&s->shared->peer_epoch[idx], 1);
     c->hello_done = true;
+    c->peer_idx = idx;
     dkv_identity_t *identity = s->shared->identity;
     if (identity == NULL) {
         dkv_rpc_encode_hello_ok(&c->out, req_id, NULL);
@@ -319,6 +320,13 @@ static int handle_frame(sconn_t *c, dkv_slice_t frame)
     case DKV_RPC_SCAN:
         handle_scan(c, &m);
         return 0;
+    case DKV_RPC_TREE:
+        if (s->shared->tree_handler == NULL || c->peer_idx < 0) {
+            dkv_rpc_encode_tree_status(&c->out, m.req_id, DKV_RPC_ERROR);
+        } else {
+            s->shared->tree_handler(s->shared->tree_ctx, (uint32_t)c->peer_idx, &m, &c->out);
+        }
+        return 0;
     default:
         DKV_LOG_WARN("rpc: unexpected %s from %s; closing", dkv_rpc_type_name(m.type),
                      c->peer_url);
@@ -413,6 +421,7 @@ void dkv_rpc_server_adopt(void *server, uv_tcp_t *tcp, dkv_slice_t first)
     sconn_t *c = dkv_xcalloc(1, sizeof(*c));
     c->srv = s;
     c->tcp = tcp;
+    c->peer_idx = -1; /* known once the handshake is accepted */
     tcp->data = c;
     c->next = s->conns;
     if (s->conns != NULL) {
