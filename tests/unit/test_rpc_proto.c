@@ -512,6 +512,120 @@ static void test_not_magic_is_eproto_at_first_byte(void **state)
     assert_true(DKV_RPC_MAGIC >= 0x80);
 }
 
+/* TREE and TREE_REPLY (anti-entropy): every form round-trips; every out-of-range field is
+ * refused by the encoder and by the decoder. */
+static void test_tree_request_round_trips_and_limits(void **state)
+{
+    (void)state;
+    dkv_buf_t b;
+    dkv_buf_init(&b);
+    dkv_rpc_msg_t m;
+    assert_int_equal(dkv_rpc_encode_tree(&b, 9, DKV_RPC_TREE_SEGMENT, 65535, dkv_slice_str("k")), 0);
+    assert_int_equal(dkv_rpc_decode(dkv_buf_slice(&b), &m), 0);
+    assert_int_equal(m.type, DKV_RPC_TREE);
+    assert_int_equal(m.req_id, 9);
+    assert_int_equal(m.tree.kind, DKV_RPC_TREE_SEGMENT);
+    assert_int_equal(m.tree.index, 65535);
+    assert_true(dkv_slice_eq_str(m.tree.after, "k"));
+    b.len = 0;
+    assert_int_equal(dkv_rpc_encode_tree(&b, 1, DKV_RPC_TREE_LEAVES, 255, dkv_slice(NULL, 0)), 0);
+    assert_int_equal(dkv_rpc_decode(dkv_buf_slice(&b), &m), 0);
+    assert_int_equal(m.tree.index, 255);
+    /* Encoder limits: branch 256, segment 65536, `after` on a non-segment, an unknown kind. */
+    assert_int_equal(dkv_rpc_encode_tree(&b, 1, DKV_RPC_TREE_LEAVES, 256, dkv_slice(NULL, 0)),
+                     DKV_EINVAL);
+    assert_int_equal(dkv_rpc_encode_tree(&b, 1, DKV_RPC_TREE_SEGMENT, 65536, dkv_slice(NULL, 0)),
+                     DKV_EINVAL);
+    assert_int_equal(dkv_rpc_encode_tree(&b, 1, DKV_RPC_TREE_BRANCHES, 0, dkv_slice_str("k")),
+                     DKV_EINVAL);
+    assert_int_equal(dkv_rpc_encode_tree(&b, 1, 3, 0, dkv_slice(NULL, 0)), DKV_EINVAL);
+    /* Decoder limits, from raw payloads: kind u8 | index u32 | after str16. */
+    uint8_t bad_branch[] = {1, 0, 0, 1, 0, 0, 0};     /* LEAVES 256 */
+    uint8_t bad_seg[] = {2, 0, 1, 0, 0, 0, 0};        /* SEGMENT 65536 */
+    uint8_t bad_kind[] = {3, 0, 0, 0, 0, 0, 0};
+    uint8_t branches_index[] = {0, 0, 0, 0, 1, 0, 0}; /* BRANCHES needs index 0 */
+    uint8_t ok[] = {0, 0, 0, 0, 0, 0, 0};
+    assert_int_equal(decode_raw(DKV_RPC_VERSION, DKV_RPC_TREE, ok, sizeof(ok)), 0);
+    assert_int_equal(decode_raw(DKV_RPC_VERSION, DKV_RPC_TREE, bad_branch, sizeof(bad_branch)),
+                     DKV_EPROTO);
+    assert_int_equal(decode_raw(DKV_RPC_VERSION, DKV_RPC_TREE, bad_seg, sizeof(bad_seg)),
+                     DKV_EPROTO);
+    assert_int_equal(decode_raw(DKV_RPC_VERSION, DKV_RPC_TREE, bad_kind, sizeof(bad_kind)),
+                     DKV_EPROTO);
+    assert_int_equal(decode_raw(DKV_RPC_VERSION, DKV_RPC_TREE, branches_index,
+                                sizeof(branches_index)),
+                     DKV_EPROTO);
+    dkv_buf_cleanup(&b);
+}
+
+static void test_tree_replies_round_trip_and_entries_are_validated(void **state)
+{
+    (void)state;
+    dkv_buf_t b;
+    dkv_buf_init(&b);
+    dkv_rpc_msg_t m;
+    uint64_t hashes[DKV_RPC_TREE_HASHES];
+    for (uint32_t i = 0; i < DKV_RPC_TREE_HASHES; i++) {
+        hashes[i] = 0x0102030405060708ull * (i + 1);
+    }
+    dkv_rpc_encode_tree_hashes(&b, 5, DKV_RPC_TREE_BRANCHES, hashes);
+    assert_int_equal(dkv_rpc_decode(dkv_buf_slice(&b), &m), 0);
+    assert_int_equal(m.type, DKV_RPC_TREE_REPLY);
+    assert_int_equal(m.tree_reply.status, DKV_RPC_OK);
+    assert_int_equal(m.tree_reply.kind, DKV_RPC_TREE_BRANCHES);
+    for (uint32_t i = 0; i < DKV_RPC_TREE_HASHES; i++) {
+        assert_true(dkv_rpc_tree_hash(&m, i) == hashes[i]);
+    }
+    /* A SEGMENT reply: two entries, a tombstone among them, and `more`. */
+    dkv_buf_t entries;
+    dkv_buf_init(&entries);
+    dkv_rpc_tree_entry_t e1 = {.key = dkv_slice_str("a"), .ts = 7, .tombstone = false, .from = 3};
+    dkv_rpc_tree_entry_t e2 = {.key = dkv_slice_str("b"), .ts = 1ull << 60, .tombstone = true,
+                               .from = 2};
+    dkv_rpc_tree_entry_t e0 = {.key = dkv_slice_str("z"), .ts = 1, .from = 0};
+    assert_true(dkv_rpc_tree_entry_append(&entries, &e1) > 0);
+    assert_true(dkv_rpc_tree_entry_append(&entries, &e2) > 0);
+    assert_int_equal(dkv_rpc_tree_entry_append(&entries, &e0), 0); /* from 0: in no tree */
+    b.len = 0;
+    assert_int_equal(dkv_rpc_encode_tree_segment(&b, 6, dkv_buf_slice(&entries), 2, true), 0);
+    assert_int_equal(dkv_rpc_decode(dkv_buf_slice(&b), &m), 0);
+    assert_int_equal(m.tree_reply.kind, DKV_RPC_TREE_SEGMENT);
+    assert_true(m.tree_reply.more);
+    assert_int_equal(m.tree_reply.count, 2);
+    dkv_slice_t rest = m.tree_reply.entries;
+    dkv_rpc_tree_entry_t got;
+    assert_int_equal(dkv_rpc_tree_iter_next(&rest, &got), 0);
+    assert_true(dkv_slice_eq_str(got.key, "a") && got.ts == 7 && !got.tombstone && got.from == 3);
+    assert_int_equal(dkv_rpc_tree_iter_next(&rest, &got), 0);
+    assert_true(dkv_slice_eq_str(got.key, "b") && got.ts == (1ull << 60) && got.tombstone &&
+                got.from == 2);
+    assert_int_equal(dkv_rpc_tree_iter_next(&rest, &got), DKV_ENOTFOUND);
+    /* `more` without entries would loop forever: refused. */
+    assert_int_equal(dkv_rpc_encode_tree_segment(&b, 6, dkv_slice(NULL, 0), 0, true), DKV_EINVAL);
+    /* Decoder: a count the bytes cannot hold; an entry with from 0; a bad flag bit. */
+    uint8_t over[] = {0, 2, 0, 0, 0, 0, 9};
+    uint8_t from0[] = {0, 2, 0, 0, 0, 0, 1, 0, 1, 'k', 0, 0, 0, 0, 0, 0, 0, 1, 0, 0};
+    uint8_t flag2[] = {0, 2, 0, 0, 0, 0, 1, 0, 1, 'k', 0, 0, 0, 0, 0, 0, 0, 1, 2, 1};
+    uint8_t fine[] = {0, 2, 0, 0, 0, 0, 1, 0, 1, 'k', 0, 0, 0, 0, 0, 0, 0, 1, 1, 1};
+    assert_int_equal(decode_raw(DKV_RPC_VERSION, DKV_RPC_TREE_REPLY, fine, sizeof(fine)), 0);
+    assert_int_equal(decode_raw(DKV_RPC_VERSION, DKV_RPC_TREE_REPLY, over, sizeof(over)),
+                     DKV_EPROTO);
+    assert_int_equal(decode_raw(DKV_RPC_VERSION, DKV_RPC_TREE_REPLY, from0, sizeof(from0)),
+                     DKV_EPROTO);
+    assert_int_equal(decode_raw(DKV_RPC_VERSION, DKV_RPC_TREE_REPLY, flag2, sizeof(flag2)),
+                     DKV_EPROTO);
+    /* Error and not-ready replies carry only the status. */
+    b.len = 0;
+    assert_int_equal(dkv_rpc_encode_tree_status(&b, 8, DKV_RPC_NOT_READY), 0);
+    assert_int_equal(dkv_rpc_decode(dkv_buf_slice(&b), &m), 0);
+    assert_int_equal(m.tree_reply.status, DKV_RPC_NOT_READY);
+    assert_int_equal(dkv_rpc_encode_tree_status(&b, 8, DKV_RPC_OK), DKV_EINVAL);
+    assert_string_equal(dkv_rpc_type_name(DKV_RPC_TREE), "TREE");
+    assert_string_equal(dkv_rpc_type_name(DKV_RPC_TREE_REPLY), "TREE_REPLY");
+    dkv_buf_cleanup(&entries);
+    dkv_buf_cleanup(&b);
+}
+
 static void test_unknown_version_or_type_is_eproto(void **state)
 {
     (void)state;
@@ -519,7 +633,7 @@ static void test_unknown_version_or_type_is_eproto(void **state)
     assert_int_equal(decode_raw(DKV_RPC_VERSION, DKV_RPC_GET, key, sizeof(key)), 0);
     assert_int_equal(decode_raw(0, DKV_RPC_GET, key, sizeof(key)), DKV_EPROTO);
     assert_int_equal(decode_raw(2, DKV_RPC_GET, key, sizeof(key)), DKV_EPROTO);
-    uint8_t types[] = {0x00, 0x06, 0x7F, 0x80, 0x85, 0xC0, 0xC3, 0xFF};
+    uint8_t types[] = {0x00, 0x07, 0x7F, 0x80, 0x85, 0x87, 0xC0, 0xC3, 0xFF};
     for (size_t i = 0; i < sizeof(types); i++) {
         assert_int_equal(decode_raw(DKV_RPC_VERSION, types[i], key, sizeof(key)), DKV_EPROTO);
         assert_string_equal(dkv_rpc_type_name(types[i]), "UNKNOWN");
@@ -840,6 +954,8 @@ int main(void)
         cmocka_unit_test(test_declared_length_limits),
         cmocka_unit_test(test_not_magic_is_eproto_at_first_byte),
         cmocka_unit_test(test_unknown_version_or_type_is_eproto),
+        cmocka_unit_test(test_tree_request_round_trips_and_limits),
+        cmocka_unit_test(test_tree_replies_round_trip_and_entries_are_validated),
         cmocka_unit_test(test_garbage_record_is_eproto),
         cmocka_unit_test(test_hello_identity_block_roundtrip_and_limits),
         cmocka_unit_test(test_malformed_fields_are_eproto),
