@@ -391,6 +391,9 @@ int main(int argc, char **argv)
                                   .max_bytes = n->conf.max_hints_bytes,
                                   .replay_bytes_per_s = n->conf.hint_replay_bytes_per_s,
                                   .replay_interval_ms = 200,
+                                  /* Past the GC horizon's lag (antientropy.h): see hints.h. */
+                                  .max_record_age_ms = n->conf.tombstone_grace_ms +
+                                                       n->conf.max_clock_offset_ms,
                                   .rpc = {.request_timeout_ms = n->conf.replica_timeout_ms,
                                           .breaker_failures = n->conf.breaker_failures,
                                           .breaker_cooldown_ms = n->conf.breaker_cooldown_ms},

@@ -815,6 +815,8 @@ static void gc_sweep(dkv_ae_t *ae)
         return;
     }
     uint64_t max_ts = (horizon << DKV_HLC_LOGICAL_BITS) - 1;
+    /* Before the sweep: from now on a purged tombstone pushed back to us is dropped. */
+    dkv_replica_set_purge_horizon(ae->replica, max_ts);
     dkv_store_raw_iter_t *it = NULL;
     if (dkv_store_digest_iter_new(ae->store, 0, DKV_STORE_SEGMENTS, &it) != 0) {
         return;
@@ -1091,13 +1093,15 @@ void dkv_ae_status_json(dkv_ae_t *ae, dkv_buf_t *out)
                    ",\"last_refresh_ms\":%" PRIu64 ",\"last_refresh_segments\":%u}"
                    ",\"gc\":{\"tombstone_grace_ms\":%" PRIu64 ",\"horizon_ms\":%" PRIu64
                    ",\"last_sweep_ms\":%" PRIu64 ",\"last_purged\":%" PRIu64
-                   ",\"purged\":%" PRIu64 ",\"keys_on_disk_estimate\":%" PRIu64 "},\"peers\":[",
+                   ",\"purged\":%" PRIu64 ",\"late_tombstones_dropped\":%" PRIu64
+                   ",\"keys_on_disk_estimate\":%" PRIu64 "},\"peers\":[",
                    ae->opts.interval_ms, ae->opts.max_bytes_per_s, ae->rounds_started,
                    ae->rounds_done, dkv_merkle_built(ae->merkle) ? "true" : "false",
                    dkv_merkle_dirty_count(ae->merkle), records, tombs, ae->refreshes,
                    ae->last_refresh_ms, ae->last_refresh_segments, ae->opts.tombstone_grace_ms,
                    ae->gc_horizon_ms, ae->gc_last_sweep_ms, ae->gc_last_purged,
-                   dkv_store_purged(ae->store), dkv_store_keys_estimate(ae->store));
+                   dkv_store_purged(ae->store), dkv_replica_late_tombstones(ae->replica),
+                   dkv_store_keys_estimate(ae->store));
     bool first = true;
     for (size_t p = 0; p < ae->n; p++) {
         if (p == ae->self_idx) {

@@ -36,6 +36,7 @@ typedef struct entry {
     uint64_t bytes; /* hint key + value */
     uint64_t created_ms;
     int rc;         /* 1 while in flight, then the reply's rc */
+    bool expired;   /* dropped unsent: its record is older than max_record_age_ms */
     dkv_slice_t hint_key; /* into the batch's storage */
 } entry_t;
 
@@ -80,6 +81,7 @@ struct dkv_hints {
     uint64_t replay_failures;
     uint64_t dropped_window;
     uint64_t dropped_quota;
+    uint64_t dropped_expired;
     /* Replay thread. */
     bool started;
     bool stopping;
@@ -390,8 +392,10 @@ static void batch_done(batch_t *b)
     unsigned delivered = 0;
     uint64_t bytes = 0;
     uint64_t last_seq = 0;
+    uint64_t expired = 0;
     while (delivered < b->n && b->entries[delivered].rc == 0) {
         entry_t *e = &b->entries[delivered];
+        expired += e->expired ? 1u : 0u;
         dkv_store_hint_delete(h->store, e->hint_key);
         bytes += e->bytes;
         last_seq = e->seq;
@@ -408,7 +412,8 @@ static void batch_done(batch_t *b)
     t->count -= delivered;
     t->bytes -= bytes;
     h->total_bytes -= bytes;
-    h->replayed += delivered;
+    h->replayed += delivered - expired;
+    h->dropped_expired += expired;
     if (delivered > 0) {
         t->delivered_seq = last_seq;
         if (t->count == 0) {
@@ -517,6 +522,16 @@ static void replay_target(target_t *t)
             /* A damaged hint can never be delivered: count it as delivered so it goes. */
             DKV_LOG_ERROR("hints: dropping a damaged hint for %s", dkv_ring_url(h->ring, t->idx));
             e->rc = 0;
+            b->inflight--;
+            continue;
+        }
+        if (h->opts.max_record_age_ms > 0 &&
+            dkv_hlc_ms(rec.ts) + h->opts.max_record_age_ms < wall_ms()) {
+            /* Older than the tombstone GC grace: a tombstone that shadowed it may be purged
+             * already, and the write would come back (Cassandra drops hints past gc_grace).
+             * Anti-entropy repairs the replica instead. */
+            e->rc = 0;
+            e->expired = true;
             b->inflight--;
             continue;
         }
@@ -654,9 +669,10 @@ void dkv_hints_status_json(dkv_hints_t *h, dkv_buf_t *out)
     dkv_buf_printf(out,
                    "{\"enabled\":true,\"pending_count\":%" PRIu64 ",\"pending_bytes\":%" PRIu64
                    ",\"written\":%" PRIu64 ",\"replayed\":%" PRIu64 ",\"replay_failures\":%" PRIu64
-                   ",\"dropped_window\":%" PRIu64 ",\"dropped_quota\":%" PRIu64 ",\"peers\":[",
+                   ",\"dropped_window\":%" PRIu64 ",\"dropped_quota\":%" PRIu64
+                   ",\"dropped_expired\":%" PRIu64 ",\"peers\":[",
                    count, h->total_bytes, h->written, h->replayed, h->replay_failures,
-                   h->dropped_window, h->dropped_quota);
+                   h->dropped_window, h->dropped_quota, h->dropped_expired);
     bool first = true;
     for (size_t i = 0; i < h->n; i++) {
         if (i == h->self_idx) {

@@ -44,6 +44,8 @@ typedef struct dkv_hints_opts {
     uint64_t max_bytes;          /* no new hints once all hints take this many bytes */
     uint64_t replay_bytes_per_s; /* replay throttle, summed over all targets; >= 1 */
     uint64_t replay_interval_ms; /* how often the replay thread looks for work; >= 1 */
+    uint64_t max_record_age_ms;  /* a hint whose record's timestamp is older is dropped, not
+                                    replayed (the tombstone GC grace); 0 = never */
     dkv_rpc_client_opts_t rpc;   /* the replay thread's own connections to peers */
     unsigned rpc_loop_idx;       /* its slot in dkv_rpc_shared_t (not shown in status) */
 } dkv_hints_opts_t;
@@ -104,6 +106,7 @@ int dkv_hints_add(dkv_hints_t *h, uint32_t target, dkv_slice_t key, const dkv_re
 /**
  * Appends the hints' state as one JSON object to `out`: {"enabled":true, "pending_count",
  * "pending_bytes", "written", "replayed", "replay_failures", "dropped_window", "dropped_quota",
+ * "dropped_expired" (older than max_record_age_ms),
  * "peers":[{"url","count","bytes","oldest_age_ms"}...]} (every peer, pending or not).
  * Thread: any.
  */

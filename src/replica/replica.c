@@ -13,6 +13,8 @@ struct dkv_replica {
     dkv_identity_t *identity;
     _Atomic uint64_t future_refused;
     _Atomic uint64_t last_refusal_log_ms;
+    _Atomic uint64_t purge_max_ts;   /* tombstones at or below it were purged (0: none) */
+    _Atomic uint64_t late_tombstones; /* such tombstones dropped on arrival */
 };
 
 int dkv_replica_new(dkv_store_t *store, dkv_hlc_t *hlc, dkv_identity_t *identity,
@@ -82,11 +84,35 @@ int dkv_replica_put(dkv_replica_t *r, dkv_slice_t key, const dkv_record_t *rec)
         }
         return DKV_ECLOCK;
     }
+    uint64_t horizon = atomic_load(&r->purge_max_ts);
+    if (rec->tombstone && rec->ts <= horizon) {
+        /* A tombstone GC already purged here (repair/antientropy.h) arrives again, e.g. pushed
+         * by a peer that has not purged it yet. For a key we hold no version of, storing it
+         * would only make us purge it again: drop it (a success: the key is deleted here). */
+        uint8_t *data = NULL;
+        size_t len = 0;
+        int grc = dkv_store_get(r->store, key, &data, &len);
+        dkv_store_free(data);
+        if (grc == DKV_ENOTFOUND) {
+            atomic_fetch_add(&r->late_tombstones, 1);
+            return 0;
+        }
+    }
     int rc = dkv_store_put(r->store, key, rec);
     if (rc == 0 && r->identity != NULL) {
         dkv_identity_note_data(r->identity);
     }
     return rc;
+}
+
+void dkv_replica_set_purge_horizon(dkv_replica_t *r, uint64_t max_ts)
+{
+    atomic_store(&r->purge_max_ts, max_ts);
+}
+
+uint64_t dkv_replica_late_tombstones(const dkv_replica_t *r)
+{
+    return atomic_load(&r->late_tombstones);
 }
 
 uint64_t dkv_replica_future_refused(const dkv_replica_t *r)

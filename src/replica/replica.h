@@ -59,6 +59,17 @@ int dkv_replica_get(dkv_replica_t *r, dkv_slice_t key, dkv_record_t *rec, dkv_ow
  */
 int dkv_replica_put(dkv_replica_t *r, dkv_slice_t key, const dkv_record_t *rec);
 
+/**
+ * Tells the replica that tombstones stamped at or before `max_ts` were purged by GC (repair/
+ * antientropy.h); from then on dkv_replica_put() of such a tombstone for a key with no stored
+ * version succeeds without storing it (Scylla: "exchange treats an eligible tombstone as
+ * absent"), so a peer that has not purged yet cannot make it churn. Thread: any.
+ */
+void dkv_replica_set_purge_horizon(dkv_replica_t *r, uint64_t max_ts);
+
+/** Tombstones dropped on arrival under the purge horizon. Thread: any. */
+uint64_t dkv_replica_late_tombstones(const dkv_replica_t *r);
+
 /** Records refused by dkv_replica_put() as stamped too far in the future. Thread: any. */
 uint64_t dkv_replica_future_refused(const dkv_replica_t *r);
 

@@ -45,7 +45,7 @@ N = 3
 # How long a restarted cluster may take until every coordinator reaches every peer again.
 SETTLE_S = 20.0
 
-HINT_KEYS = {"enabled", "pending_count", "pending_bytes", "written", "replayed",
+HINT_KEYS = {"enabled", "pending_count", "pending_bytes", "written", "replayed", "dropped_expired",
              "replay_failures", "dropped_window", "dropped_quota", "peers"}
 PEER_KEYS = {"url", "count", "bytes", "oldest_age_ms"}
 RR_KEYS = {"enabled", "reads_repaired", "writes", "failures", "failed_writes_without_hint"}
