@@ -936,7 +936,8 @@ static void on_tick(uv_timer_t *t)
         return;
     }
     if (!dkv_merkle_built(ae->merkle)) {
-        refresh_trees(ae);
+        refresh_trees(ae); /* the first tick, at start: build the trees; rounds come later */
+        return;
     }
     if (!ae->round_running && ae->opts.interval_ms > 0) {
         round_start(ae);
@@ -1050,7 +1051,7 @@ int dkv_ae_start(dkv_ae_t *ae)
     uv_async_init(&ae->loop, &ae->stop, on_stop);
     ae->stop.data = ae;
     dkv_throttle_init(&ae->throttle, ae->opts.max_bytes_per_s, uv_now(&ae->loop));
-    /* The first tick builds the trees at once; rounds follow every interval. */
+    /* The first tick builds the trees at once; the first round comes one interval later. */
     uint64_t every = ae->opts.interval_ms > 0 ? ae->opts.interval_ms : 1000;
     uv_timer_start(&ae->tick, on_tick, 0, every);
     if (uv_thread_create(&ae->thread, thread_main, ae) != 0) {
