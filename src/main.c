@@ -184,21 +184,36 @@ static int rpc_send(void *ctx, uint32_t peer, const dkv_rpc_call_t *call, dkv_rp
     return dkv_rpc_client_call(ctx, peer, call, cb, arg);
 }
 
+/* Options of every RPC client of the node: I/O loops, hint replay and rebuild. */
+static dkv_rpc_client_opts_t rpc_client_opts(const dkv_conf_t *conf)
+{
+    /* Half the peers' server idle timeout: the client, which knows when nothing is in flight,
+     * closes an unused connection before the server would (docs/protocol.md §7). */
+    dkv_rpc_client_opts_t o = {.request_timeout_ms = conf->replica_timeout_ms,
+                               .breaker_failures = conf->breaker_failures,
+                               .breaker_cooldown_ms = conf->breaker_cooldown_ms,
+                               .max_frame_bytes = dkv_rpc_frame_limit(conf->max_body_bytes),
+                               .idle_timeout_ms = conf->peer_idle_timeout_ms / 2};
+    return o;
+}
+
 static int thread_setup(io_thread_t *t)
 {
     node_t *n = t->node;
     const dkv_conf_t *conf = &n->conf;
     if (dkv_ring_size(n->ring) > 1) {
-        dkv_rpc_client_opts_t ropts = {.request_timeout_ms = conf->replica_timeout_ms,
-                                       .breaker_failures = conf->breaker_failures,
-                                       .breaker_cooldown_ms = conf->breaker_cooldown_ms};
+        dkv_rpc_client_opts_t ropts = rpc_client_opts(conf);
         int rc = dkv_rpc_client_new(&t->loop, t->idx, n->ring, n->self_idx, &n->hlc,
                                     &n->rpc_shared, &ropts, &t->rpc_client);
         if (rc != 0) {
             return rc;
         }
     }
-    dkv_rpc_server_new(&t->loop, n->ring, n->self_idx, n->replica, &n->rpc_shared,
+    dkv_rpc_server_opts_t sopts = {.max_frame_bytes = dkv_rpc_frame_limit(conf->max_body_bytes),
+                                   .max_connections = conf->max_peer_connections,
+                                   .handshake_timeout_ms = conf->first_byte_timeout_ms,
+                                   .idle_timeout_ms = conf->peer_idle_timeout_ms};
+    dkv_rpc_server_new(&t->loop, n->ring, n->self_idx, n->replica, &n->rpc_shared, &sopts,
                        &t->rpc_server);
     dkv_coord_env_t cenv = {.loop = &t->loop,
                             .replica = n->replica,
@@ -240,6 +255,7 @@ static int thread_setup(io_thread_t *t)
                              .before_flush = sync_wal_cb,
                              .before_flush_arg = n->store,
                              .foreign_first_byte = DKV_RPC_MAGIC,
+                             .foreign_reserve = conf->max_peer_connections,
                              .foreign_cb = dkv_rpc_server_adopt,
                              .foreign_arg = t->rpc_server};
     return dkv_http_server_start(&t->loop, conf->listen_host, conf->listen_port,
@@ -394,9 +410,7 @@ int main(int argc, char **argv)
                                   /* Past the GC horizon's lag (antientropy.h): see hints.h. */
                                   .max_record_age_ms = n->conf.tombstone_grace_ms +
                                                        n->conf.max_clock_offset_ms,
-                                  .rpc = {.request_timeout_ms = n->conf.replica_timeout_ms,
-                                          .breaker_failures = n->conf.breaker_failures,
-                                          .breaker_cooldown_ms = n->conf.breaker_cooldown_ms},
+                                  .rpc = rpc_client_opts(&n->conf),
                                   .rpc_loop_idx = n->n_threads};
         rc = dkv_hints_open(n->store, n->ring, n->self_idx, &n->hlc, &n->rpc_shared, &hopts,
                             &n->hints);
@@ -412,9 +426,7 @@ int main(int argc, char **argv)
         dkv_rebuild_opts_t bopts = {.max_bytes_per_s = n->conf.ae_max_bytes_per_s,
                                     .retry_ms = 1000,
                                     .check_ms = 100,
-                                    .rpc = {.request_timeout_ms = n->conf.replica_timeout_ms,
-                                            .breaker_failures = n->conf.breaker_failures,
-                                            .breaker_cooldown_ms = n->conf.breaker_cooldown_ms},
+                                    .rpc = rpc_client_opts(&n->conf),
                                     .rpc_loop_idx = n->n_threads + 1};
         dkv_rebuild_new(n->replica, n->identity, n->ring, n->self_idx, &n->hlc, &n->rpc_shared,
                         &bopts, &n->rebuild);
@@ -430,9 +442,7 @@ int main(int argc, char **argv)
                                .tombstone_grace_ms = n->conf.tombstone_grace_ms,
                                .max_clock_offset_ms = n->conf.max_clock_offset_ms,
                                .exchange_timeout_ms = 600000,
-                               .rpc = {.request_timeout_ms = n->conf.replica_timeout_ms,
-                                       .breaker_failures = n->conf.breaker_failures,
-                                       .breaker_cooldown_ms = n->conf.breaker_cooldown_ms},
+                               .rpc = rpc_client_opts(&n->conf),
                                .rpc_loop_idx = n->n_threads + 2};
         dkv_ae_new(n->replica, n->identity, n->ring, n->self_idx, &n->hlc, &n->rpc_shared,
                    &aopts, &n->ae);

@@ -39,11 +39,16 @@ static const char usage[] =
     "  --max-body-bytes N          largest request body, 413 past it (default 1048576)\n"
     "  --max-header-bytes N        largest request line + headers, 431 past it (default 16384)\n"
     "  --idle-timeout-ms MS        close keep-alive connections idle this long (default 60000)\n"
-    "  --first-byte-timeout-ms MS  close new connections that send nothing this long\n"
+    "  --first-byte-timeout-ms MS  close new connections that send nothing this long, and\n"
+    "                              RPC connections that have not completed their handshake\n"
     "                              (default 10000)\n"
     "  --request-timeout-ms MS     a started request must arrive within MS (default 10000)\n"
     "  --shutdown-timeout-ms MS    drain budget on SIGTERM/SIGINT (default 5000)\n"
     "  --max-connections N         open client connections per node (default 10000)\n"
+    "  --max-peer-connections N    inter-node RPC connections served per node, counted apart\n"
+    "                              from --max-connections (default 1024)\n"
+    "  --peer-idle-timeout-ms MS   close a served RPC connection idle this long; peers close\n"
+    "                              their unused ones after half of it (default 600000)\n"
     "  --max-inflight N            requests in progress per I/O thread, 503 past it (default 4096)\n"
     "\n"
     "Convergence:\n"
@@ -222,6 +227,8 @@ int dkv_conf_parse(int argc, char **argv, dkv_conf_t *conf, char *err, size_t er
     conf->replica_timeout_ms = 1000;
     conf->shutdown_timeout_ms = 5000;
     conf->max_connections = 10000;
+    conf->max_peer_connections = 1024;
+    conf->peer_idle_timeout_ms = 600000;
     conf->max_inflight = 4096;
     conf->vnodes = DKV_RING_DEFAULT_VNODES;
     conf->breaker_failures = 5;
@@ -267,7 +274,7 @@ int dkv_conf_parse(int argc, char **argv, dkv_conf_t *conf, char *err, size_t er
             "--hint-replay-bytes-per-s", "--read-repair", "--anti-entropy-max-bytes-per-s",
             "--anti-entropy-interval-ms", "--tombstone-grace-ms",
             "--auto-rebuild", "--cluster-secret-file", "--max-clock-offset-ms",
-            "--first-byte-timeout-ms"};
+            "--first-byte-timeout-ms", "--max-peer-connections", "--peer-idle-timeout-ms"};
         bool known = false;
         for (size_t k = 0; k < sizeof(valued) / sizeof(valued[0]); k++) {
             known = known || strcmp(flag, valued[k]) == 0;
@@ -290,7 +297,7 @@ int dkv_conf_parse(int argc, char **argv, dkv_conf_t *conf, char *err, size_t er
         continue;                                                                                  \
     }
         NUM("--io-threads", 1, 64, io_threads)
-        NUM("--max-body-bytes", 1, 64u << 20, max_body_bytes)
+        NUM("--max-body-bytes", 1, DKV_MAX_VALUE_BYTES, max_body_bytes)
         NUM("--max-header-bytes", 8u << 10, 1u << 20, max_header_bytes)
         NUM("--idle-timeout-ms", 1, 86400000, idle_timeout_ms)
         NUM("--first-byte-timeout-ms", 1, 86400000, first_byte_timeout_ms)
@@ -299,6 +306,8 @@ int dkv_conf_parse(int argc, char **argv, dkv_conf_t *conf, char *err, size_t er
         NUM("--shutdown-timeout-ms", 0, 600000, shutdown_timeout_ms)
         NUM("--max-connections", 1, 1000000, max_connections)
         NUM("--max-inflight", 1, 1000000, max_inflight)
+        NUM("--max-peer-connections", 1, 1000000, max_peer_connections)
+        NUM("--peer-idle-timeout-ms", 1000, 86400000, peer_idle_timeout_ms)
         NUM("--vnodes", 1, 65536, vnodes)
         NUM("--breaker-failures", 1, 1000000, breaker_failures)
         NUM("--breaker-cooldown-ms", 1, 3600000, breaker_cooldown_ms)

@@ -14,6 +14,8 @@
 #define DKV_VERSION "0.2.0"
 #define DKV_MAX_KEY_BYTES 1024u
 #define DKV_MAX_CLUSTER_NODES 64u
+/* The largest --max-body-bytes, hence the largest value: the RPC frame ceiling follows it. */
+#define DKV_MAX_VALUE_BYTES (64u << 20)
 
 typedef struct dkv_conf {
     char listen_host[256];
@@ -32,6 +34,9 @@ typedef struct dkv_conf {
     uint64_t replica_timeout_ms; /* per replica request */
     uint64_t shutdown_timeout_ms; /* graceful drain budget on SIGTERM */
     unsigned max_connections;  /* per node; past it new connections are closed at once */
+    unsigned max_peer_connections; /* inter-node RPC connections we serve, per node; counted
+                                      apart from max_connections; past it closed at once */
+    uint64_t peer_idle_timeout_ms; /* an RPC connection we serve with no traffic is closed */
     unsigned max_inflight;     /* requests being served per I/O thread; 503 past it */
     unsigned vnodes;           /* virtual nodes per node on the ring */
     unsigned breaker_failures; /* consecutive failures that open a peer's circuit breaker */

@@ -94,6 +94,7 @@ struct conn {
     bool reading;
     bool sniffed;
     bool counted;         /* counted in opts.conn_count */
+    bool foreign_only;    /* admitted past max_connections: only a foreign first byte stays */
     bool flush_scheduled; /* on the server's flush_list (holds a reference) */
     conn_t *flush_next;
     unsigned refs;
@@ -794,6 +795,10 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
             handoff(c, dkv_slice(data, len));
             return;
         }
+        if (c->foreign_only) {
+            conn_close(c); /* a client past --max-connections */
+            return;
+        }
     }
     if (c->busy || c->rbuf.len > 0 || c->stream != NULL) {
         dkv_buf_append(&c->rbuf, data, len);
@@ -849,7 +854,9 @@ static void on_connection(uv_stream_t *listener, int status)
         return;
     }
     unsigned open = atomic_fetch_add(s->opts.conn_count, 1) + 1;
-    if (open > s->opts.max_connections || s->stopping) {
+    unsigned reserve = s->opts.foreign_cb != NULL ? s->opts.foreign_reserve : 0;
+    bool over = open > s->opts.max_connections;
+    if ((over && open - s->opts.max_connections > reserve) || s->stopping) {
         atomic_fetch_sub(s->opts.conn_count, 1);
         tcp->data = NULL;
         uv_close((uv_handle_t *)tcp, on_tcp_closed);
@@ -858,6 +865,7 @@ static void on_connection(uv_stream_t *listener, int status)
     uv_tcp_nodelay(tcp, 1);
     conn_t *c = conn_new(s, tcp);
     c->counted = true;
+    c->foreign_only = over;
     if (uv_read_start((uv_stream_t *)tcp, on_alloc, on_read) == 0) {
         c->reading = true;
     } else {

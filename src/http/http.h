@@ -44,6 +44,10 @@ typedef struct dkv_http_opts {
     int (*before_flush)(void *arg);
     void *before_flush_arg;
     int foreign_first_byte;      /* -1 for none */
+    /* Connections admitted past max_connections on the condition that their first byte is
+     * `foreign_first_byte` (any other is closed), so that clients at their cap never lock out
+     * the other protocol (inter-node RPC), which has its own cap; 0 = none. */
+    unsigned foreign_reserve;
     dkv_http_foreign_cb foreign_cb;
     void *foreign_arg;
 } dkv_http_opts_t;

@@ -16,6 +16,9 @@
  *   is reached on the very next request (API.md §8). While open, a background connection attempt
  *   (with exponential backoff) closes the breaker as soon as a handshake succeeds, and so does a
  *   handshake the peer makes with our server (dkv_rpc_shared_t).
+ * - Idle connections: the peer's server closes a connection idle for its idle timeout; we close
+ *   ours after a shorter one (opts.idle_timeout_ms) when nothing is pending. So the side that
+ *   knows no request is in flight closes first, and a request never races the server's close.
  */
 #include "rpc/proto.h"
 #include "rpc/rpc.h"
@@ -86,6 +89,7 @@ struct peer {
     bool refused;    /* the last failed connection attempt was refused (the port was closed)
                         and no handshake has succeeded since */
     bool auth_wait;  /* authenticated handshake: HELLO sent, nothing else until its challenge */
+    uint64_t last_used_ms; /* last request sent or reply received on the current connection */
     size_t hello_bytes; /* the HELLO frame at the head of `out`, not yet written */
     uint8_t transcript[32]; /* SHA-256 of our HELLO frame (rpc/auth.h) */
 };
@@ -97,7 +101,7 @@ struct dkv_rpc_client {
     dkv_hlc_t *hlc;
     dkv_rpc_shared_t *shared;
     unsigned loop_idx;
-    dkv_rpc_client_opts_t opts;
+    dkv_rpc_client_opts_t opts; /* max_frame_bytes filled in */
     uint64_t fingerprint;
     size_t n_peers;
     peer_t *peers; /* indexed by ring index; self's slot unused */
@@ -474,6 +478,7 @@ static void handle_reply(peer_t *p, const dkv_rpc_msg_t *m)
         p->tail = NULL;
     }
     p->n_pending--;
+    p->last_used_ms = now_ms(p->client);
     switch (m->type) {
     case DKV_RPC_HELLO_CHALLENGE:
         handle_challenge(p, req, m);
@@ -570,7 +575,8 @@ static long parse_frames(peer_t *p, const uint8_t *data, size_t len)
     size_t off = 0;
     while (off < len && p->link != NULL) {
         size_t frame_bytes = 0;
-        int rc = dkv_rpc_frame_peek(dkv_slice(data + off, len - off), &frame_bytes);
+        int rc = dkv_rpc_frame_peek(dkv_slice(data + off, len - off),
+                                    p->client->opts.max_frame_bytes, &frame_bytes);
         if (rc == DKV_RPC_NEED_MORE || (rc == 0 && frame_bytes > len - off)) {
             break;
         }
@@ -629,6 +635,7 @@ static void on_connect(uv_connect_t *req, int status)
         return;
     }
     p->state = CONNECTED;
+    p->last_used_ms = now_ms(p->client);
     uv_tcp_nodelay(&l->tcp, 1);
     if (uv_read_start((uv_stream_t *)&l->tcp, on_alloc, on_read) != 0) {
         peer_conn_failed(p, DKV_EUNAVAIL, "read_start failed");
@@ -729,6 +736,15 @@ static void on_sweep(uv_timer_t *t)
         if (timed_out && p->background && p->link != NULL) {
             peer_conn_failed(p, DKV_ETIMEDOUT, "handshake timed out");
         }
+        if (c->opts.idle_timeout_ms != 0 && p->state == CONNECTED && p->hello_ok &&
+            p->n_pending == 0 && p->out.len == 0 &&
+            now - p->last_used_ms >= c->opts.idle_timeout_ms) {
+            /* Nothing is in flight, so closing cannot fail a request; the next one reconnects. */
+            DKV_LOG_DEBUG("rpc: peer %s: closing the connection after %llu ms unused", p->url,
+                          (unsigned long long)(now - p->last_used_ms));
+            peer_disconnect(p, DKV_EUNAVAIL);
+            continue;
+        }
         if (p->breaker == BREAKER_OPEN && p->state == DISCONNECTED && !p->rejected &&
             now >= p->next_probe_ms) {
             peer_connect(p, true);
@@ -779,6 +795,9 @@ int dkv_rpc_client_new(uv_loop_t *loop, unsigned loop_idx, const dkv_ring_t *rin
     c->hlc = hlc;
     c->shared = shared;
     c->opts = *opts;
+    if (c->opts.max_frame_bytes == 0) {
+        c->opts.max_frame_bytes = DKV_RPC_FRAME_LIMIT_MIN_BYTES;
+    }
     c->fingerprint = dkv_ring_fingerprint(ring);
     c->n_peers = dkv_ring_size(ring);
     c->peers = dkv_xcalloc(c->n_peers, sizeof(peer_t));
@@ -854,8 +873,8 @@ int dkv_rpc_client_call(dkv_rpc_client_t *c, uint32_t peer, const dkv_rpc_call_t
         }
         return DKV_EUNAVAIL;
     }
-    p->background = false; /* real traffic now rides on this connection */
     uint64_t id = c->next_req_id++;
+    size_t before = p->out.len;
     if (call->type == DKV_RPC_GET) {
         rc = dkv_rpc_encode_get(&p->out, id, call->key);
     } else if (call->type == DKV_RPC_PUT) {
@@ -866,12 +885,20 @@ int dkv_rpc_client_call(dkv_rpc_client_t *c, uint32_t peer, const dkv_rpc_call_t
         rc = dkv_rpc_encode_tree(&p->out, id, call->tree->kind, call->tree->index,
                                  call->tree->after);
     }
+    if (rc == 0 && p->out.len - before > c->opts.max_frame_bytes) {
+        /* A record larger than the frame limit (stored before --max-body-bytes was lowered):
+         * the peer would refuse the frame and drop the connection with everything on it. */
+        p->out.len = before;
+        rc = DKV_EINVAL;
+    }
     if (rc != 0) {
         if (probe) {
             p->probe_inflight = false;
         }
         return DKV_EINVAL;
     }
+    p->background = false; /* real traffic now rides on this connection */
+    p->last_used_ms = now_ms(c);
     pending_t *req = enqueue(p, id, cb, arg, (uint8_t)(call->type | 0x80),
                              call->timeout_ms > 0 ? call->timeout_ms : c->opts.request_timeout_ms);
     req->is_probe = probe;

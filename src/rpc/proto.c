@@ -20,12 +20,13 @@ _Static_assert(DKV_RPC_MAGIC >= 0x80 && DKV_RPC_MAGIC <= 0xFF, "magic is never A
 _Static_assert(DKV_RPC_MAX_KEY_BYTES >= 1 && DKV_RPC_MAX_KEY_BYTES <= 0xFFFF, "key len is u16");
 _Static_assert(DKV_RPC_MAX_URL_BYTES <= 0xFFFF && DKV_RPC_MAX_REASON_BYTES <= 0xFFFF,
                "string lengths are u16");
-/* A SCAN_REPLY holding one entry with a 1 MiB value and a maximal key must fit one frame. */
-_Static_assert(DKV_RPC_MAX_FRAME_BYTES >=
+/* A SCAN_REPLY holding one entry with a maximal key around a value must fit the overhead. */
+_Static_assert(DKV_RPC_FRAME_OVERHEAD_BYTES >=
                    DKV_RPC_HEADER_BYTES + 1 + 4 +
-                       (2 + DKV_RPC_MAX_KEY_BYTES + 4 + DKV_RECORD_HEADER_BYTES + (1u << 20)) + 1 +
-                       2 + DKV_RPC_MAX_KEY_BYTES,
-               "max frame holds a full-size record");
+                       (2 + DKV_RPC_MAX_KEY_BYTES + 4 + DKV_RECORD_HEADER_BYTES) + 1 + 2 +
+                       DKV_RPC_MAX_KEY_BYTES,
+               "the frame overhead holds every field around one value");
+_Static_assert(DKV_RPC_MAX_FRAME_BYTES <= 0xFFFFFFFFu - 5u, "the length field is a u32");
 
 /* Fixed parts of the payloads. */
 #define KEY_LEN_BYTES 2u      /* u16 before a key or string */
@@ -137,13 +138,18 @@ static bool record_ok(const dkv_record_t *rec)
 }
 
 /* Whole frame size for `fixed` payload bytes plus a record whose value is `value_len` bytes. */
-static int check_record_frame(size_t fixed, size_t value_len)
+static int check_record_frame(size_t fixed, size_t value_len, size_t max_frame_bytes)
 {
     size_t overhead = DKV_RPC_HEADER_BYTES + fixed + REC_LEN_BYTES + DKV_RECORD_HEADER_BYTES;
-    if (value_len > DKV_RPC_MAX_FRAME_BYTES || overhead + value_len > DKV_RPC_MAX_FRAME_BYTES) {
+    if (value_len > max_frame_bytes || overhead + value_len > max_frame_bytes) {
         return DKV_ETOOBIG;
     }
     return 0;
+}
+
+static size_t clamp_limit(size_t max_frame_bytes)
+{
+    return max_frame_bytes < DKV_RPC_MAX_FRAME_BYTES ? max_frame_bytes : DKV_RPC_MAX_FRAME_BYTES;
 }
 
 /* ---- decoding cursor ---- */
@@ -248,7 +254,14 @@ static int read_entry(cursor_t *c, dkv_slice_t *key, dkv_record_t *rec)
 
 /* ---- framing ---- */
 
-int dkv_rpc_frame_peek(dkv_slice_t in, size_t *frame_bytes)
+size_t dkv_rpc_frame_limit(size_t max_value_bytes)
+{
+    size_t floor = DKV_RPC_FRAME_LIMIT_MIN_BYTES - DKV_RPC_FRAME_OVERHEAD_BYTES;
+    size_t v = max_value_bytes > floor ? max_value_bytes : floor;
+    return v > DKV_MAX_VALUE_BYTES ? DKV_RPC_MAX_FRAME_BYTES : v + DKV_RPC_FRAME_OVERHEAD_BYTES;
+}
+
+int dkv_rpc_frame_peek(dkv_slice_t in, size_t max_frame_bytes, size_t *frame_bytes)
 {
     if (in.len >= 1 && in.ptr[0] != DKV_RPC_MAGIC) {
         return DKV_EPROTO;
@@ -261,7 +274,7 @@ int dkv_rpc_frame_peek(dkv_slice_t in, size_t *frame_bytes)
     if (len < DKV_RPC_LENGTH_MIN) {
         return DKV_EPROTO;
     }
-    if (len > DKV_RPC_MAX_FRAME_BYTES - 5) {
+    if (len > clamp_limit(max_frame_bytes) - 5) {
         return DKV_ETOOBIG;
     }
     if (in.len < DKV_RPC_HEADER_BYTES) {
@@ -274,7 +287,7 @@ int dkv_rpc_frame_peek(dkv_slice_t in, size_t *frame_bytes)
 int dkv_rpc_frame_header(dkv_slice_t frame, dkv_rpc_header_t *out)
 {
     size_t n;
-    int rc = dkv_rpc_frame_peek(frame, &n);
+    int rc = dkv_rpc_frame_peek(frame, DKV_RPC_MAX_FRAME_BYTES, &n);
     if (rc == DKV_RPC_NEED_MORE) {
         return DKV_EPROTO;
     }
@@ -689,7 +702,7 @@ int dkv_rpc_encode_get_reply(dkv_buf_t *out, uint64_t req_id, dkv_rpc_status_t s
     if (status != DKV_RPC_OK || !record_ok(rec)) {
         return DKV_EINVAL;
     }
-    int rc = check_record_frame(1, rec->value.len);
+    int rc = check_record_frame(1, rec->value.len, DKV_RPC_MAX_FRAME_BYTES);
     if (rc != 0) {
         return rc;
     }
@@ -706,7 +719,8 @@ int dkv_rpc_encode_put(dkv_buf_t *out, uint64_t req_id, dkv_slice_t key, const d
     if (!key_ok(key) || !record_ok(rec)) {
         return DKV_EINVAL;
     }
-    int rc = check_record_frame(KEY_LEN_BYTES + key.len, rec->value.len);
+    int rc =
+        check_record_frame(KEY_LEN_BYTES + key.len, rec->value.len, DKV_RPC_MAX_FRAME_BYTES);
     if (rc != 0) {
         return rc;
     }
@@ -748,9 +762,11 @@ int dkv_rpc_encode_scan(dkv_buf_t *out, uint64_t req_id, const dkv_rpc_scan_t *s
     return 0;
 }
 
-void dkv_rpc_scan_reply_begin(dkv_rpc_scan_writer_t *w, dkv_buf_t *out, uint64_t req_id)
+void dkv_rpc_scan_reply_begin(dkv_rpc_scan_writer_t *w, dkv_buf_t *out, uint64_t req_id,
+                              size_t max_frame_bytes)
 {
     w->out = out;
+    w->max_frame_bytes = clamp_limit(max_frame_bytes);
     w->frame_off = begin_frame(out, DKV_RPC_SCAN_REPLY, req_id, 64);
     append_u8(out, DKV_RPC_OK);
     append_u32(out, 0); /* count, patched by finish */
@@ -771,7 +787,8 @@ int dkv_rpc_scan_reply_add(dkv_rpc_scan_writer_t *w, dkv_slice_t key, const dkv_
      */
     size_t payload_so_far = w->frame_bytes - DKV_RPC_HEADER_BYTES;
     size_t fixed = payload_so_far + KEY_LEN_BYTES + key.len + SCAN_TRAILER_FIXED + key.len;
-    if (check_record_frame(fixed, rec->value.len) != 0 || w->count == UINT32_MAX) {
+    if (check_record_frame(fixed, rec->value.len, w->max_frame_bytes) != 0 ||
+        w->count == UINT32_MAX) {
         return DKV_ETOOBIG;
     }
     dkv_buf_t *out = w->out;

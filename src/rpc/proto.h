@@ -39,11 +39,20 @@
 /* Bytes counted by the length field that belong to the header (version, type, request id). */
 #define DKV_RPC_LENGTH_MIN 10u
 /*
- * Largest whole frame (header included) a node sends or accepts: room for a 1 MiB value with a
- * 1024-byte key and framing, twice over, so a SCAN_REPLY batch always fits one full-size record.
- * A declared length past it is DKV_ETOOBIG before any payload is buffered.
+ * Frame sizes. A node's frame limit (whole frame, header included) follows its largest value,
+ * --max-body-bytes: dkv_rpc_frame_limit() is the one place that turns one into the other, and
+ * both the client and the server pass it to dkv_rpc_frame_peek(), which rejects a longer declared
+ * length before any payload is buffered.
+ * - DKV_RPC_FRAME_OVERHEAD_BYTES: room around one value for the header, a key, the record's
+ *   framing and a SCAN_REPLY's fields and trailer (about 2.1 KiB), with ample margin.
+ * - DKV_RPC_FRAME_LIMIT_MIN_BYTES: the smallest limit, the fixed limit of dkv 0.2 (a 1 MiB value
+ *   twice over), so a node with default flags accepts everything an older node sends.
+ * - DKV_RPC_MAX_FRAME_BYTES: the ceiling of every configuration (the largest --max-body-bytes);
+ *   dkv_rpc_decode() and the encoders check it whatever the configured limit.
  */
-#define DKV_RPC_MAX_FRAME_BYTES ((2u << 20) + (64u << 10))
+#define DKV_RPC_FRAME_OVERHEAD_BYTES (64u << 10)
+#define DKV_RPC_FRAME_LIMIT_MIN_BYTES ((2u << 20) + DKV_RPC_FRAME_OVERHEAD_BYTES)
+#define DKV_RPC_MAX_FRAME_BYTES (DKV_MAX_VALUE_BYTES + DKV_RPC_FRAME_OVERHEAD_BYTES)
 /* Keys on the wire: 1..DKV_RPC_MAX_KEY_BYTES (the API's key limit, common/conf.h). */
 #define DKV_RPC_MAX_KEY_BYTES DKV_MAX_KEY_BYTES
 /* The optional identity block at the end of HELLO and HELLO_OK: node id, flags, known id. */
@@ -201,6 +210,7 @@ typedef struct dkv_rpc_header {
  */
 typedef struct dkv_rpc_scan_writer {
     dkv_buf_t *out;
+    size_t max_frame_bytes; /* the frame never grows past it */
     size_t frame_off;    /* where this frame starts in out */
     size_t last_key_off; /* offset in out of the last added key's bytes */
     size_t last_key_len;
@@ -215,20 +225,31 @@ typedef struct dkv_rpc_scan_iter {
 } dkv_rpc_scan_iter_t;
 
 /**
+ * The frame limit of a node whose values are at most `max_value_bytes` (its --max-body-bytes):
+ * max(max_value_bytes, 2 MiB) + DKV_RPC_FRAME_OVERHEAD_BYTES, at most DKV_RPC_MAX_FRAME_BYTES.
+ * A GET_REPLY, a PUT and a SCAN_REPLY carrying one such value with a maximal key always fit.
+ * @return DKV_RPC_FRAME_LIMIT_MIN_BYTES..DKV_RPC_MAX_FRAME_BYTES.
+ * Thread: any: pure function.
+ */
+size_t dkv_rpc_frame_limit(size_t max_value_bytes);
+
+/**
  * Tells whether `in` (the unread bytes of a connection, starting at a frame boundary) begins
  * with a complete frame header, and how long that frame is. Checks only the version-independent
  * part (magic, length), so a caller can reject a bad or oversized stream before buffering more.
  *
- * @param in           Borrowed for the call; may be empty.
- * @param frame_bytes  On 0: the size of the whole frame (header + payload), 15..
- *                     DKV_RPC_MAX_FRAME_BYTES; decode once `in` holds that many bytes.
+ * @param in               Borrowed for the call; may be empty.
+ * @param max_frame_bytes  The connection's limit on a whole frame, e.g. dkv_rpc_frame_limit();
+ *                         values past DKV_RPC_MAX_FRAME_BYTES count as that.
+ * @param frame_bytes      On 0: the size of the whole frame (header + payload), 15..
+ *                         max_frame_bytes; decode once `in` holds that many bytes.
  * @return 0; DKV_RPC_NEED_MORE (1: fewer than DKV_RPC_HEADER_BYTES bytes and no error yet);
  *         DKV_EPROTO (first byte is not DKV_RPC_MAGIC, or length < 10); DKV_ETOOBIG (the declared
- *         frame exceeds DKV_RPC_MAX_FRAME_BYTES). On an error the connection cannot be resynced:
- *         close it.
+ *         frame exceeds max_frame_bytes, known from the first 5 bytes). On an error the
+ *         connection cannot be resynced: close it.
  * Thread: any: pure function.
  */
-int dkv_rpc_frame_peek(dkv_slice_t in, size_t *frame_bytes);
+int dkv_rpc_frame_peek(dkv_slice_t in, size_t max_frame_bytes, size_t *frame_bytes);
 
 /**
  * Reads the header of one complete frame without checking its version or type, e.g. to answer a
@@ -340,17 +361,21 @@ int dkv_rpc_encode_scan(dkv_buf_t *out, uint64_t req_id, const dkv_rpc_scan_t *s
  * Starts a SCAN_REPLY frame with status OK in `out`; entries follow with
  * dkv_rpc_scan_reply_add(), and dkv_rpc_scan_reply_finish() or _fail() must end it before
  * anything else is appended to `out`.
- * @param w    Caller's storage; `out` is borrowed until finish/fail.
+ * @param w                Caller's storage; `out` is borrowed until finish/fail.
+ * @param max_frame_bytes  The finished frame stays within it (the receiver's frame limit,
+ *                         dkv_rpc_frame_limit()); values past DKV_RPC_MAX_FRAME_BYTES count as
+ *                         that.
  */
-void dkv_rpc_scan_reply_begin(dkv_rpc_scan_writer_t *w, dkv_buf_t *out, uint64_t req_id);
+void dkv_rpc_scan_reply_begin(dkv_rpc_scan_writer_t *w, dkv_buf_t *out, uint64_t req_id,
+                              size_t max_frame_bytes);
 
 /**
  * Appends one entry. Entries should be added in ascending key order (the codec does not check).
  * @param key  1..DKV_RPC_MAX_KEY_BYTES bytes.
  * @return 0; DKV_EINVAL (key length, tombstone with a value); DKV_ETOOBIG (the finished frame
- *         could exceed DKV_RPC_MAX_FRAME_BYTES: finish with more = true and resume later; never
- *         happens for the first entry when its value is at most 1 MiB). Nothing is appended on
- *         an error.
+ *         could exceed the writer's max_frame_bytes: finish with more = true and resume later;
+ *         never happens for the first entry when max_frame_bytes is dkv_rpc_frame_limit(V) and
+ *         the value is at most V bytes). Nothing is appended on an error.
  */
 int dkv_rpc_scan_reply_add(dkv_rpc_scan_writer_t *w, dkv_slice_t key, const dkv_record_t *rec);
 

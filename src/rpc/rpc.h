@@ -48,6 +48,9 @@ typedef struct dkv_rpc_shared {
     void (*tree_handler)(void *ctx, uint32_t peer, const dkv_rpc_msg_t *m, dkv_buf_t *out);
     void *tree_ctx;
     _Atomic uint32_t peer_epoch[DKV_RING_MAX_NODES];
+    /* RPC connections every loop's server holds open, for dkv_rpc_server_opts_t.max_connections
+     * (--max-peer-connections). */
+    _Atomic unsigned server_conns;
     /* Each loop's view of each peer, published by that loop's client for the status page:
      * breaker (8 bits) | connected (8) | consecutive failures (16) | pending requests (32). */
     _Atomic uint64_t view[DKV_RPC_MAX_LOOPS][DKV_RING_MAX_NODES];
@@ -57,6 +60,12 @@ typedef struct dkv_rpc_client_opts {
     uint64_t request_timeout_ms;  /* per request, from send to reply */
     unsigned breaker_failures;    /* consecutive failures that open a peer's breaker */
     uint64_t breaker_cooldown_ms; /* open -> half-open after this */
+    size_t max_frame_bytes;       /* largest frame sent or accepted, dkv_rpc_frame_limit() of
+                                     --max-body-bytes; 0 = DKV_RPC_FRAME_LIMIT_MIN_BYTES */
+    uint64_t idle_timeout_ms;     /* a connection with nothing pending, sent or received for
+                                     this long is closed (and reopened by the next request);
+                                     shorter than the peers' server idle timeout, so that the
+                                     side that knows nothing is in flight closes; 0 = never */
 } dkv_rpc_client_opts_t;
 
 /**
@@ -122,8 +131,8 @@ typedef struct dkv_rpc_call {
  * @param call  Borrowed; key and record are copied into the request before this returns.
  * @return 0 and `cb` (`call->scan_cb` for a SCAN) runs exactly once, never before this returns;
  *         DKV_EUNAVAIL (the peer's circuit breaker is open, or too many bytes are queued for it:
- *         a failure at once) or DKV_EINVAL (bad peer, type, key, record or scan), and no callback
- *         runs.
+ *         a failure at once) or DKV_EINVAL (bad peer, type, key, record or scan, or a frame
+ *         past opts.max_frame_bytes), and no callback runs.
  * Callback: see dkv_rpc_reply_cb; `rec` is non-NULL only for a GET that found a version.
  * Thread: the client's loop thread.
  */
@@ -139,20 +148,37 @@ int dkv_rpc_client_call(dkv_rpc_client_t *c, uint32_t peer, const dkv_rpc_call_t
 void dkv_rpc_status_json(dkv_rpc_shared_t *shared, const dkv_ring_t *ring, uint32_t self_idx,
                          unsigned n_loops, dkv_buf_t *out);
 
+/* Bounds of the RPC server (docs/protocol.md §7). */
+typedef struct dkv_rpc_server_opts {
+    size_t max_frame_bytes;        /* largest request frame accepted after the handshake, and
+                                      largest reply sent: dkv_rpc_frame_limit() of
+                                      --max-body-bytes; 0 = DKV_RPC_FRAME_LIMIT_MIN_BYTES */
+    unsigned max_connections;      /* open server connections of the node, all loops together
+                                      (dkv_rpc_shared_t.server_conns); past it a handed-over
+                                      connection is closed at once; >= 1 */
+    uint64_t handshake_timeout_ms; /* from hand-over to an accepted HELLO (and AUTH); 0 = none */
+    uint64_t idle_timeout_ms;      /* no byte read and no reply written for this long, the
+                                      handshake done: closed; 0 = never */
+} dkv_rpc_server_opts_t;
+
 /**
  * Creates the RPC server of one I/O thread: it serves connections handed over by the HTTP
  * listener (first byte DKV_RPC_MAGIC), checks each HELLO's cluster fingerprint against `ring`'s,
  * and executes GET and PUT through `replica` (replica/replica.h) and SCAN against its store, in
  * order. A HELLO that claims `self_idx`'s URL is refused (a second node with this --self).
- * All pointers are borrowed for the server's life.
+ * A connection whose unsent replies exceed a few MiB is not read until they drain, so a peer
+ * that pipelines requests without reading replies holds a bounded amount of memory.
+ * All pointers are borrowed for the server's life; `opts` is copied.
  * @return 0. Thread: the loop's thread.
  */
 int dkv_rpc_server_new(uv_loop_t *loop, const dkv_ring_t *ring, uint32_t self_idx,
-                       dkv_replica_t *replica, dkv_rpc_shared_t *shared, dkv_rpc_server_t **out);
+                       dkv_replica_t *replica, dkv_rpc_shared_t *shared,
+                       const dkv_rpc_server_opts_t *opts, dkv_rpc_server_t **out);
 
 /**
  * Takes over an accepted connection (matches dkv_http_foreign_cb): `tcp` is malloc'd, reading is
- * stopped, `first` holds the bytes read so far (copied). Thread: the server's loop thread.
+ * stopped, `first` holds the bytes read so far (copied). Past opts.max_connections the connection
+ * is closed at once (with a rate-limited log line). Thread: the server's loop thread.
  */
 void dkv_rpc_server_adopt(void *server, uv_tcp_t *tcp, dkv_slice_t first);
 

@@ -3,6 +3,18 @@
  * byte is DKV_RPC_MAGIC). It checks the HELLO's cluster fingerprint, then executes each request
  * against the local store in order (a replica request is never coordinated again) and writes the
  * replies of one read batch with one write(2).
+ *
+ * DESIGN: every resource a connection holds is bounded (docs/protocol.md §7).
+ * - Connections: at most opts.max_connections per node (--max-peer-connections), counted apart
+ *   from the HTTP clients' cap, so neither side can starve the other.
+ * - Time: one sweep timer per loop closes connections that have not completed the handshake
+ *   within opts.handshake_timeout_ms, and those idle for opts.idle_timeout_ms.
+ * - Memory: a request is small and its reply may be a whole value, so a peer that pipelines
+ *   GETs and never reads could make us queue replies without end. Frames are served only while
+ *   the connection's unsent reply bytes stay under OUT_HIGH_WATER_BYTES; past it the rest of the
+ *   input waits in `in` and the socket is not read (uv_read_stop) until the replies drain to
+ *   OUT_LOW_WATER_BYTES. A connection then holds at most the high water mark plus one reply
+ *   (<= max_frame_bytes) plus one read batch of requests.
  */
 #include "rpc/proto.h"
 #include "rpc/rpc.h"
@@ -21,9 +33,23 @@
  * unauthenticated peer cannot make us buffer more. */
 #define PRE_HELLO_MAX_FRAME_BYTES 4096u
 #define SCAN_MAX_RECORDS 1024u
+/* Keys + values per SCAN_REPLY; a single larger record still goes, alone, within the frame
+ * limit (the scan writer checks it). */
 #define SCAN_MAX_BYTES (1u << 20)
+/* Reply backpressure (see DESIGN above). */
+#define OUT_HIGH_WATER_BYTES (4u << 20)
+#define OUT_LOW_WATER_BYTES (1u << 20)
+/* At most one log line per second for refused connections and expired handshakes. */
+#define LOG_INTERVAL_MS 1000u
 
 typedef struct sconn sconn_t;
+
+/* A log line that may repeat fast (a flood of connections): printed at most every
+ * LOG_INTERVAL_MS, with the number of occurrences it stands for. */
+typedef struct ratelog {
+    uint64_t next_ms;
+    unsigned count;
+} ratelog_t;
 
 struct dkv_rpc_server {
     uv_loop_t *loop;
@@ -32,9 +58,14 @@ struct dkv_rpc_server {
     dkv_replica_t *replica;
     dkv_store_t *store;
     dkv_rpc_shared_t *shared;
+    dkv_rpc_server_opts_t opts; /* max_frame_bytes filled in */
     uint64_t fingerprint;
     sconn_t *conns;
     size_t n_conns;
+    uv_timer_t sweep;
+    bool sweep_open;
+    ratelog_t log_refused;
+    ratelog_t log_handshake;
     bool closing;
     void (*close_cb)(void *arg);
     void *close_arg;
@@ -46,10 +77,14 @@ struct sconn {
     sconn_t *prev;
     sconn_t *next;
     uv_tcp_t *tcp;
-    dkv_buf_t in;
-    dkv_buf_t out;
+    dkv_buf_t in;  /* received bytes not served yet */
+    dkv_buf_t out; /* replies not handed to libuv yet */
     bool hello_done;
     bool closing;
+    bool counted; /* counted in shared->server_conns */
+    bool reading;
+    uint64_t adopted_ms;
+    uint64_t activity_ms; /* last byte read or reply write completed */
     char peer_url[DKV_RPC_MAX_URL_BYTES + 1]; /* as the peer claims it; control bytes as '?' */
     /* Authenticated handshake (rpc/auth.h): after our HELLO_CHALLENGE, only AUTH may come. */
     bool auth_wait;
@@ -62,9 +97,28 @@ struct sconn {
 };
 
 
+static uint64_t now_ms(const dkv_rpc_server_t *s)
+{
+    return uv_now(s->loop);
+}
+
+/* Counts one event; true when a line should be printed now (then `*count` is how many events it
+ * stands for, this one included). */
+static bool ratelog_due(ratelog_t *r, uint64_t now, unsigned *count)
+{
+    r->count++;
+    if (now < r->next_ms) {
+        return false;
+    }
+    *count = r->count;
+    r->count = 0;
+    r->next_ms = now + LOG_INTERVAL_MS;
+    return true;
+}
+
 static void server_maybe_freed(dkv_rpc_server_t *s)
 {
-    if (!s->closing || s->n_conns > 0) {
+    if (!s->closing || s->n_conns > 0 || s->sweep_open) {
         return;
     }
     void (*cb)(void *) = s->close_cb;
@@ -89,6 +143,9 @@ static void on_closed(uv_handle_t *h)
         c->next->prev = c->prev;
     }
     s->n_conns--;
+    if (c->counted) {
+        atomic_fetch_sub(&s->shared->server_conns, 1);
+    }
     dkv_buf_cleanup(&c->in);
     dkv_buf_cleanup(&c->out);
     free(c);
@@ -105,6 +162,30 @@ static void sconn_close(sconn_t *c)
 }
 
 
+/* Reply bytes produced and not yet written to the socket. */
+static size_t unsent_bytes(const sconn_t *c)
+{
+    return c->out.len + c->tcp->write_queue_size;
+}
+
+static void sconn_pump(sconn_t *c);
+
+static void on_write_done(void *arg, int status)
+{
+    sconn_t *c = arg; /* alive: libuv cancels writes before a handle's close callback */
+    if (status != 0) {
+        sconn_close(c); /* the read side may be stopped and never report it */
+        return;
+    }
+    if (c->closing) {
+        return;
+    }
+    c->activity_ms = now_ms(c->srv);
+    if (!c->reading && unsent_bytes(c) <= OUT_LOW_WATER_BYTES) {
+        sconn_pump(c);
+    }
+}
+
 static void sconn_flush(sconn_t *c)
 {
     if (c->out.len == 0 || c->closing) {
@@ -116,7 +197,7 @@ static void sconn_flush(sconn_t *c)
         return;
     }
     bool queued = false;
-    if (dkv_uvwrite((uv_stream_t *)c->tcp, &c->out, NULL, NULL, &queued) != 0) {
+    if (dkv_uvwrite((uv_stream_t *)c->tcp, &c->out, on_write_done, c, &queued) != 0) {
         sconn_close(c); /* a failed queued write fails the read side too, which closes */
     }
 }
@@ -226,7 +307,7 @@ static int handle_hello(sconn_t *c, const dkv_rpc_msg_t *m, dkv_slice_t frame)
 static void handle_scan(sconn_t *c, const dkv_rpc_msg_t *m)
 {
     dkv_rpc_scan_writer_t w;
-    dkv_rpc_scan_reply_begin(&w, &c->out, m->req_id);
+    dkv_rpc_scan_reply_begin(&w, &c->out, m->req_id, c->srv->opts.max_frame_bytes);
     dkv_identity_t *identity = c->srv->shared->identity;
     if (identity != NULL && dkv_identity_state(identity) != DKV_NODE_READY) {
         /* A node that is itself joining or rebuilding holds no authoritative copy: a rebuild
@@ -302,7 +383,17 @@ static int handle_frame(sconn_t *c, dkv_slice_t frame)
         dkv_owned_t buf = {0};
         rc = dkv_replica_get(s->replica, m.get.key, &rec, &buf);
         if (rc == 0) {
-            dkv_rpc_encode_get_reply(&c->out, m.req_id, DKV_RPC_OK, &rec);
+            size_t before = c->out.len;
+            if (dkv_rpc_encode_get_reply(&c->out, m.req_id, DKV_RPC_OK, &rec) != 0 ||
+                c->out.len - before > s->opts.max_frame_bytes) {
+                /* A value stored before --max-body-bytes was lowered: the peer would refuse
+                 * the frame and drop the connection with every request on it. */
+                DKV_LOG_WARN("rpc: a %zu-byte value does not fit the %zu-byte frame limit; "
+                             "answering ERROR",
+                             rec.value.len, s->opts.max_frame_bytes);
+                c->out.len = before;
+                dkv_rpc_encode_get_reply(&c->out, m.req_id, DKV_RPC_ERROR, NULL);
+            }
         } else if (rc == DKV_ENOTFOUND) {
             dkv_rpc_encode_get_reply(&c->out, m.req_id, DKV_RPC_ABSENT, NULL);
         } else if (rc == DKV_ENOTREADY) {
@@ -334,16 +425,22 @@ static int handle_frame(sconn_t *c, dkv_slice_t frame)
     }
 }
 
-/* Handles the complete frames in data; returns bytes consumed or -1 to close. */
+/*
+ * Handles the complete frames in data while the unsent replies stay under the high water mark;
+ * returns bytes consumed or -1 to close.
+ */
 static long handle_bytes(sconn_t *c, const uint8_t *data, size_t len)
 {
     size_t off = 0;
-    while (off < len) {
+    while (off < len && unsent_bytes(c) < OUT_HIGH_WATER_BYTES) {
         size_t frame_bytes = 0;
-        int rc = dkv_rpc_frame_peek(dkv_slice(data + off, len - off), &frame_bytes);
-        if (rc == 0 && !c->hello_done && frame_bytes > PRE_HELLO_MAX_FRAME_BYTES) {
-            DKV_LOG_WARN("rpc: a %zu-byte frame before the handshake completed; closing",
-                         frame_bytes);
+        size_t limit = c->hello_done ? c->srv->opts.max_frame_bytes : PRE_HELLO_MAX_FRAME_BYTES;
+        int rc = dkv_rpc_frame_peek(dkv_slice(data + off, len - off), limit, &frame_bytes);
+        if (rc == DKV_ETOOBIG) {
+            DKV_LOG_WARN("rpc: %s declared a frame over the %zu-byte limit%s; closing",
+                         c->peer_url[0] ? c->peer_url : "a peer", limit,
+                         c->hello_done ? " (is --max-body-bytes the same on every node?)"
+                                       : " before the handshake completed");
             return -1;
         }
         if (rc == DKV_RPC_NEED_MORE || (rc == 0 && frame_bytes > len - off)) {
@@ -367,25 +464,60 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     *buf = uv_buf_init(c->srv->readbuf, sizeof(c->srv->readbuf));
 }
 
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+
+/*
+ * Serves what waits in `in` as far as the high water mark allows, writes the replies, and reads
+ * the socket again only while the unsent replies are below the mark (read again at the low one).
+ */
+static void sconn_pump(sconn_t *c)
+{
+    for (;;) {
+        /* Write first: the socket may take every reply at once, and then more can be served. */
+        sconn_flush(c);
+        if (c->closing) {
+            return;
+        }
+        long used = handle_bytes(c, c->in.data, c->in.len);
+        if (used < 0) {
+            sconn_flush(c); /* e.g. a HELLO_REJECT */
+            sconn_close(c);
+            return;
+        }
+        if (used == 0) {
+            break; /* no complete frame, or the replies wait for the socket */
+        }
+        dkv_buf_consume(&c->in, (size_t)used);
+    }
+    size_t unsent = unsent_bytes(c);
+    if (c->reading && unsent >= OUT_HIGH_WATER_BYTES) {
+        uv_read_stop((uv_stream_t *)c->tcp);
+        c->reading = false;
+    } else if (!c->reading && unsent <= OUT_LOW_WATER_BYTES) {
+        if (uv_read_start((uv_stream_t *)c->tcp, on_alloc, on_read) != 0) {
+            sconn_close(c);
+            return;
+        }
+        c->reading = true;
+    }
+}
+
 static void consume(sconn_t *c, const uint8_t *data, size_t len)
 {
-    long used;
+    c->activity_ms = now_ms(c->srv);
     if (c->in.len == 0) {
-        used = handle_bytes(c, data, len);
-        if (used >= 0 && (size_t)used < len) {
-            dkv_buf_append(&c->in, data + used, len - (size_t)used);
+        /* Usual case: serve straight from the read buffer, keep only what is left. */
+        long used = handle_bytes(c, data, len);
+        if (used < 0) {
+            sconn_flush(c);
+            sconn_close(c);
+            return;
         }
+        dkv_buf_append(&c->in, data + (size_t)used, len - (size_t)used);
     } else {
         dkv_buf_append(&c->in, data, len);
-        used = handle_bytes(c, c->in.data, c->in.len);
-        if (used > 0) {
-            dkv_buf_consume(&c->in, (size_t)used);
-        }
     }
-    sconn_flush(c);
-    if (used < 0) {
-        sconn_close(c);
-    }
+    sconn_pump(c);
 }
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
@@ -400,8 +532,41 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     }
 }
 
+static void on_sweep(uv_timer_t *t)
+{
+    dkv_rpc_server_t *s = t->data;
+    uint64_t now = now_ms(s);
+    sconn_t *next = NULL;
+    for (sconn_t *c = s->conns; c != NULL; c = next) {
+        next = c->next;
+        if (c->closing) {
+            continue;
+        }
+        if (!c->hello_done) {
+            if (s->opts.handshake_timeout_ms != 0 &&
+                now - c->adopted_ms >= s->opts.handshake_timeout_ms) {
+                unsigned n = 0;
+                if (ratelog_due(&s->log_handshake, now, &n)) {
+                    DKV_LOG_WARN("rpc: closed %u connection(s) that did not complete the "
+                                 "handshake within %llu ms (the last claimed to be %s)",
+                                 n, (unsigned long long)s->opts.handshake_timeout_ms,
+                                 c->peer_url[0] ? c->peer_url : "nobody");
+                }
+                sconn_close(c);
+            }
+            continue;
+        }
+        /* A peer that stops reading its replies is idle too: nothing moves either way. */
+        if (s->opts.idle_timeout_ms != 0 && now - c->activity_ms >= s->opts.idle_timeout_ms) {
+            DKV_LOG_DEBUG("rpc: closing the idle connection of %s", c->peer_url);
+            sconn_close(c);
+        }
+    }
+}
+
 int dkv_rpc_server_new(uv_loop_t *loop, const dkv_ring_t *ring, uint32_t self_idx,
-                       dkv_replica_t *replica, dkv_rpc_shared_t *shared, dkv_rpc_server_t **out)
+                       dkv_replica_t *replica, dkv_rpc_shared_t *shared,
+                       const dkv_rpc_server_opts_t *opts, dkv_rpc_server_t **out)
 {
     dkv_rpc_server_t *s = dkv_xcalloc(1, sizeof(*s));
     s->loop = loop;
@@ -411,8 +576,34 @@ int dkv_rpc_server_new(uv_loop_t *loop, const dkv_ring_t *ring, uint32_t self_id
     s->store = dkv_replica_store(replica);
     s->shared = shared;
     s->fingerprint = dkv_ring_fingerprint(ring);
+    s->opts = *opts;
+    if (s->opts.max_frame_bytes == 0) {
+        s->opts.max_frame_bytes = DKV_RPC_FRAME_LIMIT_MIN_BYTES;
+    }
+    uint64_t tick = 0;
+    if (opts->handshake_timeout_ms != 0) {
+        tick = opts->handshake_timeout_ms;
+    }
+    if (opts->idle_timeout_ms != 0 && (tick == 0 || opts->idle_timeout_ms < tick)) {
+        tick = opts->idle_timeout_ms;
+    }
+    uv_timer_init(loop, &s->sweep);
+    s->sweep.data = s;
+    s->sweep_open = true;
+    if (tick != 0) {
+        /* A connection outlives its timeout by at most a quarter of it (and a second). */
+        tick = tick / 4 < 10 ? 10 : (tick / 4 > 1000 ? 1000 : tick / 4);
+        uv_timer_start(&s->sweep, on_sweep, tick, tick);
+    }
     *out = s;
     return 0;
+}
+
+static void on_sweep_closed(uv_handle_t *h)
+{
+    dkv_rpc_server_t *s = h->data;
+    s->sweep_open = false;
+    server_maybe_freed(s);
 }
 
 void dkv_rpc_server_adopt(void *server, uv_tcp_t *tcp, dkv_slice_t first)
@@ -429,14 +620,26 @@ void dkv_rpc_server_adopt(void *server, uv_tcp_t *tcp, dkv_slice_t first)
     }
     s->conns = c;
     s->n_conns++;
+    c->adopted_ms = now_ms(s);
+    c->activity_ms = c->adopted_ms;
     if (s->closing) {
         sconn_close(c);
         return;
     }
-    consume(c, first.ptr, first.len);
-    if (!c->closing && uv_read_start((uv_stream_t *)tcp, on_alloc, on_read) != 0) {
+    unsigned open = atomic_fetch_add(&s->shared->server_conns, 1) + 1;
+    c->counted = true;
+    if (open > s->opts.max_connections) {
+        unsigned n = 0;
+        if (ratelog_due(&s->log_refused, c->adopted_ms, &n)) {
+            DKV_LOG_WARN("rpc: refused %u connection(s): %u peer connections are open "
+                         "(--max-peer-connections)",
+                         n, s->opts.max_connections);
+        }
         sconn_close(c);
+        return;
     }
+    uv_tcp_nodelay(tcp, 1);
+    consume(c, first.ptr, first.len);
 }
 
 void dkv_rpc_server_close(dkv_rpc_server_t *s, void (*cb)(void *arg), void *arg)
@@ -447,5 +650,6 @@ void dkv_rpc_server_close(dkv_rpc_server_t *s, void (*cb)(void *arg), void *arg)
     for (sconn_t *c = s->conns; c != NULL; c = c->next) {
         sconn_close(c);
     }
+    uv_close((uv_handle_t *)&s->sweep, on_sweep_closed);
     server_maybe_freed(s);
 }

@@ -36,7 +36,7 @@ static bool within(dkv_slice_t inner, dkv_slice_t outer)
 static int encode_scan_reply(dkv_buf_t *out, const dkv_rpc_msg_t *m, dkv_slice_t frame)
 {
     dkv_rpc_scan_writer_t w;
-    dkv_rpc_scan_reply_begin(&w, out, m->req_id);
+    dkv_rpc_scan_reply_begin(&w, out, m->req_id, DKV_RPC_MAX_FRAME_BYTES);
     if (m->scan_reply.status == DKV_RPC_ERROR) {
         dkv_rpc_scan_reply_fail(&w);
         return 0;
@@ -126,7 +126,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     dkv_buf_init(&out);
     for (;;) {
         size_t n = 0;
-        int rc = dkv_rpc_frame_peek(in, &n);
+        int rc = dkv_rpc_frame_peek(in, DKV_RPC_MAX_FRAME_BYTES, &n);
         if (rc != 0) {
             CHECK(rc == DKV_RPC_NEED_MORE || rc == DKV_EPROTO || rc == DKV_ETOOBIG);
             if (rc == DKV_RPC_NEED_MORE) {

@@ -23,7 +23,7 @@
 static dkv_rpc_msg_t decode_one(const dkv_buf_t *b)
 {
     size_t n = 0;
-    assert_int_equal(dkv_rpc_frame_peek(dkv_buf_slice(b), &n), 0);
+    assert_int_equal(dkv_rpc_frame_peek(dkv_buf_slice(b), DKV_RPC_MAX_FRAME_BYTES, &n), 0);
     assert_int_equal(n, b->len);
     dkv_rpc_msg_t m;
     assert_int_equal(dkv_rpc_decode(dkv_buf_slice(b), &m), 0);
@@ -102,7 +102,7 @@ static void check_all_prefixes(dkv_slice_t frame)
         }
         dkv_slice_t s = dkv_slice(copy, len);
         size_t n = 0;
-        int rc = dkv_rpc_frame_peek(s, &n);
+        int rc = dkv_rpc_frame_peek(s, DKV_RPC_MAX_FRAME_BYTES, &n);
         if (len < DKV_RPC_HEADER_BYTES) {
             assert_int_equal(rc, DKV_RPC_NEED_MORE);
         } else {
@@ -137,7 +137,7 @@ static void encode_all(dkv_buf_t *b)
     assert_int_equal(dkv_rpc_encode_put_reply(b, 7, DKV_RPC_ERROR), 0);
     assert_int_equal(dkv_rpc_encode_scan(b, 8, &scan), 0);
     dkv_rpc_scan_writer_t w;
-    dkv_rpc_scan_reply_begin(&w, b, 8);
+    dkv_rpc_scan_reply_begin(&w, b, 8, DKV_RPC_MAX_FRAME_BYTES);
     assert_int_equal(dkv_rpc_scan_reply_add(&w, dkv_slice_str("a"), &v), 0);
     assert_int_equal(dkv_rpc_scan_reply_add(&w, dkv_slice_str("b"), &t), 0);
     dkv_rpc_scan_reply_finish(&w, true);
@@ -308,7 +308,7 @@ static void test_scan_reply_round_trip(void **state)
     const char *keys[] = {"apple", "banana", "cherry"};
     dkv_record_t recs[] = {value_record(1, "red"), tombstone_record(2), value_record(3, "")};
     dkv_rpc_scan_writer_t w;
-    dkv_rpc_scan_reply_begin(&w, &b, 77);
+    dkv_rpc_scan_reply_begin(&w, &b, 77, DKV_RPC_MAX_FRAME_BYTES);
     for (size_t i = 0; i < 3; i++) {
         assert_int_equal(dkv_rpc_scan_reply_add(&w, dkv_slice_str(keys[i]), &recs[i]), 0);
     }
@@ -337,7 +337,7 @@ static void test_scan_reply_round_trip(void **state)
     dkv_buf_cleanup(&b);
 
     /* Empty reply: "more" is dropped so a caller cannot loop without progress. */
-    dkv_rpc_scan_reply_begin(&w, &b, 78);
+    dkv_rpc_scan_reply_begin(&w, &b, 78, DKV_RPC_MAX_FRAME_BYTES);
     dkv_rpc_scan_reply_finish(&w, true);
     m = decode_one(&b);
     assert_int_equal(m.scan_reply.count, 0);
@@ -350,7 +350,7 @@ static void test_scan_reply_round_trip(void **state)
     /* Failing mid-scan leaves one well-formed error reply and nothing else. */
     dkv_rpc_encode_hello_ok(&b, 1, NULL);
     size_t before = b.len;
-    dkv_rpc_scan_reply_begin(&w, &b, 79);
+    dkv_rpc_scan_reply_begin(&w, &b, 79, DKV_RPC_MAX_FRAME_BYTES);
     assert_int_equal(dkv_rpc_scan_reply_add(&w, dkv_slice_str("x"), &recs[0]), 0);
     dkv_rpc_scan_reply_fail(&w);
     dkv_slice_t second = dkv_slice(b.data + before, b.len - before);
@@ -376,7 +376,7 @@ static void test_scan_reply_stops_at_frame_limit(void **state)
     char key[DKV_RPC_MAX_KEY_BYTES];
     memset(key, 'k', sizeof(key));
     dkv_rpc_scan_writer_t w;
-    dkv_rpc_scan_reply_begin(&w, &b, 5);
+    dkv_rpc_scan_reply_begin(&w, &b, 5, DKV_RPC_FRAME_LIMIT_MIN_BYTES);
     int rc = 0;
     uint32_t added = 0;
     while (rc == 0 && added < 100) {
@@ -396,7 +396,7 @@ static void test_scan_reply_stops_at_frame_limit(void **state)
     assert_int_equal(dkv_rpc_scan_reply_add(&w, dkv_slice_str("zz"), &small), 0);
     dkv_rpc_scan_reply_finish(&w, true);
     dkv_slice_t frame = dkv_slice(b.data + 6, b.len - 6);
-    assert_true(frame.len <= DKV_RPC_MAX_FRAME_BYTES);
+    assert_true(frame.len <= DKV_RPC_FRAME_LIMIT_MIN_BYTES);
     dkv_rpc_msg_t m;
     assert_int_equal(dkv_rpc_decode(frame, &m), 0);
     assert_int_equal(m.scan_reply.count, 3);
@@ -424,7 +424,7 @@ static void test_pipelined_stream_decodes_in_order(void **state)
     size_t frames = 0;
     while (in.len > 0) {
         size_t n = 0;
-        assert_int_equal(dkv_rpc_frame_peek(in, &n), 0);
+        assert_int_equal(dkv_rpc_frame_peek(in, DKV_RPC_MAX_FRAME_BYTES, &n), 0);
         assert_true(n <= in.len);
         dkv_rpc_msg_t m;
         assert_int_equal(dkv_rpc_decode(dkv_slice(in.ptr, n), &m), 0);
@@ -449,7 +449,7 @@ static void test_truncated_frames_need_more_or_eproto(void **state)
     dkv_slice_t in = dkv_buf_slice(&b);
     while (in.len > 0) {
         size_t n = 0;
-        assert_int_equal(dkv_rpc_frame_peek(in, &n), 0);
+        assert_int_equal(dkv_rpc_frame_peek(in, DKV_RPC_MAX_FRAME_BYTES, &n), 0);
         check_all_prefixes(dkv_slice(in.ptr, n));
         in = dkv_slice(in.ptr + n, in.len - n);
     }
@@ -464,9 +464,10 @@ static void test_declared_length_limits(void **state)
     uint32_t too_big = DKV_RPC_MAX_FRAME_BYTES - 5 + 1;
     uint8_t h[5] = {DKV_RPC_MAGIC, (uint8_t)(too_big >> 24), (uint8_t)(too_big >> 16),
                     (uint8_t)(too_big >> 8), (uint8_t)too_big};
-    assert_int_equal(dkv_rpc_frame_peek(dkv_slice(h, 5), &n), DKV_ETOOBIG);
+    assert_int_equal(dkv_rpc_frame_peek(dkv_slice(h, 5), DKV_RPC_MAX_FRAME_BYTES, &n), DKV_ETOOBIG);
     uint8_t huge[5] = {DKV_RPC_MAGIC, 0xFF, 0xFF, 0xFF, 0xFF};
-    assert_int_equal(dkv_rpc_frame_peek(dkv_slice(huge, 5), &n), DKV_ETOOBIG);
+    assert_int_equal(dkv_rpc_frame_peek(dkv_slice(huge, 5), DKV_RPC_MAX_FRAME_BYTES, &n),
+                     DKV_ETOOBIG);
 
     /* Exactly the maximum is a frame size peek accepts. */
     uint32_t max = DKV_RPC_MAX_FRAME_BYTES - 5;
@@ -474,13 +475,16 @@ static void test_declared_length_limits(void **state)
                                         (uint8_t)(max >> 16), (uint8_t)(max >> 8),
                                         (uint8_t)max,         1,
                                         DKV_RPC_GET};
-    assert_int_equal(dkv_rpc_frame_peek(dkv_slice(ok, 4), &n), DKV_RPC_NEED_MORE);
-    assert_int_equal(dkv_rpc_frame_peek(dkv_slice(ok, sizeof(ok)), &n), 0);
+    assert_int_equal(dkv_rpc_frame_peek(dkv_slice(ok, 4), DKV_RPC_MAX_FRAME_BYTES, &n),
+                     DKV_RPC_NEED_MORE);
+    assert_int_equal(dkv_rpc_frame_peek(dkv_slice(ok, sizeof(ok)), DKV_RPC_MAX_FRAME_BYTES, &n), 0);
     assert_int_equal(n, DKV_RPC_MAX_FRAME_BYTES);
 
     /* A length too small to hold version, type and request id. */
     uint8_t small[DKV_RPC_HEADER_BYTES] = {DKV_RPC_MAGIC, 0, 0, 0, DKV_RPC_LENGTH_MIN - 1};
-    assert_int_equal(dkv_rpc_frame_peek(dkv_slice(small, sizeof(small)), &n), DKV_EPROTO);
+    assert_int_equal(
+        dkv_rpc_frame_peek(dkv_slice(small, sizeof(small)), DKV_RPC_MAX_FRAME_BYTES, &n),
+        DKV_EPROTO);
     dkv_rpc_msg_t m;
     assert_int_equal(dkv_rpc_decode(dkv_slice(small, sizeof(small)), &m), DKV_EPROTO);
 
@@ -500,14 +504,118 @@ static void test_declared_length_limits(void **state)
     free(v);
 }
 
+static void test_frame_limit_follows_the_value_limit(void **state)
+{
+    (void)state;
+    /* Never below the 0.2 limit, so default nodes accept what older nodes send. */
+    assert_int_equal(dkv_rpc_frame_limit(0), DKV_RPC_FRAME_LIMIT_MIN_BYTES);
+    assert_int_equal(dkv_rpc_frame_limit(1u << 20), DKV_RPC_FRAME_LIMIT_MIN_BYTES);
+    assert_int_equal(dkv_rpc_frame_limit(2u << 20), DKV_RPC_FRAME_LIMIT_MIN_BYTES);
+    assert_int_equal(dkv_rpc_frame_limit(16u << 20), (16u << 20) + DKV_RPC_FRAME_OVERHEAD_BYTES);
+    assert_int_equal(dkv_rpc_frame_limit(DKV_MAX_VALUE_BYTES), DKV_RPC_MAX_FRAME_BYTES);
+    assert_int_equal(dkv_rpc_frame_limit(SIZE_MAX), DKV_RPC_MAX_FRAME_BYTES);
+}
+
+/* A header declaring a whole frame of `frame_bytes`. */
+static void frame_header_of(uint8_t h[DKV_RPC_HEADER_BYTES], size_t frame_bytes)
+{
+    uint32_t len = (uint32_t)(frame_bytes - 5);
+    uint8_t hdr[DKV_RPC_HEADER_BYTES] = {
+        DKV_RPC_MAGIC, (uint8_t)(len >> 24), (uint8_t)(len >> 16), (uint8_t)(len >> 8),
+        (uint8_t)len,  DKV_RPC_VERSION,      DKV_RPC_PUT};
+    memcpy(h, hdr, sizeof(hdr));
+}
+
+static void test_peek_enforces_the_callers_limit_from_five_bytes(void **state)
+{
+    (void)state;
+    size_t limit = dkv_rpc_frame_limit(8u << 20);
+    uint8_t h[DKV_RPC_HEADER_BYTES];
+    size_t n = 0;
+    frame_header_of(h, limit);
+    assert_int_equal(dkv_rpc_frame_peek(dkv_slice(h, sizeof(h)), limit, &n), 0);
+    assert_int_equal(n, limit);
+    frame_header_of(h, limit + 1);
+    assert_int_equal(dkv_rpc_frame_peek(dkv_slice(h, 5), limit, &n), DKV_ETOOBIG);
+    /* The same frame is fine for a node with a larger limit, and the pre-handshake 4 KiB cap
+     * is just another limit. */
+    assert_int_equal(dkv_rpc_frame_peek(dkv_slice(h, sizeof(h)), limit + 1, &n), 0);
+    assert_int_equal(n, limit + 1);
+    assert_int_equal(dkv_rpc_frame_peek(dkv_slice(h, 5), 4096, &n), DKV_ETOOBIG);
+    /* A limit past the ceiling counts as the ceiling. */
+    frame_header_of(h, DKV_RPC_MAX_FRAME_BYTES + 1);
+    assert_int_equal(dkv_rpc_frame_peek(dkv_slice(h, 5), SIZE_MAX, &n), DKV_ETOOBIG);
+}
+
+static void test_8mib_value_fits_the_8mib_limit_in_put_get_reply_and_scan_reply(void **state)
+{
+    (void)state;
+    size_t vlen = 8u << 20;
+    size_t limit = dkv_rpc_frame_limit(vlen);
+    uint8_t *v = malloc(vlen);
+    assert_non_null(v);
+    for (size_t i = 0; i < vlen; i++) {
+        v[i] = (uint8_t)(i * 7 + 3);
+    }
+    char key[DKV_RPC_MAX_KEY_BYTES];
+    memset(key, 'q', sizeof(key));
+    dkv_record_t r = {9, false, dkv_slice(v, vlen), 3};
+    dkv_buf_t b;
+    dkv_buf_init(&b);
+
+    assert_int_equal(dkv_rpc_encode_put(&b, 1, dkv_slice(key, sizeof(key)), &r), 0);
+    size_t n = 0;
+    assert_int_equal(dkv_rpc_frame_peek(dkv_buf_slice(&b), limit, &n), 0);
+    assert_int_equal(n, b.len);
+    /* The default node's limit refuses it from its first bytes. */
+    assert_int_equal(dkv_rpc_frame_peek(dkv_buf_slice(&b), dkv_rpc_frame_limit(1u << 20), &n),
+                     DKV_ETOOBIG);
+    dkv_rpc_msg_t m = decode_one(&b);
+    assert_int_equal(m.type, DKV_RPC_PUT);
+    assert_record_eq(&m.put.rec, &r);
+    b.len = 0;
+
+    assert_int_equal(dkv_rpc_encode_get_reply(&b, 2, DKV_RPC_OK, &r), 0);
+    assert_int_equal(dkv_rpc_frame_peek(dkv_buf_slice(&b), limit, &n), 0);
+    m = decode_one(&b);
+    assert_record_eq(&m.get_reply.rec, &r);
+    b.len = 0;
+
+    /* A SCAN_REPLY always carries one full-size record with a maximal key, and no more. */
+    dkv_rpc_scan_writer_t w;
+    dkv_rpc_scan_reply_begin(&w, &b, 3, limit);
+    assert_int_equal(dkv_rpc_scan_reply_add(&w, dkv_slice(key, sizeof(key)), &r), 0);
+    key[0] = 'r';
+    assert_int_equal(dkv_rpc_scan_reply_add(&w, dkv_slice(key, sizeof(key)), &r), DKV_ETOOBIG);
+    dkv_rpc_scan_reply_finish(&w, true);
+    assert_true(b.len <= limit);
+    assert_int_equal(dkv_rpc_frame_peek(dkv_buf_slice(&b), limit, &n), 0);
+    m = decode_one(&b);
+    assert_int_equal(m.scan_reply.count, 1);
+    assert_true(m.scan_reply.more);
+    b.len = 0;
+
+    /* A writer held to a smaller limit refuses even the first such entry. */
+    dkv_rpc_scan_reply_begin(&w, &b, 4, dkv_rpc_frame_limit(1u << 20));
+    assert_int_equal(dkv_rpc_scan_reply_add(&w, dkv_slice(key, sizeof(key)), &r), DKV_ETOOBIG);
+    dkv_rpc_scan_reply_finish(&w, false);
+    m = decode_one(&b);
+    assert_int_equal(m.scan_reply.count, 0);
+    dkv_buf_cleanup(&b);
+    free(v);
+}
+
 static void test_not_magic_is_eproto_at_first_byte(void **state)
 {
     (void)state;
     size_t n = 0;
     const char *http = "GET /v0/entity?id=1 HTTP/1.1\r\n";
-    assert_int_equal(dkv_rpc_frame_peek(dkv_slice(http, 1), &n), DKV_EPROTO);
-    assert_int_equal(dkv_rpc_frame_peek(dkv_slice_str(http), &n), DKV_EPROTO);
-    assert_int_equal(dkv_rpc_frame_peek(dkv_slice(NULL, 0), &n), DKV_RPC_NEED_MORE);
+    assert_int_equal(dkv_rpc_frame_peek(dkv_slice(http, 1), DKV_RPC_MAX_FRAME_BYTES, &n),
+                     DKV_EPROTO);
+    assert_int_equal(dkv_rpc_frame_peek(dkv_slice_str(http), DKV_RPC_MAX_FRAME_BYTES, &n),
+                     DKV_EPROTO);
+    assert_int_equal(dkv_rpc_frame_peek(dkv_slice(NULL, 0), DKV_RPC_MAX_FRAME_BYTES, &n),
+                     DKV_RPC_NEED_MORE);
     /* The magic is no ASCII letter, so the HTTP port can sniff it. */
     assert_true(DKV_RPC_MAGIC >= 0x80);
 }
@@ -876,7 +984,7 @@ static void test_every_single_byte_change_is_safe(void **state)
             b.data[i] = vals[j];
             dkv_slice_t in = dkv_buf_slice(&b);
             size_t n = 0;
-            while (dkv_rpc_frame_peek(in, &n) == 0 && n <= in.len) {
+            while (dkv_rpc_frame_peek(in, DKV_RPC_MAX_FRAME_BYTES, &n) == 0 && n <= in.len) {
                 dkv_rpc_msg_t m;
                 (void)dkv_rpc_decode(dkv_slice(in.ptr, n), &m);
                 in = dkv_slice(in.ptr + n, in.len - n);
@@ -927,7 +1035,7 @@ static void test_encoders_refuse_bad_arguments(void **state)
     assert_int_equal(b.len, 0);
 
     dkv_rpc_scan_writer_t w;
-    dkv_rpc_scan_reply_begin(&w, &b, 1);
+    dkv_rpc_scan_reply_begin(&w, &b, 1, DKV_RPC_MAX_FRAME_BYTES);
     size_t len = b.len;
     assert_int_equal(dkv_rpc_scan_reply_add(&w, empty, &v), DKV_EINVAL);
     assert_int_equal(dkv_rpc_scan_reply_add(&w, too_long, &v), DKV_EINVAL);
@@ -952,6 +1060,9 @@ int main(void)
         cmocka_unit_test(test_pipelined_stream_decodes_in_order),
         cmocka_unit_test(test_truncated_frames_need_more_or_eproto),
         cmocka_unit_test(test_declared_length_limits),
+        cmocka_unit_test(test_frame_limit_follows_the_value_limit),
+        cmocka_unit_test(test_peek_enforces_the_callers_limit_from_five_bytes),
+        cmocka_unit_test(test_8mib_value_fits_the_8mib_limit_in_put_get_reply_and_scan_reply),
         cmocka_unit_test(test_not_magic_is_eproto_at_first_byte),
         cmocka_unit_test(test_unknown_version_or_type_is_eproto),
         cmocka_unit_test(test_tree_request_round_trips_and_limits),
