@@ -230,9 +230,9 @@ static int set_unwritable(dkv_store_t *s, const char *what, const char *err)
     }
     pthread_mutex_unlock(&s->health_mu);
     if (first) {
-        DKV_LOG_ERROR("store: %s failed: %s; writes are refused (%s) and reads go on until the "
-                      "data directory has space again",
-                      what, err, rc == DKV_ENOSPACE ? "507" : "storage error");
+        DKV_LOG_ERROR("store: %s failed: %s; writes are refused (%s), reads go on, and the "
+                      "store is reopened for writes once the data directory has room",
+                      what, err, rc == DKV_ENOSPACE ? "no space: 507" : "storage error");
     }
     return rc;
 }

@@ -96,16 +96,18 @@ def storage(node: h.Node) -> dict:
     return json.loads(r.body)["storage"]
 
 
-def put_until_refused(c: h.Client, acked: dict, prefix: str, max_puts: int = 400, **kw) -> int:
-    """PUTs new keys until one gets 507; every answer before is 201 (recorded in `acked`)."""
+def put_until_refused(c: h.Client, acked: dict, prefix: str, refused: int = 507,
+                      max_puts: int = 400, **kw) -> h.Response:
+    """PUTs new keys until one gets `refused`, which is returned; every answer before is 201
+    (recorded in `acked`)."""
     for i in range(max_puts):
         key = "%s-%d" % (prefix, i)
         r = c.put(key, VALUE + key.encode(), **kw)
-        if r.status == 507:
-            return i
+        if r.status == refused:
+            return r
         assert r.status == 201, "PUT %s: %d %r" % (key, r.status, r.body)
         acked[key] = VALUE + key.encode()
-    raise AssertionError("no 507 after %d PUTs on a full disk" % max_puts)
+    raise AssertionError("no %d after %d PUTs on a full disk" % (refused, max_puts))
 
 
 def assert_all_readable(node: h.Node, acked: dict, **kw):
@@ -138,7 +140,10 @@ def test_full_disk_refuses_writes_with_507_serves_reads_and_resumes(disk):
         assert c.delete("early-0").status == 202
         del acked["early-0"]
         disk.fill()
-        put_until_refused(c, acked, "filling")
+        r = put_until_refused(c, acked, "filling")
+        # The write went into the WAL buffer; the flush before the answer failed, and the 201
+        # waiting for it was turned into this 507.
+        assert b"could not be made durable" in r.body, r
 
         # Refused from now on, whatever the write: never a 201, never a dropped connection.
         for i in range(20):
@@ -212,7 +217,9 @@ def test_restart_while_disk_is_full_serves_reads_and_resumes(disk):
 
 def test_full_replica_in_a_cluster(disk):
     """Node 0 of three is full: through it a write that needs it answers 507 (its own disk),
-    through a peer 504 (a replica failed); writes that reach ack elsewhere succeed."""
+    through a peer 504 (a replica failed); writes that reach ack elsewhere succeed. The disk
+    fills under writes coordinated by node 1, so node 0's first failure is a WAL flush after
+    it encoded its PUT_REPLY OK, which must reach node 1 as an error."""
     cl = disk.cluster(3)
     n0, n1 = cl[0], cl[1]
     acked: dict = {}
@@ -220,7 +227,8 @@ def test_full_replica_in_a_cluster(disk):
         assert c0.put("before", b"b", ack=3, **{"from": 3}).status == 201
         acked["before"] = b"b"
         disk.fill()
-        put_until_refused(c0, acked, "filling", ack=3, **{"from": 3})
+        put_until_refused(c1, acked, "filling", refused=504, ack=3, **{"from": 3})
+        assert storage(n0)["no_space"] is True
 
         assert c0.put("k", b"x", ack=3, **{"from": 3}).status == 507
         assert c1.put("k", b"x", ack=3, **{"from": 3}).status == 504
