@@ -70,8 +70,13 @@ struct node {
     uv_loop_t main_loop;
     uv_signal_t sigint;
     uv_signal_t sigterm;
+    uv_timer_t resume_timer; /* reopens the store for writes after a storage error */
     int signals_seen;
 };
+
+/* How often an unwritable store (disk full) is checked for space, and how often it says so. */
+#define STORE_RESUME_INTERVAL_MS 1000u
+#define STORE_LOG_INTERVAL_MS 10000u
 
 static int mkdirs(const char *path)
 {
@@ -289,6 +294,14 @@ static void thread_main(void *arg)
     }
 }
 
+/* ---- storage errors ---- */
+
+static void on_resume_timer(uv_timer_t *timer)
+{
+    node_t *n = timer->data;
+    dkv_store_resume(n->store, STORE_LOG_INTERVAL_MS);
+}
+
 /* ---- signals ---- */
 
 static void stop_threads(node_t *n)
@@ -308,6 +321,7 @@ static void on_signal(uv_signal_t *h, int signum)
                      (unsigned long long)n->conf.shutdown_timeout_ms);
         uv_close((uv_handle_t *)&n->sigint, NULL);
         uv_close((uv_handle_t *)&n->sigterm, NULL);
+        uv_close((uv_handle_t *)&n->resume_timer, NULL);
     }
     stop_threads(n);
 }
@@ -463,6 +477,10 @@ int main(int argc, char **argv)
     n->sigterm.data = n;
     uv_signal_start(&n->sigint, on_signal, SIGINT);
     uv_signal_start(&n->sigterm, on_signal, SIGTERM);
+    uv_timer_init(&n->main_loop, &n->resume_timer);
+    n->resume_timer.data = n;
+    uv_timer_start(&n->resume_timer, on_resume_timer, STORE_RESUME_INTERVAL_MS,
+                   STORE_RESUME_INTERVAL_MS);
 
     unsigned started = 0;
     int start_rc = 0;
@@ -490,6 +508,7 @@ int main(int argc, char **argv)
         }
         uv_close((uv_handle_t *)&n->sigint, NULL);
         uv_close((uv_handle_t *)&n->sigterm, NULL);
+        uv_close((uv_handle_t *)&n->resume_timer, NULL);
     } else {
         DKV_LOG_INFO("dkv %s node %s (%u of %zu) listening on %s:%u, data in %s, %u I/O "
                      "thread(s), %u vnodes, WAL %s, peers %s",

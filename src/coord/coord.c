@@ -44,6 +44,7 @@ typedef struct op {
     unsigned failed;
     bool answered;
     bool is_get;
+    bool local_full; /* PUT: the local replica refused the write for lack of space */
     dkv_coord_cb cb;
     void *arg;
     bool have_best;      /* GET: a replica returned a version */
@@ -141,7 +142,9 @@ static void op_decide(op_t *op)
         }
         op_answer(op, rc);
     } else if (op->failed > op->from - op->ack) {
-        op_answer(op, DKV_EQUORUM);
+        /* Storage full here is this node's own state, worth telling apart from replicas that
+         * did not answer: the client gets 507 rather than 504. */
+        op_answer(op, op->local_full ? DKV_ENOSPACE : DKV_EQUORUM);
     }
 }
 
@@ -364,7 +367,9 @@ static int op_start(dkv_coord_t *c, dkv_slice_t key, bool is_get, const dkv_reco
         if (is_get) {
             local_get(op, local);
         } else {
-            op_reply(op, local, dkv_replica_put(c->env.replica, key, rec));
+            int rc = dkv_replica_put(c->env.replica, key, rec);
+            op->local_full = rc == DKV_ENOSPACE;
+            op_reply(op, local, rc);
         }
     }
     op_unref(op);

@@ -57,7 +57,9 @@ typedef struct dkv_coord_env {
 /**
  * The outcome of an operation, passed to the callback.
  * rc: 0 (GET found a value; PUT/DELETE stored on >= ack replicas); DKV_ENOTFOUND (GET: newest
- * version is a tombstone or no replica has one); DKV_EQUORUM (fewer than ack replicas succeeded).
+ * version is a tombstone or no replica has one); DKV_EQUORUM (fewer than ack replicas succeeded);
+ * DKV_ENOSPACE (PUT/DELETE: fewer than ack succeeded and this node, one of the replicas, refused
+ * the write for lack of space).
  * For a found GET, `record` is the newest version and borrows from `buf`, which the callback may
  * take (move it out and empty it); whatever is left in `buf` is released after the callback.
  */
@@ -108,7 +110,9 @@ int dkv_coord_get(dkv_coord_t *c, dkv_slice_t key, unsigned ack, unsigned from, 
  *
  * @param key, value  Borrowed for the call (copied into every replica request before it returns).
  * @return 0 and `cb` runs exactly once (possibly before this returns); DKV_EINVAL and `cb` never
- *         runs. Callback rc: 0 or DKV_EQUORUM.
+ *         runs. Callback rc: 0, DKV_EQUORUM or DKV_ENOSPACE (see dkv_coord_result_t). A 0 may
+ *         rest on this thread's write-ahead-log buffer: the caller acknowledges it only after
+ *         dkv_store_sync_wal() succeeds on this thread (http/ does, before each write(2)).
  * Hinted handoff (env.hints): each peer replica whose write fails (refused, timed out, breaker
  * open, replica error) gets a durable hint, whether or not the client was already answered.
  * Thread: the coordinator's loop thread.

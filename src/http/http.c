@@ -35,6 +35,13 @@
 
 typedef struct conn conn_t;
 
+/* A response in conn.out that acknowledges a write (dkv_response_t.acknowledges_write). */
+typedef struct ack_span {
+    size_t off;
+    size_t len;
+    bool close; /* it said Connection: close */
+} ack_span_t;
+
 struct dkv_http_server {
     uv_loop_t *loop;
     uv_tcp_t listener;
@@ -73,7 +80,10 @@ struct conn {
     dkv_buf_t rbuf; /* input not parsed yet */
     dkv_buf_t url;
     dkv_buf_t body;
-    dkv_buf_t out; /* output not handed to libuv yet */
+    dkv_buf_t out;    /* output not handed to libuv yet */
+    ack_span_t *acks; /* write acknowledgements in `out`, in order */
+    size_t n_acks;
+    size_t cap_acks;
     size_t header_bytes;
     char hdr_name[8];
     size_t hdr_name_len;
@@ -300,6 +310,8 @@ static const char *reason_of(int status)
         return "Internal Server Error";
     case 505:
         return "HTTP Version Not Supported";
+    case 507:
+        return "Insufficient Storage";
     case 503:
         return "Service Unavailable";
     case 504:
@@ -320,9 +332,8 @@ static void append_uint(dkv_buf_t *b, size_t v)
     dkv_buf_append(b, digits + sizeof(digits) - n, n);
 }
 
-static void write_head(conn_t *c, const dkv_response_t *resp, bool close)
+static void write_head(dkv_buf_t *o, const conn_t *c, const dkv_response_t *resp, bool close)
 {
-    dkv_buf_t *o = &c->out;
     dkv_buf_reserve(o, 256 + resp->body.len);
     dkv_buf_append_str(o, "HTTP/1.1 ");
     append_uint(o, (size_t)resp->status);
@@ -357,13 +368,51 @@ static void conn_respond(conn_t *c, const dkv_response_t *resp, bool force_close
 {
     bool close = force_close || !c->keep_alive || c->srv->stopping ||
                  (resp->stream != NULL && c->http10);
-    write_head(c, resp, close);
+    size_t start = c->out.len;
+    write_head(&c->out, c, resp, close);
     if (resp->stream == NULL && !c->is_head) {
         dkv_buf_append(&c->out, resp->body.ptr, resp->body.len);
     }
     if (close) {
         c->close_after = true;
     }
+    if (resp->acknowledges_write) {
+        if (c->n_acks == c->cap_acks) {
+            c->cap_acks = c->cap_acks ? 2 * c->cap_acks : 4;
+            c->acks = dkv_xrealloc(c->acks, c->cap_acks * sizeof(*c->acks));
+        }
+        c->acks[c->n_acks++] =
+            (ack_span_t){.off = start, .len = c->out.len - start, .close = close};
+    }
+}
+
+/*
+ * The write-ahead-log flush failed: every write acknowledgement waiting in `out` becomes
+ * 507 Insufficient Storage (same framing, same Connection: close); the other responses stay.
+ */
+static void conn_unacknowledge(conn_t *c)
+{
+    if (c->n_acks == 0) {
+        return;
+    }
+    static const char text[] = "Insufficient Storage: the write could not be made durable\n";
+    dkv_response_t resp = {.status = 507,
+                           .content_type = "text/plain; charset=utf-8",
+                           .body = dkv_slice(text, sizeof(text) - 1)};
+    dkv_buf_t out;
+    dkv_buf_init(&out);
+    size_t pos = 0;
+    for (size_t i = 0; i < c->n_acks; i++) {
+        const ack_span_t *a = &c->acks[i];
+        dkv_buf_append(&out, c->out.data + pos, a->off - pos);
+        write_head(&out, c, &resp, a->close);
+        dkv_buf_append(&out, resp.body.ptr, resp.body.len);
+        pos = a->off + a->len;
+    }
+    dkv_buf_append(&out, c->out.data + pos, c->out.len - pos);
+    dkv_buf_cleanup(&c->out);
+    c->out = out;
+    c->n_acks = 0;
 }
 
 static void respond_error(conn_t *c, int status, const char *text, const char *extra)
@@ -421,6 +470,7 @@ static void conn_unref(conn_t *c)
     dkv_buf_cleanup(&c->url);
     dkv_buf_cleanup(&c->body);
     dkv_buf_cleanup(&c->out);
+    free(c->acks);
     free(c);
     server_maybe_done(s);
 }
@@ -580,8 +630,9 @@ static void on_flush_check(uv_check_t *h)
         c->flush_next = NULL;
         c->flush_scheduled = false;
         if (!c->closing && !durable) {
-            conn_close(c); /* never acknowledge a write that is not in the write-ahead log */
-        } else if (!c->closing) {
+            conn_unacknowledge(c); /* never acknowledge a write that is not in the WAL */
+        }
+        if (!c->closing) {
             conn_flush_now(c);
             if (c->stream != NULL && !conn_congested(c)) {
                 stream_pump(c); /* everything went out at once: no write callback will */
@@ -597,6 +648,7 @@ static void conn_flush_now(conn_t *c)
     if (c->out.len == 0 || c->closing) {
         return;
     }
+    c->n_acks = 0; /* past the flush: they are acknowledged now */
     if (c->tcp == NULL) {
         if (c->srv->capture != NULL) {
             dkv_buf_append(c->srv->capture, c->out.data, c->out.len);

@@ -39,8 +39,9 @@ typedef struct dkv_http_opts {
     unsigned max_connections;    /* across all threads, counted in `conn_count` */
     _Atomic unsigned *conn_count; /* shared by every thread's server */
     /* Runs once per loop iteration before responses are written: makes acknowledged writes
-     * durable (the write-ahead log flush). Non-zero means they are not: the connections with
-     * responses waiting are closed instead of answered. May be NULL. */
+     * durable (the write-ahead log flush). Non-zero means they are not: every waiting response
+     * marked acknowledges_write is replaced by 507 Insufficient Storage (the others are sent as
+     * they are). May be NULL. */
     int (*before_flush)(void *arg);
     void *before_flush_arg;
     int foreign_first_byte;      /* -1 for none */

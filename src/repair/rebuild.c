@@ -121,15 +121,35 @@ static void scan_cb(void *arg, int rc, const dkv_rpc_msg_t *reply)
     uint64_t streamed = 0;
     uint64_t kept = 0;
     uint64_t bytes = 0;
+    int store_rc = 0;
     while (dkv_rpc_scan_iter_next(&it, &key, &rec) == 0) {
         streamed++;
         bytes += key.len + rec.value.len;
-        if (belongs_here(r, key, &rec) && dkv_replica_put(r->replica, key, &rec) == 0) {
+        if (!belongs_here(r, key, &rec)) {
+            continue;
+        }
+        int put_rc = dkv_replica_put(r->replica, key, &rec);
+        if (put_rc == 0) {
             kept++;
+        } else if (put_rc == DKV_ENOSPACE || put_rc == DKV_EIO) {
+            store_rc = put_rc;
         }
     }
-    dkv_store_sync_wal(dkv_replica_store(r->replica));
+    if (dkv_store_sync_wal(dkv_replica_store(r->replica)) != 0 && store_rc == 0) {
+        store_rc = DKV_EIO;
+    }
     dkv_throttle_spend(&r->throttle, bytes);
+    if (store_rc != 0) {
+        /* Not stored (disk full): the same batch again later, never a cursor past a record
+         * this node does not hold, or the rebuild would end with it missing. */
+        s->retry_at_ms = uv_now(&r->loop) + r->opts.retry_ms;
+        pthread_mutex_lock(&r->mu);
+        r->st_waiting[s->peer] = true;
+        pthread_mutex_unlock(&r->mu);
+        DKV_LOG_DEBUG("rebuild: batch from %s not stored (%s); retrying",
+                      dkv_ring_url(r->ring, s->peer), dkv_strerror(store_rc));
+        return;
+    }
     if (!r->running) {
         return; /* ended by the operator meanwhile */
     }

@@ -236,6 +236,8 @@ int dkv_router_status_of(int err, bool is_get, bool is_delete)
         return 504;
     case DKV_EOVERLOAD:
         return 503;
+    case DKV_ENOSPACE:
+        return 507;
     default:
         return 500;
     }
@@ -295,11 +297,18 @@ static void entity_done_cb(void *arg, dkv_coord_result_t *res)
     case 504:
         text = "Not Enough Replicas\n";
         break;
+    case 507:
+        text = "Insufficient Storage: no space left in this node's data directory\n";
+        break;
     default:
         text = "Internal Error\n";
         break;
     }
-    reply_text(ctx.cb, ctx.arg, status, text);
+    dkv_response_t resp = {.status = status, .content_type = TEXT, .body = dkv_slice_str(text)};
+    /* A 201 or 202 may rest on this thread's unflushed write-ahead log: http/ flushes it before
+     * sending and turns the acknowledgement into a 507 if the flush fails. */
+    resp.acknowledges_write = status == 201 || status == 202;
+    ctx.cb(ctx.arg, &resp);
 }
 
 static void handle_entity(dkv_router_t *r, const dkv_request_t *req, dkv_query_t *q,
@@ -462,6 +471,23 @@ static void read_repair_json(dkv_router_t *r, dkv_buf_t *b)
                    "{\"enabled\":%s,\"reads_repaired\":%" PRIu64 ",\"writes\":%" PRIu64
                    ",\"failures\":%" PRIu64 ",\"failed_writes_without_hint\":%" PRIu64 "}",
                    r->env.read_repair ? "true" : "false", reads, writes, failures, unhinted);
+}
+
+/* The store's write health: unwritable after a storage error (disk full) until it resumes. */
+static void storage_json(dkv_router_t *r, dkv_buf_t *b)
+{
+    dkv_store_health_t h;
+    dkv_store_health(r->env.store, &h);
+    dkv_buf_printf(b, "{\"writable\":%s,\"error\":", h.writable ? "true" : "false");
+    if (h.writable) {
+        dkv_buf_append_str(b, "null");
+    } else {
+        json_str(b, h.error);
+    }
+    dkv_buf_printf(b,
+                   ",\"no_space\":%s,\"since_ms\":%" PRIu64 ",\"write_errors\":%" PRIu64
+                   ",\"resumes\":%" PRIu64 "}",
+                   h.rc == DKV_ENOSPACE ? "true" : "false", h.since_ms, h.write_errors, h.resumes);
 }
 
 /* GET /v0/admin/hints: pending hints per peer and the counters. */
@@ -778,7 +804,12 @@ static void handle_status(dkv_router_t *r, const dkv_request_t *req, dkv_query_t
     if (r->env.rpc_shared != NULL) {
         dkv_rpc_status_json(r->env.rpc_shared, r->env.ring, r->env.self_idx, r->env.n_loops, &b);
     }
-    dkv_buf_append_str(&b, "],\"hints\":");
+    dkv_buf_append_str(&b, "]");
+    if (r->env.store != NULL) {
+        dkv_buf_append_str(&b, ",\"storage\":");
+        storage_json(r, &b);
+    }
+    dkv_buf_append_str(&b, ",\"hints\":");
     hints_json(r, &b);
     dkv_buf_append_str(&b, ",\"read_repair\":");
     read_repair_json(r, &b);

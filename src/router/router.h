@@ -58,6 +58,9 @@ typedef struct dkv_response {
     dkv_slice_t body;          /* ignored when stream != NULL */
     dkv_owned_t body_owner;    /* released by the HTTP layer after `body` is written */
     dkv_stream_t *stream;      /* chunked body; ownership passes to the HTTP layer */
+    /* A 201/202 that acknowledges a write: sent only if the write-ahead-log flush before the
+     * write(2) succeeds (http.h before_flush); otherwise it becomes 507 Insufficient Storage. */
+    bool acknowledges_write;
 } dkv_response_t;
 
 /** Receives the response; the callee takes ownership of resp->body_owner and resp->stream. */

@@ -744,6 +744,17 @@ int dkv_rpc_encode_put_reply(dkv_buf_t *out, uint64_t req_id, dkv_rpc_status_t s
     return 0;
 }
 
+int dkv_rpc_put_reply_fail(dkv_buf_t *out, size_t frame_off)
+{
+    /* magic, length, version, type, request id, then the status byte (the header diagram). */
+    if (frame_off > out->len || out->len - frame_off < DKV_RPC_HEADER_BYTES + 1 ||
+        out->data[frame_off] != DKV_RPC_MAGIC || out->data[frame_off + 6] != DKV_RPC_PUT_REPLY) {
+        return DKV_EINVAL;
+    }
+    out->data[frame_off + DKV_RPC_HEADER_BYTES] = (uint8_t)DKV_RPC_ERROR;
+    return 0;
+}
+
 int dkv_rpc_encode_scan(dkv_buf_t *out, uint64_t req_id, const dkv_rpc_scan_t *scan)
 {
     if (scan->start.len > DKV_RPC_MAX_KEY_BYTES || scan->end.len > DKV_RPC_MAX_KEY_BYTES ||

@@ -352,6 +352,15 @@ int dkv_rpc_encode_put(dkv_buf_t *out, uint64_t req_id, dkv_slice_t key, const d
 int dkv_rpc_encode_put_reply(dkv_buf_t *out, uint64_t req_id, dkv_rpc_status_t status);
 
 /**
+ * Turns a PUT_REPLY that is still in `out` into an ERROR reply, in place (same length): for a
+ * replica whose write-ahead-log flush failed after the OK was encoded.
+ * @param frame_off  Offset in `out` where dkv_rpc_encode_put_reply() began the frame.
+ * @return 0; DKV_EINVAL (no PUT_REPLY frame there).
+ * Thread: any (the buffer is not shared).
+ */
+int dkv_rpc_put_reply_fail(dkv_buf_t *out, size_t frame_off);
+
+/**
  * SCAN: asks for an ordered batch of the range described by `scan` (see dkv_rpc_scan_t).
  * @return 0; DKV_EINVAL (a key too long, start_exclusive with an empty start, a zero limit).
  */

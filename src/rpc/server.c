@@ -79,6 +79,9 @@ struct sconn {
     uv_tcp_t *tcp;
     dkv_buf_t in;  /* received bytes not served yet */
     dkv_buf_t out; /* replies not handed to libuv yet */
+    size_t *acks;  /* offsets in `out` of PUT_REPLY OK frames not yet flushed */
+    size_t n_acks;
+    size_t cap_acks;
     bool hello_done;
     bool closing;
     bool counted; /* counted in shared->server_conns */
@@ -148,6 +151,7 @@ static void on_closed(uv_handle_t *h)
     }
     dkv_buf_cleanup(&c->in);
     dkv_buf_cleanup(&c->out);
+    free(c->acks);
     free(c);
     server_maybe_freed(s);
 }
@@ -191,11 +195,15 @@ static void sconn_flush(sconn_t *c)
     if (c->out.len == 0 || c->closing) {
         return;
     }
-    /* PUT_REPLY acknowledges a write: it must be in the write-ahead log first. */
+    /* PUT_REPLY acknowledges a write: it must be in the write-ahead log first. If the flush
+     * fails (disk full), each OK waiting in `out` becomes ERROR: the coordinator counts this
+     * replica as failed, and the other replies still go out. */
     if (dkv_store_sync_wal(c->srv->store) != 0) {
-        sconn_close(c); /* the coordinator counts the replica as failed */
-        return;
+        for (size_t i = 0; i < c->n_acks; i++) {
+            dkv_rpc_put_reply_fail(&c->out, c->acks[i]);
+        }
     }
+    c->n_acks = 0;
     bool queued = false;
     if (dkv_uvwrite((uv_stream_t *)c->tcp, &c->out, on_write_done, c, &queued) != 0) {
         sconn_close(c); /* a failed queued write fails the read side too, which closes */
@@ -406,6 +414,13 @@ static int handle_frame(sconn_t *c, dkv_slice_t frame)
     }
     case DKV_RPC_PUT:
         rc = dkv_replica_put(s->replica, m.put.key, &m.put.rec);
+        if (rc == 0) {
+            if (c->n_acks == c->cap_acks) {
+                c->cap_acks = c->cap_acks ? 2 * c->cap_acks : 8;
+                c->acks = dkv_xrealloc(c->acks, c->cap_acks * sizeof(*c->acks));
+            }
+            c->acks[c->n_acks++] = c->out.len;
+        }
         dkv_rpc_encode_put_reply(&c->out, m.req_id, rc == 0 ? DKV_RPC_OK : DKV_RPC_ERROR);
         return 0;
     case DKV_RPC_SCAN:

@@ -4,7 +4,22 @@
  * replica-side compare-and-write is atomic without locks and costs no read. A key written k times
  * since the last memtable flush has k operands that a read folds; the flush and compactions fold
  * them for good (partial merge).
+ *
+ * Storage errors (disk full): RocksDB 7 (what Debian ships) turns a failed write-ahead-log write
+ * into a background error that refuses every later write, leaves the log writer failed for good
+ * (another append or flush on it aborts the process in an assertion), and its C API has no
+ * DB::Resume. So the first failed write or WAL flush makes the store unwritable here: later writes
+ * are refused before they reach RocksDB, reads go on, and dkv_store_resume() reopens the
+ * database once the directory has space again (the reopen replays the WAL: everything flushed
+ * before the failure is back, the unflushed tail that nobody acknowledged is dropped). Two locks
+ * make that safe: `wal_lock` keeps writes out of the WAL while a flush runs (a write slipping in
+ * between a failed flush and RocksDB's background error would hit the failed writer), and
+ * `db_lock` keeps every use of the database out of a reopen. A store that cannot be opened for
+ * writing at start for lack of space is opened read-only instead. RocksDB's own LOG file only
+ * gets header and fatal lines: it has the same failed-writer assertion, and the lines a full disk
+ * produces are exactly the ones that would hit it; dkv logs RocksDB's errors itself.
  */
+#define _GNU_SOURCE /* pthread_rwlockattr_setkind_np() */
 #include "store/store.h"
 
 #include "common/conf.h"
@@ -12,12 +27,14 @@
 #include "common/log.h"
 
 #include <inttypes.h>
-#include <stdatomic.h>
 #include <pthread.h>
 #include <rocksdb/c.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
+#include <time.h>
 #include <xxhash.h>
 
 /* Key stripes: a write holds its key's stripe only around the RocksDB write, so that a tombstone
@@ -28,12 +45,36 @@
 #define DIGEST_MARKER_VALUE "digest.v1"
 #define DIGEST_VALUE_BYTES 10u /* ts u64 BE | flags u8 | from u8 */
 
-/* Did this thread write since its last dkv_store_sync_wal()? */
-static _Thread_local bool wal_dirty;
+/* RocksDB's InfoLogLevel::FATAL_LEVEL: its LOG file gets header and fatal lines only. */
+#define ROCKS_LOG_FATAL 4
+/* A reopen is tried only with this much free space in the data directory: the reopen itself
+ * writes a MANIFEST, an OPTIONS file and the replayed write-ahead log's memtable. */
+#define RESUME_MIN_FREE_BYTES (8u << 20)
+
+/* The store this thread wrote to since its last dkv_store_sync_wal() (NULL: none), and the
+ * database generation of its first such write: a reopen in between dropped that write. */
+static _Thread_local dkv_store_t *wal_store;
+static _Thread_local uint64_t wal_gen;
+
+/* Generations of every database opened by this process: a reopen gets a new one. */
+static _Atomic uint64_t last_generation;
 
 struct dkv_store {
     bool fsync;
-    rocksdb_t *db;
+    pthread_rwlock_t db_lock;  /* read: any use of db and its handles; write: a reopen */
+    pthread_rwlock_t wal_lock; /* read: a write into the WAL buffer; write: a WAL flush */
+    char path[4096];           /* dir/db */
+    _Atomic bool writable;     /* false after a failed write or flush, until a reopen */
+    _Atomic int write_rc;      /* while unwritable: DKV_ENOSPACE or DKV_EIO */
+    _Atomic uint64_t generation;
+    _Atomic uint64_t live_iters;   /* iterators pin the database: no reopen while any lives */
+    _Atomic uint64_t write_errors; /* writes and flushes refused or failed since the open */
+    _Atomic uint64_t resumes;      /* reopens that made the store writable again */
+    pthread_mutex_t health_mu;     /* guards the fields below */
+    char error[256];               /* RocksDB's reason for the current unwritable state */
+    uint64_t since_ms;             /* wall clock when the store became unwritable */
+    uint64_t last_log_ms;          /* last "still unwritable" log line */
+    rocksdb_t *db;                 /* NULL only if a reopen could not open it at all */
     rocksdb_column_family_handle_t *cf_data;  /* "default": replica records */
     rocksdb_column_family_handle_t *cf_hints; /* "hints": repair/hints.c, raw bytes */
     rocksdb_column_family_handle_t *cf_digest; /* "digest": segment|key -> ts|flags|from */
@@ -52,7 +93,8 @@ struct dkv_store {
 };
 
 struct dkv_store_raw_iter {
-    rocksdb_iterator_t *it;
+    dkv_store_t *store;
+    rocksdb_iterator_t *it; /* NULL: the database could not be opened */
     rocksdb_readoptions_t *ropts;
     char *lower; /* bounds, owned; must outlive ropts */
     char *upper;
@@ -60,6 +102,7 @@ struct dkv_store_raw_iter {
 };
 
 struct dkv_store_iter {
+    dkv_store_t *store;
     rocksdb_iterator_t *it;
     rocksdb_readoptions_t *ropts;
     char *end;      /* upper bound, owned; must outlive ropts */
@@ -247,9 +290,146 @@ static int rocks_err(const char *what, char *err)
     return DKV_EIO;
 }
 
+static uint64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* RocksDB's C API gives errors as text only: its Status::NoSpace and SpaceLimit subcodes, and
+ * ENOSPC or EDQUOT from the file system, say the directory is out of space. */
+static int classify_write_error(const char *err)
+{
+    static const char *const space[] = {"No space left on device", "Disk quota exceeded",
+                                        "No space", "Space limit", "NoSpace"};
+    for (size_t i = 0; i < sizeof(space) / sizeof(space[0]); i++) {
+        if (strstr(err, space[i]) != NULL) {
+            return DKV_ENOSPACE;
+        }
+    }
+    return DKV_EIO;
+}
+
+/* Enters the unwritable state with RocksDB's reason (logged once, at the transition). */
+static int set_unwritable(dkv_store_t *s, const char *what, const char *err)
+{
+    int rc = classify_write_error(err);
+    atomic_fetch_add(&s->write_errors, 1);
+    pthread_mutex_lock(&s->health_mu);
+    bool first = atomic_load(&s->writable);
+    if (first) {
+        atomic_store(&s->write_rc, rc);
+        atomic_store(&s->writable, false);
+        snprintf(s->error, sizeof(s->error), "%s: %s", what, err);
+        s->since_ms = wall_ms();
+        s->last_log_ms = s->since_ms;
+    }
+    pthread_mutex_unlock(&s->health_mu);
+    if (first) {
+        DKV_LOG_ERROR("store: %s failed: %s; writes are refused (%s), reads go on, and the "
+                      "store is reopened for writes once the data directory has room",
+                      what, err, rc == DKV_ENOSPACE ? "no space: 507" : "storage error");
+    }
+    return rc;
+}
+
+/* A write or flush that failed in RocksDB: the store becomes unwritable. Frees `err`. */
+static int write_failed(dkv_store_t *s, const char *what, char *err)
+{
+    int rc = set_unwritable(s, what, err);
+    rocksdb_free(err);
+    return rc;
+}
+
+/* Starts a write into the WAL: takes both locks shared, or refuses when unwritable. */
+static int write_begin(dkv_store_t *s)
+{
+    pthread_rwlock_rdlock(&s->db_lock);
+    pthread_rwlock_rdlock(&s->wal_lock);
+    if (!atomic_load(&s->writable)) {
+        pthread_rwlock_unlock(&s->wal_lock);
+        pthread_rwlock_unlock(&s->db_lock);
+        atomic_fetch_add(&s->write_errors, 1);
+        return atomic_load(&s->write_rc);
+    }
+    return 0;
+}
+
+/* Ends a write begun by write_begin(): records a failure (freeing `err`) or marks this thread's
+ * WAL buffer dirty, then releases the locks. */
+static int write_end(dkv_store_t *s, const char *what, char *err)
+{
+    int rc = 0;
+    if (err != NULL) {
+        rc = write_failed(s, what, err);
+    } else if (wal_store != s) {
+        wal_store = s;
+        wal_gen = atomic_load(&s->generation);
+    }
+    pthread_rwlock_unlock(&s->wal_lock);
+    pthread_rwlock_unlock(&s->db_lock);
+    return rc;
+}
+
 void dkv_store_thread_init(void)
 {
     rocksdb_set_perf_level(rocksdb_disable);
+}
+
+/* Closes the database (not the options). A failed WAL writer is never flushed again: that
+ * aborts in RocksDB 7, and what it holds was never acknowledged. */
+static void close_db(dkv_store_t *s)
+{
+    if (s->db == NULL) {
+        return;
+    }
+    if (atomic_load(&s->writable)) {
+        char *err = NULL;
+        rocksdb_flush_wal(s->db, 1, &err);
+        if (err != NULL) {
+            rocks_err("flush WAL on close", err);
+        }
+    }
+    if (s->cf_data != NULL) {
+        rocksdb_column_family_handle_destroy(s->cf_data);
+    }
+    if (s->cf_hints != NULL) {
+        rocksdb_column_family_handle_destroy(s->cf_hints);
+    }
+    if (s->cf_digest != NULL) {
+        rocksdb_column_family_handle_destroy(s->cf_digest);
+    }
+    rocksdb_close(s->db);
+    s->db = NULL;
+    s->cf_data = NULL;
+    s->cf_hints = NULL;
+    s->cf_digest = NULL;
+}
+
+/* Opens s->path for writing, or read-only. @return 0, or RocksDB's error (the caller frees). */
+static char *open_db(dkv_store_t *s, bool read_only)
+{
+    char *err = NULL;
+    /* The hints column family shares the options (its merge operator is never used there) and,
+     * above all, the write-ahead log: a hint is as durable as a replica write. */
+    /* The digest column family (anti-entropy, repair/merkle.h) has its own merge operator. */
+    const char *cf_names[3] = {"default", "hints", "digest"};
+    const rocksdb_options_t *cf_opts[3] = {s->options, s->options, s->digest_options};
+    rocksdb_column_family_handle_t *handles[3] = {NULL, NULL, NULL};
+    rocksdb_t *db = read_only ? rocksdb_open_for_read_only_column_families(
+                                    s->options, s->path, 3, cf_names, cf_opts, handles, 0, &err)
+                              : rocksdb_open_column_families(s->options, s->path, 3, cf_names,
+                                                             cf_opts, handles, &err);
+    if (err != NULL) {
+        return err;
+    }
+    s->db = db;
+    s->cf_data = handles[0];
+    s->cf_hints = handles[1];
+    s->cf_digest = handles[2];
+    atomic_store(&s->generation, atomic_fetch_add(&last_generation, 1) + 1);
+    return NULL;
 }
 
 void dkv_store_close(dkv_store_t *s)
@@ -257,29 +437,10 @@ void dkv_store_close(dkv_store_t *s)
     if (s == NULL) {
         return;
     }
-    if (s->db != NULL) {
-        char *err = NULL;
-        rocksdb_flush_wal(s->db, 1, &err);
-        if (err != NULL) {
-            rocks_err("flush WAL on close", err);
-        }
-        if (s->cf_data != NULL) {
-            rocksdb_column_family_handle_destroy(s->cf_data);
-        }
-        if (s->cf_hints != NULL) {
-            rocksdb_column_family_handle_destroy(s->cf_hints);
-        }
-        if (s->cf_digest != NULL) {
-            rocksdb_column_family_handle_destroy(s->cf_digest);
-        }
-        rocksdb_close(s->db);
+    if (wal_store == s) {
+        wal_store = NULL; /* a later store at the same address starts clean */
     }
-    if (s->digest_options != NULL) {
-        rocksdb_options_destroy(s->digest_options);
-    }
-    for (unsigned i = 0; i < KEY_STRIPES; i++) {
-        pthread_mutex_destroy(&s->stripes[i]);
-    }
+    close_db(s);
     if (s->ropts != NULL) {
         rocksdb_readoptions_destroy(s->ropts);
     }
@@ -289,12 +450,21 @@ void dkv_store_close(dkv_store_t *s)
     if (s->options != NULL) {
         rocksdb_options_destroy(s->options);
     }
+    if (s->digest_options != NULL) {
+        rocksdb_options_destroy(s->digest_options);
+    }
+    for (unsigned i = 0; i < KEY_STRIPES; i++) {
+        pthread_mutex_destroy(&s->stripes[i]);
+    }
     if (s->table_opts != NULL) {
         rocksdb_block_based_options_destroy(s->table_opts);
     }
     if (s->cache != NULL) {
         rocksdb_cache_destroy(s->cache);
     }
+    pthread_rwlock_destroy(&s->db_lock);
+    pthread_rwlock_destroy(&s->wal_lock);
+    pthread_mutex_destroy(&s->health_mu);
     free(s);
 }
 
@@ -400,9 +570,21 @@ int dkv_store_open(const char *dir, const dkv_store_opts_t *opts, dkv_store_t **
         opts = &defaults;
     }
     dkv_store_t *s = dkv_xcalloc(1, sizeof(*s));
+    /* Writers first: a flush must not wait behind a stream of writes, nor a reopen behind a
+     * stream of reads. Safe because no thread ever takes either lock twice. */
+    pthread_rwlockattr_t attr;
+    pthread_rwlockattr_init(&attr);
+#ifdef __GLIBC__
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+#endif
+    pthread_rwlock_init(&s->db_lock, &attr);
+    pthread_rwlock_init(&s->wal_lock, &attr);
+    pthread_rwlockattr_destroy(&attr);
+    pthread_mutex_init(&s->health_mu, NULL);
     for (unsigned i = 0; i < KEY_STRIPES; i++) {
         pthread_mutex_init(&s->stripes[i], NULL);
     }
+    atomic_store(&s->writable, true);
     s->options = rocksdb_options_create();
     rocksdb_options_set_create_if_missing(s->options, 1);
     rocksdb_options_set_create_missing_column_families(s->options, 1);
@@ -415,6 +597,8 @@ int dkv_store_open(const char *dir, const dkv_store_opts_t *opts, dkv_store_t **
      * the flush folds it with the partial merge. */
     /* A torn tail of the WAL (kill -9 mid-write) is dropped; everything before it is replayed. */
     rocksdb_options_set_wal_recovery_mode(s->options, rocksdb_tolerate_corrupted_tail_records_recovery);
+    /* See the file comment: a LOG line after a failed LOG write aborts the process. */
+    rocksdb_options_set_info_log_level(s->options, ROCKS_LOG_FATAL);
     s->merge = rocksdb_mergeoperator_create(NULL, merge_destroy_cb, full_merge_cb,
                                             partial_merge_cb, merge_delete_cb, merge_name_cb);
     rocksdb_options_set_merge_operator(s->options, s->merge);
@@ -431,40 +615,40 @@ int dkv_store_open(const char *dir, const dkv_store_opts_t *opts, dkv_store_t **
     s->fsync = opts->fsync;
     s->ropts = rocksdb_readoptions_create();
 
-    char path[4096];
-    int n = snprintf(path, sizeof(path), "%s/db", dir);
-    if (n < 0 || (size_t)n >= sizeof(path)) {
-        dkv_store_close(s);
-        return DKV_EINVAL;
-    }
-    /* The digest column family (anti-entropy's per-record digests, repair/merkle.h) has its own
-     * merge operator; the same block cache and filter. */
     s->digest_options = rocksdb_options_create_copy(s->options);
     rocksdb_options_set_merge_operator(
         s->digest_options,
         rocksdb_mergeoperator_create(NULL, merge_destroy_cb, digest_full_merge_cb,
                                      digest_partial_merge_cb, merge_delete_cb,
                                      digest_merge_name_cb));
-    char *err = NULL;
-    /* The hints column family shares the options (its merge operator is never used there) and,
-     * above all, the write-ahead log: a hint is as durable as a replica write. */
-    const char *cf_names[3] = {"default", "hints", "digest"};
-    const rocksdb_options_t *cf_opts[3] = {s->options, s->options, s->digest_options};
-    rocksdb_column_family_handle_t *handles[3] = {NULL, NULL, NULL};
-    s->db = rocksdb_open_column_families(s->options, path, 3, cf_names, cf_opts, handles, &err);
-    s->cf_data = handles[0];
-    s->cf_hints = handles[1];
-    s->cf_digest = handles[2];
+
+    int n = snprintf(s->path, sizeof(s->path), "%s/db", dir);
+    if (n < 0 || (size_t)n >= sizeof(s->path)) {
+        dkv_store_close(s);
+        return DKV_EINVAL;
+    }
+    char *err = open_db(s, false);
+    if (err != NULL && classify_write_error(err) == DKV_ENOSPACE) {
+        /* Out of space: serve what is there, refuse writes, and reopen for writing once
+         * dkv_store_resume() finds space. A missing database cannot be opened read-only. */
+        set_unwritable(s, "open for writing", err);
+        rocksdb_free(err);
+        err = open_db(s, true);
+        if (err == NULL) {
+            DKV_LOG_WARN("store: opened %s read-only for lack of space", s->path);
+        }
+    }
     if (err != NULL) {
-        s->db = NULL;
         int rc = rocks_err("open", err);
         dkv_store_close(s);
         return rc;
     }
-    int rc = digest_backfill(s);
-    if (rc != 0) {
-        dkv_store_close(s);
-        return rc;
+    if (atomic_load(&s->writable)) {
+        int rc = digest_backfill(s);
+        if (rc != 0) {
+            dkv_store_close(s);
+            return rc;
+        }
     }
     *out = s;
     return 0;
@@ -474,7 +658,15 @@ int dkv_store_get(dkv_store_t *s, dkv_slice_t key, uint8_t **data, size_t *len)
 {
     char *err = NULL;
     size_t vlen = 0;
-    char *v = rocksdb_get(s->db, s->ropts, (const char *)key.ptr, key.len, &vlen, &err);
+    pthread_rwlock_rdlock(&s->db_lock);
+    char *v = s->db == NULL
+                  ? NULL
+                  : rocksdb_get(s->db, s->ropts, (const char *)key.ptr, key.len, &vlen, &err);
+    bool closed = s->db == NULL;
+    pthread_rwlock_unlock(&s->db_lock);
+    if (closed) {
+        return DKV_EIO;
+    }
     if (err != NULL) {
         return rocks_err("get", err);
     }
@@ -497,6 +689,10 @@ int dkv_store_put(dkv_store_t *s, dkv_slice_t key, const dkv_record_t *rec)
 {
     if (key.len == 0 || (rec->tombstone && rec->value.len > 0)) {
         return DKV_EINVAL;
+    }
+    int rc = write_begin(s);
+    if (rc != 0) {
+        return rc;
     }
     uint8_t stack[4096];
     size_t total = DKV_RECORD_HEADER_BYTES + rec->value.len;
@@ -527,37 +723,145 @@ int dkv_store_put(dkv_store_t *s, dkv_slice_t key, const dkv_record_t *rec)
     if (buf != stack) {
         free(buf);
     }
-    if (err != NULL) {
-        return rocks_err("merge", err);
-    }
-    wal_dirty = true;
-    if (s->observer != NULL && dklen > 0) {
+    bool ok = err == NULL;
+    rc = write_end(s, "write", err);
+    if (ok && s->observer != NULL && dklen > 0) {
         s->observer(s->observer_arg, dkv_store_segment(key));
     }
-    return 0;
+    return rc;
 }
 
 int dkv_store_sync_wal(dkv_store_t *s)
 {
-    if (!wal_dirty) {
+    if (wal_store == NULL) {
         return 0;
     }
-    wal_dirty = false;
-    char *err = NULL;
-    rocksdb_flush_wal(s->db, s->fsync ? 1 : 0, &err);
-    if (err != NULL) {
-        return rocks_err("write-ahead log flush", err);
+    bool same_store = wal_store == s;
+    uint64_t gen = wal_gen;
+    wal_store = NULL;
+    int rc = 0;
+    pthread_rwlock_rdlock(&s->db_lock);
+    pthread_rwlock_wrlock(&s->wal_lock);
+    if (!atomic_load(&s->writable)) {
+        atomic_fetch_add(&s->write_errors, 1);
+        rc = atomic_load(&s->write_rc);
+    } else if (same_store && gen != atomic_load(&s->generation)) {
+        /* The database was reopened after a failure since this thread wrote: that write was in
+         * the failed WAL buffer and is gone. */
+        atomic_fetch_add(&s->write_errors, 1);
+        rc = DKV_ENOSPACE;
+    } else {
+        char *err = NULL;
+        rocksdb_flush_wal(s->db, s->fsync ? 1 : 0, &err);
+        if (err != NULL) {
+            rc = write_failed(s, "write-ahead log flush", err);
+        }
     }
-    return 0;
+    pthread_rwlock_unlock(&s->wal_lock);
+    pthread_rwlock_unlock(&s->db_lock);
+    return rc;
 }
 
 bool dkv_store_has_records(dkv_store_t *s)
 {
-    rocksdb_iterator_t *it = rocksdb_create_iterator(s->db, s->ropts);
-    rocksdb_iter_seek_to_first(it);
-    bool any = rocksdb_iter_valid(it) != 0;
-    rocksdb_iter_destroy(it);
+    pthread_rwlock_rdlock(&s->db_lock);
+    bool any = false;
+    if (s->db != NULL) {
+        rocksdb_iterator_t *it = rocksdb_create_iterator(s->db, s->ropts);
+        rocksdb_iter_seek_to_first(it);
+        any = rocksdb_iter_valid(it) != 0;
+        rocksdb_iter_destroy(it);
+    }
+    pthread_rwlock_unlock(&s->db_lock);
     return any;
+}
+
+bool dkv_store_writable(dkv_store_t *s)
+{
+    return atomic_load(&s->writable);
+}
+
+void dkv_store_health(dkv_store_t *s, dkv_store_health_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->write_errors = atomic_load(&s->write_errors);
+    out->resumes = atomic_load(&s->resumes);
+    pthread_mutex_lock(&s->health_mu);
+    out->writable = atomic_load(&s->writable);
+    if (!out->writable) {
+        out->rc = atomic_load(&s->write_rc);
+        out->since_ms = s->since_ms;
+        memcpy(out->error, s->error, sizeof(out->error));
+    }
+    pthread_mutex_unlock(&s->health_mu);
+}
+
+/* Free bytes for an unprivileged writer in the data directory; UINT64_MAX if unknown. */
+static uint64_t free_bytes(const dkv_store_t *s)
+{
+    struct statvfs st;
+    if (statvfs(s->path, &st) != 0) {
+        return UINT64_MAX;
+    }
+    return (uint64_t)st.f_bavail * (uint64_t)st.f_frsize;
+}
+
+int dkv_store_resume(dkv_store_t *s, uint64_t log_interval_ms)
+{
+    if (atomic_load(&s->writable)) {
+        return 0;
+    }
+    uint64_t now = wall_ms();
+    uint64_t space = free_bytes(s);
+    int rc = atomic_load(&s->write_rc);
+    if (space >= RESUME_MIN_FREE_BYTES && atomic_load(&s->live_iters) == 0) {
+        pthread_rwlock_wrlock(&s->db_lock);
+        if (atomic_load(&s->live_iters) == 0) {
+            close_db(s);
+            char *err = open_db(s, false);
+            if (err == NULL) {
+                rc = 0;
+            } else {
+                DKV_LOG_WARN("store: reopening for writes failed: %s", err);
+                rocksdb_free(err);
+                err = open_db(s, true);
+                if (err != NULL) {
+                    DKV_LOG_ERROR("store: reopening read-only failed too: %s; reads fail until "
+                                  "a reopen succeeds",
+                                  err);
+                    rocksdb_free(err);
+                }
+            }
+        }
+        pthread_rwlock_unlock(&s->db_lock);
+    }
+    pthread_mutex_lock(&s->health_mu);
+    uint64_t since = s->since_ms;
+    bool log_now = rc == 0 || now - s->last_log_ms >= log_interval_ms;
+    if (log_now) {
+        s->last_log_ms = now;
+    }
+    if (rc == 0) {
+        s->error[0] = '\0';
+        s->since_ms = 0;
+        atomic_fetch_add(&s->resumes, 1);
+        atomic_store(&s->writable, true);
+    }
+    char error[sizeof(s->error)];
+    memcpy(error, s->error, sizeof(error));
+    pthread_mutex_unlock(&s->health_mu);
+    uint64_t refused = atomic_load(&s->write_errors);
+    if (rc == 0) {
+        DKV_LOG_INFO("store: writable again after %" PRIu64 " ms (%" PRIu64
+                     " write(s) refused or failed since the open)",
+                     now - since, refused);
+    } else if (log_now) {
+        DKV_LOG_WARN("store: writes still refused after %" PRIu64 " ms (%s; %" PRIu64
+                     " refused or failed; %" PRIu64 " bytes free, a reopen needs %u)",
+                     now - since, error, refused, space == UINT64_MAX ? 0 : space,
+                     RESUME_MIN_FREE_BYTES);
+    }
+    return rc;
 }
 
 int dkv_store_iter_new(dkv_store_t *s, dkv_slice_t start, dkv_slice_t end, dkv_store_iter_t **out)
@@ -570,7 +874,17 @@ int dkv_store_iter_new(dkv_store_t *s, dkv_slice_t start, dkv_slice_t end, dkv_s
         it->end = copy_out(end, &it->end_len);
         rocksdb_readoptions_set_iterate_upper_bound(it->ropts, it->end, it->end_len);
     }
+    pthread_rwlock_rdlock(&s->db_lock);
+    if (s->db == NULL) {
+        pthread_rwlock_unlock(&s->db_lock);
+        it->store = s;
+        dkv_store_iter_free(it);
+        return DKV_EIO;
+    }
     it->it = rocksdb_create_iterator(s->db, it->ropts);
+    atomic_fetch_add(&s->live_iters, 1);
+    it->store = s;
+    pthread_rwlock_unlock(&s->db_lock);
     rocksdb_iter_seek(it->it, (const char *)start.ptr, start.len);
     *out = it;
     return 0;
@@ -581,6 +895,9 @@ int dkv_store_iter_new(dkv_store_t *s, dkv_slice_t start, dkv_slice_t end, dkv_s
 static int iter_step(rocksdb_iterator_t *it, bool *started, const char *what, dkv_slice_t *key,
                      dkv_slice_t *value)
 {
+    if (it == NULL) {
+        return DKV_EIO; /* created while the database could not be opened */
+    }
     if (*started && rocksdb_iter_valid(it)) {
         rocksdb_iter_next(it);
     }
@@ -628,7 +945,10 @@ void dkv_store_iter_free(dkv_store_iter_t *it)
     if (it == NULL) {
         return;
     }
-    rocksdb_iter_destroy(it->it);
+    if (it->it != NULL) {
+        rocksdb_iter_destroy(it->it);
+        atomic_fetch_sub(&it->store->live_iters, 1);
+    }
     rocksdb_readoptions_destroy(it->ropts);
     free(it->end);
     free(it);
@@ -638,25 +958,25 @@ void dkv_store_iter_free(dkv_store_iter_t *it)
 
 int dkv_store_hint_put(dkv_store_t *s, dkv_slice_t key, dkv_slice_t value)
 {
+    int rc = write_begin(s);
+    if (rc != 0) {
+        return rc;
+    }
     char *err = NULL;
     rocksdb_put_cf(s->db, s->wopts, s->cf_hints, (const char *)key.ptr, key.len,
                    (const char *)value.ptr, value.len, &err);
-    if (err != NULL) {
-        return rocks_err("hint put", err);
-    }
-    wal_dirty = true;
-    return 0;
+    return write_end(s, "hint write", err);
 }
 
 int dkv_store_hint_delete(dkv_store_t *s, dkv_slice_t key)
 {
+    int rc = write_begin(s);
+    if (rc != 0) {
+        return rc;
+    }
     char *err = NULL;
     rocksdb_delete_cf(s->db, s->wopts, s->cf_hints, (const char *)key.ptr, key.len, &err);
-    if (err != NULL) {
-        return rocks_err("hint delete", err);
-    }
-    wal_dirty = true;
-    return 0;
+    return write_end(s, "hint delete", err);
 }
 
 int dkv_store_hint_iter_new(dkv_store_t *s, dkv_slice_t lower, dkv_slice_t upper,
@@ -675,8 +995,16 @@ int dkv_store_hint_iter_new(dkv_store_t *s, dkv_slice_t lower, dkv_slice_t upper
         it->upper = copy_out(upper, &n);
         rocksdb_readoptions_set_iterate_upper_bound(it->ropts, it->upper, n);
     }
-    it->it = rocksdb_create_iterator_cf(s->db, it->ropts, s->cf_hints);
-    rocksdb_iter_seek(it->it, (const char *)lower.ptr, lower.len);
+    it->store = s;
+    pthread_rwlock_rdlock(&s->db_lock);
+    if (s->db != NULL) {
+        it->it = rocksdb_create_iterator_cf(s->db, it->ropts, s->cf_hints);
+        atomic_fetch_add(&s->live_iters, 1);
+    }
+    pthread_rwlock_unlock(&s->db_lock);
+    if (it->it != NULL) {
+        rocksdb_iter_seek(it->it, (const char *)lower.ptr, lower.len);
+    }
     *out = it;
     return 0;
 }
@@ -691,7 +1019,10 @@ void dkv_store_raw_iter_free(dkv_store_raw_iter_t *it)
     if (it == NULL) {
         return;
     }
-    rocksdb_iter_destroy(it->it);
+    if (it->it != NULL) {
+        rocksdb_iter_destroy(it->it);
+        atomic_fetch_sub(&it->store->live_iters, 1);
+    }
     rocksdb_readoptions_destroy(it->ropts);
     free(it->lower);
     free(it->upper);
@@ -725,8 +1056,16 @@ int dkv_store_digest_iter_new(dkv_store_t *s, uint32_t seg_lo, uint32_t seg_end,
         it->upper[1] = (char)seg_end;
         rocksdb_readoptions_set_iterate_upper_bound(it->ropts, it->upper, 2);
     }
-    it->it = rocksdb_create_iterator_cf(s->db, it->ropts, s->cf_digest);
-    rocksdb_iter_seek(it->it, it->lower, 2);
+    it->store = s;
+    pthread_rwlock_rdlock(&s->db_lock);
+    if (s->db != NULL) {
+        it->it = rocksdb_create_iterator_cf(s->db, it->ropts, s->cf_digest);
+        atomic_fetch_add(&s->live_iters, 1);
+    }
+    pthread_rwlock_unlock(&s->db_lock);
+    if (it->it != NULL) {
+        rocksdb_iter_seek(it->it, it->lower, 2);
+    }
     *out = it;
     return 0;
 }
@@ -758,6 +1097,10 @@ int dkv_store_purge_tombstone(dkv_store_t *s, dkv_slice_t key, uint64_t max_ts)
     }
     uint8_t dk[2 + DKV_MAX_KEY_BYTES];
     size_t dklen = digest_key(key, dk);
+    int rc = write_begin(s);
+    if (rc != 0) {
+        return rc;
+    }
     pthread_mutex_t *mu = stripe_of(s, key);
     pthread_mutex_lock(mu);
     char *err = NULL;
@@ -765,6 +1108,7 @@ int dkv_store_purge_tombstone(dkv_store_t *s, dkv_slice_t key, uint64_t max_ts)
     char *v = rocksdb_get(s->db, s->ropts, (const char *)key.ptr, key.len, &vlen, &err);
     if (err != NULL) {
         pthread_mutex_unlock(mu);
+        write_end(s, "purge", NULL);
         return rocks_err("purge get", err);
     }
     dkv_record_t rec;
@@ -775,6 +1119,7 @@ int dkv_store_purge_tombstone(dkv_store_t *s, dkv_slice_t key, uint64_t max_ts)
     }
     if (!eligible) {
         pthread_mutex_unlock(mu);
+        write_end(s, "purge", NULL);
         return DKV_ENOTFOUND;
     }
     /* A RocksDB Delete shadows every older version of the key below it (the tombstone has met
@@ -785,10 +1130,10 @@ int dkv_store_purge_tombstone(dkv_store_t *s, dkv_slice_t key, uint64_t max_ts)
     rocksdb_write(s->db, s->wopts, wb, &err);
     pthread_mutex_unlock(mu);
     rocksdb_writebatch_destroy(wb);
-    if (err != NULL) {
-        return rocks_err("purge", err);
+    rc = write_end(s, "purge", err);
+    if (rc != 0) {
+        return rc;
     }
-    wal_dirty = true;
     atomic_fetch_add(&s->purged, 1);
     if (s->observer != NULL) {
         s->observer(s->observer_arg, dkv_store_segment(key));
@@ -806,16 +1151,24 @@ void dkv_store_compact(dkv_store_t *s)
     rocksdb_compactoptions_t *co = rocksdb_compactoptions_create();
     /* kForce (2): rewrite the bottommost level too, so Deletes and what they shadow go. */
     rocksdb_compactoptions_set_bottommost_level_compaction(co, 2);
-    rocksdb_compact_range_cf_opt(s->db, s->cf_data, co, NULL, 0, NULL, 0);
-    rocksdb_compact_range_cf_opt(s->db, s->cf_digest, co, NULL, 0, NULL, 0);
+    pthread_rwlock_rdlock(&s->db_lock);
+    /* Not while unwritable: a compaction writes files, and a full disk is why it is. */
+    if (s->db != NULL && atomic_load(&s->writable)) {
+        rocksdb_compact_range_cf_opt(s->db, s->cf_data, co, NULL, 0, NULL, 0);
+        rocksdb_compact_range_cf_opt(s->db, s->cf_digest, co, NULL, 0, NULL, 0);
+    }
+    pthread_rwlock_unlock(&s->db_lock);
     rocksdb_compactoptions_destroy(co);
 }
 
 uint64_t dkv_store_keys_estimate(dkv_store_t *s)
 {
     uint64_t v = 0;
-    if (rocksdb_property_int_cf(s->db, s->cf_data, "rocksdb.estimate-num-keys", &v) != 0) {
-        return 0;
+    pthread_rwlock_rdlock(&s->db_lock);
+    if (s->db == NULL ||
+        rocksdb_property_int_cf(s->db, s->cf_data, "rocksdb.estimate-num-keys", &v) != 0) {
+        v = 0;
     }
+    pthread_rwlock_unlock(&s->db_lock);
     return v;
 }

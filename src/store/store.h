@@ -4,6 +4,12 @@
  * acknowledged write survives kill -9. A replica keeps the newest version by the last-write-wins
  * order: writes are RocksDB merges whose merge operator keeps the newer record, so a delayed older
  * write can never overwrite a newer one and concurrent writers need no lock.
+ *
+ * Storage errors: the first write or write-ahead-log flush that fails (disk full) makes the store
+ * unwritable. Writes are then refused (DKV_ENOSPACE, or DKV_EIO for other write errors) without
+ * reaching RocksDB, reads go on, and dkv_store_resume() reopens the database for writing once the
+ * data directory has space again. Nothing flushed before the failure is lost; what was buffered
+ * and not flushed was never acknowledged and is dropped.
  */
 #ifndef DKV_STORE_STORE_H
 #define DKV_STORE_STORE_H
@@ -45,6 +51,8 @@ typedef struct dkv_store_opts {
  * @param opts  Borrowed; NULL for defaults.
  * @param out   Written on success; release with dkv_store_close().
  * @return 0; DKV_EIO (logged with RocksDB's reason, e.g. another process holds the lock).
+ *         An existing database that cannot be opened for writing for lack of space is opened
+ *         read-only: 0, and the store starts unwritable (see dkv_store_resume()).
  * Thread: any.
  */
 int dkv_store_open(const char *dir, const dkv_store_opts_t *opts, dkv_store_t **out);
@@ -85,7 +93,9 @@ void dkv_store_free(uint8_t *data);
  *
  * @param key  Borrowed; 1..DKV_MAX_KEY_BYTES bytes.
  * @param rec  Borrowed; a tombstone must have an empty value.
- * @return 0; DKV_EINVAL (empty key, tombstone with value); DKV_EIO.
+ * @return 0; DKV_EINVAL (empty key, tombstone with value); DKV_ENOSPACE (no space: this write
+ *         failed, or the store is unwritable since an earlier one did); DKV_EIO (another write
+ *         error, same rule). A failed write is logged once, when the store becomes unwritable.
  * Thread: any.
  */
 int dkv_store_put(dkv_store_t *s, dkv_slice_t key, const dkv_record_t *rec);
@@ -93,10 +103,40 @@ int dkv_store_put(dkv_store_t *s, dkv_slice_t key, const dkv_record_t *rec);
 /**
  * Makes every write this thread did since its last sync durable: write(2) of the WAL buffer
  * (and fsync with opts.fsync). A no-op when this thread wrote nothing since.
- * @return 0; DKV_EIO (logged).
- * Thread: any; the "since" is per thread.
+ * @return 0; DKV_ENOSPACE or DKV_EIO: those writes are not durable and must not be acknowledged
+ *         (the flush failed, the store is unwritable, or it was reopened since they were made).
+ * Thread: any; the "since" is per thread (one store per thread: closing a store forgets it).
  */
 int dkv_store_sync_wal(dkv_store_t *s);
+
+/** Whether writes are accepted now (false after a storage error, until a resume). Thread: any. */
+bool dkv_store_writable(dkv_store_t *s);
+
+/** The store's write health, for the status endpoint. */
+typedef struct dkv_store_health {
+    bool writable;
+    int rc;                /* while unwritable: DKV_ENOSPACE or DKV_EIO; else 0 */
+    char error[256];       /* while unwritable: RocksDB's reason, NUL-terminated; else "" */
+    uint64_t since_ms;     /* while unwritable: wall-clock ms when it became so; else 0 */
+    uint64_t write_errors; /* writes and WAL flushes refused or failed since the open */
+    uint64_t resumes;      /* times the store became writable again */
+} dkv_store_health_t;
+
+/** Copies the write health into `out` (caller's storage). Thread: any. */
+void dkv_store_health(dkv_store_t *s, dkv_store_health_t *out);
+
+/**
+ * Makes an unwritable store writable again once its directory has space: closes the database
+ * and reopens it for writing (RocksDB 7's C API has no DB::Resume, and its own recovery cannot
+ * clear a failed write-ahead-log writer). The reopen replays the log. If it fails, the database
+ * is reopened read-only and the store stays unwritable. Not tried while an iterator is alive or
+ * with less than 8 MiB free. Logs the outcome: success once, "still unwritable" at most once per
+ * `log_interval_ms`.
+ * @return 0 (writable, or was already); DKV_ENOSPACE or DKV_EIO (still unwritable).
+ * Thread: any but an I/O thread: it blocks every store call for the reopen (tens of ms). Call it
+ * periodically (main.c: every second).
+ */
+int dkv_store_resume(dkv_store_t *s, uint64_t log_interval_ms);
 
 /** Whether the store holds at least one replica record (tombstones count). Thread: any. */
 bool dkv_store_has_records(dkv_store_t *s);
@@ -107,7 +147,8 @@ bool dkv_store_has_records(dkv_store_t *s);
  *
  * @param start, end  Copied; the caller may free them after the call.
  * @param out         Written on success; release with dkv_store_iter_free().
- * @return 0; DKV_EIO.
+ * @return 0; DKV_EIO (the database could not be reopened after a storage error). A live
+ *         iterator holds off dkv_store_resume().
  * Thread: any; the iterator is then used by one thread at a time.
  */
 int dkv_store_iter_new(dkv_store_t *s, dkv_slice_t start, dkv_slice_t end,
@@ -135,18 +176,22 @@ void dkv_store_iter_free(dkv_store_iter_t *it);
 
 /**
  * Stores `value` under `key` in the hints column family (overwrites).
- * @param key, value  Borrowed for the call. @return 0; DKV_EIO (logged). Thread: any.
+ * @param key, value  Borrowed for the call. @return 0; DKV_ENOSPACE or DKV_EIO as
+ *                    dkv_store_put(). Thread: any.
  */
 int dkv_store_hint_put(dkv_store_t *s, dkv_slice_t key, dkv_slice_t value);
 
-/** Deletes `key` from the hints column family. @return 0; DKV_EIO (logged). Thread: any. */
+/** Deletes `key` from the hints column family. @return 0; DKV_ENOSPACE or DKV_EIO as
+ * dkv_store_put(). Thread: any. */
 int dkv_store_hint_delete(dkv_store_t *s, dkv_slice_t key);
 
 /**
  * Starts an ordered scan of the hints column family over lower <= k < upper (an empty bound is
  * no bound), from a consistent snapshot.
  * @param lower, upper  Copied. @param out written; release with dkv_store_raw_iter_free().
- * @return 0. Thread: any; the iterator is then used by one thread at a time.
+ * @return 0 (if the database could not be reopened after a storage error, the first
+ *         dkv_store_raw_iter_next() says DKV_EIO). Thread: any; the iterator is then used by one
+ *         thread at a time.
  */
 int dkv_store_hint_iter_new(dkv_store_t *s, dkv_slice_t lower, dkv_slice_t upper,
                             dkv_store_raw_iter_t **out);

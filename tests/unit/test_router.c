@@ -409,6 +409,8 @@ static void test_status_of(void **state)
     assert_int_equal(dkv_router_status_of(DKV_EQUORUM, false, true), 504);
     assert_int_equal(dkv_router_status_of(DKV_EINVAL, false, false), 400);
     assert_int_equal(dkv_router_status_of(DKV_EOVERLOAD, true, false), 503);
+    assert_int_equal(dkv_router_status_of(DKV_ENOSPACE, false, false), 507);
+    assert_int_equal(dkv_router_status_of(DKV_ENOSPACE, false, true), 507);
     assert_int_equal(dkv_router_status_of(DKV_EIO, true, false), 500);
     assert_int_equal(dkv_router_status_of(DKV_EIO, false, false), 500);
     assert_int_equal(dkv_router_status_of(-12345, false, false), 500); /* unknown: internal */

@@ -277,6 +277,37 @@ static void test_put_round_trip_with_1mib_value(void **state)
     free(v);
 }
 
+/* A replica whose WAL flush failed turns the OKs it already encoded into ERRORs, in place, and
+ * touches nothing else: the frames around stay intact and in order. */
+static void test_put_reply_fail_in_place(void **state)
+{
+    (void)state;
+    dkv_buf_t b;
+    dkv_buf_init(&b);
+    assert_int_equal(dkv_rpc_encode_put_reply(&b, 1, DKV_RPC_OK), 0);
+    size_t second = b.len;
+    assert_int_equal(dkv_rpc_encode_put_reply(&b, 2, DKV_RPC_OK), 0);
+    size_t len = b.len;
+    assert_int_equal(dkv_rpc_put_reply_fail(&b, second), 0);
+    assert_int_equal(b.len, len);
+    assert_int_equal(dkv_rpc_put_reply_fail(&b, 1), DKV_EINVAL); /* not a frame start */
+    assert_int_equal(dkv_rpc_put_reply_fail(&b, len), DKV_EINVAL);
+    dkv_rpc_msg_t m;
+    size_t frame_len = 0;
+    assert_int_equal(dkv_rpc_frame_peek(dkv_buf_slice(&b), DKV_RPC_MAX_FRAME_BYTES, &frame_len), 0);
+    assert_int_equal(dkv_rpc_decode(dkv_slice(b.data, frame_len), &m), 0);
+    assert_true(m.req_id == 1);
+    assert_int_equal(m.put_reply.status, DKV_RPC_OK);
+    assert_int_equal(dkv_rpc_decode(dkv_slice(b.data + second, len - second), &m), 0);
+    assert_true(m.req_id == 2);
+    assert_int_equal(m.put_reply.status, DKV_RPC_ERROR);
+    dkv_buf_cleanup(&b);
+    /* Any other frame is left alone. */
+    assert_int_equal(dkv_rpc_encode_get_reply(&b, 3, DKV_RPC_ABSENT, NULL), 0);
+    assert_int_equal(dkv_rpc_put_reply_fail(&b, 0), DKV_EINVAL);
+    dkv_buf_cleanup(&b);
+}
+
 static void test_scan_round_trip(void **state)
 {
     (void)state;
@@ -1054,6 +1085,7 @@ int main(void)
         cmocka_unit_test(test_get_round_trip),
         cmocka_unit_test(test_get_reply_round_trip),
         cmocka_unit_test(test_put_round_trip_with_1mib_value),
+        cmocka_unit_test(test_put_reply_fail_in_place),
         cmocka_unit_test(test_scan_round_trip),
         cmocka_unit_test(test_scan_reply_round_trip),
         cmocka_unit_test(test_scan_reply_stops_at_frame_limit),

@@ -1,8 +1,9 @@
 /*
  * Unit tests of the RocksDB store (store/store.h) in a temporary directory: round trips, the
  * replica-side last-write-wins merge (an older write never replaces a newer one, in any arrival
- * order and across a reopen), ordered range scans over binary keys, input validation, and the
- * database lock that keeps two stores off one directory.
+ * order and across a reopen), ordered range scans over binary keys, input validation, the
+ * database lock that keeps two stores off one directory, and a write-ahead-log write that fails
+ * (a file-size limit stands in for a full disk): refused writes, reads on, and the resume.
  */
 #define _XOPEN_SOURCE 700 /* nftw() */
 
@@ -17,6 +18,8 @@
 #include <cmocka.h>
 
 #include <ftw.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "common/err.h"
@@ -357,6 +360,81 @@ static void test_open_missing_dir_fails(void **state)
     dkv_store_free(NULL);
 }
 
+/* A failed WAL write makes the store unwritable: every later write and sync is refused without
+ * reaching RocksDB (which would abort on its failed writer), synced writes stay readable, and a
+ * resume once files may grow again makes it writable with all of them kept. RLIMIT_FSIZE makes
+ * write(2) fail with EFBIG, a storage error that is not "no space": DKV_EIO. */
+static void test_failed_wal_write_refuses_writes_until_resume(void **state)
+{
+    fixture_t *f = *state;
+    static uint8_t v[1024];
+    memset(v, 'v', sizeof(v));
+    put_val(f->store, "acked", 1, v, sizeof(v));
+    assert_int_equal(dkv_store_sync_wal(f->store), 0);
+
+    struct rlimit old;
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+    signal(SIGXFSZ, SIG_IGN);
+    struct rlimit small = {.rlim_cur = 256u << 10, .rlim_max = old.rlim_max};
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &small), 0);
+    int rc = 0;
+    int acked = 0;
+    char key[32];
+    for (int i = 0; i < 4096 && rc == 0; i++) {
+        snprintf(key, sizeof(key), "k%04d", i);
+        dkv_record_t r = {(uint64_t)i + 10, false, dkv_slice(v, sizeof(v)), 0};
+        rc = dkv_store_put(f->store, dkv_slice_str(key), &r);
+        if (rc == 0) {
+            rc = dkv_store_sync_wal(f->store);
+        }
+        acked += rc == 0;
+    }
+    assert_int_equal(rc, DKV_EIO);
+    assert_true(acked > 0);
+
+    dkv_store_health_t h;
+    dkv_store_health(f->store, &h);
+    assert_false(h.writable);
+    assert_false(dkv_store_writable(f->store));
+    assert_int_equal(h.rc, DKV_EIO);
+    assert_non_null(strstr(h.error, "File too large"));
+    assert_true(h.since_ms > 0);
+    uint64_t errors = h.write_errors;
+    assert_true(errors >= 1);
+
+    dkv_record_t r = {99999, false, dkv_slice_str("refused"), 0};
+    assert_int_equal(dkv_store_put(f->store, dkv_slice_str("refused"), &r), DKV_EIO);
+    assert_int_equal(dkv_store_hint_put(f->store, dkv_slice_str("h"), dkv_slice_str("x")),
+                     DKV_EIO);
+    assert_int_equal(dkv_store_sync_wal(f->store), 0); /* nothing written since: no-op */
+    dkv_store_health(f->store, &h);
+    assert_true(h.write_errors == errors + 2);
+    expect_record(f->store, dkv_slice_str("acked"), 1, v, sizeof(v));
+    expect_record(f->store, dkv_slice_str("k0000"), 10, v, sizeof(v));
+    expect_missing(f->store, "refused");
+
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+    signal(SIGXFSZ, SIG_DFL);
+    assert_int_equal(dkv_store_resume(f->store, 1000), 0);
+    dkv_store_health(f->store, &h);
+    assert_true(h.writable);
+    assert_int_equal(h.rc, 0);
+    assert_string_equal(h.error, "");
+    assert_true(h.resumes == 1);
+    assert_int_equal(dkv_store_resume(f->store, 1000), 0); /* already writable: nothing */
+
+    put_val(f->store, "after", 5, "a", 1);
+    assert_int_equal(dkv_store_sync_wal(f->store), 0);
+    reopen(f);
+    expect_record(f->store, dkv_slice_str("acked"), 1, v, sizeof(v));
+    for (int i = 0; i < acked; i++) {
+        snprintf(key, sizeof(key), "k%04d", i);
+        expect_record(f->store, dkv_slice_str(key), (uint64_t)i + 10, v, sizeof(v));
+    }
+    expect_record(f->store, dkv_slice_str("after"), 5, "a", 1);
+    expect_missing(f->store, "refused");
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 
 int main(void)
@@ -373,6 +451,7 @@ int main(void)
         T(test_iter_sees_newest_version_once),
         T(test_put_rejects_bad_input),
         T(test_second_open_fails_while_locked),
+        T(test_failed_wal_write_refuses_writes_until_resume),
         cmocka_unit_test(test_open_missing_dir_fails),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
