@@ -140,9 +140,11 @@ def test_wiped_node_holds_every_key_again_through_anti_entropy_alone(cluster_fac
     # exchanges: the victim itself pulled, or its peers pushed, every record.
     h.wait_until(lambda: tree(victim)["tombstones"] == len(deleted) and
                  tree(victim)["records"] == len(keys), 30, what="the tombstones back in its tree")
-    moved = sum(p["records_received"] for p in ae(victim)["peers"]) + \
-        sum(peer_stat(ae(nd), victim)["records_sent"] for nd in (a, b))
-    assert moved >= len(keys), moved
+    # (Counters are added up when an exchange ends: poll.)
+    def moved():
+        return sum(p["records_received"] for p in ae(victim)["peers"]) + \
+            sum(peer_stat(ae(nd), victim)["records_sent"] for nd in (a, b))
+    h.wait_until(lambda: moved() >= len(keys), 30, what="the exchanges' counters")
     # Still rebuilding (auto-rebuild off): it never answered a replica read meanwhile.
     assert verbose(victim)["state"] == "rebuilding"
 
