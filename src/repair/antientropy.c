@@ -202,13 +202,23 @@ void dkv_ae_serve_tree(void *arg, uint32_t peer, const dkv_rpc_msg_t *m, dkv_buf
     }
     uint64_t hashes[DKV_RPC_TREE_HASHES];
     switch (m->tree.kind) {
-    case DKV_RPC_TREE_BRANCHES: {
+    case DKV_RPC_TREE_BRANCHES:
+    case DKV_RPC_TREE_STATS: {
+        /* Both answer for the whole tree: only from one refreshed in the last second. */
         uint64_t now = wall_ms();
         uint64_t at = dkv_merkle_refreshed_at_ms(ae->merkle);
         if (dkv_merkle_dirty_count(ae->merkle) > 0 && now > at + TREE_MAX_STALENESS_MS) {
             atomic_store(&ae->want_refresh, true);
             uv_async_send(&ae->kick);
             dkv_rpc_encode_tree_status(out, id, DKV_RPC_NOT_READY);
+            return;
+        }
+        if (m->tree.kind == DKV_RPC_TREE_STATS) {
+            uint64_t records = 0;
+            uint64_t tombs = 0;
+            dkv_merkle_counts(ae->merkle, &records, &tombs);
+            dkv_rpc_encode_tree_stats(out, id, records,
+                                      dkv_store_live_bytes_estimate(ae->store));
             return;
         }
         if (dkv_merkle_branches(ae->merkle, peer, hashes) != 0) {

@@ -14,12 +14,15 @@
 
 #define BATCH_MAX_RECORDS 1024u
 #define BATCH_MAX_BYTES (256u << 10)
+#define PROGRESS_LOG_MS 10000u
 
 typedef struct stream {
     dkv_rebuild_t *r;
     uint32_t peer;
     bool done;
     bool inflight;
+    bool stats_inflight;
+    uint64_t stats_at_ms;   /* loop clock of the last STATS request (one per retry_ms) */
     dkv_buf_t cursor; /* last key applied; empty = from the first key */
     uint64_t retry_at_ms;
 } stream_t;
@@ -54,7 +57,29 @@ struct dkv_rebuild {
     uint64_t st_elapsed_ms;
     uint64_t st_completed;
     bool *st_waiting; /* by ring index */
+    uint64_t *st_total;    /* by ring index: the peer's record count (TREE STATS); 0 unknown */
+    uint64_t *st_from;     /* by ring index: records streamed from the peer */
+    uint64_t last_progress_log_ms;
 };
+
+/* Progress over the peers whose record counts are known: streamed / total, each peer's
+ * streamed count capped at its total (it may have grown meanwhile). Caller holds r->mu.
+ * @return false when no total is known yet. */
+static bool progress_locked(const dkv_rebuild_t *r, double *frac, uint64_t *total)
+{
+    uint64_t done = 0;
+    uint64_t all = 0;
+    for (size_t i = 0; i < r->n; i++) {
+        if (i == r->self_idx || r->st_total[i] == 0) {
+            continue;
+        }
+        all += r->st_total[i];
+        done += r->st_from[i] < r->st_total[i] ? r->st_from[i] : r->st_total[i];
+    }
+    *total = all;
+    *frac = all > 0 ? (double)done / (double)all : 0.0;
+    return all > 0;
+}
 
 static void request(stream_t *s);
 
@@ -163,13 +188,35 @@ static void scan_cb(void *arg, int rc, const dkv_rpc_msg_t *reply)
     }
     pthread_mutex_lock(&r->mu);
     r->st_streamed += streamed;
+    r->st_from[s->peer] += streamed;
+    if (s->done && r->st_from[s->peer] > r->st_total[s->peer]) {
+        r->st_total[s->peer] = r->st_from[s->peer];
+    }
     r->st_kept += kept;
     r->st_bytes += bytes;
     r->st_waiting[s->peer] = false;
     if (s->done) {
         r->st_peers_done++;
     }
+    double frac = 0;
+    uint64_t total = 0;
+    bool known = progress_locked(r, &frac, &total);
+    uint64_t now = wall_ms();
+    bool log_now = known && now - r->last_progress_log_ms >= PROGRESS_LOG_MS && frac > 0;
+    uint64_t elapsed = now - r->started_ms;
+    uint64_t all_streamed = r->st_streamed;
+    uint64_t all_bytes = r->st_bytes;
+    if (log_now) {
+        r->last_progress_log_ms = now;
+    }
     pthread_mutex_unlock(&r->mu);
+    if (log_now) {
+        DKV_LOG_INFO("rebuild: %.0f%% (%" PRIu64 " of about %" PRIu64 " records, %" PRIu64
+                     " bytes, %" PRIu64 " bytes/s), about %" PRIu64 " s left",
+                     frac * 100, all_streamed, total, all_bytes,
+                     elapsed > 0 ? all_bytes * 1000 / elapsed : 0,
+                     (uint64_t)((double)elapsed * (1 - frac) / frac / 1000));
+    }
     if (s->done) {
         DKV_LOG_INFO("rebuild: every record of %s streamed", dkv_ring_url(r->ring, s->peer));
         for (size_t i = 0; i < r->n; i++) {
@@ -209,6 +256,40 @@ static void request(stream_t *s)
     }
 }
 
+static void stats_cb(void *arg, int rc, const dkv_rpc_msg_t *reply)
+{
+    stream_t *s = arg;
+    dkv_rebuild_t *r = s->r;
+    s->stats_inflight = false;
+    if (r->stopping || rc != 0 || reply->tree_reply.kind != DKV_RPC_TREE_STATS) {
+        return;
+    }
+    pthread_mutex_lock(&r->mu);
+    r->st_total[s->peer] = reply->tree_reply.records;
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* Asks a peer how many records it holds (TREE STATS), for the progress and ETA; again after
+ * retry_ms until it answers. */
+static void ask_stats(stream_t *s)
+{
+    dkv_rebuild_t *r = s->r;
+    pthread_mutex_lock(&r->mu);
+    bool known = r->st_total[s->peer] != 0;
+    pthread_mutex_unlock(&r->mu);
+    uint64_t now = uv_now(&r->loop);
+    if (known || s->done || s->stats_inflight || r->stopping ||
+        (s->stats_at_ms != 0 && now < s->stats_at_ms + r->opts.retry_ms)) {
+        return;
+    }
+    s->stats_at_ms = now;
+    dkv_rpc_tree_req_t req = {.kind = DKV_RPC_TREE_STATS};
+    dkv_rpc_call_t call = {.type = DKV_RPC_TREE, .tree = &req, .scan_cb = stats_cb};
+    if (dkv_rpc_client_call(r->rpc, s->peer, &call, NULL, s) == 0) {
+        s->stats_inflight = true;
+    }
+}
+
 static void begin(dkv_rebuild_t *r)
 {
     r->running = true;
@@ -220,12 +301,16 @@ static void begin(dkv_rebuild_t *r)
     r->st_kept = 0;
     r->st_bytes = 0;
     r->st_started_ms = r->started_ms;
+    memset(r->st_total, 0, r->n * sizeof(uint64_t));
+    memset(r->st_from, 0, r->n * sizeof(uint64_t));
+    r->last_progress_log_ms = r->started_ms;
     pthread_mutex_unlock(&r->mu);
     for (size_t i = 0; i < r->n; i++) {
         stream_t *s = &r->streams[i];
         s->done = i == r->self_idx;
         s->cursor.len = 0;
         s->retry_at_ms = 0;
+        s->stats_at_ms = 0;
     }
     DKV_LOG_INFO("rebuild: this node's data was lost: streaming its records from %zu peer(s)",
                  r->n - 1);
@@ -255,6 +340,7 @@ static void on_tick(uv_timer_t *t)
     }
     for (size_t i = 0; i < r->n && r->running; i++) {
         if (i != r->self_idx) {
+            ask_stats(&r->streams[i]);
             request(&r->streams[i]);
         }
     }
@@ -299,6 +385,8 @@ int dkv_rebuild_new(dkv_replica_t *replica, dkv_identity_t *identity, const dkv_
     r->n = dkv_ring_size(ring);
     r->streams = dkv_xcalloc(r->n, sizeof(stream_t));
     r->st_waiting = dkv_xcalloc(r->n, sizeof(bool));
+    r->st_total = dkv_xcalloc(r->n, sizeof(uint64_t));
+    r->st_from = dkv_xcalloc(r->n, sizeof(uint64_t));
     for (size_t i = 0; i < r->n; i++) {
         r->streams[i].r = r;
         r->streams[i].peer = (uint32_t)i;
@@ -345,6 +433,8 @@ void dkv_rebuild_free(dkv_rebuild_t *r)
     }
     pthread_mutex_destroy(&r->mu);
     free(r->st_waiting);
+    free(r->st_total);
+    free(r->st_from);
     free(r->streams);
     free(r);
 }
@@ -359,9 +449,22 @@ void dkv_rebuild_status_json(dkv_rebuild_t *r, dkv_buf_t *out)
                    "{\"running\":%s,\"peers_done\":%" PRIu64 ",\"peers_total\":%zu"
                    ",\"records_streamed\":%" PRIu64 ",\"records_kept\":%" PRIu64
                    ",\"bytes\":%" PRIu64 ",\"elapsed_ms\":%" PRIu64 ",\"bytes_per_s\":%" PRIu64
-                   ",\"completed\":%" PRIu64 ",\"waiting_for\":[",
+                   ",\"completed\":%" PRIu64,
                    r->st_running ? "true" : "false", r->st_peers_done, r->n - 1, r->st_streamed,
                    r->st_kept, r->st_bytes, elapsed, rate, r->st_completed);
+    double frac = 0;
+    uint64_t total = 0;
+    if (r->st_running && progress_locked(r, &frac, &total) && frac > 0) {
+        dkv_buf_printf(out,
+                       ",\"records_total_estimate\":%" PRIu64 ",\"progress_pct\":%.1f"
+                       ",\"eta_ms\":%" PRIu64,
+                       total, frac * 100, (uint64_t)((double)elapsed * (1 - frac) / frac));
+    } else {
+        dkv_buf_printf(out, ",\"records_total_estimate\":%" PRIu64
+                            ",\"progress_pct\":%s,\"eta_ms\":null",
+                       total, !r->st_running && r->st_completed > 0 ? "100" : "null");
+    }
+    dkv_buf_append_str(out, ",\"waiting_for\":[");
     bool first = true;
     for (size_t i = 0; i < r->n; i++) {
         if (r->st_running && r->st_waiting[i]) {

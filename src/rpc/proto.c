@@ -500,6 +500,7 @@ static int decode_tree(cursor_t *c, dkv_rpc_msg_t *m)
     }
     switch (m->tree.kind) {
     case DKV_RPC_TREE_BRANCHES:
+    case DKV_RPC_TREE_STATS:
         return m->tree.index == 0 && m->tree.after.len == 0 ? 0 : DKV_EPROTO;
     case DKV_RPC_TREE_LEAVES:
         return m->tree.index < DKV_RPC_TREE_HASHES && m->tree.after.len == 0 ? 0 : DKV_EPROTO;
@@ -532,6 +533,9 @@ static int decode_tree_reply(cursor_t *c, dkv_rpc_msg_t *m)
         }
         m->tree_reply.hashes = dkv_slice(p, DKV_RPC_TREE_HASHES * 8u);
         return 0;
+    case DKV_RPC_TREE_STATS:
+        return read_u64(c, &m->tree_reply.records) != 0 ? DKV_EPROTO
+                                                        : read_u64(c, &m->tree_reply.bytes);
     case DKV_RPC_TREE_SEGMENT: {
         uint8_t flags;
         uint32_t count;
@@ -849,7 +853,8 @@ void dkv_rpc_scan_reply_fail(dkv_rpc_scan_writer_t *w)
 int dkv_rpc_encode_tree(dkv_buf_t *out, uint64_t req_id, uint8_t kind, uint32_t index,
                         dkv_slice_t after)
 {
-    bool ok = (kind == DKV_RPC_TREE_BRANCHES && index == 0 && after.len == 0) ||
+    bool ok = ((kind == DKV_RPC_TREE_BRANCHES || kind == DKV_RPC_TREE_STATS) && index == 0 &&
+               after.len == 0) ||
               (kind == DKV_RPC_TREE_LEAVES && index < DKV_RPC_TREE_HASHES && after.len == 0) ||
               (kind == DKV_RPC_TREE_SEGMENT && index < DKV_RPC_TREE_SEGMENTS &&
                after.len <= DKV_RPC_MAX_KEY_BYTES);
@@ -893,6 +898,17 @@ int dkv_rpc_encode_tree_segment(dkv_buf_t *out, uint64_t req_id, dkv_slice_t ent
     dkv_buf_append(out, entries.ptr, entries.len);
     end_frame(out, off);
     return 0;
+}
+
+void dkv_rpc_encode_tree_stats(dkv_buf_t *out, uint64_t req_id, uint64_t records,
+                               uint64_t bytes)
+{
+    size_t off = begin_frame(out, DKV_RPC_TREE_REPLY, req_id, 18);
+    append_u8(out, DKV_RPC_OK);
+    append_u8(out, DKV_RPC_TREE_STATS);
+    append_u64(out, records);
+    append_u64(out, bytes);
+    end_frame(out, off);
 }
 
 int dkv_rpc_encode_tree_status(dkv_buf_t *out, uint64_t req_id, dkv_rpc_status_t status)

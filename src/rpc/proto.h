@@ -100,6 +100,8 @@ typedef enum dkv_rpc_tree_kind {
     DKV_RPC_TREE_LEAVES = 1,   /* the 256 leaf hashes under branch `index` (0..255) */
     DKV_RPC_TREE_SEGMENT = 2,  /* the digest entries of segment `index` (0..65535) shared with
                                   the sender, in key order, strictly after `after` */
+    DKV_RPC_TREE_STATS = 3,    /* the receiver's record count and data size estimate (index 0):
+                                  a rebuild's progress and ETA */
 } dkv_rpc_tree_kind_t;
 #define DKV_RPC_TREE_HASHES 256u
 #define DKV_RPC_TREE_SEGMENTS 65536u
@@ -191,6 +193,9 @@ typedef struct dkv_rpc_msg {
             bool more;           /* SEGMENT: entries continue after the last one */
             uint32_t count;      /* SEGMENT: entries; walk with dkv_rpc_tree_iter_next() */
             dkv_slice_t entries; /* SEGMENT: raw entry bytes, validated by dkv_rpc_decode() */
+            uint64_t records;    /* STATS: records held (tombstones included), as of the
+                                    receiver's last tree refresh */
+            uint64_t bytes;      /* STATS: RocksDB's estimate of the live data size */
         } tree_reply;
     };
 } dkv_rpc_msg_t;
@@ -444,6 +449,10 @@ void dkv_rpc_encode_tree_hashes(dkv_buf_t *out, uint64_t req_id, uint8_t kind,
  */
 int dkv_rpc_encode_tree_segment(dkv_buf_t *out, uint64_t req_id, dkv_slice_t entries,
                                 uint32_t count, bool more);
+
+/** TREE_REPLY for STATS, status OK: records and bytes (see dkv_rpc_msg_t). Cannot fail. */
+void dkv_rpc_encode_tree_stats(dkv_buf_t *out, uint64_t req_id, uint64_t records,
+                               uint64_t bytes);
 
 /** TREE_REPLY with status DKV_RPC_ERROR or DKV_RPC_NOT_READY. @return 0; DKV_EINVAL. */
 int dkv_rpc_encode_tree_status(dkv_buf_t *out, uint64_t req_id, dkv_rpc_status_t status);

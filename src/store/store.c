@@ -1161,6 +1161,18 @@ void dkv_store_compact(dkv_store_t *s)
     rocksdb_compactoptions_destroy(co);
 }
 
+uint64_t dkv_store_live_bytes_estimate(dkv_store_t *s)
+{
+    uint64_t v = 0;
+    pthread_rwlock_rdlock(&s->db_lock);
+    if (s->db == NULL ||
+        rocksdb_property_int_cf(s->db, s->cf_data, "rocksdb.estimate-live-data-size", &v) != 0) {
+        v = 0;
+    }
+    pthread_rwlock_unlock(&s->db_lock);
+    return v;
+}
+
 uint64_t dkv_store_keys_estimate(dkv_store_t *s)
 {
     uint64_t v = 0;

@@ -262,6 +262,10 @@ uint64_t dkv_store_purged(dkv_store_t *s);
  */
 void dkv_store_compact(dkv_store_t *s);
 
+/** RocksDB's estimate of the live data in SST files of the data column family, in bytes (the
+ * memtable not included). Thread: any. */
+uint64_t dkv_store_live_bytes_estimate(dkv_store_t *s);
+
 /** RocksDB's estimate of the data column family's keys (exact after dkv_store_compact(): one
  * entry per record, tombstones included). Thread: any. */
 uint64_t dkv_store_keys_estimate(dkv_store_t *s);

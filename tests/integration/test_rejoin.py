@@ -285,3 +285,36 @@ def test_two_wiped_nodes_do_not_rebuild_from_each_other(cluster_factory, uniq):
                      30, what="%s to rebuild from the survivor" % nd.name)
         assert all(local(nd, k) == b"v" for k in keys), nd.name
         assert b"knew this node under another id" in nd.log_bytes()
+
+
+@pytest.mark.timeout_s(120)
+def test_rebuild_reports_progress_against_the_peers_record_counts_and_an_eta(cluster_factory):
+    """A throttled rebuild (64 KB/s) of 3,000 records: while it runs the status shows the total
+    from the peers' own record counts (TREE STATS: 3,000 each), a progress between 0 and 100 %
+    and an ETA; when it is done, 100 %."""
+    c = cluster_factory(N, "--hinted-handoff", "off", "--read-repair", "off",
+                        "--anti-entropy-max-bytes-per-s", "65536")
+    for nd in c:
+        wait_state(nd, "ready")
+    victim = c[2]
+    keys = [b"pg/%05d" % i for i in range(3000)]
+    pipelined(c[0].port, "PUT", [(h.entity_target(k, "ack=3", "from=3"), b"x" * 100)
+                                 for k in keys], 201)
+    victim.stop()
+    shutil.rmtree(victim.data_dir)
+    victim.start()
+    seen = {}
+
+    def midway():
+        rb = status(victim)["rebuild"]
+        if rb["running"] and rb["progress_pct"] is not None and 0 < rb["progress_pct"] < 100:
+            seen.update(rb)
+            return True
+        return False
+    h.wait_until(midway, 30, interval_s=0.05, what="the rebuild to report progress midway")
+    assert seen["records_total_estimate"] == 2 * len(keys), seen
+    assert seen["eta_ms"] > 0, seen
+    h.wait_until(lambda: state(victim) == "ready", 60, interval_s=0.1,
+                 what="the rebuild to finish")
+    rb = status(victim)["rebuild"]
+    assert rb["progress_pct"] == 100 and rb["eta_ms"] is None, rb

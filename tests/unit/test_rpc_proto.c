@@ -759,6 +759,22 @@ static void test_tree_replies_round_trip_and_entries_are_validated(void **state)
     assert_int_equal(dkv_rpc_decode(dkv_buf_slice(&b), &m), 0);
     assert_int_equal(m.tree_reply.status, DKV_RPC_NOT_READY);
     assert_int_equal(dkv_rpc_encode_tree_status(&b, 8, DKV_RPC_OK), DKV_EINVAL);
+    /* STATS: records and bytes, both u64. */
+    b.len = 0;
+    assert_int_equal(dkv_rpc_encode_tree(&b, 9, DKV_RPC_TREE_STATS, 0, dkv_slice(NULL, 0)), 0);
+    assert_int_equal(dkv_rpc_decode(dkv_buf_slice(&b), &m), 0);
+    assert_int_equal(m.tree.kind, DKV_RPC_TREE_STATS);
+    assert_int_equal(dkv_rpc_encode_tree(&b, 9, DKV_RPC_TREE_STATS, 1, dkv_slice(NULL, 0)),
+                     DKV_EINVAL);
+    b.len = 0;
+    dkv_rpc_encode_tree_stats(&b, 10, 1000000, 5ull << 32);
+    assert_int_equal(dkv_rpc_decode(dkv_buf_slice(&b), &m), 0);
+    assert_int_equal(m.tree_reply.kind, DKV_RPC_TREE_STATS);
+    assert_true(m.tree_reply.records == 1000000 && m.tree_reply.bytes == (5ull << 32));
+    uint8_t short_stats[] = {0, 3, 0, 0, 0, 0, 0, 0, 0, 1};
+    assert_int_equal(decode_raw(DKV_RPC_VERSION, DKV_RPC_TREE_REPLY, short_stats,
+                                sizeof(short_stats)),
+                     DKV_EPROTO);
     assert_string_equal(dkv_rpc_type_name(DKV_RPC_TREE), "TREE");
     assert_string_equal(dkv_rpc_type_name(DKV_RPC_TREE_REPLY), "TREE_REPLY");
     dkv_buf_cleanup(&entries);
