@@ -677,11 +677,11 @@ static void test_tree_request_round_trips_and_limits(void **state)
                      DKV_EINVAL);
     assert_int_equal(dkv_rpc_encode_tree(&b, 1, DKV_RPC_TREE_BRANCHES, 0, dkv_slice_str("k")),
                      DKV_EINVAL);
-    assert_int_equal(dkv_rpc_encode_tree(&b, 1, 3, 0, dkv_slice(NULL, 0)), DKV_EINVAL);
+    assert_int_equal(dkv_rpc_encode_tree(&b, 1, 4, 0, dkv_slice(NULL, 0)), DKV_EINVAL);
     /* Decoder limits, from raw payloads: kind u8 | index u32 | after str16. */
     uint8_t bad_branch[] = {1, 0, 0, 1, 0, 0, 0};     /* LEAVES 256 */
     uint8_t bad_seg[] = {2, 0, 1, 0, 0, 0, 0};        /* SEGMENT 65536 */
-    uint8_t bad_kind[] = {3, 0, 0, 0, 0, 0, 0};
+    uint8_t bad_kind[] = {4, 0, 0, 0, 0, 0, 0};
     uint8_t branches_index[] = {0, 0, 0, 0, 1, 0, 0}; /* BRANCHES needs index 0 */
     uint8_t ok[] = {0, 0, 0, 0, 0, 0, 0};
     assert_int_equal(decode_raw(DKV_RPC_VERSION, DKV_RPC_TREE, ok, sizeof(ok)), 0);
