@@ -20,6 +20,7 @@
 #include "common/uvwrite.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <llhttp.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -54,6 +55,7 @@ struct dkv_http_server {
     uv_check_t flush_check;
     size_t n_conns;
     unsigned inflight;
+    uint64_t abandoned; /* writes not executed: the client had closed first (499) */
     bool listening;
     bool stopping;
     bool closing;
@@ -732,9 +734,40 @@ static void reply_cb(void *arg, dkv_response_t *resp)
     conn_unref(c);
 }
 
+/*
+ * Whether the client already closed its side (FIN or reset) before this request is executed: a
+ * client that gave up on a write (its timeout, while this node was paused or overloaded) must not
+ * have it applied later, after a newer write it then made elsewhere was acknowledged (nginx logs
+ * such a request as 499). One recv(MSG_PEEK) per write; a client that half-closes after sending
+ * a write (shutdown(SHUT_WR)) is taken for gone too, and gets no answer.
+ */
+static bool client_gone(conn_t *c)
+{
+    uv_os_fd_t fd;
+    if (c->tcp == NULL || uv_fileno((uv_handle_t *)c->tcp, &fd) != 0) {
+        return false;
+    }
+    char b;
+    ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && (errno == ECONNRESET || errno == EPIPE || errno == ENOTCONN));
+}
+
 static void conn_dispatch(conn_t *c)
 {
     dkv_http_server_t *s = c->srv;
+    if ((c->method == DKV_METHOD_PUT || c->method == DKV_METHOD_DELETE ||
+         c->method == DKV_METHOD_POST) &&
+        client_gone(c)) {
+        s->abandoned++;
+        DKV_LOG_INFO("http: 499: the client closed the connection before its %s was executed; "
+                     "not applied (%" PRIu64 " so far on this thread)",
+                     c->method == DKV_METHOD_PUT      ? "PUT"
+                     : c->method == DKV_METHOD_DELETE ? "DELETE"
+                                                      : "POST",
+                     s->abandoned);
+        conn_close(c);
+        return;
+    }
     if (s->inflight >= s->opts.max_inflight) {
         dkv_response_t resp = {.status = 503,
                                .content_type = "text/plain; charset=utf-8",
