@@ -92,6 +92,8 @@ struct conn {
     char hdr_value[16];
     size_t hdr_value_len;
     bool expect_continue;
+    const uint8_t *exec_base; /* start of the bytes given to the current llhttp_execute() */
+    uint8_t last_nonws;       /* the last byte before exec_base other than SP/HT */
     int err_status; /* set by a parser callback that rejects the request */
     enum dkv_method method;
     bool in_message;
@@ -198,6 +200,18 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
 {
     conn_t *c = p->data;
     if (too_big_headers(c, len) != 0) {
+        return -1;
+    }
+    /* obs-fold (a line that starts with SP or HT continues the previous header's value): llhttp
+     * hands the continuation over as more value bytes, so a folded Content-Length or
+     * Transfer-Encoding would be read as one value. RFC 9112 §5.2 allows rejecting it with 400:
+     * a value whose bytes follow a line feed and only whitespace is a fold. */
+    const uint8_t *q = (const uint8_t *)at;
+    while (q > c->exec_base && (q[-1] == ' ' || q[-1] == '\t')) {
+        q--;
+    }
+    uint8_t before = q > c->exec_base ? q[-1] : c->last_nonws;
+    if (before == '\n') {
         return -1;
     }
     if (hdr_name_is(c, "expect")) {
@@ -815,16 +829,31 @@ static void parse_error(conn_t *c, llhttp_errno_t e)
     }
 }
 
+/* Remembers the last byte other than SP/HT of what the parser consumed, for the obs-fold check
+ * of a header value that starts a later buffer (on_header_value). */
+static void note_consumed(conn_t *c, const uint8_t *data, size_t n)
+{
+    while (n > 0 && (data[n - 1] == ' ' || data[n - 1] == '\t')) {
+        n--;
+    }
+    if (n > 0) {
+        c->last_nonws = data[n - 1];
+    }
+}
+
 static void conn_process(conn_t *c, const uint8_t *data, size_t len)
 {
     while (len > 0 && !c->busy && !c->closing && !c->close_after && !conn_congested(c)) {
+        c->exec_base = data;
         llhttp_errno_t e = llhttp_execute(&c->parser, (const char *)data, len);
         if (e == HPE_OK) {
+            note_consumed(c, data, len);
             len = 0;
             break;
         }
         if (e == HPE_PAUSED) {
             const uint8_t *pos = (const uint8_t *)llhttp_get_error_pos(&c->parser);
+            note_consumed(c, data, (size_t)(pos - data));
             len -= (size_t)(pos - data);
             data = pos;
             llhttp_resume(&c->parser);

@@ -1,7 +1,7 @@
 """HTTP conformance details (RFC 9110/9112) and log hygiene.
 
 HEAD is allowed wherever GET is and carries no body; request lines of versions other than
-HTTP/1.0 and HTTP/1.1 get 505; an HTTP/1.0 client never gets a chunked response (RFC 9112 §6.1:
+HTTP/1.0 and HTTP/1.1 get 505; a folded header line (obs-fold) gets 400; an HTTP/1.0 client never gets a chunked response (RFC 9112 §6.1:
 the range stream is close-delimited instead); a peer-supplied URL reaches the log without control
 characters; a peer that claims this node's own URL is refused.
 """
@@ -53,6 +53,61 @@ def test_http_versions_other_than_1_0_and_1_1_get_505(node):
     for version in (b"HTTP/2.0", b"HTTP/1.2", b"HTTP/3.0"):
         out = raw_exchange(node.port, b"GET /v0/status " + version + b"\r\nHost: x\r\n\r\n")
         assert out.startswith(b"HTTP/1.1 505 "), (version, out[:80])
+
+
+def send_in_pieces(port: int, pieces: list[bytes], timeout_s: float = h.IO_TIMEOUT_S) -> bytes:
+    """Sends each piece as its own segment (TCP_NODELAY, a pause between), reads until close."""
+    s = socket.create_connection((h.HOST, port), timeout=timeout_s)
+    try:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for p in pieces:
+            s.sendall(p)
+            time.sleep(0.05)  # separate reads on the server: the fold straddles two buffers
+        out = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return out
+            out += chunk
+    finally:
+        s.close()
+
+
+def test_obs_fold_is_rejected_with_400_even_across_reads_and_nothing_is_stored(node, uniq):
+    """RFC 9112 §5.2: a folded header line (obs-fold) gets 400. llhttp hands a fold over as more
+    value bytes, so "Content-Length:\r\n 3" would be read as Content-Length 3."""
+    k = uniq()
+    target = h.entity_target(k).encode()
+    folded = [
+        b"Content-Length:\r\n 3\r\n\r\nabc",
+        b"Content-Length: 3\r\n\t0\r\n\r\nabc",
+        b"Transfer-Encoding:\r\n chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        b"X-Anything: a\r\n  b\r\nContent-Length: 3\r\n\r\nabc",
+    ]
+    for rest in folded:
+        req = b"PUT " + target + b" HTTP/1.1\r\nHost: x\r\n" + rest
+        out = raw_exchange(node.port, req)
+        assert out.startswith(b"HTTP/1.1 400 "), (rest, out[:80])
+        # The same with the fold's continuation line starting a new read on the server.
+        cut = req.index(b"\r\n", req.index(b"Host")) + 2
+        cut = req.index(b"\r\n", cut) + 2
+        out = send_in_pieces(node.port, [req[:cut], req[cut:]])
+        assert out.startswith(b"HTTP/1.1 400 "), (rest, out[:80])
+    with node.client() as cl:
+        assert cl.get(k).status == 404
+        # Unfolded, split anywhere, the same request is fine.
+        req = b"PUT " + target + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+    for cut in (len(b"PUT " + target + b" HTTP/1.1\r\nHost: x\r\nContent-Length:"),
+                len(b"PUT " + target + b" HTTP/1.1\r\nHost: x\r\nContent-Length: ")):
+        s = socket.create_connection((h.HOST, node.port), timeout=h.IO_TIMEOUT_S)
+        try:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.sendall(req[:cut])
+            time.sleep(0.05)
+            s.sendall(req[cut:])
+            assert s.recv(65536).startswith(b"HTTP/1.1 201 ")
+        finally:
+            s.close()
 
 
 def test_http_1_0_range_is_close_delimited_never_chunked(node, uniq):
