@@ -81,6 +81,7 @@ typedef struct xchg {
     uint32_t next_branch;
     uint32_t *segs;
     uint32_t n_segs;
+    uint32_t cap_segs;
     uint32_t next_seg;
     uint32_t seg;
     entries_t remote;     /* the peer's entries of `seg` */
@@ -444,7 +445,10 @@ static void tree_cb(void *arg, int rc, const dkv_rpc_msg_t *reply)
         dkv_merkle_leaves(ae->merkle, x->peer, index, mine);
         for (uint32_t i = 0; i < DKV_MERKLE_FANOUT; i++) {
             if (mine[i] != dkv_rpc_tree_hash(reply, i)) {
-                x->segs = dkv_xrealloc(x->segs, (x->n_segs + 1) * sizeof(uint32_t));
+                if (x->n_segs == x->cap_segs) {
+                    x->cap_segs = x->cap_segs ? x->cap_segs * 2 : 256;
+                    x->segs = dkv_xrealloc(x->segs, x->cap_segs * sizeof(uint32_t));
+                }
                 x->segs[x->n_segs++] = index * DKV_MERKLE_FANOUT + i;
             }
         }
