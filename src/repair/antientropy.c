@@ -14,7 +14,8 @@
 #include <string.h>
 #include <uv.h>
 
-/* A peer answers BRANCHES only from a tree refreshed this recently (else it refreshes first). */
+/* Margin taken off an exchange's start time (its GC proof): the peer's tree covers every write
+ * before our first BRANCHES request, which is after the start; kept as a safety margin. */
 #define TREE_MAX_STALENESS_MS 1000u
 /* One SEGMENT reply: at most this many entry bytes (the peer pages the rest). */
 #define SEGMENT_REPLY_MAX_BYTES (64u << 10)
@@ -134,6 +135,8 @@ struct dkv_ae {
     uint64_t last_refresh_ms;
     uint32_t last_refresh_segments;
     peer_stat_t *stats; /* by ring index */
+    _Atomic uint64_t *asked_at; /* by ring index: when that peer first asked for our branches
+                                   or stats while our tree was dirty (wall ms); 0 = not asking */
 };
 
 static uint64_t wall_ms(void)
@@ -197,6 +200,10 @@ void dkv_ae_serve_tree(void *arg, uint32_t peer, const dkv_rpc_msg_t *m, dkv_buf
 {
     dkv_ae_t *ae = arg;
     uint64_t id = m->req_id;
+    if (peer >= ae->n || peer == ae->self_idx) {
+        dkv_rpc_encode_tree_status(out, id, DKV_RPC_ERROR);
+        return;
+    }
     if (!may_exchange(ae) || !dkv_merkle_built(ae->merkle)) {
         dkv_rpc_encode_tree_status(out, id, DKV_RPC_NOT_READY);
         return;
@@ -205,15 +212,22 @@ void dkv_ae_serve_tree(void *arg, uint32_t peer, const dkv_rpc_msg_t *m, dkv_buf
     switch (m->tree.kind) {
     case DKV_RPC_TREE_BRANCHES:
     case DKV_RPC_TREE_STATS: {
-        /* Both answer for the whole tree: only from one refreshed in the last second. */
+        /* Both answer for the whole tree: only from one whose refresh started after the
+         * requester first asked (so it covers every write before the request), whatever the
+         * load; meanwhile NOT_READY, and the requester asks again. */
         uint64_t now = wall_ms();
         uint64_t at = dkv_merkle_refreshed_at_ms(ae->merkle);
-        if (dkv_merkle_dirty_count(ae->merkle) > 0 && now > at + TREE_MAX_STALENESS_MS) {
+        uint64_t asked = atomic_load(&ae->asked_at[peer]);
+        if (dkv_merkle_dirty_count(ae->merkle) > 0 && (asked == 0 || at <= asked)) {
+            if (asked == 0) {
+                atomic_store(&ae->asked_at[peer], now);
+            }
             atomic_store(&ae->want_refresh, true);
             uv_async_send(&ae->kick);
             dkv_rpc_encode_tree_status(out, id, DKV_RPC_NOT_READY);
             return;
         }
+        atomic_store(&ae->asked_at[peer], 0);
         if (m->tree.kind == DKV_RPC_TREE_STATS) {
             uint64_t records = 0;
             uint64_t tombs = 0;
@@ -1038,6 +1052,7 @@ int dkv_ae_new(dkv_replica_t *replica, dkv_identity_t *identity, const dkv_ring_
     ae->shared = shared;
     ae->opts = *opts;
     ae->stats = dkv_xcalloc(ae->n, sizeof(peer_stat_t));
+    ae->asked_at = dkv_xcalloc(ae->n, sizeof(*ae->asked_at));
     pthread_mutex_init(&ae->mu, NULL);
     entries_init(&ae->x.remote);
     entries_init(&ae->x.todo);
@@ -1091,6 +1106,7 @@ void dkv_ae_free(dkv_ae_t *ae)
     free(ae->x.segs);
     pthread_mutex_destroy(&ae->mu);
     free(ae->stats);
+    free((void *)ae->asked_at);
     free(ae);
 }
 

@@ -6,8 +6,8 @@
  *
  * Exchange of this node X with a peer P (X initiates; every node initiates with every peer):
  *   1. X refreshes its trees (repair/merkle.h) and asks P for the 256 branch hashes of the tree P
- *      shares with X (TREE BRANCHES; P answers once its own tree was refreshed less than a second
- *      ago, else NOT_READY while it refreshes, and X asks again);
+ *      shares with X (TREE BRANCHES; P answers from a tree whose refresh started after X first
+ *      asked, else NOT_READY while it refreshes, and X asks again);
  *   2. for each differing branch, the 256 leaf hashes (TREE LEAVES);
  *   3. for each differing segment, P's digest entries (TREE SEGMENT, paged), compared with X's
  *      own entries of the segment shared with P;
