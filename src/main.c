@@ -60,6 +60,7 @@ struct node {
     dkv_ring_t *ring;
     uint32_t self_idx;
     dkv_hlc_t hlc;
+    dkv_hlc_file_t hlc_file; /* DATA/hlc, the clock's persisted upper bound */
     dkv_rpc_shared_t rpc_shared;
     dkv_coord_stats_t coord_stats;
     uint64_t start_ms;
@@ -70,6 +71,7 @@ struct node {
     uv_loop_t main_loop;
     uv_signal_t sigint;
     uv_signal_t sigterm;
+    uv_timer_t hlc_timer; /* extends the clock's persisted bound, off the I/O loops */
     int signals_seen;
 };
 
@@ -289,6 +291,50 @@ static void thread_main(void *arg)
     }
 }
 
+/* ---- clock ---- */
+
+/*
+ * Starts the clock at the bound the previous run persisted in DATA/hlc (cluster/hlc.h), after
+ * waiting out the part of it that would put the first timestamps too far ahead of the peers'
+ * clocks, and persists the next bound. @return 0; an error (logged): the node must not start.
+ */
+static int start_clock(node_t *n)
+{
+    uint64_t prev = 0;
+    int rc = dkv_hlc_file_init(&n->hlc_file, n->conf.data_dir);
+    if (rc == 0) {
+        rc = dkv_hlc_file_load(&n->hlc_file, &prev);
+    }
+    if (rc != 0) {
+        DKV_LOG_ERROR("refusing to start: cannot read the clock's upper bound %s/hlc: %s (if it "
+                      "is damaged, remove it: new timestamps then start at the wall clock and "
+                      "may order below ones this node issued before)",
+                      n->conf.data_dir, dkv_strerror(rc));
+        return rc;
+    }
+    uint64_t wall = dkv_hlc_system_clock_ms(NULL);
+    uint64_t tolerance = n->conf.max_clock_offset_ms / 2;
+    uint64_t wait = dkv_hlc_bound_wait_ms(prev, wall, DKV_HLC_BOUND_WINDOW_MS, tolerance);
+    if (wait > 0) {
+        DKV_LOG_INFO("waiting %llu ms: the previous run may have issued timestamps up to %llu ms "
+                     "ahead of the wall clock",
+                     (unsigned long long)wait, (unsigned long long)(prev - wall));
+        uv_sleep((unsigned int)wait);
+    } else if (prev > wall + tolerance) {
+        DKV_LOG_WARN("the clock's persisted upper bound is %llu ms ahead of the wall clock (did "
+                     "the wall clock step back?): timestamps continue above it, so they still "
+                     "order after every timestamp this node issued before",
+                     (unsigned long long)(prev - wall));
+    }
+    rc = dkv_hlc_bound_start(&n->hlc, prev, DKV_HLC_BOUND_WINDOW_MS, dkv_hlc_file_save,
+                             &n->hlc_file);
+    if (rc != 0) {
+        DKV_LOG_ERROR("refusing to start: cannot write the clock's upper bound %s/hlc: %s",
+                      n->conf.data_dir, dkv_strerror(rc));
+    }
+    return rc;
+}
+
 /* ---- signals ---- */
 
 static void stop_threads(node_t *n)
@@ -296,6 +342,21 @@ static void stop_threads(node_t *n)
     for (unsigned i = 0; i < n->n_threads; i++) {
         uv_async_send(&n->threads[i].stop_async);
     }
+}
+
+static void on_hlc_timer(uv_timer_t *t)
+{
+    node_t *n = t->data;
+    dkv_hlc_bound_tick(&n->hlc); /* a failure is logged by the clock, which stays bounded */
+}
+
+/* The main loop returns once these are closed. While the I/O threads drain, a write that needs
+ * a later bound extends it itself (dkv_hlc_next). */
+static void close_main_handles(node_t *n)
+{
+    uv_close((uv_handle_t *)&n->sigint, NULL);
+    uv_close((uv_handle_t *)&n->sigterm, NULL);
+    uv_close((uv_handle_t *)&n->hlc_timer, NULL);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -306,8 +367,7 @@ static void on_signal(uv_signal_t *h, int signum)
         DKV_LOG_INFO("received %s: draining connections (up to %llu ms), then stopping",
                      signum == SIGINT ? "SIGINT" : "SIGTERM",
                      (unsigned long long)n->conf.shutdown_timeout_ms);
-        uv_close((uv_handle_t *)&n->sigint, NULL);
-        uv_close((uv_handle_t *)&n->sigterm, NULL);
+        close_main_handles(n);
     }
     stop_threads(n);
 }
@@ -381,6 +441,11 @@ int main(int argc, char **argv)
             goto out;
         }
         n->rpc_shared.auth = n->auth;
+    }
+    rc = start_clock(n);
+    if (rc != 0) {
+        exit_code = 2;
+        goto out;
     }
     dkv_store_opts_t sopts = {.block_cache_bytes = n->conf.block_cache_bytes,
                               .fsync = n->conf.fsync};
@@ -463,6 +528,9 @@ int main(int argc, char **argv)
     n->sigterm.data = n;
     uv_signal_start(&n->sigint, on_signal, SIGINT);
     uv_signal_start(&n->sigterm, on_signal, SIGTERM);
+    uv_timer_init(&n->main_loop, &n->hlc_timer);
+    n->hlc_timer.data = n;
+    uv_timer_start(&n->hlc_timer, on_hlc_timer, DKV_HLC_BOUND_TICK_MS, DKV_HLC_BOUND_TICK_MS);
 
     unsigned started = 0;
     int start_rc = 0;
@@ -488,8 +556,7 @@ int main(int argc, char **argv)
         for (unsigned i = 0; i < started; i++) {
             uv_async_send(&n->threads[i].stop_async);
         }
-        uv_close((uv_handle_t *)&n->sigint, NULL);
-        uv_close((uv_handle_t *)&n->sigterm, NULL);
+        close_main_handles(n);
     } else {
         DKV_LOG_INFO("dkv %s node %s (%u of %zu) listening on %s:%u, data in %s, %u I/O "
                      "thread(s), %u vnodes, WAL %s, peers %s",
@@ -514,6 +581,7 @@ out:
     dkv_ae_free(n->ae);
     dkv_replica_free(n->replica);
     dkv_store_close(n->store);
+    dkv_hlc_cleanup(&n->hlc);
     dkv_identity_free(n->identity);
     dkv_auth_free(n->auth);
     if (exit_code == 0) {

@@ -107,8 +107,9 @@ int dkv_coord_get(dkv_coord_t *c, dkv_slice_t key, unsigned ack, unsigned from, 
  * write after `cb` has run.
  *
  * @param key, value  Borrowed for the call (copied into every replica request before it returns).
- * @return 0 and `cb` runs exactly once (possibly before this returns); DKV_EINVAL and `cb` never
- *         runs. Callback rc: 0 or DKV_EQUORUM.
+ * @return 0 and `cb` runs exactly once (possibly before this returns); DKV_EINVAL, or
+ *         DKV_EHLCBOUND (the clock's persisted bound could not be extended, cluster/hlc.h), and
+ *         `cb` never runs. Callback rc: 0 or DKV_EQUORUM.
  * Hinted handoff (env.hints): each peer replica whose write fails (refused, timed out, breaker
  * open, replica error) gets a durable hint, whether or not the client was already answered.
  * Thread: the coordinator's loop thread.

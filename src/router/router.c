@@ -235,6 +235,7 @@ int dkv_router_status_of(int err, bool is_get, bool is_delete)
     case DKV_ECLOCK:
         return 504;
     case DKV_EOVERLOAD:
+    case DKV_EHLCBOUND:
         return 503;
     default:
         return 500;
@@ -343,7 +344,12 @@ static void handle_entity(dkv_router_t *r, const dkv_request_t *req, dkv_query_t
                            ctx->is_delete ? dkv_slice(NULL, 0) : req->body, ack, from,
                            entity_done_cb, ctx);
     }
-    if (rc != 0) {
+    if (rc == DKV_EHLCBOUND) {
+        free(ctx);
+        reply_text(cb, arg, 503,
+                   "Service Unavailable: this node cannot persist its clock's upper bound "
+                   "(DATA/hlc, see its log); writes refused until it can\n");
+    } else if (rc != 0) {
         free(ctx);
         reply_text(cb, arg, dkv_router_status_of(rc, false, false), "Bad Request\n");
     }
