@@ -6,6 +6,7 @@
 #include "cluster/hlc.h"
 #include "cluster/identity.h"
 #include "cluster/ring.h"
+#include "cluster/skew.h"
 #include "common/conf.h"
 #include "common/err.h"
 #include "common/log.h"
@@ -62,6 +63,7 @@ struct node {
     dkv_hlc_t hlc;
     dkv_hlc_file_t hlc_file; /* DATA/hlc, the clock's persisted upper bound */
     dkv_rpc_shared_t rpc_shared;
+    dkv_skew_t *skew; /* NULL for a cluster of one */
     dkv_coord_stats_t coord_stats;
     uint64_t start_ms;
     _Atomic unsigned conn_count;
@@ -186,6 +188,11 @@ static int rpc_send(void *ctx, uint32_t peer, const dkv_rpc_call_t *call, dkv_rp
     return dkv_rpc_client_call(ctx, peer, call, cb, arg);
 }
 
+/* Peers' clock offsets (cluster/skew.h) are measured this often, and an estimate older than
+ * CLOCK_SAMPLE_TTL_MS no longer counts as evidence. */
+#define CLOCK_PING_INTERVAL_MS 1000u
+#define CLOCK_SAMPLE_TTL_MS (5u * CLOCK_PING_INTERVAL_MS)
+
 /* Options of every RPC client of the node: I/O loops, hint replay and rebuild. */
 static dkv_rpc_client_opts_t rpc_client_opts(const dkv_conf_t *conf)
 {
@@ -205,6 +212,9 @@ static int thread_setup(io_thread_t *t)
     const dkv_conf_t *conf = &n->conf;
     if (dkv_ring_size(n->ring) > 1) {
         dkv_rpc_client_opts_t ropts = rpc_client_opts(conf);
+        if (t->idx == 0) {
+            ropts.ping_interval_ms = CLOCK_PING_INTERVAL_MS; /* one loop measures the clocks */
+        }
         int rc = dkv_rpc_client_new(&t->loop, t->idx, n->ring, n->self_idx, &n->hlc,
                                     &n->rpc_shared, &ropts, &t->rpc_client);
         if (rc != 0) {
@@ -242,6 +252,7 @@ static int thread_setup(io_thread_t *t)
                              .ae = n->ae,
                              .identity = n->identity,
                              .replica = n->replica,
+                             .hlc = &n->hlc,
                              .max_clock_offset_ms = conf->max_clock_offset_ms,
                              .coord_stats = &n->coord_stats,
                              .read_repair = conf->read_repair && dkv_ring_size(n->ring) > 1};
@@ -407,6 +418,11 @@ int main(int argc, char **argv)
         goto out;
     }
     n->self_idx = (uint32_t)rc;
+    if (dkv_ring_size(n->ring) > 1) {
+        dkv_skew_new(dkv_ring_size(n->ring), n->self_idx, n->conf.max_clock_offset_ms,
+                     CLOCK_SAMPLE_TTL_MS, &n->skew);
+        n->rpc_shared.skew = n->skew;
+    }
 
     rc = mkdirs(n->conf.data_dir);
     if (rc != 0) {
@@ -582,6 +598,7 @@ out:
     dkv_replica_free(n->replica);
     dkv_store_close(n->store);
     dkv_hlc_cleanup(&n->hlc);
+    dkv_skew_free(n->skew);
     dkv_identity_free(n->identity);
     dkv_auth_free(n->auth);
     if (exit_code == 0) {

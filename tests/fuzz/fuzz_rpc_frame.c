@@ -113,6 +113,12 @@ static int reencode(dkv_buf_t *out, const dkv_rpc_msg_t *m, dkv_slice_t frame)
     case DKV_RPC_AUTH:
         dkv_rpc_encode_auth(out, m->req_id, m->auth.tag);
         return 0;
+    case DKV_RPC_PING:
+        dkv_rpc_encode_ping(out, m->req_id);
+        return 0;
+    case DKV_RPC_PONG:
+        dkv_rpc_encode_pong(out, m->req_id, m->pong.wall_ms);
+        return 0;
     default:
         /* dkv_rpc_decode() returned 0 for a type it does not know. */
         abort();
