@@ -116,6 +116,7 @@ struct dkv_rpc_client {
     uv_check_t flush_check;
     uv_timer_t sweep;
     uint64_t next_eval_ms; /* next evaluation of shared->skew's verdict */
+    uint64_t dial_for_clock_ms; /* from then on, PINGs may open connections (see ping()) */
     uint64_t next_req_id;
     int open_handles;
     int open_links;
@@ -742,7 +743,13 @@ static void ping(peer_t *p, uint64_t now)
 {
     dkv_rpc_client_t *c = p->client;
     if (p->state == DISCONNECTED) {
-        if (p->breaker == BREAKER_CLOSED && !p->rejected && now >= p->next_probe_ms) {
+        /* Not in the first seconds after start: a restarted node's handshakes tell wiped peers
+         * that their data was lost (cluster/identity.h), and dialling every peer at once then
+         * makes two wiped nodes start rebuilding at the same moment, each waiting for the
+         * other's stream (a rebuilding node serves none). Their own staggered reach-outs let one
+         * finish first, as before PINGs existed. Connections that exist are measured at once. */
+        if (now >= c->dial_for_clock_ms && p->breaker == BREAKER_CLOSED && !p->rejected &&
+            now >= p->next_probe_ms) {
             /* An open breaker has its own background reconnection. */
             p->next_ping_ms = now + c->opts.ping_interval_ms;
             peer_connect(p, true);
@@ -888,6 +895,7 @@ int dkv_rpc_client_new(uv_loop_t *loop, unsigned loop_idx, const dkv_ring_t *rin
     uint64_t tick = opts->request_timeout_ms / 10;
     tick = tick < 5 ? 5 : (tick > 50 ? 50 : tick);
     uv_timer_start(&c->sweep, on_sweep, tick, tick);
+    c->dial_for_clock_ms = uv_now(loop) + 3 * opts->ping_interval_ms;
     c->open_handles = 2;
     if (joining(c)) {
         /* Settle "new cluster or lost disk?" before the first request needs this node. */

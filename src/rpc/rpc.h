@@ -72,7 +72,8 @@ typedef struct dkv_rpc_client_opts {
                                      shorter than the peers' server idle timeout, so that the
                                      side that knows nothing is in flight closes; 0 = never */
     uint64_t ping_interval_ms;    /* measure every peer's clock offset this often with a PING
-                                     (connecting to it if needed) into shared->skew; one client
+                                     (connecting to it if needed, from 3 intervals after the
+                                     client's creation on) into shared->skew; one client
                                      of the node does it (the first I/O loop's); 0 = never. Its
                                      connections then never go idle. */
 } dkv_rpc_client_opts_t;
