@@ -71,8 +71,8 @@ static int extend(dkv_hlc_t *hlc, uint64_t target_ms)
         uint64_t failures = atomic_fetch_add(&hlc->persist_failures, 1) + 1;
         uint64_t now = dkv_hlc_system_clock_ms(NULL);
         uint64_t due = atomic_load(&next_log_ms);
-        if (now >= due && atomic_compare_exchange_strong(&next_log_ms, &due,
-                                                         now + PERSIST_LOG_INTERVAL_MS)) {
+        if (now >= due &&
+            atomic_compare_exchange_strong(&next_log_ms, &due, now + PERSIST_LOG_INTERVAL_MS)) {
             DKV_LOG_ERROR("hlc: cannot persist the clock's upper bound (DATA/hlc): %s; the clock "
                           "stays below %" PRIu64 " and writes that need a later timestamp fail "
                           "(%" PRIu64 " failure(s) so far)",

@@ -16,7 +16,7 @@
 #define RESOLUTION_US 1000u
 
 typedef struct peer_est {
-    _Atomic int64_t offset_us;      /* peer's clock minus ours */
+    _Atomic int64_t offset_us; /* peer's clock minus ours */
     _Atomic uint64_t uncertainty_us;
     _Atomic uint64_t rtt_us;
     _Atomic uint64_t at_ms; /* monotonic time of the sample; 0 = never measured */
@@ -72,7 +72,8 @@ void dkv_skew_sample(dkv_skew_t *s, uint32_t peer, uint64_t rtt_us, uint64_t loc
     /* Cristian: the peer read its clock somewhere within the round trip, best guessed at its
      * middle. In microseconds; the wall clocks are in ms, and a peer's wild value (it is the
      * network's word) saturates instead of overflowing. */
-    int64_t peer_us = peer_wall_ms > INT64_MAX / 2000 ? INT64_MAX / 2 : (int64_t)peer_wall_ms * 1000;
+    int64_t peer_us =
+        peer_wall_ms > INT64_MAX / 2000 ? INT64_MAX / 2 : (int64_t)peer_wall_ms * 1000;
     int64_t local_us =
         local_wall_ms > INT64_MAX / 2000 ? INT64_MAX / 2 : (int64_t)local_wall_ms * 1000;
     uint64_t half_rtt_us = rtt_us > INT64_MAX / 4 ? INT64_MAX / 4 : rtt_us / 2;
