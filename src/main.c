@@ -6,6 +6,7 @@
 #include "cluster/hlc.h"
 #include "cluster/identity.h"
 #include "cluster/ring.h"
+#include "cluster/skew.h"
 #include "common/conf.h"
 #include "common/err.h"
 #include "common/log.h"
@@ -60,7 +61,9 @@ struct node {
     dkv_ring_t *ring;
     uint32_t self_idx;
     dkv_hlc_t hlc;
+    dkv_hlc_file_t hlc_file; /* DATA/hlc, the clock's persisted upper bound */
     dkv_rpc_shared_t rpc_shared;
+    dkv_skew_t *skew; /* NULL for a cluster of one */
     dkv_coord_stats_t coord_stats;
     uint64_t start_ms;
     _Atomic unsigned conn_count;
@@ -71,6 +74,7 @@ struct node {
     uv_signal_t sigint;
     uv_signal_t sigterm;
     uv_timer_t resume_timer; /* reopens the store for writes after a storage error */
+    uv_timer_t hlc_timer; /* extends the clock's persisted bound, off the I/O loops */
     int signals_seen;
 };
 
@@ -189,6 +193,11 @@ static int rpc_send(void *ctx, uint32_t peer, const dkv_rpc_call_t *call, dkv_rp
     return dkv_rpc_client_call(ctx, peer, call, cb, arg);
 }
 
+/* Peers' clock offsets (cluster/skew.h) are measured this often, and an estimate older than
+ * CLOCK_SAMPLE_TTL_MS no longer counts as evidence. */
+#define CLOCK_PING_INTERVAL_MS 1000u
+#define CLOCK_SAMPLE_TTL_MS (5u * CLOCK_PING_INTERVAL_MS)
+
 /* Options of every RPC client of the node: I/O loops, hint replay and rebuild. */
 static dkv_rpc_client_opts_t rpc_client_opts(const dkv_conf_t *conf)
 {
@@ -208,6 +217,9 @@ static int thread_setup(io_thread_t *t)
     const dkv_conf_t *conf = &n->conf;
     if (dkv_ring_size(n->ring) > 1) {
         dkv_rpc_client_opts_t ropts = rpc_client_opts(conf);
+        if (t->idx == 0) {
+            ropts.ping_interval_ms = CLOCK_PING_INTERVAL_MS; /* one loop measures the clocks */
+        }
         int rc = dkv_rpc_client_new(&t->loop, t->idx, n->ring, n->self_idx, &n->hlc,
                                     &n->rpc_shared, &ropts, &t->rpc_client);
         if (rc != 0) {
@@ -245,6 +257,7 @@ static int thread_setup(io_thread_t *t)
                              .ae = n->ae,
                              .identity = n->identity,
                              .replica = n->replica,
+                             .hlc = &n->hlc,
                              .max_clock_offset_ms = conf->max_clock_offset_ms,
                              .coord_stats = &n->coord_stats,
                              .read_repair = conf->read_repair && dkv_ring_size(n->ring) > 1};
@@ -302,6 +315,50 @@ static void on_resume_timer(uv_timer_t *timer)
     dkv_store_resume(n->store, STORE_LOG_INTERVAL_MS);
 }
 
+/* ---- clock ---- */
+
+/*
+ * Starts the clock at the bound the previous run persisted in DATA/hlc (cluster/hlc.h), after
+ * waiting out the part of it that would put the first timestamps too far ahead of the peers'
+ * clocks, and persists the next bound. @return 0; an error (logged): the node must not start.
+ */
+static int start_clock(node_t *n)
+{
+    uint64_t prev = 0;
+    int rc = dkv_hlc_file_init(&n->hlc_file, n->conf.data_dir);
+    if (rc == 0) {
+        rc = dkv_hlc_file_load(&n->hlc_file, &prev);
+    }
+    if (rc != 0) {
+        DKV_LOG_ERROR("refusing to start: cannot read the clock's upper bound %s/hlc: %s (if it "
+                      "is damaged, remove it: new timestamps then start at the wall clock and "
+                      "may order below ones this node issued before)",
+                      n->conf.data_dir, dkv_strerror(rc));
+        return rc;
+    }
+    uint64_t wall = dkv_hlc_system_clock_ms(NULL);
+    uint64_t tolerance = n->conf.max_clock_offset_ms / 2;
+    uint64_t wait = dkv_hlc_bound_wait_ms(prev, wall, DKV_HLC_BOUND_WINDOW_MS, tolerance);
+    if (wait > 0) {
+        DKV_LOG_INFO("waiting %llu ms: the previous run may have issued timestamps up to %llu ms "
+                     "ahead of the wall clock",
+                     (unsigned long long)wait, (unsigned long long)(prev - wall));
+        uv_sleep((unsigned int)wait);
+    } else if (prev > wall + tolerance) {
+        DKV_LOG_WARN("the clock's persisted upper bound is %llu ms ahead of the wall clock (did "
+                     "the wall clock step back?): timestamps continue above it, so they still "
+                     "order after every timestamp this node issued before",
+                     (unsigned long long)(prev - wall));
+    }
+    rc = dkv_hlc_bound_start(&n->hlc, prev, DKV_HLC_BOUND_WINDOW_MS, dkv_hlc_file_save,
+                             &n->hlc_file);
+    if (rc != 0) {
+        DKV_LOG_ERROR("refusing to start: cannot write the clock's upper bound %s/hlc: %s",
+                      n->conf.data_dir, dkv_strerror(rc));
+    }
+    return rc;
+}
+
 /* ---- signals ---- */
 
 static void stop_threads(node_t *n)
@@ -309,6 +366,22 @@ static void stop_threads(node_t *n)
     for (unsigned i = 0; i < n->n_threads; i++) {
         uv_async_send(&n->threads[i].stop_async);
     }
+}
+
+static void on_hlc_timer(uv_timer_t *t)
+{
+    node_t *n = t->data;
+    dkv_hlc_bound_tick(&n->hlc); /* a failure is logged by the clock, which stays bounded */
+}
+
+/* The main loop returns once these are closed. While the I/O threads drain, a write that needs
+ * a later bound extends it itself (dkv_hlc_next). */
+static void close_main_handles(node_t *n)
+{
+    uv_close((uv_handle_t *)&n->sigint, NULL);
+    uv_close((uv_handle_t *)&n->sigterm, NULL);
+    uv_close((uv_handle_t *)&n->hlc_timer, NULL);
+    uv_close((uv_handle_t *)&n->resume_timer, NULL);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -319,9 +392,7 @@ static void on_signal(uv_signal_t *h, int signum)
         DKV_LOG_INFO("received %s: draining connections (up to %llu ms), then stopping",
                      signum == SIGINT ? "SIGINT" : "SIGTERM",
                      (unsigned long long)n->conf.shutdown_timeout_ms);
-        uv_close((uv_handle_t *)&n->sigint, NULL);
-        uv_close((uv_handle_t *)&n->sigterm, NULL);
-        uv_close((uv_handle_t *)&n->resume_timer, NULL);
+        close_main_handles(n);
     }
     stop_threads(n);
 }
@@ -361,6 +432,11 @@ int main(int argc, char **argv)
         goto out;
     }
     n->self_idx = (uint32_t)rc;
+    if (dkv_ring_size(n->ring) > 1) {
+        dkv_skew_new(dkv_ring_size(n->ring), n->self_idx, n->conf.max_clock_offset_ms,
+                     CLOCK_SAMPLE_TTL_MS, &n->skew);
+        n->rpc_shared.skew = n->skew;
+    }
 
     rc = mkdirs(n->conf.data_dir);
     if (rc != 0) {
@@ -395,6 +471,11 @@ int main(int argc, char **argv)
             goto out;
         }
         n->rpc_shared.auth = n->auth;
+    }
+    rc = start_clock(n);
+    if (rc != 0) {
+        exit_code = 2;
+        goto out;
     }
     dkv_store_opts_t sopts = {.block_cache_bytes = n->conf.block_cache_bytes,
                               .fsync = n->conf.fsync};
@@ -481,6 +562,9 @@ int main(int argc, char **argv)
     n->resume_timer.data = n;
     uv_timer_start(&n->resume_timer, on_resume_timer, STORE_RESUME_INTERVAL_MS,
                    STORE_RESUME_INTERVAL_MS);
+    uv_timer_init(&n->main_loop, &n->hlc_timer);
+    n->hlc_timer.data = n;
+    uv_timer_start(&n->hlc_timer, on_hlc_timer, DKV_HLC_BOUND_TICK_MS, DKV_HLC_BOUND_TICK_MS);
 
     unsigned started = 0;
     int start_rc = 0;
@@ -506,9 +590,7 @@ int main(int argc, char **argv)
         for (unsigned i = 0; i < started; i++) {
             uv_async_send(&n->threads[i].stop_async);
         }
-        uv_close((uv_handle_t *)&n->sigint, NULL);
-        uv_close((uv_handle_t *)&n->sigterm, NULL);
-        uv_close((uv_handle_t *)&n->resume_timer, NULL);
+        close_main_handles(n);
     } else {
         DKV_LOG_INFO("dkv %s node %s (%u of %zu) listening on %s:%u, data in %s, %u I/O "
                      "thread(s), %u vnodes, WAL %s, peers %s",
@@ -533,6 +615,8 @@ out:
     dkv_ae_free(n->ae);
     dkv_replica_free(n->replica);
     dkv_store_close(n->store);
+    dkv_hlc_cleanup(&n->hlc);
+    dkv_skew_free(n->skew);
     dkv_identity_free(n->identity);
     dkv_auth_free(n->auth);
     if (exit_code == 0) {

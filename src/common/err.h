@@ -20,7 +20,8 @@
     X(DKV_ECLUSTER, -10011, "cluster mismatch")                                                    \
     X(DKV_ENOTREADY, -10012, "replica not ready (its data is being rebuilt)")                      \
     X(DKV_ECLOCK, -10013, "timestamp too far ahead of this node's clock")                          \
-    X(DKV_ENOSPACE, -10014, "no space left in the data directory (writes refused until there is)")
+    X(DKV_ENOSPACE, -10014, "no space left in the data directory (writes refused until there is)") \
+    X(DKV_EHLCBOUND, -10015, "cannot persist the clock's upper bound (DATA/hlc)")
 
 enum dkv_err {
 #define DKV_ERR_ENUM(name, value, msg) name = (value),

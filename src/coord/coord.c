@@ -388,7 +388,11 @@ int dkv_coord_put(dkv_coord_t *c, dkv_slice_t key, bool tombstone, dkv_slice_t v
     if (tombstone && value.len > 0) {
         return DKV_EINVAL;
     }
-    dkv_record_t rec = {
-        .ts = dkv_hlc_now(c->env.hlc), .tombstone = tombstone, .value = value, .from = (uint8_t)from};
+    uint64_t ts = 0;
+    int rc = dkv_hlc_next(c->env.hlc, &ts);
+    if (rc != 0) {
+        return rc; /* the clock's bound could not be persisted: no timestamp may be used */
+    }
+    dkv_record_t rec = {.ts = ts, .tombstone = tombstone, .value = value, .from = (uint8_t)from};
     return op_start(c, key, false, &rec, ack, from, cb, arg);
 }

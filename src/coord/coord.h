@@ -109,10 +109,11 @@ int dkv_coord_get(dkv_coord_t *c, dkv_slice_t key, unsigned ack, unsigned from, 
  * write after `cb` has run.
  *
  * @param key, value  Borrowed for the call (copied into every replica request before it returns).
- * @return 0 and `cb` runs exactly once (possibly before this returns); DKV_EINVAL and `cb` never
- *         runs. Callback rc: 0, DKV_EQUORUM or DKV_ENOSPACE (see dkv_coord_result_t). A 0 may
- *         rest on this thread's write-ahead-log buffer: the caller acknowledges it only after
- *         dkv_store_sync_wal() succeeds on this thread (http/ does, before each write(2)).
+ * @return 0 and `cb` runs exactly once (possibly before this returns); DKV_EINVAL, or
+ *         DKV_EHLCBOUND (the clock's persisted bound could not be extended, cluster/hlc.h), and
+ *         `cb` never runs. Callback rc: 0, DKV_EQUORUM or DKV_ENOSPACE (see dkv_coord_result_t).
+ *         A 0 may rest on this thread's write-ahead-log buffer: the caller acknowledges it only
+ *         after dkv_store_sync_wal() succeeds on this thread (http/ does, before each write(2)).
  * Hinted handoff (env.hints): each peer replica whose write fails (refused, timed out, breaker
  * open, replica error) gets a durable hint, whether or not the client was already answered.
  * Thread: the coordinator's loop thread.

@@ -319,9 +319,12 @@ int dkv_hints_add(dkv_hints_t *h, uint32_t target, dkv_slice_t key, const dkv_re
         log_drop(t, now, "the hints take --max-hints-bytes");
         rc = DKV_ETOOBIG;
     } else {
-        uint64_t seq = dkv_hlc_now(h->hlc);
-        hint_key(t, seq, &k);
-        rc = dkv_store_hint_put(h->store, dkv_buf_slice(&k), dkv_buf_slice(&v));
+        uint64_t seq = 0;
+        rc = dkv_hlc_next(h->hlc, &seq); /* fails only if the clock's bound cannot be persisted */
+        if (rc == 0) {
+            hint_key(t, seq, &k);
+            rc = dkv_store_hint_put(h->store, dkv_buf_slice(&k), dkv_buf_slice(&v));
+        }
         if (rc == 0) {
             h->total_bytes += bytes;
             t->bytes += bytes;

@@ -98,7 +98,8 @@ void dkv_hints_free(dkv_hints_t *h);
  * @param key, rec  Borrowed for the call (copied).
  * @return 0; DKV_ETIMEDOUT (the target's hint window is exceeded: dropped, counted);
  *         DKV_ETOOBIG (the hints quota is full: dropped, counted); DKV_EINVAL (bad target or
- *         key); DKV_EIO (the store failed: logged).
+ *         key); DKV_EIO (the store failed: logged); DKV_EHLCBOUND (the clock that numbers
+ *         hints could not persist its bound, cluster/hlc.h: logged).
  * Thread: any (a mutex guards the counters; the store is thread-safe).
  */
 int dkv_hints_add(dkv_hints_t *h, uint32_t target, dkv_slice_t key, const dkv_record_t *rec);

@@ -235,6 +235,7 @@ int dkv_router_status_of(int err, bool is_get, bool is_delete)
     case DKV_ECLOCK:
         return 504;
     case DKV_EOVERLOAD:
+    case DKV_EHLCBOUND:
         return 503;
     case DKV_ENOSPACE:
         return 507;
@@ -338,6 +339,19 @@ static void handle_entity(dkv_router_t *r, const dkv_request_t *req, dkv_query_t
         reply_owned_text(cb, arg, 400, &b, TEXT);
         return;
     }
+    dkv_skew_t *skew = r->env.rpc_shared != NULL ? r->env.rpc_shared->skew : NULL;
+    int64_t off_ms = 0;
+    if (req->method != DKV_METHOD_GET && skew != NULL && dkv_skew_refusing(skew, &off_ms)) {
+        /* A write stamped by a clock that is off the majority would be ordered wrongly against
+         * everyone else's (cluster/skew.h). Reads need no timestamp of ours: still served. */
+        char reason[256];
+        dkv_skew_refusal_text(skew, off_ms, reason, sizeof(reason));
+        dkv_buf_t b;
+        dkv_buf_init(&b);
+        dkv_buf_printf(&b, "Service Unavailable: %s\n", reason);
+        reply_owned_text(cb, arg, 503, &b, TEXT);
+        return;
+    }
     entity_ctx_t *ctx = dkv_xmalloc(sizeof(*ctx));
     ctx->cb = cb;
     ctx->arg = arg;
@@ -352,7 +366,12 @@ static void handle_entity(dkv_router_t *r, const dkv_request_t *req, dkv_query_t
                            ctx->is_delete ? dkv_slice(NULL, 0) : req->body, ack, from,
                            entity_done_cb, ctx);
     }
-    if (rc != 0) {
+    if (rc == DKV_EHLCBOUND) {
+        free(ctx);
+        reply_text(cb, arg, 503,
+                   "Service Unavailable: this node cannot persist its clock's upper bound "
+                   "(DATA/hlc, see its log); writes refused until it can\n");
+    } else if (rc != 0) {
         free(ctx);
         reply_text(cb, arg, dkv_router_status_of(rc, false, false), "Bad Request\n");
     }
@@ -822,9 +841,26 @@ static void handle_status(dkv_router_t *r, const dkv_request_t *req, dkv_query_t
         dkv_ae_status_json(r->env.ae, &b);
     }
     if (r->env.replica != NULL) {
-        dkv_buf_printf(&b, ",\"clock\":{\"max_offset_ms\":%" PRIu64 ",\"future_refused\":%" PRIu64
-                           "}",
+        dkv_buf_printf(&b, ",\"clock\":{\"max_offset_ms\":%" PRIu64 ",\"future_refused\":%" PRIu64,
                        r->env.max_clock_offset_ms, dkv_replica_future_refused(r->env.replica));
+        if (r->env.hlc != NULL) {
+            dkv_buf_printf(&b,
+                           ",\"wall_ms\":%" PRIu64 ",\"hlc_bound_ms\":%" PRIu64
+                           ",\"bound_persist_failures\":%" PRIu64
+                           ",\"bound_sync_extensions\":%" PRIu64,
+                           now_ms, dkv_hlc_bound_ms(r->env.hlc),
+                           atomic_load(&r->env.hlc->persist_failures),
+                           atomic_load(&r->env.hlc->persist_sync));
+        }
+        dkv_skew_t *skew = r->env.rpc_shared != NULL ? r->env.rpc_shared->skew : NULL;
+        if (skew != NULL) {
+            dkv_buf_append(&b, ",", 1);
+            dkv_skew_status_json(skew, &b);
+        } else {
+            dkv_buf_append_str(&b, ",\"writes_refused\":false,\"reason\":null,"
+                                   "\"peers_measured\":0,\"peers_off\":0,\"refused_writes\":0");
+        }
+        dkv_buf_append_str(&b, "}");
     }
     dkv_buf_append_str(&b, "}\n");
     reply_owned_text(cb, arg, 200, &b, "application/json");

@@ -83,6 +83,7 @@ typedef struct dkv_router_env {
     dkv_ae_t *ae;                  /* anti-entropy; NULL for a cluster of one */
     dkv_identity_t *identity;      /* node id and readiness; NULL in tests */
     dkv_replica_t *replica;        /* clock refusals for the status; NULL in tests */
+    dkv_hlc_t *hlc;                /* the clock's persisted bound for the status; may be NULL */
     uint64_t max_clock_offset_ms;
     dkv_coord_stats_t *coord_stats; /* convergence counters, may be NULL */
     bool read_repair;

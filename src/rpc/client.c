@@ -19,6 +19,11 @@
  * - Idle connections: the peer's server closes a connection idle for its idle timeout; we close
  *   ours after a shorter one (opts.idle_timeout_ms) when nothing is pending. So the side that
  *   knows no request is in flight closes first, and a request never races the server's close.
+ * - Clock offsets (opts.ping_interval_ms, one client per node): the sweep sends each peer a PING
+ *   every interval on the ordinary connection (connecting in the background when there is none)
+ *   and feeds the round trip and the PONG's wall clock to shared->skew (cluster/skew.h). A PING
+ *   has no callback: it never counts for the breaker, and an unanswered one only lets the
+ *   peer's estimate go stale. One PING per peer is in flight at a time.
  */
 #include "rpc/proto.h"
 #include "rpc/rpc.h"
@@ -52,6 +57,7 @@ typedef struct pending {
     void *arg;
     uint8_t expect; /* the reply type that answers it (DKV_RPC_GET_REPLY, ...) */
     bool is_probe;
+    uint64_t sent_ns; /* a PING: uv_hrtime() when it was queued */
 } pending_t;
 
 typedef struct peer peer_t;
@@ -92,6 +98,8 @@ struct peer {
     uint64_t last_used_ms; /* last request sent or reply received on the current connection */
     size_t hello_bytes; /* the HELLO frame at the head of `out`, not yet written */
     uint8_t transcript[32]; /* SHA-256 of our HELLO frame (rpc/auth.h) */
+    bool ping_inflight;     /* a PING waits for its PONG on the current connection */
+    uint64_t next_ping_ms;
 };
 
 struct dkv_rpc_client {
@@ -107,6 +115,8 @@ struct dkv_rpc_client {
     peer_t *peers; /* indexed by ring index; self's slot unused */
     uv_check_t flush_check;
     uv_timer_t sweep;
+    uint64_t next_eval_ms; /* next evaluation of shared->skew's verdict */
+    uint64_t dial_for_clock_ms; /* from then on, PINGs may open connections (see ping()) */
     uint64_t next_req_id;
     int open_handles;
     int open_links;
@@ -337,6 +347,7 @@ static void peer_disconnect(peer_t *p, int rc)
     p->background = false;
     p->auth_wait = false;
     p->hello_bytes = 0;
+    p->ping_inflight = false;
     p->out.len = 0;
     p->in.len = 0;
     p->dirty = false;
@@ -479,6 +490,9 @@ static void handle_reply(peer_t *p, const dkv_rpc_msg_t *m)
     }
     p->n_pending--;
     p->last_used_ms = now_ms(p->client);
+    if (req->expect == DKV_RPC_PONG) {
+        p->ping_inflight = false; /* answered, rightly or not */
+    }
     switch (m->type) {
     case DKV_RPC_HELLO_CHALLENGE:
         handle_challenge(p, req, m);
@@ -539,6 +553,20 @@ static void handle_reply(peer_t *p, const dkv_rpc_msg_t *m)
             complete(p, req, DKV_EPROTO, NULL);
         } else {
             complete_msg(p, req, m->scan_reply.status == DKV_RPC_OK ? 0 : DKV_EIO, NULL, m);
+        }
+        break;
+    case DKV_RPC_PONG:
+        if (req->expect != DKV_RPC_PONG) {
+            complete(p, req, DKV_EPROTO, NULL);
+            break;
+        }
+        if (p->client->shared->skew != NULL) {
+            dkv_rpc_client_t *c = p->client;
+            uint64_t now_ns = uv_hrtime();
+            dkv_skew_sample(c->shared->skew, p->idx, (now_ns - req->sent_ns) / 1000u,
+                            c->hlc->clock_ms(c->hlc->clock_ctx), m->pong.wall_ms,
+                            now_ns / 1000000u);
+            dkv_skew_evaluate(c->shared->skew, now_ns / 1000000u);
         }
         break;
     case DKV_RPC_TREE_REPLY:
@@ -703,6 +731,43 @@ static bool joining(const dkv_rpc_client_t *c)
            dkv_identity_wants_peers(c->shared->identity);
 }
 
+/* Does this client measure its peers' clocks? */
+static bool measuring(const dkv_rpc_client_t *c)
+{
+    return c->opts.ping_interval_ms != 0 && c->shared->skew != NULL && !c->closing;
+}
+
+/* Sends `p` a PING, or connects to it in the background first (the next sweep after the
+ * handshake sends it). */
+static void ping(peer_t *p, uint64_t now)
+{
+    dkv_rpc_client_t *c = p->client;
+    if (p->state == DISCONNECTED) {
+        /* Not in the first seconds after start: a restarted node's handshakes tell wiped peers
+         * that their data was lost (cluster/identity.h), and dialling every peer at once then
+         * makes two wiped nodes start rebuilding at the same moment, each waiting for the
+         * other's stream (a rebuilding node serves none). Their own staggered reach-outs let one
+         * finish first, as before PINGs existed. Connections that exist are measured at once. */
+        if (now >= c->dial_for_clock_ms && p->breaker == BREAKER_CLOSED && !p->rejected &&
+            now >= p->next_probe_ms) {
+            /* An open breaker has its own background reconnection. */
+            p->next_ping_ms = now + c->opts.ping_interval_ms;
+            peer_connect(p, true);
+        }
+        return;
+    }
+    if (p->state != CONNECTED || !p->hello_ok || p->ping_inflight || p->auth_wait) {
+        return;
+    }
+    p->next_ping_ms = now + c->opts.ping_interval_ms;
+    uint64_t id = c->next_req_id++;
+    dkv_rpc_encode_ping(&p->out, id);
+    pending_t *req = enqueue(p, id, NULL, NULL, DKV_RPC_PONG, c->opts.request_timeout_ms);
+    req->sent_ns = uv_hrtime();
+    p->ping_inflight = true;
+    mark_dirty(p);
+}
+
 static void on_sweep(uv_timer_t *t)
 {
     dkv_rpc_client_t *c = t->data;
@@ -753,7 +818,14 @@ static void on_sweep(uv_timer_t *t)
             /* A node that started empty learns from a peer's handshake whether it is new or
              * lost its data (cluster/identity.h): reach out rather than wait for traffic. */
             peer_connect(p, true);
+        } else if (measuring(c) && now >= p->next_ping_ms) {
+            ping(p, now);
         }
+    }
+    if (measuring(c) && now >= c->next_eval_ms) {
+        /* Estimates age out even when no PONG comes (a peer gone): re-evaluate regularly. */
+        c->next_eval_ms = now + c->opts.ping_interval_ms / 4;
+        dkv_skew_evaluate(c->shared->skew, uv_hrtime() / 1000000u);
     }
 }
 
@@ -823,6 +895,7 @@ int dkv_rpc_client_new(uv_loop_t *loop, unsigned loop_idx, const dkv_ring_t *rin
     uint64_t tick = opts->request_timeout_ms / 10;
     tick = tick < 5 ? 5 : (tick > 50 ? 50 : tick);
     uv_timer_start(&c->sweep, on_sweep, tick, tick);
+    c->dial_for_clock_ms = uv_now(loop) + 3 * opts->ping_interval_ms;
     c->open_handles = 2;
     if (joining(c)) {
         /* Settle "new cluster or lost disk?" before the first request needs this node. */
@@ -916,7 +989,8 @@ static void publish(peer_t *p)
 {
     dkv_rpc_client_t *c = p->client;
     uint64_t failures = p->failures > 0xffff ? 0xffff : p->failures;
-    uint64_t pending = p->n_pending > 0xffffffffu ? 0xffffffffu : p->n_pending;
+    size_t n = p->n_pending - (p->ping_inflight && p->n_pending > 0 ? 1 : 0); /* PINGs aside */
+    uint64_t pending = n > 0xffffffffu ? 0xffffffffu : n;
     uint64_t v = (uint64_t)p->breaker << 56 |
                  (uint64_t)(p->state == CONNECTED && p->hello_ok) << 48 | failures << 32 | pending;
     atomic_store_explicit(&c->shared->view[c->loop_idx][p->idx], v, memory_order_relaxed);
@@ -960,7 +1034,11 @@ void dkv_rpc_status_json(dkv_rpc_shared_t *shared, const dkv_ring_t *ring, uint3
                        first ? "" : ",", dkv_ring_url(ring, i), breaker_names[worst],
                        connected ? "true" : "false", (unsigned long long)pending, failures);
         dkv_buf_append(out, loops.data, loops.len);
-        dkv_buf_append_str(out, "]}");
+        dkv_buf_append_str(out, "]");
+        if (shared->skew != NULL) {
+            dkv_skew_peer_json(shared->skew, (uint32_t)i, uv_hrtime() / 1000000u, out);
+        }
+        dkv_buf_append_str(out, "}");
         dkv_buf_cleanup(&loops);
         first = false;
     }

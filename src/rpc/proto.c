@@ -594,6 +594,10 @@ static int decode_payload(cursor_t *c, dkv_rpc_msg_t *m)
         return decode_tree(c, m);
     case DKV_RPC_TREE_REPLY:
         return decode_tree_reply(c, m);
+    case DKV_RPC_PING:
+        return 0; /* no payload: decode checks that nothing is left */
+    case DKV_RPC_PONG:
+        return read_u64(c, &m->pong.wall_ms);
     default:
         return DKV_EPROTO;
     }
@@ -661,6 +665,19 @@ void dkv_rpc_encode_auth(dkv_buf_t *out, uint64_t req_id, const uint8_t tag[DKV_
 {
     size_t off = begin_frame(out, DKV_RPC_AUTH, req_id, DKV_RPC_TAG_BYTES);
     dkv_buf_append(out, tag, DKV_RPC_TAG_BYTES);
+    end_frame(out, off);
+}
+
+void dkv_rpc_encode_ping(dkv_buf_t *out, uint64_t req_id)
+{
+    size_t off = begin_frame(out, DKV_RPC_PING, req_id, 0);
+    end_frame(out, off);
+}
+
+void dkv_rpc_encode_pong(dkv_buf_t *out, uint64_t req_id, uint64_t wall_ms)
+{
+    size_t off = begin_frame(out, DKV_RPC_PONG, req_id, 8);
+    append_u64(out, wall_ms);
     end_frame(out, off);
 }
 
@@ -1018,6 +1035,10 @@ const char *dkv_rpc_type_name(uint8_t type)
         return "TREE";
     case DKV_RPC_TREE_REPLY:
         return "TREE_REPLY";
+    case DKV_RPC_PING:
+        return "PING";
+    case DKV_RPC_PONG:
+        return "PONG";
     default:
         return "UNKNOWN";
     }

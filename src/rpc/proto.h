@@ -75,11 +75,13 @@ typedef enum dkv_rpc_type {
     DKV_RPC_AUTH = 0x05,         /* client's proof of the cluster secret; answered by HELLO_OK */
     DKV_RPC_TREE = 0x06,         /* anti-entropy: a level of the hash tree shared with the
                                     sender, or one segment's digests (repair/merkle.h) */
+    DKV_RPC_PING = 0x07,         /* clock-offset probe: asks for the server's wall clock */
     DKV_RPC_HELLO_OK = 0x81,     /* handshake accepted */
     DKV_RPC_GET_REPLY = 0x82,    /* status + record when found */
     DKV_RPC_PUT_REPLY = 0x83,    /* status */
     DKV_RPC_SCAN_REPLY = 0x84,   /* status + entries + more + last key */
     DKV_RPC_TREE_REPLY = 0x86,   /* status + hashes or digest entries */
+    DKV_RPC_PONG = 0x87,         /* the server's wall clock in ms when it answered */
     DKV_RPC_HELLO_REJECT = 0xC1, /* handshake refused (reason); the server then closes */
     DKV_RPC_HELLO_CHALLENGE = 0xC2, /* server's nonce and proof of the cluster secret, in answer
                                        to a HELLO that carries a nonce (rpc/auth.h) */
@@ -197,6 +199,9 @@ typedef struct dkv_rpc_msg {
                                     receiver's last tree refresh */
             uint64_t bytes;      /* STATS: RocksDB's estimate of the live data size */
         } tree_reply;
+        struct {
+            uint64_t wall_ms; /* the server's wall clock (ms since the Unix epoch) */
+        } pong;
     };
 } dkv_rpc_msg_t;
 
@@ -472,6 +477,18 @@ int dkv_rpc_tree_iter_next(dkv_slice_t *rest, dkv_rpc_tree_entry_t *e);
 
 /** Reads hash `i` (0..255) of a decoded BRANCHES/LEAVES reply. Thread: any: pure. */
 uint64_t dkv_rpc_tree_hash(const dkv_rpc_msg_t *m, uint32_t i);
+
+/**
+ * PING: asks for the server's wall clock, to estimate the clock offset between the two nodes
+ * (Cristian's algorithm; cluster/skew.h). No payload. Cannot fail.
+ */
+void dkv_rpc_encode_ping(dkv_buf_t *out, uint64_t req_id);
+
+/**
+ * PONG: the server's wall clock when it handled the PING, in ms since the Unix epoch (u64).
+ * Cannot fail.
+ */
+void dkv_rpc_encode_pong(dkv_buf_t *out, uint64_t req_id, uint64_t wall_ms);
 
 /** Name of a message type for logs ("GET", ...; "UNKNOWN" otherwise). Thread: any. */
 const char *dkv_rpc_type_name(uint8_t type);

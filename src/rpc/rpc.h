@@ -17,6 +17,7 @@
 #include "cluster/hlc.h"
 #include "cluster/identity.h"
 #include "cluster/ring.h"
+#include "cluster/skew.h"
 #include "common/buf.h"
 #include "common/record.h"
 #include "common/slice.h"
@@ -47,6 +48,10 @@ typedef struct dkv_rpc_shared {
      * authenticated peer `peer`; NULL: TREE is answered with an error. Set before any server. */
     void (*tree_handler)(void *ctx, uint32_t peer, const dkv_rpc_msg_t *m, dkv_buf_t *out);
     void *tree_ctx;
+    /* Per-peer clock offsets and the "off the majority" verdict (cluster/skew.h), fed by the
+     * client whose opts.ping_interval_ms is set; NULL: clocks are not measured. Set before any
+     * client or server is created. */
+    dkv_skew_t *skew;
     _Atomic uint32_t peer_epoch[DKV_RING_MAX_NODES];
     /* RPC connections every loop's server holds open, for dkv_rpc_server_opts_t.max_connections
      * (--max-peer-connections). */
@@ -66,6 +71,11 @@ typedef struct dkv_rpc_client_opts {
                                      this long is closed (and reopened by the next request);
                                      shorter than the peers' server idle timeout, so that the
                                      side that knows nothing is in flight closes; 0 = never */
+    uint64_t ping_interval_ms;    /* measure every peer's clock offset this often with a PING
+                                     (connecting to it if needed, from 3 intervals after the
+                                     client's creation on) into shared->skew; one client
+                                     of the node does it (the first I/O loop's); 0 = never. Its
+                                     connections then never go idle. */
 } dkv_rpc_client_opts_t;
 
 /**
@@ -142,7 +152,9 @@ int dkv_rpc_client_call(dkv_rpc_client_t *c, uint32_t peer, const dkv_rpc_call_t
 /**
  * Appends the node's view of every peer as JSON array elements (without brackets) to `out`,
  * merged over its `n_loops` loops: {"url":..,"breaker":"closed|half-open|open" (the worst loop's),
- * "connected":bool (any loop),"pending":n (sum),"consecutive_failures":n (max),"loops":[...]}.
+ * "connected":bool (any loop),"pending":n (sum),"consecutive_failures":n (max),
+ * "clock_offset_ms":..,"clock_uncertainty_ms":..,"rtt_ms":..,"clock_sample_age_ms":.. (with
+ * shared->skew: dkv_skew_peer_json),"loops":[...]}.
  * Thread: any (reads what the loops published).
  */
 void dkv_rpc_status_json(dkv_rpc_shared_t *shared, const dkv_ring_t *ring, uint32_t self_idx,

@@ -2,7 +2,7 @@
  * RPC server of one I/O thread: serves connections that the HTTP listener handed over (their first
  * byte is DKV_RPC_MAGIC). It checks the HELLO's cluster fingerprint, then executes each request
  * against the local store in order (a replica request is never coordinated again) and writes the
- * replies of one read batch with one write(2).
+ * replies of one read batch with one write(2). A PING is answered with this node's wall clock.
  *
  * DESIGN: every resource a connection holds is bounded (docs/protocol.md §7).
  * - Connections: at most opts.max_connections per node (--max-peer-connections), counted apart
@@ -425,6 +425,11 @@ static int handle_frame(sconn_t *c, dkv_slice_t frame)
         return 0;
     case DKV_RPC_SCAN:
         handle_scan(c, &m);
+        return 0;
+    case DKV_RPC_PING:
+        /* The PONG may wait for this batch's WAL sync: that only lengthens the client's round
+         * trip, which still contains this reading, and so widens its uncertainty. */
+        dkv_rpc_encode_pong(&c->out, m.req_id, dkv_hlc_system_clock_ms(NULL));
         return 0;
     case DKV_RPC_TREE:
         if (s->shared->tree_handler == NULL || c->peer_idx < 0) {

@@ -68,6 +68,49 @@ static int encode_scan_reply(dkv_buf_t *out, const dkv_rpc_msg_t *m, dkv_slice_t
 }
 
 /* Encodes `m` again. @return 0, or 1 when re-encoding legitimately cannot reproduce it. */
+/* A TREE_REPLY, re-encoded from its decoded fields (entries re-appended one by one). */
+static int encode_tree_reply(dkv_buf_t *out, const dkv_rpc_msg_t *m, dkv_slice_t frame)
+{
+    if (m->tree_reply.status != DKV_RPC_OK) {
+        CHECK(dkv_rpc_encode_tree_status(out, m->req_id, (dkv_rpc_status_t)m->tree_reply.status) == 0);
+        return 0;
+    }
+    switch (m->tree_reply.kind) {
+    case DKV_RPC_TREE_BRANCHES:
+    case DKV_RPC_TREE_LEAVES: {
+        CHECK(within(m->tree_reply.hashes, frame) && m->tree_reply.hashes.len == DKV_RPC_TREE_HASHES * 8u);
+        uint64_t hashes[DKV_RPC_TREE_HASHES];
+        for (uint32_t i = 0; i < DKV_RPC_TREE_HASHES; i++) {
+            hashes[i] = dkv_rpc_tree_hash(m, i);
+        }
+        dkv_rpc_encode_tree_hashes(out, m->req_id, m->tree_reply.kind, hashes);
+        return 0;
+    }
+    case DKV_RPC_TREE_STATS:
+        dkv_rpc_encode_tree_stats(out, m->req_id, m->tree_reply.records, m->tree_reply.bytes);
+        return 0;
+    case DKV_RPC_TREE_SEGMENT: {
+        CHECK(within(m->tree_reply.entries, frame));
+        dkv_buf_t entries;
+        dkv_buf_init(&entries);
+        dkv_slice_t rest = m->tree_reply.entries;
+        dkv_rpc_tree_entry_t e;
+        uint32_t n = 0;
+        while (dkv_rpc_tree_iter_next(&rest, &e) == 0) {
+            CHECK(dkv_rpc_tree_entry_append(&entries, &e) > 0);
+            n++;
+        }
+        CHECK(n == m->tree_reply.count && rest.len == 0);
+        CHECK(dkv_rpc_encode_tree_segment(out, m->req_id, dkv_buf_slice(&entries), n, m->tree_reply.more) ==
+              0);
+        dkv_buf_cleanup(&entries);
+        return 0;
+    }
+    default:
+        abort();
+    }
+}
+
 static int reencode(dkv_buf_t *out, const dkv_rpc_msg_t *m, dkv_slice_t frame)
 {
     switch (m->type) {
@@ -113,6 +156,19 @@ static int reencode(dkv_buf_t *out, const dkv_rpc_msg_t *m, dkv_slice_t frame)
     case DKV_RPC_AUTH:
         dkv_rpc_encode_auth(out, m->req_id, m->auth.tag);
         return 0;
+    case DKV_RPC_PING:
+        dkv_rpc_encode_ping(out, m->req_id);
+        return 0;
+    case DKV_RPC_PONG:
+        dkv_rpc_encode_pong(out, m->req_id, m->pong.wall_ms);
+        return 0;
+    case DKV_RPC_TREE:
+        CHECK(within(m->tree.after, frame));
+        CHECK(dkv_rpc_encode_tree(out, m->req_id, m->tree.kind, m->tree.index, m->tree.after) ==
+              0);
+        return 0;
+    case DKV_RPC_TREE_REPLY:
+        return encode_tree_reply(out, m, frame);
     default:
         /* dkv_rpc_decode() returned 0 for a type it does not know. */
         abort();

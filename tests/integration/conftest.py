@@ -155,7 +155,8 @@ def _close_all(things) -> None:
 
 @pytest.fixture
 def cluster_factory(dkv_bin, tmp_path):
-    """make(n, *extra_args, per_node_args=None) -> started Cluster; all are stopped afterwards.
+    """make(n, *extra_args, per_node_args=None, per_node_env=None) -> started Cluster; all are
+    stopped afterwards. per_node_env: {index: environment}, e.g. h.faketime_env("+1h").
 
     Teardown fails the test if a node died unexpectedly, exited non-zero on SIGTERM, or printed
     a sanitizer report.
@@ -163,8 +164,10 @@ def cluster_factory(dkv_bin, tmp_path):
     made = []
     counter = itertools.count()
 
-    def make(n: int, *extra_args: str, per_node_args=None, start: bool = True) -> h.Cluster:
-        c = h.Cluster(tmp_path / ("c%d" % next(counter)), n, extra_args, per_node_args)
+    def make(n: int, *extra_args: str, per_node_args=None, per_node_env=None,
+             start: bool = True) -> h.Cluster:
+        c = h.Cluster(tmp_path / ("c%d" % next(counter)), n, extra_args, per_node_args,
+                      per_node_env=per_node_env)
         made.append(c)
         return c.start() if start else c
 

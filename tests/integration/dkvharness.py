@@ -515,7 +515,8 @@ class Node:
     all_nodes: list["Node"] = []  # every node ever created, for log reporting by the fixtures
 
     def __init__(self, name: str, port: int, cluster_urls: list[str], data_dir: Path,
-                 log_path: Path, extra_args: Iterable[str] = (), host: str = HOST):
+                 log_path: Path, extra_args: Iterable[str] = (), host: str = HOST,
+                 env: dict | None = None):
         self.name = name
         self.host = host
         self.port = port
@@ -523,6 +524,8 @@ class Node:
         self.data_dir = Path(data_dir)
         self.log_path = Path(log_path)
         self.extra_args = list(extra_args)
+        # Extra environment of the process (e.g. faketime_env()); applies from the next start.
+        self.env: dict = dict(env or {})
         self.proc: subprocess.Popen | None = None
         self.starts = 0
         self.last_returncode: int | None = None
@@ -544,12 +547,15 @@ class Node:
         self.starts += 1
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
-            log.write(b"=== %s start #%d: %s\n" % (self.name.encode(), self.starts,
-                                                   " ".join(self.argv()).encode()))
+            env_note = "".join("%s=%s " % kv for kv in sorted(self.env.items()))
+            log.write(b"=== %s start #%d: %s%s\n" % (self.name.encode(), self.starts,
+                                                     env_note.encode(),
+                                                     " ".join(self.argv()).encode()))
             log.flush()
             # cwd is the node's own directory, so stray files never land in the repository.
             self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=log, cwd=str(self.log_path.parent),
+                                         env=dict(os.environ, **self.env) if self.env else None,
                                          preexec_fn=_child_setup)
         self.expected_dead = False
 
@@ -701,11 +707,13 @@ class Cluster:
     """
 
     def __init__(self, base_dir: Path, n: int, extra_args: Iterable[str] = (),
-                 per_node_args: dict[int, list[str]] | None = None, name: str = "node"):
+                 per_node_args: dict[int, list[str]] | None = None, name: str = "node",
+                 per_node_env: dict[int, dict] | None = None):
         self.base_dir = Path(base_dir)
         self.n = n
         self.extra_args = list(extra_args)
         self.per_node_args = per_node_args or {}
+        self.per_node_env = per_node_env or {}
         self.name = name
         self.nodes: list[Node] = []
 
@@ -721,7 +729,8 @@ class Cluster:
         for i, p in enumerate(ports):
             d = self.base_dir / ("%s%d" % (self.name, i))
             self.nodes.append(Node("%s%d" % (self.name, i), p, urls, d / "data", d / "dkv.log",
-                                   self.extra_args + self.per_node_args.get(i, [])))
+                                   self.extra_args + self.per_node_args.get(i, []),
+                                   env=self.per_node_env.get(i)))
 
     def start(self, attempts: int = 4, timeout_s: float = START_TIMEOUT_S,
               only: Iterable[int] | None = None) -> "Cluster":
@@ -757,6 +766,30 @@ class Cluster:
         for nd in self.nodes:
             problems += nd.close()
         return problems
+
+
+FAKETIME_LIBS = ("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+                 "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+                 "/usr/lib/faketime/libfaketimeMT.so.1")
+
+
+def faketime_lib() -> str | None:
+    """The multi-threaded libfaketime (Debian package `faketime`), or None when not installed."""
+    for p in FAKETIME_LIBS:
+        if os.path.exists(p):
+            return p
+    return None
+
+
+def faketime_env(offset: str) -> dict:
+    """Environment that runs a node with its wall clock shifted by `offset` (libfaketime syntax:
+    "+1h", "-30s"). Only the wall clock moves: monotonic clocks (timers, timeouts) are left
+    alone, and an ASan build accepts libfaketime loaded ahead of its runtime."""
+    lib = faketime_lib()
+    assert lib is not None, "libfaketime not installed (scripts/install-deps.sh installs it)"
+    return {"LD_PRELOAD": lib, "FAKETIME": offset, "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+            "ASAN_OPTIONS": ":".join(filter(None, [os.environ.get("ASAN_OPTIONS", ""),
+                                                   "verify_asan_link_order=0"]))}
 
 
 def sigstop(pid: int, timeout_s: float = IO_TIMEOUT_S) -> None:

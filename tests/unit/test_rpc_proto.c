@@ -189,6 +189,38 @@ static void test_hello_round_trip(void **state)
     dkv_buf_cleanup(&b);
 }
 
+/* PING has no payload; PONG carries the server's wall clock as a u64. Anything else is
+ * malformed. */
+static void test_ping_pong_round_trip_and_exact_lengths(void **state)
+{
+    (void)state;
+    dkv_buf_t b;
+    dkv_buf_init(&b);
+    dkv_rpc_encode_ping(&b, 41);
+    assert_int_equal(b.len, DKV_RPC_HEADER_BYTES);
+    dkv_rpc_msg_t m = decode_one(&b);
+    assert_int_equal(m.type, DKV_RPC_PING);
+    assert_true(m.req_id == 41);
+    dkv_buf_cleanup(&b);
+    const uint64_t walls[] = {0, 1764330000123ull, UINT64_MAX};
+    for (size_t i = 0; i < sizeof(walls) / sizeof(walls[0]); i++) {
+        dkv_rpc_encode_pong(&b, 42, walls[i]);
+        assert_int_equal(b.len, DKV_RPC_HEADER_BYTES + 8);
+        m = decode_one(&b);
+        assert_int_equal(m.type, DKV_RPC_PONG);
+        assert_true(m.req_id == 42 && m.pong.wall_ms == walls[i]);
+        dkv_buf_cleanup(&b);
+    }
+    const uint8_t nine[9] = {0};
+    assert_int_equal(decode_raw(1, DKV_RPC_PING, nine, 1), DKV_EPROTO);
+    assert_int_equal(decode_raw(1, DKV_RPC_PONG, nine, 7), DKV_EPROTO);
+    assert_int_equal(decode_raw(1, DKV_RPC_PONG, nine, 9), DKV_EPROTO);
+    assert_int_equal(decode_raw(1, DKV_RPC_PONG, nine, 0), DKV_EPROTO);
+    assert_int_equal(decode_raw(2, DKV_RPC_PING, NULL, 0), DKV_EPROTO);
+    assert_string_equal(dkv_rpc_type_name(DKV_RPC_PING), "PING");
+    assert_string_equal(dkv_rpc_type_name(DKV_RPC_PONG), "PONG");
+}
+
 static void test_get_round_trip(void **state)
 {
     (void)state;
@@ -788,7 +820,7 @@ static void test_unknown_version_or_type_is_eproto(void **state)
     assert_int_equal(decode_raw(DKV_RPC_VERSION, DKV_RPC_GET, key, sizeof(key)), 0);
     assert_int_equal(decode_raw(0, DKV_RPC_GET, key, sizeof(key)), DKV_EPROTO);
     assert_int_equal(decode_raw(2, DKV_RPC_GET, key, sizeof(key)), DKV_EPROTO);
-    uint8_t types[] = {0x00, 0x07, 0x7F, 0x80, 0x85, 0x87, 0xC0, 0xC3, 0xFF};
+    uint8_t types[] = {0x00, 0x08, 0x7F, 0x80, 0x85, 0x88, 0xC0, 0xC3, 0xFF};
     for (size_t i = 0; i < sizeof(types); i++) {
         assert_int_equal(decode_raw(DKV_RPC_VERSION, types[i], key, sizeof(key)), DKV_EPROTO);
         assert_string_equal(dkv_rpc_type_name(types[i]), "UNKNOWN");
@@ -1099,6 +1131,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_hello_round_trip),
         cmocka_unit_test(test_get_round_trip),
+        cmocka_unit_test(test_ping_pong_round_trip_and_exact_lengths),
         cmocka_unit_test(test_get_reply_round_trip),
         cmocka_unit_test(test_put_round_trip_with_1mib_value),
         cmocka_unit_test(test_put_reply_fail_in_place),
