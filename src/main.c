@@ -234,6 +234,7 @@ static int thread_setup(io_thread_t *t)
     dkv_router_env_t renv = {.coord = t->coord,
                              .store = n->store,
                              .ring = n->ring,
+                             .replication_factor = conf->replication_factor,
                              .self_url = conf->self,
                              .start_ms = n->start_ms,
                              .rpc_shared = &n->rpc_shared,

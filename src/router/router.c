@@ -167,11 +167,11 @@ static int parse_count(const dkv_buf_t *b, unsigned *out)
     return 0;
 }
 
-int dkv_query_replication(const dkv_query_t *q, unsigned n, unsigned *ack, unsigned *from,
-                          const char **why)
+int dkv_query_replication(const dkv_query_t *q, unsigned n, unsigned rf, unsigned *ack,
+                          unsigned *from, const char **why)
 {
     unsigned a = 0;
-    unsigned f = n;
+    unsigned f = rf >= 1 && rf <= n ? rf : n;
     bool has_ack = q->has_ack;
     if (q->has_replicas && !q->has_ack && !q->has_from) {
         /* Legacy form replicas=A/F (API.md §12). */
@@ -329,7 +329,8 @@ static void handle_entity(dkv_router_t *r, const dkv_request_t *req, dkv_query_t
     unsigned ack = 0;
     unsigned from = 0;
     const char *why = NULL;
-    if (dkv_query_replication(q, (unsigned)dkv_ring_size(r->env.ring), &ack, &from, &why) != 0) {
+    unsigned n = (unsigned)dkv_ring_size(r->env.ring);
+    if (dkv_query_replication(q, n, r->env.replication_factor, &ack, &from, &why) != 0) {
         char msg[128];
         snprintf(msg, sizeof(msg), "Bad Request: %s\n", why);
         dkv_buf_t b;
@@ -800,7 +801,11 @@ static void handle_status(dkv_router_t *r, const dkv_request_t *req, dkv_query_t
         }
         json_str(&b, dkv_ring_url(r->env.ring, i));
     }
-    dkv_buf_printf(&b, "],\"inflight\":%zu,\"peers\":[", dkv_coord_inflight(r->env.coord));
+    unsigned rf = r->env.replication_factor;
+    dkv_buf_printf(&b, "],\"replication_factor\":%u",
+                   rf >= 1 && rf <= dkv_ring_size(r->env.ring) ? rf
+                                                              : (unsigned)dkv_ring_size(r->env.ring));
+    dkv_buf_printf(&b, ",\"inflight\":%zu,\"peers\":[", dkv_coord_inflight(r->env.coord));
     if (r->env.rpc_shared != NULL) {
         dkv_rpc_status_json(r->env.rpc_shared, r->env.ring, r->env.self_idx, r->env.n_loops, &b);
     }

@@ -72,6 +72,7 @@ typedef struct dkv_router_env {
     dkv_coord_t *coord;       /* this I/O thread's coordinator */
     dkv_store_t *store;       /* for the node-local range */
     const dkv_ring_t *ring;   /* cluster size N and URLs */
+    unsigned replication_factor; /* default `from`: 1..N; 0 means N */
     const char *self_url;     /* borrowed */
     uint64_t start_ms;        /* process start, wall clock, for uptime */
     dkv_rpc_shared_t *rpc_shared; /* peer views for the verbose status */
@@ -133,11 +134,12 @@ void dkv_query_cleanup(dkv_query_t *q);
 
 /**
  * Resolves ack/from for a cluster of `n` nodes (API.md §4, legacy replicas=A/F of §12 when neither
- * ack nor from is given): from defaults to n, ack to from/2+1.
+ * ack nor from is given): from defaults to `rf` (--replication-factor, 1..n; n unless set), ack
+ * to from/2+1 of the effective from; a given from may be anything in 1..n.
  * @return 0 with *ack and *from set; DKV_EINVAL with a static message in *why. Thread: any.
  */
-int dkv_query_replication(const dkv_query_t *q, unsigned n, unsigned *ack, unsigned *from,
-                          const char **why);
+int dkv_query_replication(const dkv_query_t *q, unsigned n, unsigned rf, unsigned *ack,
+                          unsigned *from, const char **why);
 
 /** HTTP status for an operation outcome (0, DKV_ENOTFOUND, DKV_EQUORUM, ...). Thread: any. */
 int dkv_router_status_of(int err, bool is_get, bool is_delete);
