@@ -86,6 +86,7 @@ typedef struct dkv_router_env {
     dkv_replica_t *replica;        /* clock refusals for the status; NULL in tests */
     uint64_t max_clock_offset_ms;
     dkv_coord_stats_t *coord_stats; /* convergence counters, may be NULL */
+    const char *backup_dir;        /* checkpoints go under it; NULL: the endpoint answers 403 */
     bool read_repair;
 } dkv_router_env_t;
 
@@ -120,7 +121,9 @@ int dkv_percent_decode(dkv_slice_t in, dkv_buf_t *out);
 /** The decoded query parameters the API knows; unknown ones are ignored. */
 typedef struct dkv_query {
     bool has_id, has_start, has_end, has_ack, has_from, has_replicas, verbose, has_timeout_ms;
+    bool has_dir;
     dkv_buf_t id, start, end, ack, from, replicas, timeout_ms; /* decoded values, owned */
+    dkv_buf_t dir;                                             /* checkpoint name, owned */
 } dkv_query_t;
 
 /**
