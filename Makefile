@@ -3,13 +3,16 @@
 #   make test    install what is missing, build with ASan+UBSan, run unit, fuzz-replay and
 #                integration tests
 #   make build   release binary at build/dkv
+#   make install build/dkv (and build/dkvctl) to $(PREFIX)/bin, the systemd unit and a sample
+#                config; DESTDIR stages it elsewhere (see docs/deploy.md)
 
 MAKEFLAGS += --no-print-directory
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 PYTEST ?= /usr/bin/python3 -m pytest
 PYTEST_ARGS ?=
 
-.PHONY: all deps build asan test unit integration run bench profile fuzz clean format
+.PHONY: all deps build asan test unit integration run bench profile fuzz clean format install \
+	uninstall
 
 all: build
 
@@ -52,6 +55,31 @@ fuzz:
 	@for f in build/fuzz/fuzz_*; do case $$f in *_replay) continue;; esac; \
 	  c=tests/fuzz/corpus/$${f##*/fuzz_}; echo "== $$f ($$c)"; \
 	  $$f -max_total_time=$${FUZZ_SECONDS:-60} $$c || exit 1; done
+
+# make install [PREFIX=/usr/local] [DESTDIR=] [BUILD_DIR=build]: what `make build` made, nothing
+# is built here (so `sudo make install` never compiles as root). The unit's ExecStart follows
+# PREFIX; an existing /etc/dkv/dkv.conf is never touched (the sample goes next to it).
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+SYSCONFDIR ?= /etc
+UNITDIR ?= /etc/systemd/system
+BUILD_DIR ?= build
+
+install:
+	@test -x $(BUILD_DIR)/dkv || { echo "make install: no $(BUILD_DIR)/dkv; run make build first" >&2; exit 1; }
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/dkv
+	install -m 0755 $(BUILD_DIR)/dkv $(DESTDIR)$(BINDIR)/dkv
+	@if [ -x $(BUILD_DIR)/dkvctl ]; then \
+	  echo install -m 0755 $(BUILD_DIR)/dkvctl $(DESTDIR)$(BINDIR)/dkvctl; \
+	  install -m 0755 $(BUILD_DIR)/dkvctl $(DESTDIR)$(BINDIR)/dkvctl; fi
+	sed -e 's|/usr/local/bin/dkv|$(BINDIR)/dkv|g' -e 's|/etc/dkv/|$(SYSCONFDIR)/dkv/|g' \
+	  packaging/dkv.service > $(DESTDIR)$(UNITDIR)/dkv.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/dkv.service
+	install -m 0644 packaging/dkv.conf $(DESTDIR)$(SYSCONFDIR)/dkv/dkv.conf.sample
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/dkv $(DESTDIR)$(BINDIR)/dkvctl $(DESTDIR)$(UNITDIR)/dkv.service \
+	  $(DESTDIR)$(SYSCONFDIR)/dkv/dkv.conf.sample
 
 format:
 	clang-format -i src/*.c src/*/*.c src/*/*.h tests/unit/*.c tests/fuzz/*.c

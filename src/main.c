@@ -246,6 +246,7 @@ static int thread_setup(io_thread_t *t)
     dkv_router_env_t renv = {.coord = t->coord,
                              .store = n->store,
                              .ring = n->ring,
+                             .replication_factor = conf->replication_factor,
                              .self_url = conf->self,
                              .start_ms = n->start_ms,
                              .rpc_shared = &n->rpc_shared,
@@ -260,6 +261,7 @@ static int thread_setup(io_thread_t *t)
                              .hlc = &n->hlc,
                              .max_clock_offset_ms = conf->max_clock_offset_ms,
                              .coord_stats = &n->coord_stats,
+                             .backup_dir = conf->backup_dir[0] != '\0' ? conf->backup_dir : NULL,
                              .read_repair = conf->read_repair && dkv_ring_size(n->ring) > 1};
     dkv_router_new(&renv, &t->router);
     dkv_http_opts_t hopts = {.max_body_bytes = conf->max_body_bytes,
@@ -442,6 +444,14 @@ int main(int argc, char **argv)
     if (rc != 0) {
         DKV_LOG_ERROR("cannot create data directory %s: %s", n->conf.data_dir, dkv_strerror(rc));
         goto out;
+    }
+    if (n->conf.backup_dir[0] != '\0') {
+        rc = mkdirs(n->conf.backup_dir);
+        if (rc != 0) {
+            DKV_LOG_ERROR("cannot create the backup directory %s: %s", n->conf.backup_dir,
+                          dkv_strerror(rc));
+            goto out;
+        }
     }
     rc = dkv_http_probe_port(n->conf.listen_host, n->conf.listen_port);
     if (rc != 0) {

@@ -1,4 +1,4 @@
-/* Command-line parsing for the node: flags, defaults, limits and --help. */
+/* Command-line and config-file parsing for the node: flags, defaults, limits and --help. */
 #include "common/conf.h"
 
 #include "cluster/ring.h"
@@ -77,12 +77,22 @@ static const char usage[] =
 
 /* Split: one string literal may not pass 4095 bytes (ISO C). */
 static const char usage_more[] =
+    "Replication:\n"
+    "  --replication-factor RF     copies of a key when a request gives no `from`: `from`\n"
+    "                              defaults to RF and `ack` to RF/2+1; 1..N (default N, the\n"
+    "                              cluster size); a request may still ask for up to N\n"
+    "\n"
     "Storage:\n"
     "  --block-cache-bytes N       RocksDB block cache (default 67108864)\n"
     "  --fsync                     fsync the write-ahead log on every write (default: write(2)\n"
     "                              only, which survives kill -9 but not power loss)\n"
+    "  --backup-dir DIR            POST /v0/admin/checkpoint?dir=NAME writes a RocksDB\n"
+    "                              checkpoint to DIR/NAME (default: none, the endpoint is off)\n"
     "\n"
     "Other:\n"
+    "  --config FILE               read settings from FILE first: `name = value` lines, the\n"
+    "                              names of these flags without the leading --, `on`/`off` for\n"
+    "                              --fsync; `#` comment lines; flags given here win\n"
     "  --log-level LEVEL           debug, info, warn or error (default info)\n"
     "  --help                      print this help and exit\n"
     "  --version                   print the version and exit\n";
@@ -211,7 +221,43 @@ static bool is_loopback(const char *host)
            strcmp(host, "[::1]") == 0 || strcmp(host, "localhost") == 0;
 }
 
-int dkv_conf_parse(int argc, char **argv, dkv_conf_t *conf, char *err, size_t err_len)
+/* Flags that take a value. In a config file a setting's name is the flag without its "--". */
+static const char *const valued[] = {
+    "--listen", "--self", "--cluster", "--data", "--log-level", "--io-threads",
+    "--max-body-bytes", "--max-header-bytes", "--idle-timeout-ms", "--request-timeout-ms",
+    "--replica-timeout-ms", "--shutdown-timeout-ms", "--max-connections", "--max-inflight",
+    "--vnodes", "--breaker-failures", "--breaker-cooldown-ms", "--block-cache-bytes",
+    "--hinted-handoff", "--hint-window-ms", "--max-hints-bytes",
+    "--hint-replay-bytes-per-s", "--read-repair", "--anti-entropy-max-bytes-per-s",
+    "--anti-entropy-interval-ms", "--tombstone-grace-ms",
+    "--auto-rebuild", "--cluster-secret-file", "--max-clock-offset-ms",
+    "--first-byte-timeout-ms", "--max-peer-connections", "--peer-idle-timeout-ms",
+    "--replication-factor", "--backup-dir", "--config"};
+/* Flags without a value on the command line; in a config file they take on or off. */
+static const char *const switches[] = {"--fsync"};
+
+#define N_VALUED (sizeof(valued) / sizeof(valued[0]))
+#define N_SWITCHES (sizeof(switches) / sizeof(switches[0]))
+/* The longest line a config file may have, newline excluded. */
+#define CONFIG_LINE_MAX 4096u
+
+/* The index of `flag` in valued[] followed by switches[], or -1. */
+static int flag_index(const char *flag)
+{
+    for (size_t k = 0; k < N_VALUED; k++) {
+        if (strcmp(flag, valued[k]) == 0) {
+            return (int)k;
+        }
+    }
+    for (size_t k = 0; k < N_SWITCHES; k++) {
+        if (strcmp(flag, switches[k]) == 0) {
+            return (int)(N_VALUED + k);
+        }
+    }
+    return -1;
+}
+
+static void set_defaults(dkv_conf_t *conf)
 {
     memset(conf, 0, sizeof(*conf));
     strcpy(conf->listen_host, "127.0.0.1");
@@ -245,48 +291,19 @@ int dkv_conf_parse(int argc, char **argv, dkv_conf_t *conf, char *err, size_t er
     conf->tombstone_grace_ms = 3600000;
     conf->auto_rebuild = true;
     conf->log_level = DKV_LOG_INFO;
-    const char *cluster_arg = NULL;
+}
 
-    for (int i = 1; i < argc; i++) {
-        const char *flag = argv[i];
-        if (strcmp(flag, "--help") == 0 || strcmp(flag, "-h") == 0) {
-            printf(usage, (unsigned)DKV_RING_DEFAULT_VNODES);
-            fputs(usage_more, stdout);
-            return 1;
-        }
-        if (strcmp(flag, "--version") == 0) {
-            printf("dkv %s\n", DKV_VERSION);
-            return 1;
-        }
-        if (strcmp(flag, "--fsync") == 0) {
-            conf->fsync = true;
-            continue;
-        }
-        if (strncmp(flag, "--", 2) != 0) {
-            return fail(err, err_len, "unexpected argument '%s' (see --help)", flag);
-        }
-        static const char *const valued[] = {
-            "--listen", "--self", "--cluster", "--data", "--log-level", "--io-threads",
-            "--max-body-bytes", "--max-header-bytes", "--idle-timeout-ms", "--request-timeout-ms",
-            "--replica-timeout-ms", "--shutdown-timeout-ms", "--max-connections", "--max-inflight",
-            "--vnodes", "--breaker-failures", "--breaker-cooldown-ms", "--block-cache-bytes",
-            "--hinted-handoff", "--hint-window-ms", "--max-hints-bytes",
-            "--hint-replay-bytes-per-s", "--read-repair", "--anti-entropy-max-bytes-per-s",
-            "--anti-entropy-interval-ms", "--tombstone-grace-ms",
-            "--auto-rebuild", "--cluster-secret-file", "--max-clock-offset-ms",
-            "--first-byte-timeout-ms", "--max-peer-connections", "--peer-idle-timeout-ms"};
-        bool known = false;
-        for (size_t k = 0; k < sizeof(valued) / sizeof(valued[0]); k++) {
-            known = known || strcmp(flag, valued[k]) == 0;
-        }
-        if (!known) {
-            return fail(err, err_len, "unknown flag '%s' (see --help)", flag);
-        }
-        if (i + 1 >= argc) {
-            return fail(err, err_len, "%s needs a value (see --help)", flag);
-        }
-        const char *val = argv[++i];
-        uint64_t v = 0;
+/*
+ * Checks and applies one setting: `flag` (with its "--", one of valued[] or switches[]) and its
+ * value (a switch's is "on" or "off"). The one place each flag's value is checked, for the
+ * command line and the config file alike. --cluster's value is kept in `*cluster_arg` (owned,
+ * replacing an earlier one): the list is parsed once --self is known. --config is not a setting.
+ * @return 0; DKV_EINVAL with a message naming the flag in `err`.
+ */
+static int set_flag(dkv_conf_t *conf, const char *flag, const char *val, char **cluster_arg,
+                    char *err, size_t err_len)
+{
+    uint64_t v = 0;
 #define NUM(name, lo, hi, field)                                                                   \
     if (strcmp(flag, name) == 0) {                                                                 \
         if (parse_u64(val, (lo), (hi), &v) != 0) {                                                 \
@@ -294,31 +311,32 @@ int dkv_conf_parse(int argc, char **argv, dkv_conf_t *conf, char *err, size_t er
                         name, val, (uint64_t)(lo), (uint64_t)(hi));                                \
         }                                                                                          \
         conf->field = v;                                                                           \
-        continue;                                                                                  \
+        return 0;                                                                                  \
     }
-        NUM("--io-threads", 1, 64, io_threads)
-        NUM("--max-body-bytes", 1, DKV_MAX_VALUE_BYTES, max_body_bytes)
-        NUM("--max-header-bytes", 8u << 10, 1u << 20, max_header_bytes)
-        NUM("--idle-timeout-ms", 1, 86400000, idle_timeout_ms)
-        NUM("--first-byte-timeout-ms", 1, 86400000, first_byte_timeout_ms)
-        NUM("--request-timeout-ms", 1, 3600000, request_timeout_ms)
-        NUM("--replica-timeout-ms", 1, 600000, replica_timeout_ms)
-        NUM("--shutdown-timeout-ms", 0, 600000, shutdown_timeout_ms)
-        NUM("--max-connections", 1, 1000000, max_connections)
-        NUM("--max-inflight", 1, 1000000, max_inflight)
-        NUM("--max-peer-connections", 1, 1000000, max_peer_connections)
-        NUM("--peer-idle-timeout-ms", 1000, 86400000, peer_idle_timeout_ms)
-        NUM("--vnodes", 1, 65536, vnodes)
-        NUM("--breaker-failures", 1, 1000000, breaker_failures)
-        NUM("--breaker-cooldown-ms", 1, 3600000, breaker_cooldown_ms)
-        NUM("--max-clock-offset-ms", 1, 3600000, max_clock_offset_ms)
-        NUM("--block-cache-bytes", 1u << 20, (uint64_t)1 << 40, block_cache_bytes)
-        NUM("--hint-window-ms", 1, (uint64_t)30 * 86400000, hint_window_ms)
-        NUM("--max-hints-bytes", 1, (uint64_t)1 << 50, max_hints_bytes)
-        NUM("--hint-replay-bytes-per-s", 1024, (uint64_t)1 << 40, hint_replay_bytes_per_s)
-        NUM("--anti-entropy-max-bytes-per-s", 1024, (uint64_t)1 << 40, ae_max_bytes_per_s)
-        NUM("--anti-entropy-interval-ms", 0, (uint64_t)30 * 86400000, ae_interval_ms)
-        NUM("--tombstone-grace-ms", 0, (uint64_t)365 * 86400000, tombstone_grace_ms)
+    NUM("--io-threads", 1, 64, io_threads)
+    NUM("--max-body-bytes", 1, DKV_MAX_VALUE_BYTES, max_body_bytes)
+    NUM("--max-header-bytes", 8u << 10, 1u << 20, max_header_bytes)
+    NUM("--idle-timeout-ms", 1, 86400000, idle_timeout_ms)
+    NUM("--first-byte-timeout-ms", 1, 86400000, first_byte_timeout_ms)
+    NUM("--request-timeout-ms", 1, 3600000, request_timeout_ms)
+    NUM("--replica-timeout-ms", 1, 600000, replica_timeout_ms)
+    NUM("--shutdown-timeout-ms", 0, 600000, shutdown_timeout_ms)
+    NUM("--max-connections", 1, 1000000, max_connections)
+    NUM("--max-inflight", 1, 1000000, max_inflight)
+    NUM("--max-peer-connections", 1, 1000000, max_peer_connections)
+    NUM("--peer-idle-timeout-ms", 1000, 86400000, peer_idle_timeout_ms)
+    NUM("--vnodes", 1, 65536, vnodes)
+    NUM("--breaker-failures", 1, 1000000, breaker_failures)
+    NUM("--breaker-cooldown-ms", 1, 3600000, breaker_cooldown_ms)
+    NUM("--max-clock-offset-ms", 1, 3600000, max_clock_offset_ms)
+    NUM("--block-cache-bytes", 1u << 20, (uint64_t)1 << 40, block_cache_bytes)
+    NUM("--hint-window-ms", 1, (uint64_t)30 * 86400000, hint_window_ms)
+    NUM("--max-hints-bytes", 1, (uint64_t)1 << 50, max_hints_bytes)
+    NUM("--hint-replay-bytes-per-s", 1024, (uint64_t)1 << 40, hint_replay_bytes_per_s)
+    NUM("--anti-entropy-max-bytes-per-s", 1024, (uint64_t)1 << 40, ae_max_bytes_per_s)
+    NUM("--anti-entropy-interval-ms", 0, (uint64_t)30 * 86400000, ae_interval_ms)
+    NUM("--tombstone-grace-ms", 0, (uint64_t)365 * 86400000, tombstone_grace_ms)
+    NUM("--replication-factor", 1, DKV_MAX_CLUSTER_NODES, replication_factor)
 #undef NUM
 #define ONOFF(name, field)                                                                         \
     if (strcmp(flag, name) == 0) {                                                                 \
@@ -326,64 +344,236 @@ int dkv_conf_parse(int argc, char **argv, dkv_conf_t *conf, char *err, size_t er
             return fail(err, err_len, "%s: '%s' is not on or off", name, val);                    \
         }                                                                                          \
         conf->field = strcmp(val, "on") == 0;                                                      \
-        continue;                                                                                  \
+        return 0;                                                                                  \
     }
-        ONOFF("--hinted-handoff", hinted_handoff)
-        ONOFF("--read-repair", read_repair)
-        ONOFF("--auto-rebuild", auto_rebuild)
+    ONOFF("--hinted-handoff", hinted_handoff)
+    ONOFF("--read-repair", read_repair)
+    ONOFF("--auto-rebuild", auto_rebuild)
+    ONOFF("--fsync", fsync)
 #undef ONOFF
-        if (strcmp(flag, "--listen") == 0) {
-            if (dkv_conf_parse_url(val, conf->listen_host, sizeof(conf->listen_host),
-                                   &conf->listen_port) != 0) {
-                return fail(err, err_len, "--listen: '%s' is not HOST:PORT", val);
-            }
-        } else if (strcmp(flag, "--self") == 0) {
-            char host[256];
-            uint16_t port = 0;
-            if (copy_str(conf->self, sizeof(conf->self), val) != 0 ||
-                dkv_conf_parse_url(val, host, sizeof(host), &port) != 0) {
-                return fail(err, err_len, "--self: '%s' is not a URL like http://HOST:PORT", val);
-            }
-        } else if (strcmp(flag, "--cluster") == 0) {
-            cluster_arg = val;
-        } else if (strcmp(flag, "--data") == 0) {
-            if (val[0] == '\0' || copy_str(conf->data_dir, sizeof(conf->data_dir), val) != 0) {
-                return fail(err, err_len, "--data: empty or too long");
-            }
-        } else if (strcmp(flag, "--cluster-secret-file") == 0) {
-            if (val[0] == '\0' ||
-                copy_str(conf->cluster_secret_file, sizeof(conf->cluster_secret_file), val) != 0) {
-                return fail(err, err_len, "--cluster-secret-file: empty or too long");
-            }
-        } else if (strcmp(flag, "--log-level") == 0) {
-            if (dkv_log_parse_level(val, &conf->log_level) != 0) {
-                return fail(err, err_len, "--log-level: '%s' is not debug, info, warn or error",
-                            val);
-            }
-        } else {
-            return fail(err, err_len, "unknown flag '%s' (see --help)", flag);
+    if (strcmp(flag, "--listen") == 0) {
+        if (dkv_conf_parse_url(val, conf->listen_host, sizeof(conf->listen_host),
+                               &conf->listen_port) != 0) {
+            return fail(err, err_len, "--listen: '%s' is not HOST:PORT", val);
         }
+    } else if (strcmp(flag, "--self") == 0) {
+        char host[256];
+        uint16_t port = 0;
+        if (copy_str(conf->self, sizeof(conf->self), val) != 0 ||
+            dkv_conf_parse_url(val, host, sizeof(host), &port) != 0) {
+            return fail(err, err_len, "--self: '%s' is not a URL like http://HOST:PORT", val);
+        }
+    } else if (strcmp(flag, "--cluster") == 0) {
+        free(*cluster_arg);
+        size_t n = strlen(val);
+        *cluster_arg = dkv_xmalloc(n + 1);
+        memcpy(*cluster_arg, val, n + 1);
+    } else if (strcmp(flag, "--data") == 0) {
+        if (val[0] == '\0' || copy_str(conf->data_dir, sizeof(conf->data_dir), val) != 0) {
+            return fail(err, err_len, "--data: empty or too long");
+        }
+    } else if (strcmp(flag, "--backup-dir") == 0) {
+        if (val[0] == '\0' || copy_str(conf->backup_dir, sizeof(conf->backup_dir), val) != 0) {
+            return fail(err, err_len, "--backup-dir: empty or too long");
+        }
+    } else if (strcmp(flag, "--cluster-secret-file") == 0) {
+        if (val[0] == '\0' ||
+            copy_str(conf->cluster_secret_file, sizeof(conf->cluster_secret_file), val) != 0) {
+            return fail(err, err_len, "--cluster-secret-file: empty or too long");
+        }
+    } else if (strcmp(flag, "--log-level") == 0) {
+        if (dkv_log_parse_level(val, &conf->log_level) != 0) {
+            return fail(err, err_len, "--log-level: '%s' is not debug, info, warn or error", val);
+        }
+    } else {
+        return fail(err, err_len, "unknown flag '%s' (see --help)", flag);
+    }
+    return 0;
+}
+
+/* `s` without leading and trailing blanks (spaces, tabs, CR), in place. */
+static char *trim(char *s)
+{
+    while (*s == ' ' || *s == '\t') {
+        s++;
+    }
+    size_t n = strlen(s);
+    while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r')) {
+        s[--n] = '\0';
+    }
+    return s;
+}
+
+/*
+ * Applies the settings of config file `path`: one `name = value` per line (a flag's name without
+ * its "--"; a switch takes on or off), `#` comment lines and blank lines. A name may appear once.
+ * Everything after the first '=' is the value, blanks around it removed: a '#' there is part of
+ * the value (a path may hold one). @return 0; DKV_EINVAL with "path:line: reason" in `err`.
+ */
+static int load_config(dkv_conf_t *conf, const char *path, char **cluster_arg, char *err,
+                       size_t err_len)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        return fail(err, err_len, "--config %s: %s", path, strerror(errno));
+    }
+    unsigned set_on_line[N_VALUED + N_SWITCHES] = {0};
+    char *line = NULL; /* owned, grown by getline() */
+    size_t cap = 0;
+    char msg[384];
+    unsigned lineno = 0;
+    int rc = 0;
+    while (rc == 0) {
+        ssize_t got = getline(&line, &cap, f);
+        if (got < 0) {
+            break;
+        }
+        lineno++;
+        size_t n = (size_t)got;
+        if (n > 0 && line[n - 1] == '\n') {
+            line[--n] = '\0';
+        }
+        if (n > CONFIG_LINE_MAX) {
+            rc = fail(err, err_len, "%s:%u: line longer than %u bytes", path, lineno,
+                      CONFIG_LINE_MAX);
+            break;
+        }
+        if (strlen(line) != n) {
+            rc = fail(err, err_len, "%s:%u: NUL byte in the line", path, lineno);
+            break;
+        }
+        char *p = trim(line);
+        if (*p == '\0' || *p == '#') {
+            continue;
+        }
+        char *eq = strchr(p, '=');
+        if (eq == NULL) {
+            rc = fail(err, err_len, "%s:%u: expected 'name = value', got '%s'", path, lineno, p);
+            break;
+        }
+        *eq = '\0';
+        char *name = trim(p);
+        char *val = trim(eq + 1);
+        char flag[64];
+        int idx = -1;
+        if (strncmp(name, "--", 2) != 0 && strlen(name) + 3 <= sizeof(flag)) {
+            snprintf(flag, sizeof(flag), "--%s", name);
+            idx = flag_index(flag);
+        }
+        if (idx < 0) {
+            rc = fail(err, err_len,
+                      "%s:%u: unknown setting '%s' (a setting is a flag of dkv --help without "
+                      "its leading --)",
+                      path, lineno, name);
+        } else if (strcmp(flag, "--config") == 0) {
+            rc = fail(err, err_len, "%s:%u: a config file cannot name another one", path, lineno);
+        } else if (set_on_line[idx] != 0) {
+            rc = fail(err, err_len, "%s:%u: '%s' is already set on line %u", path, lineno, name,
+                      set_on_line[idx]);
+        } else {
+            set_on_line[idx] = lineno;
+            rc = set_flag(conf, flag, val, cluster_arg, msg, sizeof(msg));
+            if (rc != 0) {
+                fail(err, err_len, "%s:%u: %s", path, lineno, msg);
+            }
+        }
+    }
+    if (rc == 0 && ferror(f)) {
+        rc = fail(err, err_len, "--config %s: read error", path);
+    }
+    free(line);
+    fclose(f);
+    return rc;
+}
+
+int dkv_conf_parse(int argc, char **argv, dkv_conf_t *conf, char *err, size_t err_len)
+{
+    set_defaults(conf);
+    char *cluster_arg = NULL; /* owned */
+    const char *config_path = NULL;
+    int rc = 0;
+
+    /* First pass: --help and --version win over everything, and the config file goes first so
+     * that the command line overrides it. */
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            printf(usage, (unsigned)DKV_RING_DEFAULT_VNODES);
+            fputs(usage_more, stdout);
+            return 1;
+        }
+        if (strcmp(argv[i], "--version") == 0) {
+            printf("dkv %s\n", DKV_VERSION);
+            return 1;
+        }
+        int idx = flag_index(argv[i]);
+        if (idx >= 0 && (size_t)idx < N_VALUED && i + 1 < argc) {
+            if (strcmp(argv[i], "--config") == 0) {
+                config_path = argv[i + 1];
+            }
+            i++;
+        }
+    }
+    if (config_path != NULL) {
+        rc = load_config(conf, config_path, &cluster_arg, err, err_len);
+        if (rc != 0) {
+            goto out;
+        }
+    }
+
+    for (int i = 1; i < argc && rc == 0; i++) {
+        const char *flag = argv[i];
+        int idx = flag_index(flag);
+        if (strncmp(flag, "--", 2) != 0) {
+            rc = fail(err, err_len, "unexpected argument '%s' (see --help)", flag);
+        } else if (idx < 0) {
+            rc = fail(err, err_len, "unknown flag '%s' (see --help)", flag);
+        } else if ((size_t)idx >= N_VALUED) {
+            rc = set_flag(conf, flag, "on", &cluster_arg, err, err_len);
+        } else if (i + 1 >= argc) {
+            rc = fail(err, err_len, "%s needs a value (see --help)", flag);
+        } else if (strcmp(flag, "--config") == 0) {
+            i++; /* read before the other flags */
+        } else {
+            rc = set_flag(conf, flag, argv[++i], &cluster_arg, err, err_len);
+        }
+    }
+    if (rc != 0) {
+        goto out;
     }
     if (conf->self[0] == '\0') {
         snprintf(conf->self, sizeof(conf->self), "http://%s:%u", conf->listen_host,
                  (unsigned)conf->listen_port);
     }
-    int rc = parse_cluster(conf, cluster_arg != NULL ? cluster_arg : conf->self, err, err_len);
+    rc = parse_cluster(conf, cluster_arg != NULL ? cluster_arg : conf->self, err, err_len);
     if (rc != 0) {
-        return rc;
+        goto out;
+    }
+    if (conf->replication_factor == 0) {
+        conf->replication_factor = (unsigned)conf->cluster_n;
+    } else if (conf->replication_factor > conf->cluster_n) {
+        rc = fail(err, err_len,
+                  "--replication-factor %u is larger than the cluster: --cluster lists %zu "
+                  "node(s)",
+                  conf->replication_factor, conf->cluster_n);
+        goto out;
     }
     if (conf->cluster_n > 1 && conf->cluster_secret_file[0] == '\0' &&
         !is_loopback(conf->listen_host)) {
-        return fail(err, err_len,
-                    "--listen %s is reachable from other hosts: give every node the same "
-                    "--cluster-secret-file (e.g. openssl rand -hex 32 > FILE; chmod 600 FILE), "
-                    "or anyone who reaches the port can act as a cluster member",
-                    conf->listen_host);
+        rc = fail(err, err_len,
+                  "--listen %s is reachable from other hosts: give every node the same "
+                  "--cluster-secret-file (e.g. openssl rand -hex 32 > FILE; chmod 600 FILE), "
+                  "or anyone who reaches the port can act as a cluster member",
+                  conf->listen_host);
+        goto out;
     }
+    bool self_listed = false;
     for (size_t i = 0; i < conf->cluster_n; i++) {
-        if (strcmp(conf->cluster[i], conf->self) == 0) {
-            return 0;
-        }
+        self_listed = self_listed || strcmp(conf->cluster[i], conf->self) == 0;
     }
-    return fail(err, err_len, "--self '%s' is not one of the --cluster URLs", conf->self);
+    if (!self_listed) {
+        rc = fail(err, err_len, "--self '%s' is not one of the --cluster URLs", conf->self);
+    }
+out:
+    free(cluster_arg);
+    return rc;
 }

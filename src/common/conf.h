@@ -1,6 +1,7 @@
 /*
  * Node configuration: every command-line flag, its default, its limits, and the parser that
- * turns argv into a dkv_conf_t with a clear message for anything wrong.
+ * turns argv (and the config file that --config names) into a dkv_conf_t with a clear message
+ * for anything wrong.
  */
 #ifndef DKV_COMMON_CONF_H
 #define DKV_COMMON_CONF_H
@@ -25,6 +26,8 @@ typedef struct dkv_conf {
     size_t cluster_n;
     char data_dir[1024];
     char cluster_secret_file[1024]; /* empty: RPC handshakes are not authenticated */
+    char backup_dir[1024];     /* where checkpoints go; empty: POST /v0/admin/checkpoint is off */
+    unsigned replication_factor; /* default `from` of a request: 1..cluster_n (default N) */
     unsigned io_threads;       /* >= 1 */
     size_t max_body_bytes;     /* request body cap: 413 past it */
     size_t max_header_bytes;   /* request line + headers cap: 431 past it */
@@ -57,13 +60,18 @@ typedef struct dkv_conf {
 } dkv_conf_t;
 
 /**
- * Parses argv into `conf` (defaults for everything not given). Prints --help / --version text to
- * stdout itself.
+ * Parses argv into `conf` (defaults for everything not given). `--config FILE` is read first,
+ * wherever it appears, so every flag on the command line overrides the file: one `name = value`
+ * per line (a flag's name without its leading "--"; `fsync = on|off`), `#` comment lines, blank
+ * lines; each name once. A value is checked by the same code as the flag's. Prints --help /
+ * --version text to stdout itself.
  *
  * @param conf    Caller's storage; on return 0 it owns heap memory: release with dkv_conf_cleanup().
- * @param err     Receives a one-line message when DKV_EINVAL is returned.
- * @return 0 (run the node); 1 (help or version was printed: exit 0); DKV_EINVAL (bad flags:
- *         print `err`, exit 2).
+ *                conf->replication_factor is resolved (N when not given).
+ * @param err     Receives a one-line message when DKV_EINVAL is returned; for a bad config file
+ *                line it starts with "FILE:LINE: ".
+ * @return 0 (run the node); 1 (help or version was printed: exit 0); DKV_EINVAL (bad flags or
+ *         config file: print `err`, exit 2).
  * Thread: main, before anything else runs.
  */
 int dkv_conf_parse(int argc, char **argv, dkv_conf_t *conf, char *err, size_t err_len);

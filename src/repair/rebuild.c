@@ -88,7 +88,10 @@ static uint64_t wall_ms(void)
     return dkv_hlc_system_clock_ms(NULL);
 }
 
-/* Does this node hold `rec` of `key`: is it among the first `from` nodes of the preference list? */
+/* Does this node hold `rec` of `key`: is it among the first `from` nodes of the preference list?
+ * A version-1 record (no `from`) was written before --replication-factor existed, when a
+ * request's default `from` was N: it counts as from = N (not today's replication factor, which
+ * would drop copies the node held before its data was lost). */
 static bool belongs_here(const dkv_rebuild_t *r, dkv_slice_t key, const dkv_record_t *rec)
 {
     uint32_t pl[DKV_RING_MAX_NODES];

@@ -8,10 +8,12 @@
 #include "common/err.h"
 #include "common/log.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 typedef struct sync_wait sync_wait_t;
 
@@ -84,6 +86,7 @@ void dkv_query_cleanup(dkv_query_t *q)
     dkv_buf_cleanup(&q->from);
     dkv_buf_cleanup(&q->replicas);
     dkv_buf_cleanup(&q->timeout_ms);
+    dkv_buf_cleanup(&q->dir);
 }
 
 int dkv_query_parse(dkv_slice_t query, dkv_query_t *q)
@@ -125,6 +128,8 @@ int dkv_query_parse(dkv_slice_t query, dkv_query_t *q)
             has = &q->has_replicas, dst = &q->replicas;
         } else if (dkv_slice_eq_str(n, "timeout_ms")) {
             has = &q->has_timeout_ms, dst = &q->timeout_ms;
+        } else if (dkv_slice_eq_str(n, "dir")) {
+            has = &q->has_dir, dst = &q->dir;
         } else if (dkv_slice_eq_str(n, "verbose")) {
             has = &q->verbose;
         }
@@ -167,11 +172,11 @@ static int parse_count(const dkv_buf_t *b, unsigned *out)
     return 0;
 }
 
-int dkv_query_replication(const dkv_query_t *q, unsigned n, unsigned *ack, unsigned *from,
-                          const char **why)
+int dkv_query_replication(const dkv_query_t *q, unsigned n, unsigned rf, unsigned *ack,
+                          unsigned *from, const char **why)
 {
     unsigned a = 0;
-    unsigned f = n;
+    unsigned f = rf >= 1 && rf <= n ? rf : n;
     bool has_ack = q->has_ack;
     if (q->has_replicas && !q->has_ack && !q->has_from) {
         /* Legacy form replicas=A/F (API.md §12). */
@@ -330,7 +335,8 @@ static void handle_entity(dkv_router_t *r, const dkv_request_t *req, dkv_query_t
     unsigned ack = 0;
     unsigned from = 0;
     const char *why = NULL;
-    if (dkv_query_replication(q, (unsigned)dkv_ring_size(r->env.ring), &ack, &from, &why) != 0) {
+    unsigned n = (unsigned)dkv_ring_size(r->env.ring);
+    if (dkv_query_replication(q, n, r->env.replication_factor, &ack, &from, &why) != 0) {
         char msg[128];
         snprintf(msg, sizeof(msg), "Bad Request: %s\n", why);
         dkv_buf_t b;
@@ -772,6 +778,133 @@ static void handle_admin_compact(dkv_router_t *r, const dkv_request_t *req, dkv_
     sync_wait_start(r, w, timeout_ms, cb, arg);
 }
 
+/* ---- backups ---- */
+
+#define CHECKPOINT_NAME_MAX 128u
+
+typedef struct checkpoint_job {
+    uv_work_t work;
+    dkv_store_t *store;
+    char path[1200]; /* backup_dir/NAME */
+    int rc;
+    char why[512];
+    uint64_t elapsed_ms;
+    dkv_router_reply_cb cb;
+    void *arg;
+} checkpoint_job_t;
+
+/* A checkpoint's name: 1..128 of [A-Za-z0-9._-], not starting with '.' and without "..", so it
+ * always names a new entry right under --backup-dir. */
+static bool checkpoint_name_ok(const dkv_buf_t *name)
+{
+    if (name->len == 0 || name->len > CHECKPOINT_NAME_MAX || name->data[0] == '.') {
+        return false;
+    }
+    for (size_t i = 0; i < name->len; i++) {
+        uint8_t c = name->data[i];
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '.' || c == '_' || c == '-';
+        if (!ok || (c == '.' && i + 1 < name->len && name->data[i + 1] == '.')) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Runs on libuv's thread pool: the memtable flush may take a while. */
+static void checkpoint_work(uv_work_t *w)
+{
+    checkpoint_job_t *job = w->data;
+    uint64_t t0 = uv_hrtime();
+    struct stat st;
+    if (lstat(job->path, &st) == 0) {
+        job->rc = -EEXIST;
+    } else {
+        job->rc = dkv_store_checkpoint(job->store, job->path, job->why, sizeof(job->why));
+    }
+    job->elapsed_ms = (uv_hrtime() - t0) / 1000000u;
+}
+
+static void checkpoint_done(uv_work_t *w, int status)
+{
+    checkpoint_job_t *job = w->data;
+    dkv_buf_t b;
+    dkv_buf_init(&b);
+    int http = 200;
+    if (status != 0) {
+        http = 500;
+        dkv_buf_printf(&b, "Internal Error: the checkpoint did not run: %s\n", uv_strerror(status));
+    } else if (job->rc == 0) {
+        DKV_LOG_INFO("checkpoint written to %s in %" PRIu64 " ms", job->path, job->elapsed_ms);
+        dkv_buf_append_str(&b, "{\"checkpoint\":");
+        json_str(&b, job->path);
+        dkv_buf_printf(&b, ",\"elapsed_ms\":%" PRIu64 "}\n", job->elapsed_ms);
+    } else if (job->rc == -EEXIST) {
+        http = 409;
+        dkv_buf_printf(&b, "Conflict: %s already exists; a checkpoint needs a new name\n",
+                       job->path);
+    } else {
+        http = job->rc == DKV_ENOSPACE ? 507 : 500;
+        DKV_LOG_WARN("checkpoint to %s failed: %s", job->path, job->why);
+        dkv_buf_printf(&b, "%s: %s\n", http == 507 ? "Insufficient Storage" : "Internal Error",
+                       job->why);
+    }
+    bool json = http == 200;
+    reply_owned_text(job->cb, job->arg, http, &b, json ? "application/json" : TEXT);
+    free(job);
+}
+
+/*
+ * POST /v0/admin/checkpoint?dir=NAME: a consistent copy of this node's database in
+ * --backup-dir/NAME (store.h dkv_store_checkpoint), taken on libuv's thread pool so the loop goes
+ * on serving. 200 with JSON; 400 bad name; 403 without --backup-dir; 409 NAME exists; 507 no
+ * space. Restoring one is an operator's procedure: docs/deploy.md.
+ */
+static void handle_admin_checkpoint(dkv_router_t *r, const dkv_request_t *req, dkv_query_t *q,
+                                    dkv_router_reply_cb cb, void *arg)
+{
+    if (req->method != DKV_METHOD_POST) {
+        reply_text(cb, arg, 405, "Method Not Allowed: use POST\n");
+        return;
+    }
+    if (r->env.backup_dir == NULL || r->env.backup_dir[0] == '\0') {
+        reply_text(cb, arg, 403,
+                   "Forbidden: checkpoints are off; start the node with --backup-dir DIR\n");
+        return;
+    }
+    if (!q->has_dir || !checkpoint_name_ok(&q->dir)) {
+        reply_text(cb, arg, 400,
+                   "Bad Request: dir must be a new name under --backup-dir: 1..128 of "
+                   "A-Z a-z 0-9 . _ -, not starting with '.', no '..' and no '/'\n");
+        return;
+    }
+    if (r->stopped) {
+        reply_text(cb, arg, 503, "Service Unavailable: the node is shutting down\n");
+        return;
+    }
+    if (r->env.store == NULL) {
+        reply_text(cb, arg, 500, "Internal Error: no store\n");
+        return;
+    }
+    checkpoint_job_t *job = dkv_xcalloc(1, sizeof(*job));
+    int n = snprintf(job->path, sizeof(job->path), "%s/%.*s", r->env.backup_dir,
+                     (int)q->dir.len, (const char *)q->dir.data);
+    if (n < 0 || (size_t)n >= sizeof(job->path)) {
+        free(job);
+        reply_text(cb, arg, 400, "Bad Request: --backup-dir/NAME is too long\n");
+        return;
+    }
+    job->store = r->env.store;
+    job->cb = cb;
+    job->arg = arg;
+    job->work.data = job;
+    int rc = uv_queue_work(r->env.loop, &job->work, checkpoint_work, checkpoint_done);
+    if (rc != 0) {
+        free(job);
+        reply_text(cb, arg, 500, "Internal Error: cannot queue the checkpoint\n");
+    }
+}
+
 /*
  * POST /v0/admin/rebuild-done: the operator's word that a rebuilding node may answer replica
  * reads from its data again (after hints and read repair refilled it, or accepting the loss).
@@ -819,7 +952,11 @@ static void handle_status(dkv_router_t *r, const dkv_request_t *req, dkv_query_t
         }
         json_str(&b, dkv_ring_url(r->env.ring, i));
     }
-    dkv_buf_printf(&b, "],\"inflight\":%zu,\"peers\":[", dkv_coord_inflight(r->env.coord));
+    unsigned rf = r->env.replication_factor;
+    dkv_buf_printf(&b, "],\"replication_factor\":%u",
+                   rf >= 1 && rf <= dkv_ring_size(r->env.ring) ? rf
+                                                              : (unsigned)dkv_ring_size(r->env.ring));
+    dkv_buf_printf(&b, ",\"inflight\":%zu,\"peers\":[", dkv_coord_inflight(r->env.coord));
     if (r->env.rpc_shared != NULL) {
         dkv_rpc_status_json(r->env.rpc_shared, r->env.ring, r->env.self_idx, r->env.n_loops, &b);
     }
@@ -892,6 +1029,8 @@ void dkv_router_handle(dkv_router_t *r, const dkv_request_t *req, dkv_router_rep
         handler = handle_admin_repair;
     } else if (dkv_slice_eq_str(path, "/v0/admin/compact")) {
         handler = handle_admin_compact;
+    } else if (dkv_slice_eq_str(path, "/v0/admin/checkpoint")) {
+        handler = handle_admin_checkpoint;
     } else {
         reply_text(cb, arg, 400, "Bad Request: unknown path\n");
         return;

@@ -72,6 +72,7 @@ typedef struct dkv_router_env {
     dkv_coord_t *coord;       /* this I/O thread's coordinator */
     dkv_store_t *store;       /* for the node-local range */
     const dkv_ring_t *ring;   /* cluster size N and URLs */
+    unsigned replication_factor; /* default `from`: 1..N; 0 means N */
     const char *self_url;     /* borrowed */
     uint64_t start_ms;        /* process start, wall clock, for uptime */
     dkv_rpc_shared_t *rpc_shared; /* peer views for the verbose status */
@@ -86,6 +87,7 @@ typedef struct dkv_router_env {
     dkv_hlc_t *hlc;                /* the clock's persisted bound for the status; may be NULL */
     uint64_t max_clock_offset_ms;
     dkv_coord_stats_t *coord_stats; /* convergence counters, may be NULL */
+    const char *backup_dir;        /* checkpoints go under it; NULL: the endpoint answers 403 */
     bool read_repair;
 } dkv_router_env_t;
 
@@ -120,7 +122,9 @@ int dkv_percent_decode(dkv_slice_t in, dkv_buf_t *out);
 /** The decoded query parameters the API knows; unknown ones are ignored. */
 typedef struct dkv_query {
     bool has_id, has_start, has_end, has_ack, has_from, has_replicas, verbose, has_timeout_ms;
+    bool has_dir;
     dkv_buf_t id, start, end, ack, from, replicas, timeout_ms; /* decoded values, owned */
+    dkv_buf_t dir;                                             /* checkpoint name, owned */
 } dkv_query_t;
 
 /**
@@ -134,11 +138,12 @@ void dkv_query_cleanup(dkv_query_t *q);
 
 /**
  * Resolves ack/from for a cluster of `n` nodes (API.md §4, legacy replicas=A/F of §12 when neither
- * ack nor from is given): from defaults to n, ack to from/2+1.
+ * ack nor from is given): from defaults to `rf` (--replication-factor, 1..n; n unless set), ack
+ * to from/2+1 of the effective from; a given from may be anything in 1..n.
  * @return 0 with *ack and *from set; DKV_EINVAL with a static message in *why. Thread: any.
  */
-int dkv_query_replication(const dkv_query_t *q, unsigned n, unsigned *ack, unsigned *from,
-                          const char **why);
+int dkv_query_replication(const dkv_query_t *q, unsigned n, unsigned rf, unsigned *ack,
+                          unsigned *from, const char **why);
 
 /** HTTP status for an operation outcome (0, DKV_ENOTFOUND, DKV_EQUORUM, ...). Thread: any. */
 int dkv_router_status_of(int err, bool is_get, bool is_delete);

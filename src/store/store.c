@@ -26,6 +26,7 @@
 #include "common/err.h"
 #include "common/log.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <rocksdb/c.h>
@@ -1159,6 +1160,68 @@ void dkv_store_compact(dkv_store_t *s)
     }
     pthread_rwlock_unlock(&s->db_lock);
     rocksdb_compactoptions_destroy(co);
+}
+
+int dkv_store_checkpoint(dkv_store_t *s, const char *dir, char *why, size_t why_len)
+{
+    int rc = 0;
+    char *err = NULL;
+    rocksdb_checkpoint_t *cp = NULL;
+    rocksdb_flushoptions_t *fo = rocksdb_flushoptions_create();
+    rocksdb_flushoptions_set_wait(fo, 1);
+    pthread_rwlock_rdlock(&s->db_lock);
+    if (s->db == NULL || !atomic_load(&s->writable)) {
+        rc = s->db == NULL ? DKV_EIO : atomic_load(&s->write_rc);
+        snprintf(why, why_len, "the store is not writable (%s): a checkpoint flushes memtables",
+                 dkv_strerror(rc));
+        goto out;
+    }
+    /* Memtables to SST files first, without holding writes: the checkpoint then hard-links the
+     * SSTs and copies only the little write-ahead log written since. A failed flush is RocksDB's
+     * background error, which the next write turns into the unwritable state. */
+    rocksdb_column_family_handle_t *cfs[] = {s->cf_data, s->cf_hints, s->cf_digest};
+    for (size_t i = 0; i < sizeof(cfs) / sizeof(cfs[0]); i++) {
+        rocksdb_flush_cf(s->db, fo, cfs[i], &err);
+        if (err != NULL) {
+            rc = classify_write_error(err);
+            snprintf(why, why_len, "memtable flush: %s", err);
+            goto out;
+        }
+    }
+    /* Writes wait while the log is flushed and the checkpoint taken (hard links and a small
+     * copy: milliseconds), as for any WAL flush: none may reach a writer whose flush failed. */
+    pthread_rwlock_wrlock(&s->wal_lock);
+    if (!atomic_load(&s->writable)) {
+        rc = atomic_load(&s->write_rc);
+        snprintf(why, why_len, "the store became unwritable (%s)", dkv_strerror(rc));
+    } else {
+        rocksdb_flush_wal(s->db, s->fsync ? 1 : 0, &err);
+        if (err != NULL) {
+            snprintf(why, why_len, "write-ahead log flush: %s", err);
+            rc = write_failed(s, "write-ahead log flush", err);
+            err = NULL;
+        }
+    }
+    if (rc == 0) {
+        cp = rocksdb_checkpoint_object_create(s->db, &err);
+        if (err == NULL) {
+            /* No flush inside: done above, and the log holds everything since. */
+            rocksdb_checkpoint_create(cp, dir, UINT64_MAX, &err);
+        }
+    }
+    pthread_rwlock_unlock(&s->wal_lock);
+    if (err != NULL) {
+        rc = strstr(err, "exists") != NULL ? -EEXIST : classify_write_error(err);
+        snprintf(why, why_len, "checkpoint: %s", err);
+    }
+out:
+    pthread_rwlock_unlock(&s->db_lock);
+    if (cp != NULL) {
+        rocksdb_checkpoint_object_destroy(cp);
+    }
+    rocksdb_free(err);
+    rocksdb_flushoptions_destroy(fo);
+    return rc;
 }
 
 uint64_t dkv_store_live_bytes_estimate(dkv_store_t *s)

@@ -262,6 +262,23 @@ uint64_t dkv_store_purged(dkv_store_t *s);
  */
 void dkv_store_compact(dkv_store_t *s);
 
+/**
+ * Writes a consistent copy of the whole database (every column family) to `dir`, a directory
+ * that must not exist yet (its parent must): a RocksDB checkpoint, whose SST files are hard links
+ * when `dir` is on the data directory's file system (copies otherwise). The memtables are flushed
+ * to SST files first, while writes go on; then, with writes held for a moment, the write-ahead
+ * log is flushed and the checkpoint taken, so it holds every write that reached the log before
+ * it. `dir` opens as a dkv data directory's `db`.
+ *
+ * @param dir   Borrowed; NUL-terminated path.
+ * @param why   Receives a one-line reason on failure (RocksDB's text when it has one).
+ * @return 0; -EEXIST (`dir` exists); DKV_ENOSPACE (no space, or the store is unwritable for lack
+ *         of it); DKV_EIO (any other failure, or the store is unwritable).
+ * Thread: any but an I/O loop: the memtable flush takes as long as writing up to a write buffer
+ * (64 MiB) to disk.
+ */
+int dkv_store_checkpoint(dkv_store_t *s, const char *dir, char *why, size_t why_len);
+
 /** RocksDB's estimate of the live data in SST files of the data column family, in bytes (the
  * memtable not included). Thread: any. */
 uint64_t dkv_store_live_bytes_estimate(dkv_store_t *s);

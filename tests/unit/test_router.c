@@ -55,7 +55,7 @@ static int repl(unsigned n, const char *query, unsigned *ack, unsigned *from)
     *ack = 12345;
     *from = 12345;
     const char *why = NULL;
-    int rc = dkv_query_replication(&q, n, ack, from, &why);
+    int rc = dkv_query_replication(&q, n, n, ack, from, &why);
     if (rc != 0) {
         assert_non_null(why);          /* a 400 says why */
         assert_int_equal(*ack, 12345); /* out-parameters only on success */
@@ -368,6 +368,46 @@ static void test_replication_invalid(void **state)
     }
     expect_repl_invalid(1, "from=2");
     expect_repl_invalid(1, "ack=2");
+}
+
+/* --replication-factor RF < N: from defaults to RF and ack to RF/2+1; a given from may still
+ * go up to N, and not past it. */
+static void test_replication_factor_below_cluster_size(void **state)
+{
+    (void)state;
+    struct {
+        unsigned n, rf;
+        const char *query;
+        int want_rc;
+        unsigned want_ack, want_from;
+    } cases[] = {
+        {5, 3, "", 0, 2, 3},          {5, 3, "id=k", 0, 2, 3},    {10, 3, "", 0, 2, 3},
+        {5, 1, "", 0, 1, 1},          {5, 2, "", 0, 2, 2},        {5, 4, "", 0, 3, 4},
+        {5, 3, "from=4", 0, 3, 4},    {5, 3, "from=5", 0, 3, 5},  {5, 3, "ack=1", 0, 1, 3},
+        {5, 3, "ack=3", 0, 3, 3},     {5, 3, "replicas=1/2", 0, 1, 2},
+        {5, 3, "from=6", DKV_EINVAL, 0, 0}, {5, 3, "ack=4", DKV_EINVAL, 0, 0},
+        {5, 3, "ack=4&from=5", 0, 4, 5},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        dkv_query_t q;
+        assert_int_equal(dkv_query_parse(dkv_slice_str(cases[i].query), &q), 0);
+        unsigned ack = 0;
+        unsigned from = 0;
+        const char *why = NULL;
+        int rc = dkv_query_replication(&q, cases[i].n, cases[i].rf, &ack, &from, &why);
+        dkv_query_cleanup(&q);
+        if (rc != cases[i].want_rc || (rc == 0 && (ack != cases[i].want_ack ||
+                                                   from != cases[i].want_from))) {
+            print_error("N=%u RF=%u \"%s\": rc %d %u/%u, want rc %d %u/%u\n", cases[i].n,
+                        cases[i].rf, cases[i].query, rc, ack, from, cases[i].want_rc,
+                        cases[i].want_ack, cases[i].want_from);
+        }
+        assert_int_equal(rc, cases[i].want_rc);
+        if (rc == 0) {
+            assert_int_equal(ack, cases[i].want_ack);
+            assert_int_equal(from, cases[i].want_from);
+        }
+    }
 }
 
 static void test_replication_legacy_replicas(void **state)
@@ -812,6 +852,7 @@ int main(void)
         cmocka_unit_test(test_replication_only_ack),
         cmocka_unit_test(test_replication_both),
         cmocka_unit_test(test_replication_invalid),
+        cmocka_unit_test(test_replication_factor_below_cluster_size),
         cmocka_unit_test(test_replication_legacy_replicas),
         cmocka_unit_test(test_replication_primary_form_overrides_legacy),
         cmocka_unit_test(test_status_of),
