@@ -144,7 +144,7 @@ def test_wiped_node_holds_every_key_again_through_anti_entropy_alone(cluster_fac
     def moved():
         return sum(p["records_received"] for p in ae(victim)["peers"]) + \
             sum(peer_stat(ae(nd), victim)["records_sent"] for nd in (a, b))
-    h.wait_until(lambda: moved() >= len(keys), 30, what="the exchanges' counters")
+    h.wait_until(lambda: moved() >= len(keys), 60, what="the exchanges' counters")
     # Still rebuilding (auto-rebuild off): it never answered a replica read meanwhile.
     assert verbose(victim)["state"] == "rebuilding"
 
@@ -239,11 +239,11 @@ def test_a_key_deleted_while_a_replica_was_down_never_comes_back(cluster_factory
 
 @pytest.mark.timeout_s(150)
 def test_a_peer_killed_in_the_middle_of_an_exchange_leaves_nothing_half_applied(cluster_factory):
-    """A slow exchange (throttled to 20 KB/s) of 3,000 records node 2 missed; its peers are
+    """A slow exchange (throttled to 10 KB/s: about 25 s) of 3,000 records node 2 missed; its peers are
     killed -9 in the middle. The repair fails, every record node 2 holds is whole and right,
     and the next repair completes the convergence."""
     c = start_cluster(cluster_factory, *QUIET, "--anti-entropy-interval-ms", "0",
-                      "--anti-entropy-max-bytes-per-s", "20000")
+                      "--anti-entropy-max-bytes-per-s", "10000")
     a, b, cc = c
     assert cc.stop() == 0
     keys = [b"m%05d" % i for i in range(3000)]
@@ -255,7 +255,7 @@ def test_a_peer_killed_in_the_middle_of_an_exchange_leaves_nothing_half_applied(
     result = {}
     t = threading.Thread(target=lambda: result.update(r=repair(cc, 120000)))
     t.start()
-    h.wait_until(lambda: len(local_all(cc)) > 400, 60, interval_s=0.05,
+    h.wait_until(lambda: len(local_all(cc)) > 200, 60, interval_s=0.05,
                  what="the exchange to be under way")
     a.kill()
     b.kill()
@@ -263,7 +263,7 @@ def test_a_peer_killed_in_the_middle_of_an_exchange_leaves_nothing_half_applied(
     st, doc = result["r"]
     assert st == 502, (st, doc)
     got = local_all(cc)
-    assert 400 < len(got) < len(want), len(got)
+    assert 200 < len(got) < len(want), len(got)
     bad = [k for k, val in got.items() if want.get(k) != val]
     assert not bad, "records not whole or wrong: %r" % bad[:5]
     a.start()
