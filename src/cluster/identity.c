@@ -30,6 +30,7 @@ struct dkv_identity {
     size_t fresh_count; /* peers in `fresh` */
     bool probation;     /* READY by a majority's word only: a peer not heard yet may still
                            remember this node under another id (state file "probation") */
+    _Atomic int *peer_seen; /* by ring index: 0 never, 1 last seen ready, 2 last seen not ready */
 };
 
 static const uint8_t zero_id[DKV_NODE_ID_BYTES];
@@ -272,6 +273,7 @@ int dkv_identity_open(const char *data_dir, const dkv_ring_t *ring, uint32_t sel
     id->self_idx = self_idx;
     id->peer_ids = dkv_xcalloc(dkv_ring_size(ring), DKV_NODE_ID_BYTES);
     id->fresh = dkv_xcalloc(dkv_ring_size(ring), sizeof(bool));
+    id->peer_seen = dkv_xcalloc(dkv_ring_size(ring), sizeof(*id->peer_seen));
     pthread_mutex_init(&id->mu, NULL);
     const char *self_url = dkv_ring_url(ring, self_idx);
     char url[LINE_MAX_BYTES];
@@ -353,6 +355,7 @@ void dkv_identity_free(dkv_identity_t *id)
     }
     pthread_mutex_destroy(&id->mu);
     free(id->fresh);
+    free((void *)id->peer_seen);
     free(id->peer_ids);
     free(id);
 }
@@ -395,11 +398,17 @@ void dkv_identity_info_for(dkv_identity_t *id, uint32_t peer, dkv_ident_info_t *
     pthread_mutex_unlock(&id->mu);
 }
 
+bool dkv_identity_peer_not_ready(dkv_identity_t *id, uint32_t peer)
+{
+    return peer < dkv_ring_size(id->ring) && atomic_load(&id->peer_seen[peer]) == 2;
+}
+
 void dkv_identity_observe(dkv_identity_t *id, uint32_t peer, const dkv_ident_info_t *info)
 {
     if (peer >= dkv_ring_size(id->ring) || peer == id->self_idx) {
         return;
     }
+    atomic_store(&id->peer_seen[peer], (info->flags & DKV_IDENT_FLAG_READY) != 0 ? 1 : 2);
     const char *url = dkv_ring_url(id->ring, peer);
     pthread_mutex_lock(&id->mu);
     if (memcmp(id->peer_ids[peer], info->node_id, DKV_NODE_ID_BYTES) != 0) {

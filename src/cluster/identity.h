@@ -112,6 +112,13 @@ void dkv_identity_observe(dkv_identity_t *id, uint32_t peer, const dkv_ident_inf
 int dkv_identity_rebuild_done(dkv_identity_t *id);
 
 /**
+ * Whether `peer` (ring index) said in its last handshake with this node that it was not ready
+ * (joining or rebuilding). False when it was ready or was never heard from. A rebuild does not
+ * wait for such a peer: it holds nothing this node lost (repair/rebuild.h). Thread: any.
+ */
+bool dkv_identity_peer_not_ready(dkv_identity_t *id, uint32_t peer);
+
+/**
  * Appends `"node_id":"<hex>","state":"<name>"` (no braces) for a JSON status object.
  * Thread: any.
  */

@@ -134,6 +134,26 @@ static void scan_cb(void *arg, int rc, const dkv_rpc_msg_t *reply)
         return;
     }
     if (rc != 0) {
+        if (dkv_identity_peer_not_ready(r->identity, s->peer)) {
+            /* The peer is itself joining or rebuilding (two disks lost at once): it holds only
+             * writes made since, which reached the other replicas too. Waiting for it would
+             * deadlock the two rebuilds; what it lacks, neither node ever had. */
+            DKV_LOG_WARN("rebuild: %s is not ready itself (its data was lost too): not waiting "
+                         "for it",
+                         dkv_ring_url(r->ring, s->peer));
+            s->done = true;
+            pthread_mutex_lock(&r->mu);
+            r->st_waiting[s->peer] = false;
+            r->st_peers_done++;
+            pthread_mutex_unlock(&r->mu);
+            for (size_t i = 0; i < r->n; i++) {
+                if (i != r->self_idx && !r->streams[i].done) {
+                    return;
+                }
+            }
+            finish(r);
+            return;
+        }
         s->retry_at_ms = uv_now(&r->loop) + r->opts.retry_ms;
         pthread_mutex_lock(&r->mu);
         r->st_waiting[s->peer] = true;
