@@ -202,7 +202,9 @@ void dkv_prom_histogram(dkv_buf_t *out, const char *name, const dkv_prom_label_t
     if (n_labels > 7) {
         n_labels = 7;
     }
-    memcpy(with_le, labels, n_labels * sizeof(*labels));
+    if (n_labels > 0) {
+        memcpy(with_le, labels, n_labels * sizeof(*labels));
+    }
     with_le[n_labels].name = "le";
     uint64_t cum = 0;
     for (unsigned i = 0; i <= DKV_METRICS_BUCKETS; i++) {

@@ -194,8 +194,8 @@ static void peer_metrics(const dkv_router_t *r, dkv_buf_t *b)
 static void hints_metrics(const dkv_router_t *r, dkv_buf_t *b)
 {
     size_t n_nodes = dkv_ring_size(r->env.ring);
-    dkv_hints_target_stats_t st[DKV_RING_MAX_NODES];
-    uint64_t v[6][DKV_RING_MAX_NODES];
+    dkv_hints_target_stats_t st[DKV_RING_MAX_NODES] = {{0}};
+    uint64_t v[5][DKV_RING_MAX_NODES] = {{0}};
     for (size_t p = 0; p < n_nodes; p++) {
         st[p] = dkv_hints_target_stats(r->env.hints, (uint32_t)p);
         v[0][p] = st[p].count;
@@ -249,7 +249,7 @@ static void ae_metrics(const dkv_router_t *r, dkv_buf_t *b)
         "tombstones purged by the repair-gated GC since start-up", st->tombstones_purged);
     one(b, "dkv_late_tombstones_dropped_total", "counter",
         "already purged tombstones pushed back by a peer and dropped", st->late_tombstones_dropped);
-    uint64_t v[DKV_RING_MAX_NODES];
+    uint64_t v[DKV_RING_MAX_NODES] = {0};
     for (size_t p = 0; p < n_nodes; p++) {
         v[p] = st->peers[p].segments_compared;
     }
