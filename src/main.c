@@ -12,6 +12,7 @@
 #include "common/log.h"
 #include "coord/coord.h"
 #include "http/http.h"
+#include "metrics/metrics.h"
 #include "repair/hints.h"
 #include "repair/antientropy.h"
 #include "repair/rebuild.h"
@@ -65,6 +66,7 @@ struct node {
     dkv_rpc_shared_t rpc_shared;
     dkv_skew_t *skew; /* NULL for a cluster of one */
     dkv_coord_stats_t coord_stats;
+    dkv_metrics_t *metrics; /* one counter block per I/O thread */
     uint64_t start_ms;
     _Atomic unsigned conn_count;
     unsigned n_threads;
@@ -215,11 +217,13 @@ static int thread_setup(io_thread_t *t)
 {
     node_t *n = t->node;
     const dkv_conf_t *conf = &n->conf;
+    dkv_metrics_loop_t *metrics = dkv_metrics_loop(n->metrics, t->idx);
     if (dkv_ring_size(n->ring) > 1) {
         dkv_rpc_client_opts_t ropts = rpc_client_opts(conf);
         if (t->idx == 0) {
             ropts.ping_interval_ms = CLOCK_PING_INTERVAL_MS; /* one loop measures the clocks */
         }
+        ropts.metrics = metrics;
         int rc = dkv_rpc_client_new(&t->loop, t->idx, n->ring, n->self_idx, &n->hlc,
                                     &n->rpc_shared, &ropts, &t->rpc_client);
         if (rc != 0) {
@@ -262,7 +266,10 @@ static int thread_setup(io_thread_t *t)
                              .max_clock_offset_ms = conf->max_clock_offset_ms,
                              .coord_stats = &n->coord_stats,
                              .backup_dir = conf->backup_dir[0] != '\0' ? conf->backup_dir : NULL,
-                             .read_repair = conf->read_repair && dkv_ring_size(n->ring) > 1};
+                             .read_repair = conf->read_repair && dkv_ring_size(n->ring) > 1,
+                             .metrics = n->metrics,
+                             .rpc_client = t->rpc_client,
+                             .loop_idx = t->idx};
     dkv_router_new(&renv, &t->router);
     dkv_http_opts_t hopts = {.max_body_bytes = conf->max_body_bytes,
                              .max_header_bytes = conf->max_header_bytes,
@@ -277,7 +284,8 @@ static int thread_setup(io_thread_t *t)
                              .foreign_first_byte = DKV_RPC_MAGIC,
                              .foreign_reserve = conf->max_peer_connections,
                              .foreign_cb = dkv_rpc_server_adopt,
-                             .foreign_arg = t->rpc_server};
+                             .foreign_arg = t->rpc_server,
+                             .metrics = metrics};
     return dkv_http_server_start(&t->loop, conf->listen_host, conf->listen_port,
                                  n->n_threads > 1, &hopts, t->router, &t->http);
 }
@@ -560,6 +568,7 @@ int main(int argc, char **argv)
         }
     }
     n->threads = dkv_xcalloc(n->n_threads, sizeof(io_thread_t));
+    n->metrics = dkv_metrics_new(n->n_threads);
     uv_sem_init(&n->started, 0);
     uv_loop_init(&n->main_loop);
     uv_signal_init(&n->main_loop, &n->sigint);
@@ -633,6 +642,7 @@ out:
         DKV_LOG_INFO("stopped cleanly: store closed, write-ahead log flushed");
     }
     dkv_ring_free(n->ring);
+    dkv_metrics_free(n->metrics);
     dkv_conf_cleanup(&n->conf);
     return exit_code;
 }

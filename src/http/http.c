@@ -41,6 +41,8 @@ typedef struct ack_span {
     size_t off;
     size_t len;
     bool close; /* it said Connection: close */
+    uint8_t method; /* for the metrics, counted once the flush decided 201/202 or 507 */
+    uint8_t status_idx;
 } ack_span_t;
 
 struct dkv_http_server {
@@ -96,6 +98,9 @@ struct conn {
     uint8_t last_nonws;       /* the last byte before exec_base other than SP/HT */
     int err_status; /* set by a parser callback that rejects the request */
     enum dkv_method method;
+    uint8_t metric_method; /* enum dkv_metrics_method of the current request */
+    uint8_t op;            /* streamed response: its enum dkv_metrics_op, observed at the end */
+    uint64_t dispatch_ns;  /* uv_hrtime() at dispatch, when counted */
     bool in_message;
     bool busy;        /* a request was dispatched and its response is not complete */
     bool dispatching; /* inside dkv_router_handle() */
@@ -161,6 +166,7 @@ static int on_message_begin(llhttp_t *p)
     c->expect_continue = false;
     c->err_status = 0;
     c->is_head = false;
+    c->metric_method = DKV_METRICS_OTHER_METHOD;
     return 0;
 }
 
@@ -256,10 +262,29 @@ static enum dkv_method map_method(uint8_t m)
     }
 }
 
+static uint8_t metric_method_of(uint8_t m)
+{
+    switch (m) {
+    case HTTP_GET:
+        return DKV_METRICS_GET;
+    case HTTP_HEAD:
+        return DKV_METRICS_HEAD;
+    case HTTP_PUT:
+        return DKV_METRICS_PUT;
+    case HTTP_DELETE:
+        return DKV_METRICS_DELETE;
+    case HTTP_POST:
+        return DKV_METRICS_POST;
+    default:
+        return DKV_METRICS_OTHER_METHOD;
+    }
+}
+
 static int on_headers_complete(llhttp_t *p)
 {
     conn_t *c = p->data;
     c->method = map_method(p->method);
+    c->metric_method = metric_method_of(p->method);
     c->is_head = p->method == HTTP_HEAD;
     if (p->http_major != 1 || p->http_minor > 1) {
         c->err_status = 505; /* only HTTP/1.0 and HTTP/1.1 are spoken here */
@@ -379,6 +404,11 @@ static void write_head(dkv_buf_t *o, const conn_t *c, const dkv_response_t *resp
     dkv_buf_append(o, "\r\n", 2);
 }
 
+static void count_response(const conn_t *c, unsigned method, unsigned status_idx)
+{
+    dkv_metrics_inc(&c->srv->opts.metrics->http_requests[method][status_idx]);
+}
+
 /* Appends a complete response; closes the connection after it when asked or required. */
 static void conn_respond(conn_t *c, const dkv_response_t *resp, bool force_close)
 {
@@ -397,8 +427,14 @@ static void conn_respond(conn_t *c, const dkv_response_t *resp, bool force_close
             c->cap_acks = c->cap_acks ? 2 * c->cap_acks : 4;
             c->acks = dkv_xrealloc(c->acks, c->cap_acks * sizeof(*c->acks));
         }
-        c->acks[c->n_acks++] =
-            (ack_span_t){.off = start, .len = c->out.len - start, .close = close};
+        c->acks[c->n_acks++] = (ack_span_t){.off = start,
+                                            .len = c->out.len - start,
+                                            .close = close,
+                                            .method = c->metric_method,
+                                            .status_idx =
+                                                (uint8_t)dkv_metrics_status_index(resp->status)};
+    } else if (c->srv->opts.metrics != NULL) {
+        count_response(c, c->metric_method, dkv_metrics_status_index(resp->status));
     }
 }
 
@@ -424,6 +460,10 @@ static void conn_unacknowledge(conn_t *c)
         write_head(&out, c, &resp, a->close);
         dkv_buf_append(&out, resp.body.ptr, resp.body.len);
         pos = a->off + a->len;
+        if (c->srv->opts.metrics != NULL) {
+            count_response(c, a->method, dkv_metrics_status_index(507));
+            dkv_metrics_inc(&c->srv->opts.metrics->wal_flush_failures);
+        }
     }
     dkv_buf_append(&out, c->out.data + pos, c->out.len - pos);
     dkv_buf_cleanup(&c->out);
@@ -529,6 +569,7 @@ static conn_t *conn_new(dkv_http_server_t *s, uv_tcp_t *tcp)
     c->parser.data = c;
     c->sink.base.write = sink_write;
     c->sink.c = c;
+    c->metric_method = DKV_METRICS_OTHER_METHOD;
     c->activity_ms = now_ms(s);
     c->next = s->conns;
     if (s->conns != NULL) {
@@ -664,6 +705,11 @@ static void conn_flush_now(conn_t *c)
     if (c->out.len == 0 || c->closing) {
         return;
     }
+    if (c->srv->opts.metrics != NULL) {
+        for (size_t i = 0; i < c->n_acks; i++) {
+            count_response(c, c->acks[i].method, c->acks[i].status_idx);
+        }
+    }
     c->n_acks = 0; /* past the flush: they are acknowledged now */
     if (c->tcp == NULL) {
         if (c->srv->capture != NULL) {
@@ -686,6 +732,14 @@ static void conn_flush_now(conn_t *c)
 
 /* ---- streaming ---- */
 
+static void observe_latency(conn_t *c, unsigned op)
+{
+    dkv_metrics_loop_t *m = c->srv->opts.metrics;
+    if (m != NULL && op != DKV_METRICS_OP_NONE && op < DKV_METRICS_N_OPS) {
+        dkv_metrics_observe(&m->op_latency[op], uv_hrtime() - c->dispatch_ns);
+    }
+}
+
 static void stream_pump(conn_t *c)
 {
     while (c->stream != NULL && !c->closing && !conn_congested(c)) {
@@ -704,6 +758,10 @@ static void stream_pump(conn_t *c)
             c->stream->free(c->stream);
             c->stream = NULL;
             c->busy = false;
+            if (c->op != DKV_METRICS_OP_NONE) {
+                observe_latency(c, c->op);
+                c->op = DKV_METRICS_OP_NONE;
+            }
         }
         conn_flush(c);
     }
@@ -718,6 +776,9 @@ static void reply_cb(void *arg, dkv_response_t *resp)
 {
     conn_t *c = arg;
     c->srv->inflight--;
+    if (c->srv->opts.metrics != NULL) {
+        dkv_metrics_set(&c->srv->opts.metrics->http_inflight, c->srv->inflight);
+    }
     if (c->closing) {
         dkv_owned_release(&resp->body_owner);
         if (resp->stream != NULL) {
@@ -731,10 +792,13 @@ static void reply_cb(void *arg, dkv_response_t *resp)
     if (resp->stream != NULL && c->is_head) {
         resp->stream->free(resp->stream); /* HEAD: the headers say what GET would send */
         c->busy = false;
+        observe_latency(c, resp->op);
     } else if (resp->stream != NULL) {
         c->stream = resp->stream;
+        c->op = resp->op; /* observed when the last chunk is out */
     } else {
         c->busy = false;
+        observe_latency(c, resp->op);
     }
     if (!c->dispatching) {
         if (c->stream != NULL) {
@@ -783,6 +847,9 @@ static void conn_dispatch(conn_t *c)
         return;
     }
     if (s->inflight >= s->opts.max_inflight) {
+        if (s->opts.metrics != NULL) {
+            dkv_metrics_inc(&s->opts.metrics->http_overloaded);
+        }
         dkv_response_t resp = {.status = 503,
                                .content_type = "text/plain; charset=utf-8",
                                .extra_headers = "Retry-After: 1\r\n",
@@ -795,6 +862,10 @@ static void conn_dispatch(conn_t *c)
     c->busy = true;
     c->refs++;
     s->inflight++;
+    if (s->opts.metrics != NULL) {
+        c->dispatch_ns = uv_hrtime();
+        dkv_metrics_set(&s->opts.metrics->http_inflight, s->inflight);
+    }
     c->dispatching = true;
     dkv_router_handle(s->router, &req, reply_cb, c);
     c->dispatching = false;

@@ -18,6 +18,7 @@
 
 #include "common/buf.h"
 #include "common/slice.h"
+#include "metrics/metrics.h"
 #include "router/router.h"
 
 typedef struct dkv_http_server dkv_http_server_t;
@@ -51,6 +52,11 @@ typedef struct dkv_http_opts {
     unsigned foreign_reserve;
     dkv_http_foreign_cb foreign_cb;
     void *foreign_arg;
+    /* This loop's counters (metrics/metrics.h): requests by method and status, counted when the
+     * response is final (a write acknowledgement after its WAL flush), latency by operation
+     * (dkv_response_t.op) from the complete request to the response (a stream: to its last
+     * chunk), in-flight requests, overload 503s. Borrowed; NULL = not counted. */
+    dkv_metrics_loop_t *metrics;
 } dkv_http_opts_t;
 
 /**

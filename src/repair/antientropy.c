@@ -1156,3 +1156,30 @@ void dkv_ae_status_json(dkv_ae_t *ae, dkv_buf_t *out)
     pthread_mutex_unlock(&ae->mu);
     dkv_buf_append_str(out, "]}");
 }
+
+void dkv_ae_stats(dkv_ae_t *ae, dkv_ae_stats_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    dkv_merkle_counts(ae->merkle, &out->tree_records, &out->tree_tombstones);
+    out->dirty_segments = dkv_merkle_dirty_count(ae->merkle);
+    out->tombstones_purged = dkv_store_purged(ae->store);
+    out->late_tombstones_dropped = dkv_replica_late_tombstones(ae->replica);
+    pthread_mutex_lock(&ae->mu);
+    out->rounds_started = ae->rounds_started;
+    out->rounds_done = ae->rounds_done;
+    out->gc_horizon_ms = ae->gc_horizon_ms;
+    for (size_t p = 0; p < ae->n && p < DKV_RING_MAX_NODES; p++) {
+        const peer_stat_t *st = &ae->stats[p];
+        dkv_ae_peer_stats_t *o = &out->peers[p];
+        o->exchanges_ok = st->ok;
+        o->exchanges_failed = st->failed;
+        o->segments_compared = st->segments;
+        o->keys_repaired = st->keys;
+        o->records_sent = st->sent;
+        o->records_received = st->received;
+        o->bytes_sent = st->bytes_sent;
+        o->bytes_received = st->bytes_received;
+        o->last_ok_start_ms = st->last_ok_start_ms;
+    }
+    pthread_mutex_unlock(&ae->mu);
+}

@@ -101,6 +101,34 @@ bool dkv_ae_round_result(dkv_ae_t *ae, uint64_t round, bool *all_ok);
  */
 void dkv_ae_status_json(dkv_ae_t *ae, dkv_buf_t *out);
 
+/** One peer's exchange counters since start-up. */
+typedef struct dkv_ae_peer_stats {
+    uint64_t exchanges_ok;
+    uint64_t exchanges_failed;
+    uint64_t segments_compared;
+    uint64_t keys_repaired;    /* keys found different and reconciled */
+    uint64_t records_sent;     /* records written to the peer */
+    uint64_t records_received; /* records written here from the peer */
+    uint64_t bytes_sent;
+    uint64_t bytes_received;
+    uint64_t last_ok_start_ms; /* wall clock; 0 = never */
+} dkv_ae_peer_stats_t;
+
+/** The anti-entropy figures for the metrics page. */
+typedef struct dkv_ae_stats {
+    uint64_t rounds_started;
+    uint64_t rounds_done;
+    uint32_t dirty_segments;        /* segments written since their leaf was last refreshed */
+    uint64_t tree_records;          /* records in the trees (all peers' trees together) */
+    uint64_t tree_tombstones;
+    uint64_t tombstones_purged;     /* by the GC, since start-up */
+    uint64_t late_tombstones_dropped;
+    uint64_t gc_horizon_ms;         /* wall clock; 0 = no GC yet */
+    dkv_ae_peer_stats_t peers[DKV_RING_MAX_NODES]; /* by ring index; self's slot is zero */
+} dkv_ae_stats_t;
+
+/** Fills `out` (caller's storage, ~5 KiB). Thread: any (takes the status mutex briefly). */
+void dkv_ae_stats(dkv_ae_t *ae, dkv_ae_stats_t *out);
 
 /**
  * Asks the thread to compact the store fully (POST /v0/admin/compact), so purged tombstones

@@ -59,6 +59,7 @@ typedef struct target {
     uint64_t max_seq;           /* newest hint written (0 = none ever) */
     uint64_t delivered_seq;     /* every hint up to this sequence was delivered */
     uint64_t last_drop_log_ms;
+    dkv_hints_target_stats_t totals; /* the counters of dkv_hints_target_stats_t */
     /* Replay thread only. */
     batch_t *batch; /* in flight, or NULL */
     bool probing;   /* the last batch failed: send one hint at a time until one is delivered,
@@ -312,10 +313,12 @@ int dkv_hints_add(dkv_hints_t *h, uint32_t target, dkv_slice_t key, const dkv_re
     if (t->count > 0 && t->oldest_created_ms != 0 && now > t->oldest_created_ms &&
         now - t->oldest_created_ms > h->opts.window_ms) {
         h->dropped_window++;
+        t->totals.dropped_window++;
         log_drop(t, now, "its oldest hint is older than --hint-window-ms");
         rc = DKV_ETIMEDOUT;
     } else if (h->total_bytes + bytes > h->opts.max_bytes) {
         h->dropped_quota++;
+        t->totals.dropped_quota++;
         log_drop(t, now, "the hints take --max-hints-bytes");
         rc = DKV_ETOOBIG;
     } else {
@@ -334,6 +337,7 @@ int dkv_hints_add(dkv_hints_t *h, uint32_t target, dkv_slice_t key, const dkv_re
             }
             t->max_seq = seq > t->max_seq ? seq : t->max_seq;
             h->written++;
+            t->totals.written++;
         }
     }
     pthread_mutex_unlock(&h->mu);
@@ -417,6 +421,8 @@ static void batch_done(batch_t *b)
     h->total_bytes -= bytes;
     h->replayed += delivered - expired;
     h->dropped_expired += expired;
+    t->totals.replayed += delivered - expired;
+    t->totals.dropped_expired += expired;
     if (delivered > 0) {
         t->delivered_seq = last_seq;
         if (t->count == 0) {
@@ -429,6 +435,7 @@ static void batch_done(batch_t *b)
     }
     if (failed) {
         h->replay_failures++;
+        t->totals.replay_failures++;
     }
     pthread_mutex_unlock(&h->mu);
     if (failed) {
@@ -654,6 +661,7 @@ dkv_hints_target_stats_t dkv_hints_target_stats(dkv_hints_t *h, uint32_t target)
         return s;
     }
     pthread_mutex_lock(&h->mu);
+    s = h->targets[target].totals;
     s.count = h->targets[target].count;
     s.bytes = h->targets[target].bytes;
     s.oldest_created_ms = s.count > 0 ? h->targets[target].oldest_created_ms : 0;

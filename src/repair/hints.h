@@ -50,11 +50,17 @@ typedef struct dkv_hints_opts {
     unsigned rpc_loop_idx;       /* its slot in dkv_rpc_shared_t (not shown in status) */
 } dkv_hints_opts_t;
 
-/** Pending hints for one target, as the status shows them. */
+/** Pending hints for one target, as the status shows them, and its counters since start-up. */
 typedef struct dkv_hints_target_stats {
     uint64_t count;
     uint64_t bytes;
     uint64_t oldest_created_ms; /* wall clock; 0 when count == 0 */
+    uint64_t written;           /* hints stored for it */
+    uint64_t replayed;          /* delivered and deleted */
+    uint64_t replay_failures;   /* replay batches that stopped at a failure */
+    uint64_t dropped_window;    /* not stored: its oldest hint was past the window */
+    uint64_t dropped_quota;     /* not stored: the hints took max_bytes */
+    uint64_t dropped_expired;   /* not replayed: the record was older than max_record_age_ms */
 } dkv_hints_target_stats_t;
 
 /** What a sync point waits for: per target, the last hint sequence that existed. */
@@ -113,7 +119,7 @@ int dkv_hints_add(dkv_hints_t *h, uint32_t target, dkv_slice_t key, const dkv_re
  */
 void dkv_hints_status_json(dkv_hints_t *h, dkv_buf_t *out);
 
-/** Pending hints for `target` now. Thread: any. */
+/** Pending hints for `target` now, and its counters. Thread: any. */
 dkv_hints_target_stats_t dkv_hints_target_stats(dkv_hints_t *h, uint32_t target);
 
 /**

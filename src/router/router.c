@@ -2,6 +2,7 @@
  * Router: request validation and dispatch for the /v0 API (../shared/API.md §3-4, §10, §12).
  */
 #include "router/router.h"
+#include "router/router_int.h"
 
 #include "cluster/hlc.h"
 #include "common/conf.h"
@@ -14,14 +15,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-
-typedef struct sync_wait sync_wait_t;
-
-struct dkv_router {
-    dkv_router_env_t env;
-    sync_wait_t *waits; /* admin calls waiting for a hints sync point */
-    bool stopped;
-};
 
 #define TEXT "text/plain; charset=utf-8"
 
@@ -281,8 +274,12 @@ static void entity_done_cb(void *arg, dkv_coord_result_t *res)
     entity_ctx_t ctx = *(entity_ctx_t *)arg;
     free(arg);
     int status = dkv_router_status_of(res->rc, ctx.is_get, ctx.is_delete);
+    unsigned char op = ctx.is_get      ? DKV_METRICS_OP_GET
+                       : ctx.is_delete ? DKV_METRICS_OP_DELETE
+                                       : DKV_METRICS_OP_PUT;
     if (status == 200) {
-        dkv_response_t resp = {.status = 200, .content_type = "application/octet-stream"};
+        dkv_response_t resp = {
+            .status = 200, .content_type = "application/octet-stream", .op = op};
         resp.body = res->record.value;
         resp.body_owner = res->buf;
         memset(&res->buf, 0, sizeof(res->buf));
@@ -310,7 +307,8 @@ static void entity_done_cb(void *arg, dkv_coord_result_t *res)
         text = "Internal Error\n";
         break;
     }
-    dkv_response_t resp = {.status = status, .content_type = TEXT, .body = dkv_slice_str(text)};
+    dkv_response_t resp = {
+        .status = status, .content_type = TEXT, .body = dkv_slice_str(text), .op = op};
     /* A 201 or 202 may rest on this thread's unflushed write-ahead log: http/ flushes it before
      * sending and turns the acknowledgement into a 507 if the flush fails. */
     resp.acknowledges_write = status == 201 || status == 202;
@@ -446,7 +444,7 @@ static void handle_entities(dkv_router_t *r, const dkv_request_t *req, dkv_query
     rs->base.free = range_free;
     rs->it = it;
     dkv_response_t resp = {.status = 200, .content_type = "application/octet-stream",
-                           .stream = &rs->base};
+                           .stream = &rs->base, .op = DKV_METRICS_OP_RANGE};
     cb(arg, &resp);
 }
 
@@ -1031,6 +1029,12 @@ void dkv_router_handle(dkv_router_t *r, const dkv_request_t *req, dkv_router_rep
         handler = handle_admin_compact;
     } else if (dkv_slice_eq_str(path, "/v0/admin/checkpoint")) {
         handler = handle_admin_checkpoint;
+    } else if (dkv_slice_eq_str(path, "/metrics")) {
+        handler = router_handle_metrics;
+    } else if (dkv_slice_eq_str(path, "/v0/health")) {
+        handler = router_handle_health;
+    } else if (dkv_slice_eq_str(path, "/v0/ready")) {
+        handler = router_handle_ready;
     } else {
         reply_text(cb, arg, 400, "Bad Request: unknown path\n");
         return;

@@ -15,6 +15,7 @@
 #include "common/buf.h"
 #include "common/slice.h"
 #include "coord/coord.h"
+#include "metrics/metrics.h"
 #include "repair/antientropy.h"
 #include "repair/rebuild.h"
 #include "store/store.h"
@@ -61,6 +62,8 @@ typedef struct dkv_response {
     /* A 201/202 that acknowledges a write: sent only if the write-ahead-log flush before the
      * write(2) succeeds (http.h before_flush); otherwise it becomes 507 Insufficient Storage. */
     bool acknowledges_write;
+    /* The operation's latency histogram (metrics/metrics.h enum dkv_metrics_op); 0 = none. */
+    unsigned char op;
 } dkv_response_t;
 
 /** Receives the response; the callee takes ownership of resp->body_owner and resp->stream. */
@@ -89,6 +92,12 @@ typedef struct dkv_router_env {
     dkv_coord_stats_t *coord_stats; /* convergence counters, may be NULL */
     const char *backup_dir;        /* checkpoints go under it; NULL: the endpoint answers 403 */
     bool read_repair;
+    dkv_metrics_t *metrics;        /* every I/O loop's counters for GET /metrics; NULL: only
+                                      the node-wide figures are shown */
+    dkv_rpc_client_t *rpc_client;  /* this loop's RPC client: GET /v0/ready reaches out to
+                                      peers through it; NULL for a cluster of one */
+    unsigned loop_idx;             /* this loop's slot in rpc_shared->view (its client's
+                                      loop_idx) */
 } dkv_router_env_t;
 
 /** Creates a router for one I/O thread. @param env copied, pointers borrowed. @return 0. */

@@ -47,6 +47,10 @@
 
 enum conn_state { DISCONNECTED, CONNECTING, CONNECTED };
 enum breaker_state { BREAKER_CLOSED, BREAKER_OPEN, BREAKER_HALF_OPEN };
+_Static_assert((int)BREAKER_OPEN == (int)DKV_METRICS_OPEN &&
+                   (int)BREAKER_HALF_OPEN == (int)DKV_METRICS_HALF_OPEN,
+               "the metrics name breaker states by these values");
+_Static_assert(DKV_METRICS_MAX_PEERS >= DKV_RING_MAX_NODES, "metrics count every peer");
 
 typedef struct pending {
     struct pending *next;
@@ -57,7 +61,8 @@ typedef struct pending {
     void *arg;
     uint8_t expect; /* the reply type that answers it (DKV_RPC_GET_REPLY, ...) */
     bool is_probe;
-    uint64_t sent_ns; /* a PING: uv_hrtime() when it was queued */
+    uint64_t sent_ns; /* uv_hrtime() when queued: a PING, or any request when the client counts
+                         metrics */
 } pending_t;
 
 typedef struct peer peer_t;
@@ -91,7 +96,9 @@ struct peer {
     uint64_t probe_backoff_ms;
     bool background; /* the current connection is a background probe */
     bool dirty;      /* `out` has bytes to flush */
-    bool rejected;   /* the peer refused our handshake (different cluster) */
+    bool rejected;   /* the peer refused our handshake (different cluster) and no handshake has
+                        succeeded since */
+    uint8_t hs;      /* dkv_rpc_handshake_t, but for REJECTED, which `rejected` says */
     bool refused;    /* the last failed connection attempt was refused (the port was closed)
                         and no handshake has succeeded since */
     bool auth_wait;  /* authenticated handshake: HELLO sent, nothing else until its challenge */
@@ -137,6 +144,46 @@ static uint64_t now_ms(const dkv_rpc_client_t *c)
     return uv_now(c->loop);
 }
 
+/* ---- metrics ---- */
+
+static void count_transition(peer_t *p, enum breaker_state to)
+{
+    dkv_metrics_loop_t *m = p->client->opts.metrics;
+    if (m != NULL) {
+        dkv_metrics_inc(&m->breaker_transitions[p->idx][to]);
+    }
+}
+
+/* A request failed at once, never sent (breaker open, no connection, queue full). */
+static void count_rejected(peer_t *p)
+{
+    dkv_metrics_loop_t *m = p->client->opts.metrics;
+    if (m != NULL) {
+        dkv_metrics_inc(&m->rpc_requests[p->idx][DKV_METRICS_RPC_REJECTED]);
+    }
+}
+
+/* One replica request ended with `rc` (dkv_rpc_reply_cb's codes). */
+static void count_outcome(peer_t *p, const pending_t *req, int rc)
+{
+    dkv_metrics_loop_t *m = p->client->opts.metrics;
+    if (m == NULL) {
+        return;
+    }
+    unsigned o = DKV_METRICS_RPC_ERROR;
+    if (rc == 0 || rc == DKV_ENOTFOUND) {
+        o = DKV_METRICS_RPC_OK;
+    } else if (rc == DKV_ENOTREADY) {
+        o = DKV_METRICS_RPC_NOT_READY;
+    } else if (rc == DKV_ETIMEDOUT) {
+        o = DKV_METRICS_RPC_TIMEOUT;
+    } else if (rc == DKV_EUNAVAIL) {
+        o = DKV_METRICS_RPC_UNAVAILABLE;
+    }
+    dkv_metrics_inc(&m->rpc_requests[p->idx][o]);
+    dkv_metrics_observe(&m->rpc_latency[p->idx], uv_hrtime() - req->sent_ns);
+}
+
 
 /* ---- circuit breaker ---- */
 
@@ -144,6 +191,7 @@ static void breaker_close(peer_t *p, const char *why)
 {
     if (p->breaker != BREAKER_CLOSED) {
         DKV_LOG_INFO("rpc: peer %s: circuit breaker closed (%s)", p->url, why);
+        count_transition(p, BREAKER_CLOSED);
     }
     p->breaker = BREAKER_CLOSED;
     p->failures = 0;
@@ -159,6 +207,7 @@ static void breaker_open(peer_t *p)
         DKV_LOG_WARN("rpc: peer %s: circuit breaker open after %u consecutive failure(s); "
                      "failing its requests at once for %llu ms",
                      p->url, p->failures, (unsigned long long)c->opts.breaker_cooldown_ms);
+        count_transition(p, BREAKER_OPEN);
     }
     p->breaker = BREAKER_OPEN;
     p->probe_inflight = false;
@@ -217,6 +266,7 @@ static int breaker_admit(peer_t *p, bool *probe)
             return DKV_EUNAVAIL;
         }
         p->breaker = BREAKER_HALF_OPEN;
+        count_transition(p, BREAKER_HALF_OPEN);
         publish(p);
         DKV_LOG_INFO("rpc: peer %s: circuit breaker half-open, sending one probe", p->url);
         /* fall through */
@@ -254,6 +304,7 @@ static void complete_msg(peer_t *p, pending_t *req, int rc, const dkv_record_t *
     bool probe = req->is_probe;
     req->cb = NULL;
     req->scan_cb = NULL;
+    count_outcome(p, req, rc);
     if (probe) {
         p->probe_inflight = false;
     }
@@ -290,6 +341,7 @@ static void fail_all(peer_t *p, int rc)
             if (req->is_probe) {
                 p->probe_inflight = false;
             }
+            count_outcome(p, req, rc);
             if (scan_cb != NULL) {
                 scan_cb(req->arg, rc, NULL);
             } else {
@@ -366,6 +418,9 @@ static void peer_conn_failed(peer_t *p, int rc, const char *what)
         probe = probe || (live(r) && r->is_probe);
     }
     DKV_LOG_DEBUG("rpc: peer %s: %s", p->url, what);
+    if (!p->rejected) {
+        p->hs = DKV_RPC_HS_FAILED;
+    }
     bool background = p->background;
     peer_disconnect(p, rc);
     if (background) {
@@ -511,6 +566,8 @@ static void handle_reply(peer_t *p, const dkv_rpc_msg_t *m)
         }
         p->hello_ok = true;
         p->refused = false;
+        p->rejected = false;
+        p->hs = DKV_RPC_HS_OK;
         if (m->hello_ok.has_ident && p->client->shared->identity != NULL) {
             dkv_identity_observe(p->client->shared->identity, p->idx, &m->hello_ok.ident);
         }
@@ -928,6 +985,7 @@ int dkv_rpc_client_call(dkv_rpc_client_t *c, uint32_t peer, const dkv_rpc_call_t
     bool probe = false;
     int rc = breaker_admit(p, &probe);
     if (rc != 0) {
+        count_rejected(p);
         return rc;
     }
     if (p->state == DISCONNECTED) {
@@ -936,6 +994,7 @@ int dkv_rpc_client_call(dkv_rpc_client_t *c, uint32_t peer, const dkv_rpc_call_t
             if (probe) {
                 p->probe_inflight = false;
             }
+            count_rejected(p);
             return DKV_EUNAVAIL;
         }
     }
@@ -944,6 +1003,7 @@ int dkv_rpc_client_call(dkv_rpc_client_t *c, uint32_t peer, const dkv_rpc_call_t
         if (probe) {
             p->probe_inflight = false;
         }
+        count_rejected(p);
         return DKV_EUNAVAIL;
     }
     uint64_t id = c->next_req_id++;
@@ -976,6 +1036,9 @@ int dkv_rpc_client_call(dkv_rpc_client_t *c, uint32_t peer, const dkv_rpc_call_t
                              call->timeout_ms > 0 ? call->timeout_ms : c->opts.request_timeout_ms);
     req->is_probe = probe;
     req->scan_cb = call->scan_cb;
+    if (c->opts.metrics != NULL) {
+        req->sent_ns = uv_hrtime();
+    }
     if (p->state == CONNECTED) {
         mark_dirty(p);
     }
@@ -991,7 +1054,8 @@ static void publish(peer_t *p)
     uint64_t failures = p->failures > 0xffff ? 0xffff : p->failures;
     size_t n = p->n_pending - (p->ping_inflight && p->n_pending > 0 ? 1 : 0); /* PINGs aside */
     uint64_t pending = n > 0xffffffffu ? 0xffffffffu : n;
-    uint64_t v = (uint64_t)p->breaker << 56 |
+    uint64_t hs = p->rejected ? DKV_RPC_HS_REJECTED : p->hs;
+    uint64_t v = (uint64_t)p->breaker << 56 | hs << 49 |
                  (uint64_t)(p->state == CONNECTED && p->hello_ok) << 48 | failures << 32 | pending;
     atomic_store_explicit(&c->shared->view[c->loop_idx][p->idx], v, memory_order_relaxed);
 }
@@ -1015,7 +1079,7 @@ void dkv_rpc_status_json(dkv_rpc_shared_t *shared, const dkv_ring_t *ring, uint3
             uint64_t v = atomic_load_explicit(&shared->view[l][i], memory_order_relaxed);
             unsigned b = (unsigned)(v >> 56) & 0xff;
             b = b <= BREAKER_HALF_OPEN ? b : BREAKER_CLOSED;
-            bool conn = ((v >> 48) & 0xff) != 0;
+            bool conn = ((v >> 48) & 1) != 0;
             unsigned f = (unsigned)(v >> 32) & 0xffff;
             uint64_t pend = v & 0xffffffffu;
             worst = severity[b] > severity[worst] ? b : worst;
@@ -1041,6 +1105,41 @@ void dkv_rpc_status_json(dkv_rpc_shared_t *shared, const dkv_ring_t *ring, uint3
         dkv_buf_append_str(out, "}");
         dkv_buf_cleanup(&loops);
         first = false;
+    }
+}
+
+void dkv_rpc_peer_view(const dkv_rpc_shared_t *shared, unsigned loop, uint32_t peer,
+                       dkv_rpc_peer_view_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (loop >= DKV_RPC_MAX_LOOPS || peer >= DKV_RING_MAX_NODES) {
+        return;
+    }
+    uint64_t v = atomic_load_explicit((_Atomic uint64_t *)&shared->view[loop][peer],
+                                      memory_order_relaxed);
+    unsigned b = (unsigned)(v >> 56) & 0xff;
+    out->breaker = b <= BREAKER_HALF_OPEN ? b : BREAKER_CLOSED;
+    out->connected = ((v >> 48) & 1) != 0;
+    out->handshake = (dkv_rpc_handshake_t)((v >> 49) & 3);
+    out->failures = (unsigned)(v >> 32) & 0xffff;
+    out->pending = v & 0xffffffffu;
+}
+
+void dkv_rpc_client_reach(dkv_rpc_client_t *c)
+{
+    if (c->closing) {
+        return;
+    }
+    uint64_t now = now_ms(c);
+    for (size_t i = 0; i < c->n_peers; i++) {
+        peer_t *p = &c->peers[i];
+        if (i == c->self_idx || p->state != DISCONNECTED || now < p->next_probe_ms) {
+            continue;
+        }
+        /* A background attempt: its failure only backs off (peer_conn_failed), so a readiness
+         * probe never opens a breaker. A success closes an open one, as the sweep's probe does. */
+        p->next_probe_ms = now + p->probe_backoff_ms;
+        peer_connect(p, true);
     }
 }
 

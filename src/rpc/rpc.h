@@ -21,6 +21,7 @@
 #include "common/buf.h"
 #include "common/record.h"
 #include "common/slice.h"
+#include "metrics/metrics.h"
 #include "replica/replica.h"
 #include "rpc/auth.h"
 #include "rpc/proto.h"
@@ -56,10 +57,38 @@ typedef struct dkv_rpc_shared {
     /* RPC connections every loop's server holds open, for dkv_rpc_server_opts_t.max_connections
      * (--max-peer-connections). */
     _Atomic unsigned server_conns;
-    /* Each loop's view of each peer, published by that loop's client for the status page:
-     * breaker (8 bits) | connected (8) | consecutive failures (16) | pending requests (32). */
+    /* Each loop's view of each peer, published by that loop's client for the status page and
+     * readiness: breaker (8 bits) | handshake (2 bits, dkv_rpc_handshake_t) << 1 | connected
+     * (1 bit) (8) | consecutive failures (16) | pending requests (32). Read it with
+     * dkv_rpc_peer_view(). */
     _Atomic uint64_t view[DKV_RPC_MAX_LOOPS][DKV_RING_MAX_NODES];
 } dkv_rpc_shared_t;
+
+/* What a loop's client last learnt of a peer's handshake. */
+typedef enum dkv_rpc_handshake {
+    DKV_RPC_HS_UNKNOWN = 0,  /* this loop never completed a handshake with the peer */
+    DKV_RPC_HS_OK = 1,       /* the last handshake succeeded (the connection may be idle-closed) */
+    DKV_RPC_HS_REJECTED = 2, /* the peer refused our handshake, or failed authentication:
+                                another cluster (fingerprint, secret); not reachable for us */
+    DKV_RPC_HS_FAILED = 3,   /* the last connection failed (refused, reset, timed out) */
+} dkv_rpc_handshake_t;
+
+/** One loop's published view of one peer. */
+typedef struct dkv_rpc_peer_view {
+    unsigned breaker;  /* enum dkv_metrics_breaker: closed, open, half-open */
+    bool connected;    /* a connection with a completed handshake is open */
+    dkv_rpc_handshake_t handshake;
+    unsigned failures; /* consecutive */
+    uint64_t pending;  /* requests waiting for a reply */
+} dkv_rpc_peer_view_t;
+
+/**
+ * Reads loop `loop`'s view of peer `peer` (relaxed: a snapshot for display and readiness). A loop
+ * slot no client uses reads as closed, not connected, handshake unknown.
+ * @param loop 0..DKV_RPC_MAX_LOOPS-1; @param peer ring index. Thread: any.
+ */
+void dkv_rpc_peer_view(const dkv_rpc_shared_t *shared, unsigned loop, uint32_t peer,
+                       dkv_rpc_peer_view_t *out);
 
 typedef struct dkv_rpc_client_opts {
     uint64_t request_timeout_ms;  /* per request, from send to reply */
@@ -76,6 +105,9 @@ typedef struct dkv_rpc_client_opts {
                                      client's creation on) into shared->skew; one client
                                      of the node does it (the first I/O loop's); 0 = never. Its
                                      connections then never go idle. */
+    dkv_metrics_loop_t *metrics;  /* the loop's counters (replica requests by peer and outcome,
+                                     their latency, breaker transitions); borrowed; NULL = not
+                                     counted */
 } dkv_rpc_client_opts_t;
 
 /**
@@ -148,6 +180,15 @@ typedef struct dkv_rpc_call {
  */
 int dkv_rpc_client_call(dkv_rpc_client_t *c, uint32_t peer, const dkv_rpc_call_t *call,
                         dkv_rpc_reply_cb cb, void *arg);
+
+/**
+ * Starts a background connection (handshake only, no request; its failure never counts for the
+ * breaker) to every peer this client has no connection to, at most once per peer per probe
+ * backoff (50 ms doubling to 1 s while attempts fail). The readiness check calls it so that what
+ * dkv_rpc_peer_view() says is fresh even without traffic.
+ * Thread: the client's loop thread.
+ */
+void dkv_rpc_client_reach(dkv_rpc_client_t *c);
 
 /**
  * Appends the node's view of every peer as JSON array elements (without brackets) to `out`,

@@ -56,6 +56,8 @@
  * database generation of its first such write: a reopen in between dropped that write. */
 static _Thread_local dkv_store_t *wal_store;
 static _Thread_local uint64_t wal_gen;
+/* Bytes of the write batches this thread appended to the WAL buffer since its last sync. */
+static _Thread_local uint64_t wal_pending_bytes;
 
 /* Generations of every database opened by this process: a reopen gets a new one. */
 static _Atomic uint64_t last_generation;
@@ -90,6 +92,8 @@ struct dkv_store {
     dkv_store_write_cb observer;    /* set before any write; may be NULL */
     void *observer_arg;
     _Atomic uint64_t purged;        /* tombstones purged since open */
+    _Atomic uint64_t wal_syncs;     /* WAL buffer flushes (write(2), fsync with opts.fsync) */
+    _Atomic uint64_t wal_bytes;     /* write-batch bytes those flushes made durable */
     pthread_mutex_t stripes[KEY_STRIPES];
 };
 
@@ -358,19 +362,36 @@ static int write_begin(dkv_store_t *s)
 }
 
 /* Ends a write begun by write_begin(): records a failure (freeing `err`) or marks this thread's
- * WAL buffer dirty, then releases the locks. */
-static int write_end(dkv_store_t *s, const char *what, char *err)
+ * WAL buffer dirty with `wal_bytes` more bytes, then releases the locks. */
+static int write_end_bytes(dkv_store_t *s, const char *what, char *err, size_t wal_bytes)
 {
     int rc = 0;
     if (err != NULL) {
         rc = write_failed(s, what, err);
-    } else if (wal_store != s) {
-        wal_store = s;
-        wal_gen = atomic_load(&s->generation);
+    } else {
+        if (wal_store != s) {
+            wal_store = s;
+            wal_gen = atomic_load(&s->generation);
+            wal_pending_bytes = 0;
+        }
+        wal_pending_bytes += wal_bytes;
     }
     pthread_rwlock_unlock(&s->wal_lock);
     pthread_rwlock_unlock(&s->db_lock);
     return rc;
+}
+
+static int write_end(dkv_store_t *s, const char *what, char *err)
+{
+    return write_end_bytes(s, what, err, 0);
+}
+
+/* The size of a write batch as the WAL gets it (its serialized form). */
+static size_t batch_bytes(rocksdb_writebatch_t *wb)
+{
+    size_t n = 0;
+    rocksdb_writebatch_data(wb, &n);
+    return n;
 }
 
 void dkv_store_thread_init(void)
@@ -720,12 +741,13 @@ int dkv_store_put(dkv_store_t *s, dkv_slice_t key, const dkv_record_t *rec)
     pthread_mutex_lock(mu);
     rocksdb_write(s->db, s->wopts, wb, &err);
     pthread_mutex_unlock(mu);
+    size_t wal_bytes = batch_bytes(wb);
     rocksdb_writebatch_destroy(wb);
     if (buf != stack) {
         free(buf);
     }
     bool ok = err == NULL;
-    rc = write_end(s, "write", err);
+    rc = write_end_bytes(s, "write", err, wal_bytes);
     if (ok && s->observer != NULL && dklen > 0) {
         s->observer(s->observer_arg, dkv_store_segment(key));
     }
@@ -739,7 +761,9 @@ int dkv_store_sync_wal(dkv_store_t *s)
     }
     bool same_store = wal_store == s;
     uint64_t gen = wal_gen;
+    uint64_t pending_bytes = wal_pending_bytes;
     wal_store = NULL;
+    wal_pending_bytes = 0;
     int rc = 0;
     pthread_rwlock_rdlock(&s->db_lock);
     pthread_rwlock_wrlock(&s->wal_lock);
@@ -756,6 +780,10 @@ int dkv_store_sync_wal(dkv_store_t *s)
         rocksdb_flush_wal(s->db, s->fsync ? 1 : 0, &err);
         if (err != NULL) {
             rc = write_failed(s, "write-ahead log flush", err);
+        } else {
+            /* Under the exclusive wal_lock already: these adds never contend. */
+            atomic_fetch_add_explicit(&s->wal_syncs, 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&s->wal_bytes, pending_bytes, memory_order_relaxed);
         }
     }
     pthread_rwlock_unlock(&s->wal_lock);
@@ -966,7 +994,7 @@ int dkv_store_hint_put(dkv_store_t *s, dkv_slice_t key, dkv_slice_t value)
     char *err = NULL;
     rocksdb_put_cf(s->db, s->wopts, s->cf_hints, (const char *)key.ptr, key.len,
                    (const char *)value.ptr, value.len, &err);
-    return write_end(s, "hint write", err);
+    return write_end_bytes(s, "hint write", err, key.len + value.len);
 }
 
 int dkv_store_hint_delete(dkv_store_t *s, dkv_slice_t key)
@@ -977,7 +1005,7 @@ int dkv_store_hint_delete(dkv_store_t *s, dkv_slice_t key)
     }
     char *err = NULL;
     rocksdb_delete_cf(s->db, s->wopts, s->cf_hints, (const char *)key.ptr, key.len, &err);
-    return write_end(s, "hint delete", err);
+    return write_end_bytes(s, "hint delete", err, key.len);
 }
 
 int dkv_store_hint_iter_new(dkv_store_t *s, dkv_slice_t lower, dkv_slice_t upper,
@@ -1130,8 +1158,9 @@ int dkv_store_purge_tombstone(dkv_store_t *s, dkv_slice_t key, uint64_t max_ts)
     rocksdb_writebatch_delete_cf(wb, s->cf_digest, (const char *)dk, dklen);
     rocksdb_write(s->db, s->wopts, wb, &err);
     pthread_mutex_unlock(mu);
+    size_t wal_bytes = batch_bytes(wb);
     rocksdb_writebatch_destroy(wb);
-    rc = write_end(s, "purge", err);
+    rc = write_end_bytes(s, "purge", err, wal_bytes);
     if (rc != 0) {
         return rc;
     }
@@ -1246,4 +1275,46 @@ uint64_t dkv_store_keys_estimate(dkv_store_t *s)
     }
     pthread_rwlock_unlock(&s->db_lock);
     return v;
+}
+
+/* One integer property of column family `cf`, 0 when RocksDB does not know it. */
+static uint64_t cf_property(dkv_store_t *s, rocksdb_column_family_handle_t *cf, const char *name)
+{
+    uint64_t v = 0;
+    if (rocksdb_property_int_cf(s->db, cf, name, &v) != 0) {
+        v = 0;
+    }
+    return v;
+}
+
+void dkv_store_stats(dkv_store_t *s, dkv_store_stats_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->wal_syncs = atomic_load_explicit(&s->wal_syncs, memory_order_relaxed);
+    out->wal_bytes = atomic_load_explicit(&s->wal_bytes, memory_order_relaxed);
+    out->block_cache_usage_bytes = rocksdb_cache_get_usage(s->cache);
+    out->block_cache_pinned_bytes = rocksdb_cache_get_pinned_usage(s->cache);
+    out->block_cache_capacity_bytes = rocksdb_cache_get_capacity(s->cache);
+    pthread_rwlock_rdlock(&s->db_lock);
+    if (s->db != NULL) {
+        rocksdb_column_family_handle_t *cfs[DKV_STORE_N_CFS] = {s->cf_data, s->cf_hints,
+                                                                 s->cf_digest};
+        for (unsigned i = 0; i < DKV_STORE_N_CFS; i++) {
+            dkv_store_cf_stats_t *c = &out->cf[i];
+            c->memtable_bytes = cf_property(s, cfs[i], "rocksdb.cur-size-all-mem-tables");
+            c->sst_total_bytes = cf_property(s, cfs[i], "rocksdb.total-sst-files-size");
+            c->sst_live_bytes = cf_property(s, cfs[i], "rocksdb.live-sst-files-size");
+            c->pending_compaction_bytes =
+                cf_property(s, cfs[i], "rocksdb.estimate-pending-compaction-bytes");
+            c->keys_estimate = cf_property(s, cfs[i], "rocksdb.estimate-num-keys");
+            c->live_versions = cf_property(s, cfs[i], "rocksdb.num-live-versions");
+        }
+    }
+    pthread_rwlock_unlock(&s->db_lock);
+}
+
+const char *dkv_store_cf_name(unsigned cf)
+{
+    static const char *const names[DKV_STORE_N_CFS] = {"data", "hints", "digest"};
+    return cf < DKV_STORE_N_CFS ? names[cf] : "?";
 }

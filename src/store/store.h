@@ -287,6 +287,40 @@ uint64_t dkv_store_live_bytes_estimate(dkv_store_t *s);
  * entry per record, tombstones included). Thread: any. */
 uint64_t dkv_store_keys_estimate(dkv_store_t *s);
 
+/* Column families, in dkv_store_stats_t.cf order. */
+#define DKV_STORE_N_CFS 3u
+
+/** RocksDB's figures for one column family (its properties; 0 when unknown). */
+typedef struct dkv_store_cf_stats {
+    uint64_t memtable_bytes;           /* rocksdb.cur-size-all-mem-tables */
+    uint64_t sst_total_bytes;          /* rocksdb.total-sst-files-size (all versions) */
+    uint64_t sst_live_bytes;           /* rocksdb.live-sst-files-size (current version) */
+    uint64_t pending_compaction_bytes; /* rocksdb.estimate-pending-compaction-bytes */
+    uint64_t keys_estimate;            /* rocksdb.estimate-num-keys */
+    uint64_t live_versions;            /* rocksdb.num-live-versions */
+} dkv_store_cf_stats_t;
+
+/** The store's figures for the metrics page. */
+typedef struct dkv_store_stats {
+    uint64_t wal_syncs;  /* successful WAL buffer flushes since open (dkv_store_sync_wal) */
+    uint64_t wal_bytes;  /* write-batch bytes those flushes made durable (RocksDB's WAL framing,
+                            a few bytes per 32 KiB block, not included) */
+    uint64_t block_cache_usage_bytes;
+    uint64_t block_cache_pinned_bytes;
+    uint64_t block_cache_capacity_bytes;
+    dkv_store_cf_stats_t cf[DKV_STORE_N_CFS]; /* data, hints, digest */
+} dkv_store_stats_t;
+
+/**
+ * Fills `out` (caller's storage) with the store's counters and RocksDB's properties. Takes the
+ * database lock shared, like a read (never blocks behind a stream of writes for long; waits for
+ * a reopen). Costs a few microseconds (18 property reads). Thread: any.
+ */
+void dkv_store_stats(dkv_store_t *s, dkv_store_stats_t *out);
+
+/** "data", "hints" or "digest": the label of column family `cf` (0..DKV_STORE_N_CFS-1). Pure. */
+const char *dkv_store_cf_name(unsigned cf);
+
 /**
  * The merge operator's core, exported for tests and fuzzing: among `n` encoded records, the index
  * of the newest one that decodes, or -1 when none decodes. Thread: any.
