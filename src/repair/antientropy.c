@@ -218,7 +218,10 @@ void dkv_ae_serve_tree(void *arg, uint32_t peer, const dkv_rpc_msg_t *m, dkv_buf
         uint64_t now = wall_ms();
         uint64_t at = dkv_merkle_refreshed_at_ms(ae->merkle);
         uint64_t asked = atomic_load(&ae->asked_at[peer]);
-        if (dkv_merkle_dirty_count(ae->merkle) > 0 && (asked == 0 || at <= asked)) {
+        /* Not from a tree whose refresh is under way either: its dirty bits are taken, but
+         * part of it still has the hashes from before. */
+        bool stale = dkv_merkle_dirty_count(ae->merkle) > 0 && (asked == 0 || at <= asked);
+        if (stale || dkv_merkle_refreshing(ae->merkle)) {
             if (asked == 0) {
                 atomic_store(&ae->asked_at[peer], now);
             }

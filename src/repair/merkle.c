@@ -21,6 +21,7 @@ struct dkv_merkle {
     size_t n;
     _Atomic uint64_t dirty[DIRTY_WORDS];
     _Atomic uint64_t refreshed_at_ms;
+    _Atomic bool refreshing; /* a refresh runs: some taken segments are not rehashed yet */
     _Atomic bool built;
     pthread_mutex_t mu;  /* the published hashes and counts below */
     uint64_t *leaves;    /* [n][DKV_MERKLE_SEGMENTS]; self's row unused */
@@ -127,6 +128,11 @@ bool dkv_merkle_built(dkv_merkle_t *m)
     return atomic_load(&m->built);
 }
 
+bool dkv_merkle_refreshing(dkv_merkle_t *m)
+{
+    return atomic_load(&m->refreshing);
+}
+
 uint64_t dkv_merkle_refreshed_at_ms(dkv_merkle_t *m)
 {
     return atomic_load(&m->refreshed_at_ms);
@@ -216,6 +222,7 @@ static int refresh_run(dkv_merkle_t *m, uint32_t lo, uint32_t hi)
 int dkv_merkle_refresh(dkv_merkle_t *m, uint32_t *rehashed)
 {
     uint64_t started = dkv_hlc_system_clock_ms(NULL);
+    atomic_store(&m->refreshing, true);
     /* Take the dirty set first: a write after this re-marks its segment, and the scans below
      * start after it, so no write is missed (at worst a segment is recomputed twice). */
     uint64_t *taken = dkv_xmalloc(DIRTY_WORDS * sizeof(uint64_t));
@@ -249,6 +256,7 @@ int dkv_merkle_refresh(dkv_merkle_t *m, uint32_t *rehashed)
         atomic_store(&m->built, true);
         atomic_store(&m->refreshed_at_ms, started);
     }
+    atomic_store(&m->refreshing, false);
     if (rehashed != NULL) {
         *rehashed = n_taken;
     }

@@ -74,6 +74,10 @@ uint32_t dkv_merkle_dirty_count(dkv_merkle_t *m);
 /** Whether every segment was computed at least once (the first refresh finished). Thread: any. */
 bool dkv_merkle_built(dkv_merkle_t *m);
 
+/** Whether a refresh is running: its dirty bits are taken but not all its segments rehashed, so
+ * the published hashes are a mix of before and after. Thread: any. */
+bool dkv_merkle_refreshing(dkv_merkle_t *m);
+
 /** Wall-clock ms when the last completed refresh started; 0 before the first. Thread: any. */
 uint64_t dkv_merkle_refreshed_at_ms(dkv_merkle_t *m);
 

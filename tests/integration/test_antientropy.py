@@ -268,6 +268,11 @@ def test_a_peer_killed_in_the_middle_of_an_exchange_leaves_nothing_half_applied(
     assert not bad, "records not whole or wrong: %r" % bad[:5]
     a.start()
     b.start()
+    # The rest at full speed: node 2 restarts without the throttle (its records stay).
+    assert cc.stop() == 0
+    i = cc.extra_args.index("--anti-entropy-max-bytes-per-s")
+    cc.extra_args[i + 1] = "33554432"
+    cc.start()
     settle(c)
     st, doc = repair(cc, 120000)
     assert st == 200, (st, doc)
