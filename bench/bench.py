@@ -1715,6 +1715,9 @@ def main() -> int:
     ap.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--keep", action="store_true", help="keep data directories")
     ap.add_argument("--note", default="", help="a sentence printed at the top of the report")
+    ap.add_argument("--tag", default="",
+                    help="appended to the report's file names (<date>-<commit>-<tag>.md), e.g. "
+                         "to keep the runs of an A/B of two binaries apart")
     ap.add_argument("--report-from", metavar="JSON",
                     help="only rewrite the .md and .png of an earlier run from its .json")
     pg = ap.add_argument_group("profiling (bench/profile.sh)")
@@ -1819,7 +1822,8 @@ def main() -> int:
                 shutil.rmtree(work, ignore_errors=True)
     out_dir = Path(opts.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{date}-{gi['commit']}" + ("-quick" if opts.quick else "")
+    stem = (f"{date}-{gi['commit']}" + ("-quick" if opts.quick else "")
+            + (f"-{opts.tag}" if opts.tag else ""))
     nginx_v = subprocess.run(["nginx", "-v"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True).stdout.strip().split("/")[-1]
     results = {
