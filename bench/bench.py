@@ -633,11 +633,23 @@ def run_topology(nodes: int, scenarios: List[Scenario], gen: LoadGen, opts, work
         log(f"scenario {s.name} ({s.title()}): fresh copy of the filled data, warm-up "
             f"{opts.warmup:g} s")
         try:
+            t = time.monotonic()
             cl.start()
+            start_s = round(time.monotonic() - t, 1)
+            pids = [cl.pid(i) for i in range(nodes)]
+            settle = None
+            if opts.settle_s > 0:
+                # Background work left from the start (a flush of what the write-ahead log
+                # replayed, compactions) would be charged to the first runs' requests.
+                settle = wait_quiet(pids, opts.settle_s)
+                log(f"  started in {start_s} s, idle after {settle['waited_s']} more s "
+                    f"(last second: {settle['last_cores']} cores)")
             if opts.warmup > 0:
                 gen.run(cl.url(0), script, args, opts.warmup)
-            pids = [cl.pid(i) for i in range(nodes)]
-            results["scenarios"][s.name] = measure(gen, cl.url(0), script, args, opts, pids)
+            res = measure(gen, cl.url(0), script, args, opts, pids)
+            res["start_s"] = start_s
+            res["settle"] = settle
+            results["scenarios"][s.name] = res
         finally:
             cl.stop()
             if not opts.keep:
@@ -1712,6 +1724,16 @@ def report_md(results: dict, png_name: Optional[str], plot_note: Optional[str]) 
                  f"{mx['rps_min']:,.0f} - {mx['rps_max']:,.0f} | {mx['rps'] / ng_max:.2f} | "
                  f"{fmt_cpu(cpu)} | {eff(cpu)} | {mx['errors']} | {mx['other_cpu_pct']:.0f}% |")
     L.append("")
+    starts = [(n, r) for n, r in results["scenarios"].items() if "start_s" in r]
+    if starts:
+        L.append("Start of each scenario's cluster on its copy of the fill (until every node "
+                 "answers; RocksDB replays its write-ahead log first)"
+                 + (f", then the wait until its nodes were idle (`--settle-s "
+                    f"{o.get('settle_s'):g}`)" if o.get("settle_s") else "")
+                 + ": " + "; ".join(
+                     f"`{n}` {r['start_s']} s" + (f" + {r['settle']['waited_s']} s"
+                                                  if r.get("settle") else "")
+                     for n, r in starts) + ".\n")
 
     L.append("## Latency at fixed rates\n")
     L.append("Rates are a share of the same target's maximum above. Coordinated omission: "
@@ -2073,6 +2095,9 @@ def main() -> int:
                     help="hints drain: repetitions (default 3; quick 1)")
     ap.add_argument("--drain-rate-fraction", type=float, default=0.5,
                     help="hints drain: GET rate as a share of n3-a2f3-get's maximum (0.5)")
+    ap.add_argument("--settle-s", type=float, default=0,
+                    help="before each scenario's warm-up, wait up to this long until its nodes "
+                         "are idle (start-up flush and compactions done; default 0: no wait)")
     ap.add_argument("--repair-keys", default="100,10000",
                     help="repair: comma-separated numbers of keys written while node 3 is down, "
                          "one measured point each (default 100,10000); the replicas hold the "
@@ -2224,7 +2249,7 @@ def main() -> int:
         "json_name": f"{stem}.json",
         "options": {"quick": opts.quick, "fill_keys": opts.fill_keys, "runs": opts.runs,
                     "duration": opts.duration, "rate_duration": opts.rate_duration,
-                    "warmup": opts.warmup, "rates": opts.rates, "io_threads": opts.io_threads,
+                    "warmup": opts.warmup, "settle_s": opts.settle_s, "rates": opts.rates, "io_threads": opts.io_threads,
                     "dkv_args_extra": opts.dkv_args.replace(f"--io-threads {opts.io_threads}",
                                                             "").strip(),
                     "block_cache_mib": block_cache_mib,
