@@ -62,6 +62,9 @@ WORKLOAD_KEYS = 100000
 PUT_VALUE_BYTES = 16
 FILL_VALUE_BYTES = 1024
 CONNECTIONS = 64
+# How long a started node may take to answer: it replays its write-ahead log first, and with the
+# digest column family (dkv 0.3) a filled node keeps ~1 GiB of it (docs/benchmarks.md).
+NODE_START_S = 180
 
 
 @dataclass
@@ -240,7 +243,8 @@ class Cluster:
         self.base_port = base_port
         self.data_root = data_root
         self.env = dict(os.environ, NODES=str(nodes), BASE_PORT=str(base_port),
-                        DATA_ROOT=str(data_root), DKV_BIN=str(dkv_bin), DKV_ARGS=dkv_args)
+                        DATA_ROOT=str(data_root), DKV_BIN=str(dkv_bin), DKV_ARGS=dkv_args,
+                        WAIT_UP_S=str(NODE_START_S))
         self.running = False
 
     def url(self, i: int = 0) -> str:
@@ -259,7 +263,7 @@ class Cluster:
                 raise BenchError(f"port {self.base_port + i} is in use; pass --base-port")
         self.data_root.mkdir(parents=True, exist_ok=True)
         self.running = True
-        self._sh("start", timeout_s=60 + 35 * self.nodes)
+        self._sh("start", timeout_s=30 + (NODE_START_S + 5) * self.nodes)
 
     def stop(self) -> None:
         """SIGTERM to every node at once, then wait for each to exit (SIGKILL after 20 s).
@@ -328,7 +332,7 @@ class Cluster:
         """Starts node i again on its data directory; returns once it answers /v0/status."""
         if not port_free(self.base_port + i):
             raise BenchError(f"port {self.base_port + i} is still in use")
-        self._sh("start", str(i), timeout_s=60)
+        self._sh("start", str(i), timeout_s=30 + NODE_START_S)
 
     def json(self, i: int, path: str) -> dict:
         status, body = http_get(self.url(i) + path, 5.0)
