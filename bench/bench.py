@@ -1629,6 +1629,7 @@ def report_repair(results: dict) -> List[str]:
              "| repairs until node 3 held all K: s, bytes (repairs per rep) "
              "| repair again right after: s, bytes |")
     L.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    max_rounds = results["options"].get("repair_max_rounds", "?")
     for pt in rp["points"]:
         k = pt["keys"]
         ss = [r["repair_s"] for r in pt["reps"]]
@@ -1643,7 +1644,7 @@ def report_repair(results: dict) -> List[str]:
                  f"{pt['bytes'] / data:.4f} | "
                  f"{pt.get('converge_s', pt['repair_s']):.3f}, "
                  f"{fmt_bytes(pt.get('converge_bytes', pt['bytes']))} "
-                 f"({', '.join('not within ' + str(results['options'].get('repair_max_rounds', '?')) if n is None else str(n) for n in rounds)}) | "
+                 f"({', '.join(str(n) if n else f'>{max_rounds}' for n in rounds)}) | "
                  f"{pt['again_s']:.3f}, {pt['again_bytes']:,.0f} B |")
     bad = [pt for pt in rp["points"] if any(n != 1 for n in pt.get("rounds_to_converge", [1]))]
     if bad:
@@ -1677,11 +1678,13 @@ def report_repair(results: dict) -> List[str]:
     for pt in rp["points"]:
         for i, r in enumerate(pt["reps"]):
             d = r["delta"]
+            more = ", ".join(f"{e['delta']['keys_repaired']:,} ({e['node3_whole']:,})"
+                             for e in r.get("extra_rounds", []))
             L.append(f"| {pt['keys']:,} | {i + 1} | {r['write_s']} | {r['node3_trees_s']} | "
                      f"{r['status']}, {r['repair_s']:.3f} | {d['bytes']:,} ({d['bytes_sent']:,} "
                      f"/ {d['bytes_received']:,}) | {d['records_received']:,} / "
                      f"{d['records_sent']:,} | {r['node3_whole']:,} | "
-                     f"{', '.join(format(e['delta']['keys_repaired'], ',') + ' (' + format(e['node3_whole'], ',') + ')' for e in r.get('extra_rounds', [])) or '-'} | "
+                     f"{more or '-'} | "
                      f"{fmt_ms(r['during']['p99_us'])} / "
                      f"{fmt_ms(r['no_repair']['p99_us'])} |")
     L.append("")
@@ -2299,7 +2302,8 @@ def main() -> int:
         "json_name": f"{stem}.json",
         "options": {"quick": opts.quick, "fill_keys": opts.fill_keys, "runs": opts.runs,
                     "duration": opts.duration, "rate_duration": opts.rate_duration,
-                    "warmup": opts.warmup, "settle_s": opts.settle_s, "rates": opts.rates, "io_threads": opts.io_threads,
+                    "warmup": opts.warmup, "settle_s": opts.settle_s, "rates": opts.rates,
+                    "io_threads": opts.io_threads,
                     "dkv_args_extra": opts.dkv_args.replace(f"--io-threads {opts.io_threads}",
                                                             "").strip(),
                     "block_cache_mib": block_cache_mib,
