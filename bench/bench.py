@@ -22,6 +22,11 @@ What one run does (docs/benchmarks.md explains the method and the choice of tool
     hints-drain stops node 3, writes 100k keys through nodes 1 and 2 (100k hints), starts node 3
     and measures the time until no hint is pending and GET latency at a fixed rate meanwhile,
     against the same load without a drain.
+ 5. Anti-entropy (`repair`), on the 3-node fill with hints, read repair and periodic rounds off:
+    node 3 stopped, K keys written through nodes 1 and 2 (--repair-keys, default 100 and
+    10,000), node 3 started, POST /v0/admin/repair on it: time to converge, bytes exchanged
+    against the data's size, GET latency at a fixed rate meanwhile vs without; and the bytes
+    of a repair over identical replicas (the trees' top level only).
 Every load is bounded in time (wrk -d plus a subprocess timeout); every process it starts is
 stopped on the way out, Ctrl-C included. Python standard library only.
 """
@@ -42,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +62,9 @@ WORKLOAD_KEYS = 100000
 PUT_VALUE_BYTES = 16
 FILL_VALUE_BYTES = 1024
 CONNECTIONS = 64
+# How long a started node may take to answer: it replays its write-ahead log first, and with the
+# digest column family (dkv 0.3) a filled node keeps ~1 GiB of it (docs/benchmarks.md).
+NODE_START_S = 180
 
 
 @dataclass
@@ -92,9 +101,15 @@ AB_SCENARIOS = {"ab-n3-a2f3-get": "n3-a2f3-get", "ab-n3-a2f3-put": "n3-a2f3-put"
 AB_OFF_ARGS = "--hinted-handoff off --read-repair off"
 AB_GOAL_EFFICIENCY = 0.9  # CPU per request on <= off / 0.9
 DRAIN_SCENARIO = "hints-drain"
-EXTRA_SCENARIOS = list(AB_SCENARIOS) + [DRAIN_SCENARIO]
+# - repair: anti-entropy alone (no hints, no read repair, no periodic rounds); node 3 stopped, K
+#   keys written through nodes 1 and 2, node 3 started, POST /v0/admin/repair on node 3: time to
+#   converge, bytes exchanged, client GET latency meanwhile vs without.
+REPAIR_SCENARIO = "repair"
+REPAIR_ARGS = "--hinted-handoff off --read-repair off --anti-entropy-interval-ms 0"
+EXTRA_SCENARIOS = list(AB_SCENARIOS) + [DRAIN_SCENARIO, REPAIR_SCENARIO]
 ALL_SCENARIO_NAMES = list(SCENARIO_BY_NAME) + EXTRA_SCENARIOS
 DEFAULT_HINT_REPLAY_BYTES_PER_S = 8 << 20
+DEFAULT_AE_BYTES_PER_S = 32 << 20
 
 # Targets the lead asked for: (scenario, ratio to nginx at least, p99 at 50% at most in ms).
 TARGETS = [
@@ -228,7 +243,8 @@ class Cluster:
         self.base_port = base_port
         self.data_root = data_root
         self.env = dict(os.environ, NODES=str(nodes), BASE_PORT=str(base_port),
-                        DATA_ROOT=str(data_root), DKV_BIN=str(dkv_bin), DKV_ARGS=dkv_args)
+                        DATA_ROOT=str(data_root), DKV_BIN=str(dkv_bin), DKV_ARGS=dkv_args,
+                        WAIT_UP_S=str(NODE_START_S))
         self.running = False
 
     def url(self, i: int = 0) -> str:
@@ -247,7 +263,7 @@ class Cluster:
                 raise BenchError(f"port {self.base_port + i} is in use; pass --base-port")
         self.data_root.mkdir(parents=True, exist_ok=True)
         self.running = True
-        self._sh("start", timeout_s=60 + 35 * self.nodes)
+        self._sh("start", timeout_s=30 + (NODE_START_S + 5) * self.nodes)
 
     def stop(self) -> None:
         """SIGTERM to every node at once, then wait for each to exit (SIGKILL after 20 s).
@@ -316,7 +332,7 @@ class Cluster:
         """Starts node i again on its data directory; returns once it answers /v0/status."""
         if not port_free(self.base_port + i):
             raise BenchError(f"port {self.base_port + i} is still in use")
-        self._sh("start", str(i), timeout_s=60)
+        self._sh("start", str(i), timeout_s=30 + NODE_START_S)
 
     def json(self, i: int, path: str) -> dict:
         status, body = http_get(self.url(i) + path, 5.0)
@@ -452,18 +468,19 @@ def wrk_version(wrk: str) -> str:
 
 
 def fill(gen: LoadGen, url: str, keys: int, value_bytes: int, query_args: List[str],
-         work: Path, start: int = 1) -> dict:
-    """PUTs key<start>..key<start+keys-1> once each (bench/lua/fill.lua); returns {keys,
-    seconds, rate}."""
-    prefix = work / f"fill-{os.getpid()}-{random.randrange(1 << 30)}"
+         work: Path, start: int = 1, prefix: str = "key") -> dict:
+    """PUTs <prefix><start>..<prefix><start+keys-1> once each (bench/lua/fill.lua); returns
+    {keys, seconds, rate}."""
+    out = work / f"fill-{os.getpid()}-{random.randrange(1 << 30)}"
     bound_s = 120 + keys // 1000  # generous: at least 1000 keys/s
     cmd = [gen.wrk, "-t1", "-c32", f"-d{bound_s}s", "--timeout", "10s", "-s",
            str(LUA / "fill.lua"), url, "--", f"keys={keys}", "threads=1",
-           f"value={value_bytes}", f"out={prefix}", f"start={start}", *query_args]
+           f"value={value_bytes}", f"out={out}", f"start={start}", f"prefix={prefix}",
+           *query_args]
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
-    marker = Path(f"{prefix}.0")
+    marker = Path(f"{out}.0")
     try:
         while not marker.exists():
             if proc.poll() is not None:
@@ -620,11 +637,23 @@ def run_topology(nodes: int, scenarios: List[Scenario], gen: LoadGen, opts, work
         log(f"scenario {s.name} ({s.title()}): fresh copy of the filled data, warm-up "
             f"{opts.warmup:g} s")
         try:
+            t = time.monotonic()
             cl.start()
+            start_s = round(time.monotonic() - t, 1)
+            pids = [cl.pid(i) for i in range(nodes)]
+            settle = None
+            if opts.settle_s > 0:
+                # Background work left from the start (a flush of what the write-ahead log
+                # replayed, compactions) would be charged to the first runs' requests.
+                settle = wait_quiet(pids, opts.settle_s)
+                log(f"  started in {start_s} s, idle after {settle['waited_s']} more s "
+                    f"(last second: {settle['last_cores']} cores)")
             if opts.warmup > 0:
                 gen.run(cl.url(0), script, args, opts.warmup)
-            pids = [cl.pid(i) for i in range(nodes)]
-            results["scenarios"][s.name] = measure(gen, cl.url(0), script, args, opts, pids)
+            res = measure(gen, cl.url(0), script, args, opts, pids)
+            res["start_s"] = start_s
+            res["settle"] = settle
+            results["scenarios"][s.name] = res
         finally:
             cl.stop()
             if not opts.keep:
@@ -634,6 +663,8 @@ def run_topology(nodes: int, scenarios: List[Scenario], gen: LoadGen, opts, work
         run_ab(ab, snap, gen, opts, work, dkv_bin, results)
     if DRAIN_SCENARIO in extras:
         run_drain(snap, gen, opts, work, dkv_bin, results)
+    if REPAIR_SCENARIO in extras:
+        run_repair(snap, gen, opts, work, dkv_bin, results)
     if not opts.keep:
         shutil.rmtree(snap, ignore_errors=True)
 
@@ -1038,6 +1069,293 @@ def run_drain(snap: Path, gen: LoadGen, opts, work: Path, dkv_bin: Path, results
             shutil.rmtree(root, ignore_errors=True)
 
 
+def http_post(url: str, timeout_s: float):
+    """POST with an empty body; returns (status, body bytes), status 0 when unreachable."""
+    req = urllib.request.Request(url, data=b"", method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except (urllib.error.URLError, OSError):
+        return 0, b""
+
+
+def local_range(port: int, start: str, end: str, timeout_s: float = 60.0) -> dict:
+    """One node's own live records in [start, end) through GET /v0/entities (one HTTP chunk per
+    record `key\\nvalue`), read over a raw socket so that the chunk boundaries, i.e. the records,
+    stay visible: {key: value length}."""
+    q = f"/v0/entities?start={urllib.parse.quote(start)}&end={urllib.parse.quote(end)}"
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as s:
+        s.sendall(f"GET {q} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        f = s.makefile("rb")
+        status = int(f.readline().split()[1])
+        headers = {}
+        while True:
+            line = f.readline()
+            if line in (b"\r\n", b"\n", b""):
+                break
+            k, _, v = line.decode("latin-1").partition(":")
+            headers[k.strip().lower()] = v.strip()
+        if status != 200:
+            raise BenchError(f"GET {q} on port {port}: {status}")
+        out = {}
+        if headers.get("transfer-encoding", "").lower() != "chunked":
+            if f.read(int(headers.get("content-length", "0")) or -1):
+                raise BenchError(f"GET {q}: a body without chunked framing")
+            return out
+        while True:
+            size = int(f.readline().split(b";")[0], 16)
+            if size == 0:
+                break
+            chunk = f.read(size)
+            f.readline()
+            k, sep, v = chunk.partition(b"\n")
+            if not sep:
+                raise BenchError(f"GET {q}: a chunk without a newline")
+            out[k.decode("latin-1")] = len(v)
+        return out
+
+
+def repair_totals(cl: Cluster) -> dict:
+    """GET /v0/admin/repair of every node, summed over all peers of all nodes (the exchange
+    counters live on the node that ran the exchange), plus each node's tree state."""
+    tot = {k: 0 for k in ("exchanges_ok", "exchanges_failed", "segments_compared",
+                          "keys_repaired", "records_sent", "records_received", "bytes_sent",
+                          "bytes_received")}
+    per_node = []
+    for i in range(cl.nodes):
+        st = cl.json(i, "v0/admin/repair")
+        node = {k: 0 for k in tot}
+        for p in st.get("peers", []):
+            for k in tot:
+                node[k] += p.get(k, 0)
+        for k in tot:
+            tot[k] += node[k]
+        node["tree"] = st.get("tree", {})
+        node["errors"] = [p.get("last_error") for p in st.get("peers", []) if p.get("last_error")]
+        per_node.append(node)
+    tot["nodes"] = per_node
+    return tot
+
+
+def repair_delta(before: dict, after: dict) -> dict:
+    d = {k: after[k] - before[k] for k in before if k != "nodes"}
+    d["bytes"] = d["bytes_sent"] + d["bytes_received"]
+    d["by_node"] = [{k: a[k] - b[k] for k in b if k not in ("tree", "errors")}
+                    for b, a in zip(before["nodes"], after["nodes"])]
+    d["errors"] = [e for n in after["nodes"] for e in n["errors"]]
+    return d
+
+
+def wait_trees_built(cl: Cluster, timeout_s: float) -> List[dict]:
+    """Waits until every node's hash trees are built (first refresh after its start, a scan of
+    the digest column family); returns each node's `tree` object."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        trees = [cl.json(i, "v0/admin/repair").get("tree", {}) for i in range(cl.nodes)]
+        if all(t.get("built") for t in trees):
+            return trees
+        if time.monotonic() > deadline:
+            raise BenchError(f"hash trees not built {timeout_s:.0f} s after the start: {trees}")
+        time.sleep(0.1)
+
+
+def post_repair(cl: Cluster, i: int, timeout_s: float) -> dict:
+    """POST /v0/admin/repair on node i: one exchange with every peer; {status, seconds, body}."""
+    t0 = time.monotonic()
+    status, body = http_post(f"{cl.url(i)}v0/admin/repair?timeout_ms={int(timeout_s * 1000)}",
+                             timeout_s + 10)
+    took = time.monotonic() - t0
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = body[:300].decode("latin-1")
+    return {"status": status, "seconds": round(took, 3), "t0": t0, "body": parsed}
+
+
+def run_repair(snap: Path, gen: LoadGen, opts, work: Path, dkv_bin: Path, results: dict) -> None:
+    """Anti-entropy repair of a replica that missed writes, under client load, on a copy of the
+    3-node fill (M keys, every node holding every key), nodes started with
+    REPAIR_ARGS (no hints, no read repair, no periodic rounds: only the exchange repairs):
+
+    0. identical replicas: once every node's trees are built, POST /v0/admin/repair on node 3
+       (index 2): one exchange with each peer over replicas that agree; the bytes must be the
+       top level of the trees only (256 branch hashes each way per peer).
+    For each K in --repair-keys, --repair-reps times:
+    1. node 3 stopped; K new keys (prefix r<rep>n<K>x, not the keys the GETs read) written once
+       each with --repair-value-bytes random values at the default quorum, half through node 1
+       and half through node 2 (two replicas ack, node 3 misses them all); node 3 started, its
+       trees built, every node idle; node 3's own copies of the K keys counted (must be 0).
+    2. GETs of the n3-a2f3-get workload at --repair-rate-fraction of n3-a2f3-get's maximum for
+       --repair-get-s seconds; one second into them, POST /v0/admin/repair on node 3: its
+       duration is the time to converge. Then node 3's own copies counted again (must be K,
+       whole values) and the exchange counters of all nodes compared with before: bytes sent +
+       received, records moved, keys repaired.
+    3. right after: a second POST on node 3, over replicas now in sync (tree bytes only again).
+    4. idle again: the same GET load with no repair, for the comparison.
+    """
+    s = SCENARIO_BY_NAME["n3-a2f3-get"]
+    script, args = scenario_args(s, opts.fill_keys)
+    root = work / f"run-{REPAIR_SCENARIO}"
+    copy_snapshot(snap, root, 3)
+    dkv_args = f"{opts.dkv_args} {REPAIR_ARGS}"
+    cl = Cluster(3, opts.base_port, root, dkv_bin, dkv_args)
+    vbytes = opts.repair_value_bytes
+    out = {"fill_keys": opts.fill_keys, "fill_value_bytes": FILL_VALUE_BYTES,
+           "value_bytes": vbytes, "args": REPAIR_ARGS, "keys": opts.repair_keys,
+           "max_bytes_per_s": ae_rate(opts.dkv_args), "points": []}
+    log(f"anti-entropy repair: 3 nodes ({REPAIR_ARGS}), node 3 stopped, K keys x {vbytes} B "
+        f"written for K in {opts.repair_keys}, node 3 started, POST /v0/admin/repair on it; "
+        f"{opts.repair_reps} repetition(s)")
+    timeout_s = opts.repair_timeout
+    try:
+        t = time.monotonic()
+        cl.start()
+        trees = wait_trees_built(cl, 600)
+        out["trees_built_s"] = round(time.monotonic() - t, 1)
+        out["tree_start"] = trees
+        out["quiet_start"] = wait_quiet(cl.pids(), 30)
+        ref = results["scenarios"].get("n3-a2f3-get")
+        if ref is not None:
+            peak, peak_src = ref["max"]["rps"], "n3-a2f3-get maximum in this run"
+        else:
+            gen.run(cl.url(0), script, args, max(1.0, opts.warmup))
+            peak = median([gen.run(cl.url(0), script, args, opts.duration,
+                                   server_pids=cl.pids())["rps"] for _ in range(opts.runs)])
+            peak_src = "closed-loop maximum measured on the repair cluster"
+        rate = peak * opts.repair_rate_fraction
+        out.update(rate=rate, rate_fraction=opts.repair_rate_fraction, peak=peak,
+                   peak_source=peak_src)
+        # 0. identical replicas.
+        idle = []
+        for rep in range(opts.repair_reps):
+            b = repair_totals(cl)
+            p = post_repair(cl, 2, timeout_s)
+            d = repair_delta(b, repair_totals(cl))
+            idle.append({"status": p["status"], "seconds": p["seconds"], "delta": d})
+            log(f"  identical replicas, repair {rep + 1}: {p['status']} in {p['seconds']:.3f} s, "
+                f"{d['bytes']:,} bytes ({d['exchanges_ok']} exchanges ok, "
+                f"{d['exchanges_failed']} failed), {d['keys_repaired']} keys repaired")
+            if p["status"] != 200:
+                raise BenchError(f"repair of identical replicas answered {p['status']}: "
+                                 f"{p['body']}")
+        out["identical"] = idle
+        dur = opts.repair_get_s
+        for k in opts.repair_keys:
+            point = {"keys": k, "reps": []}
+            for rep in range(opts.repair_reps):
+                r = {}
+                prefix = f"r{rep + 1}n{k}x"
+                cl.stop_node(2)
+                t = time.monotonic()
+                half = k // 2
+                w = [fill(gen, cl.url(0), half, vbytes, [], work, start=1, prefix=prefix)
+                     if half else {"keys": 0}]
+                w.append(fill(gen, cl.url(1), k - half, vbytes, [], work, start=half + 1,
+                              prefix=prefix))
+                r["write_s"] = round(time.monotonic() - t, 2)
+                t = time.monotonic()
+                cl.start_node(2)
+                wait_trees_built(cl, 600)
+                r["node3_trees_s"] = round(time.monotonic() - t, 1)
+                r["quiet_before"] = wait_quiet(cl.pids(), 30)
+                lo, hi = prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)
+                have = local_range(opts.base_port + 2, lo, hi)
+                r["node3_before"] = len(have)
+                if have:
+                    raise BenchError(f"node 3 holds {len(have)} of the {k} keys written while "
+                                     f"it was down (hinted handoff or read repair on?)")
+                b = repair_totals(cl)
+                box = {}
+
+                def repair_later():
+                    time.sleep(1.0)
+                    box["r"] = post_repair(cl, 2, timeout_s)
+
+                import threading
+                th = threading.Thread(target=repair_later, daemon=True)
+                t_get = time.monotonic()
+                th.start()
+                run = gen.run(cl.url(0), script, args, dur, rate=rate, server_pids=cl.pids())
+                t_get_end = time.monotonic()
+                th.join(timeout_s + 30)
+                if "r" not in box:
+                    raise BenchError("POST /v0/admin/repair did not return")
+                p = box["r"]
+                d = repair_delta(b, repair_totals(cl))
+                have = local_range(opts.base_port + 2, lo, hi)
+                whole = sum(1 for n in have.values() if n == vbytes)
+                r.update(status=p["status"], repair_s=p["seconds"], delta=d,
+                         node3_after=len(have), node3_whole=whole, during=run,
+                         repair_start_s=round(p["t0"] - t_get, 2),
+                         get_overlap_s=round(max(0.0, min(t_get_end, p["t0"] + p["seconds"])
+                                                 - p["t0"]), 2))
+                log(f"  K={k:,} rep {rep + 1}: wrote in {r['write_s']} s; repair {p['status']} in "
+                    f"{p['seconds']:.3f} s: {d['bytes']:,} bytes, {d['records_received']} records "
+                    f"received / {d['records_sent']} sent, {d['keys_repaired']} keys repaired, "
+                    f"{d['segments_compared']} segments compared; node 3 now holds "
+                    f"{len(have):,} of {k:,} ({whole:,} whole); GET at {rate:.0f}/s for "
+                    f"{dur} s: {fmt_run(run)}")
+                # A repair that answers 200 should leave node 3 with every key. When it does
+                # not, that is a finding, not a harness failure: record it, and repair again
+                # until node 3 holds them all (at most --repair-max-rounds in all).
+                r["peers_after"] = [cl.json(i, "v0/admin/repair") for i in (0, 1)]
+                extra = []
+                while whole != k and 1 + len(extra) < opts.repair_max_rounds:
+                    b3 = repair_totals(cl)
+                    p3 = post_repair(cl, 2, timeout_s)
+                    d3 = repair_delta(b3, repair_totals(cl))
+                    whole = sum(1 for n in local_range(opts.base_port + 2, lo, hi).values()
+                                if n == vbytes)
+                    extra.append({"status": p3["status"], "seconds": p3["seconds"], "delta": d3,
+                                  "node3_whole": whole})
+                    log(f"  K={k:,} rep {rep + 1}: **not converged**; repair {1 + len(extra)}: "
+                        f"{p3['status']} in {p3['seconds']:.3f} s, {d3['bytes']:,} bytes, "
+                        f"{d3['keys_repaired']} keys repaired; node 3 now holds {whole:,}")
+                r["extra_rounds"] = extra
+                r["rounds_to_converge"] = 1 + len(extra) if whole == k else None
+                r["converge_s"] = round(p["seconds"] + sum(e["seconds"] for e in extra), 3)
+                r["converge_bytes"] = d["bytes"] + sum(e["delta"]["bytes"] for e in extra)
+                if whole != k:
+                    log(f"  K={k:,} rep {rep + 1}: node 3 still holds only {whole:,} of {k:,} "
+                        f"after {1 + len(extra)} repairs")
+                b2 = repair_totals(cl)
+                p2 = post_repair(cl, 2, timeout_s)
+                d2 = repair_delta(b2, repair_totals(cl))
+                r["again"] = {"status": p2["status"], "seconds": p2["seconds"], "delta": d2}
+                log(f"  K={k:,} rep {rep + 1}: repair again right after: {p2['status']} in "
+                    f"{p2['seconds']:.3f} s, {d2['bytes']:,} bytes, {d2['keys_repaired']} keys "
+                    f"repaired")
+                r["quiet_after"] = wait_quiet(cl.pids(), 30)
+                r["no_repair"] = gen.run(cl.url(0), script, args, dur, rate=rate,
+                                         server_pids=cl.pids())
+                log(f"  K={k:,} rep {rep + 1}: no repair, same rate: {fmt_run(r['no_repair'])}")
+                point["reps"].append(r)
+            for key in ("during", "no_repair"):
+                point[key] = summarize([r[key] for r in point["reps"]])
+            for key in ("repair_s", "write_s", "get_overlap_s", "node3_trees_s", "node3_whole",
+                        "converge_s", "converge_bytes"):
+                point[key] = median([r[key] for r in point["reps"]])
+            point["rounds_to_converge"] = [r["rounds_to_converge"] for r in point["reps"]]
+            for key in ("bytes", "bytes_sent", "bytes_received", "records_sent",
+                        "records_received", "keys_repaired", "segments_compared"):
+                point[key] = median([r["delta"][key] for r in point["reps"]])
+            point["again_bytes"] = median([r["again"]["delta"]["bytes"] for r in point["reps"]])
+            point["again_s"] = median([r["again"]["seconds"] for r in point["reps"]])
+            out["points"].append(point)
+        results["repair"] = out
+    finally:
+        cl.stop()
+        if not opts.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def ae_rate(dkv_args: str) -> int:
+    m = re.search(r"--anti-entropy-max-bytes-per-s[ =](\d+)", dkv_args)
+    return int(m.group(1)) if m else DEFAULT_AE_BYTES_PER_S
+
+
 # ---------------------------------------------------------------------------------------------
 # Report
 
@@ -1261,6 +1579,118 @@ def report_drain(results: dict) -> List[str]:
     return L
 
 
+def fmt_bytes(n: float) -> str:
+    if n >= 1 << 20:
+        return f"{n / 2**20:.2f} MiB"
+    if n >= 10 << 10:
+        return f"{n / 2**10:.0f} KiB"
+    return f"{n:,.0f} B"
+
+
+def report_repair(results: dict) -> List[str]:
+    rp = results.get("repair")
+    if not rp:
+        return []
+    L = ["## Anti-entropy repair under client load\n"]
+    m_keys, fvb = rp["fill_keys"], rp["fill_value_bytes"]
+    data = m_keys * fvb
+    reps = len(rp["identical"])
+    L.append(f"3 nodes started on a copy of the 3-node fill (M = {m_keys:,} keys x {fvb} B = "
+             f"{fmt_bytes(data)} of values, every node holding every key) with `{rp['args']}`: "
+             f"only the exchange repairs, and only when asked. Node 3 (index 2) stopped; K new "
+             f"keys (not the keys the GETs read) written once each with {rp['value_bytes']} B "
+             f"random values at the default quorum, half through node 1 and half through node "
+             f"2; node 3 started, its hash trees built (a scan of its digest column family), "
+             f"every node idle; then GETs of the `n3-a2f3-get` workload at a fixed "
+             f"{rp['rate']:,.0f} req/s ({rp['rate_fraction']:.0%} of {rp['peak']:,.0f}, the "
+             f"{rp['peak_source']}) for {results['options'].get('repair_get_s', '?')} s, and "
+             f"1 s into them `POST /v0/admin/repair` on node 3 (one exchange with each peer). "
+             f"*repair s* = the POST's duration, i.e. until node 3 converged; afterwards node 3's "
+             f"own copies of the K keys are counted through `GET /v0/entities` on node 3 (all "
+             f"K, whole values, in every repetition, else the run fails). *bytes* = sum over "
+             f"every node and peer of the `bytes_sent` + `bytes_received` deltas of "
+             f"`GET /v0/admin/repair` (the node that runs an exchange counts its traffic: "
+             f"requests, tree levels, digest entries, records). Then, right away, a second "
+             f"repair over replicas now in sync, and, idle again, the same GET load with no "
+             f"repair. Throttle `--anti-entropy-max-bytes-per-s` "
+             f"{rp['max_bytes_per_s'] / 2**20:g} MiB/s. {reps} repetition(s); medians.\n")
+    ident = rp["identical"]
+    ib = median([x["delta"]["bytes"] for x in ident])
+    iex = median([x["delta"]["exchanges_ok"] for x in ident]) or 1
+    L.append(f"- Identical replicas (fresh from the fill, trees built in "
+             f"{rp['trees_built_s']:.1f} s after the start): repair in "
+             f"{median([x['seconds'] for x in ident]):.3f} s, **{ib:,.0f} bytes** for "
+             f"{iex:.0f} exchanges = {ib / iex:,.0f} B per peer "
+             f"({', '.join(format(x['delta']['bytes'], ',') for x in ident)} per run), "
+             f"{median([x['delta']['keys_repaired'] for x in ident]):.0f} keys repaired.\n")
+    L.append("| K keys missed by node 3 | repair s (min - max) | node 3 holds after it "
+             "| records received / sent "
+             "| keys repaired | segments compared | bytes | ÷ K values | ÷ M values "
+             "| repairs until node 3 held all K: s, bytes (repairs per rep) "
+             "| repair again right after: s, bytes |")
+    L.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    max_rounds = results["options"].get("repair_max_rounds", "?")
+    for pt in rp["points"]:
+        k = pt["keys"]
+        ss = [r["repair_s"] for r in pt["reps"]]
+        kb = k * rp["value_bytes"]
+        holds = pt.get("node3_whole", k)
+        rounds = pt.get("rounds_to_converge", [1])
+        L.append(f"| {k:,} | {pt['repair_s']:.3f} ({min(ss):.3f} - {max(ss):.3f}) | "
+                 f"{'' if holds == k else '**'}{holds:,.0f}{'' if holds == k else '**'} | "
+                 f"{pt['records_received']:,.0f} / {pt['records_sent']:,.0f} | "
+                 f"{pt['keys_repaired']:,.0f} | {pt['segments_compared']:,.0f} | "
+                 f"{fmt_bytes(pt['bytes'])} | {pt['bytes'] / kb:.2f} | "
+                 f"{pt['bytes'] / data:.4f} | "
+                 f"{pt.get('converge_s', pt['repair_s']):.3f}, "
+                 f"{fmt_bytes(pt.get('converge_bytes', pt['bytes']))} "
+                 f"({', '.join(str(n) if n else f'>{max_rounds}' for n in rounds)}) | "
+                 f"{pt['again_s']:.3f}, {pt['again_bytes']:,.0f} B |")
+    bad = [pt for pt in rp["points"] if any(n != 1 for n in pt.get("rounds_to_converge", [1]))]
+    if bad:
+        L.append("")
+        L.append("**Anomaly: a repair answered 200 (every exchange complete) while node 3 still "
+                 "lacked keys** (" + "; ".join(
+                     f"K = {pt['keys']:,}: node 3 held {pt['node3_whole']:,.0f} after the first "
+                     f"repair, repairs per repetition until it held all: "
+                     f"{', '.join(str(n) for n in pt['rounds_to_converge'])}" for pt in bad)
+                 + "). Each extra repair is in the per-repetition table below.")
+    L.append("")
+    L.append("| GET during the repair | K | GET s (of it during the repair) | achieved req/s "
+             "| p50 ms | p99 ms | p99.9 ms | lag p99 ms | server CPU/GET (us) | errors |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for pt in rp["points"]:
+        dur = results["options"].get("repair_get_s", "?")
+        for title, key in (("while repairing", "during"), ("no repair (same rate, same run)",
+                                                            "no_repair")):
+            x = pt[key]
+            ov = f"{dur} ({pt['get_overlap_s']:.2f})" if key == "during" else f"{dur}"
+            L.append(f"| {title} | {pt['keys']:,} | {ov} | {x['rps']:,.0f} | "
+                     f"{fmt_ms(x['p50_us'])} | {fmt_ms(x['p99_us'])} | {fmt_ms(x['p999_us'])} | "
+                     f"{fmt_ms(x['lag_p99_us'])} | {fmt_cpu(x.get('cpu_us_per_req'))} | "
+                     f"{x['errors']} |")
+    L.append("")
+    L.append("Per repetition:\n")
+    L.append("| K | rep | write s | node 3 trees built s | repair status, s | bytes (sent / "
+             "received) | records in / out | node 3 holds | further repairs: keys repaired "
+             "(node 3 then holds) | p99 during / without ms |")
+    L.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for pt in rp["points"]:
+        for i, r in enumerate(pt["reps"]):
+            d = r["delta"]
+            more = ", ".join(f"{e['delta']['keys_repaired']:,} ({e['node3_whole']:,})"
+                             for e in r.get("extra_rounds", []))
+            L.append(f"| {pt['keys']:,} | {i + 1} | {r['write_s']} | {r['node3_trees_s']} | "
+                     f"{r['status']}, {r['repair_s']:.3f} | {d['bytes']:,} ({d['bytes_sent']:,} "
+                     f"/ {d['bytes_received']:,}) | {d['records_received']:,} / "
+                     f"{d['records_sent']:,} | {r['node3_whole']:,} | "
+                     f"{more or '-'} | "
+                     f"{fmt_ms(r['during']['p99_us'])} / "
+                     f"{fmt_ms(r['no_repair']['p99_us'])} |")
+    L.append("")
+    return L
+
+
 def refresh_ab(results: dict) -> bool:
     """Recomputes the A/B summaries from their runs (reports written by an older harness);
     True when something changed."""
@@ -1344,6 +1774,16 @@ def report_md(results: dict, png_name: Optional[str], plot_note: Optional[str]) 
                  f"{mx['rps_min']:,.0f} - {mx['rps_max']:,.0f} | {mx['rps'] / ng_max:.2f} | "
                  f"{fmt_cpu(cpu)} | {eff(cpu)} | {mx['errors']} | {mx['other_cpu_pct']:.0f}% |")
     L.append("")
+    starts = [(n, r) for n, r in results["scenarios"].items() if "start_s" in r]
+    if starts:
+        L.append("Start of each scenario's cluster on its copy of the fill (until every node "
+                 "answers; RocksDB replays its write-ahead log first)"
+                 + (f", then the wait until its nodes were idle (`--settle-s "
+                    f"{o.get('settle_s'):g}`)" if o.get("settle_s") else "")
+                 + ": " + "; ".join(
+                     f"`{n}` {r['start_s']} s" + (f" + {r['settle']['waited_s']} s"
+                                                  if r.get("settle") else "")
+                     for n, r in starts) + ".\n")
 
     L.append("## Latency at fixed rates\n")
     L.append("Rates are a share of the same target's maximum above. Coordinated omission: "
@@ -1372,6 +1812,7 @@ def report_md(results: dict, png_name: Optional[str], plot_note: Optional[str]) 
 
     L.extend(report_ab(results, ng_cpu))
     L.extend(report_drain(results))
+    L.extend(report_repair(results))
 
     L.append("## Targets\n")
     L.append("| Target | measured | goal | met |")
@@ -1704,6 +2145,27 @@ def main() -> int:
                     help="hints drain: repetitions (default 3; quick 1)")
     ap.add_argument("--drain-rate-fraction", type=float, default=0.5,
                     help="hints drain: GET rate as a share of n3-a2f3-get's maximum (0.5)")
+    ap.add_argument("--settle-s", type=float, default=0,
+                    help="before each scenario's warm-up, wait up to this long until its nodes "
+                         "are idle (start-up flush and compactions done; default 0: no wait)")
+    ap.add_argument("--repair-keys", default="100,10000",
+                    help="repair: comma-separated numbers of keys written while node 3 is down, "
+                         "one measured point each (default 100,10000); the replicas hold the "
+                         "3-node fill (--fill-keys) besides")
+    ap.add_argument("--repair-value-bytes", type=int, default=FILL_VALUE_BYTES,
+                    help=f"repair: value size of those writes (default {FILL_VALUE_BYTES})")
+    ap.add_argument("--repair-reps", type=int, default=None,
+                    help="repair: repetitions of each point (default 3; quick 1)")
+    ap.add_argument("--repair-get-s", type=int, default=None,
+                    help="repair: seconds of GET load around each repair; the repair starts 1 s "
+                         "into it (default 8; quick 3)")
+    ap.add_argument("--repair-rate-fraction", type=float, default=0.5,
+                    help="repair: GET rate as a share of n3-a2f3-get's maximum (0.5)")
+    ap.add_argument("--repair-max-rounds", type=int, default=5,
+                    help="repair: when node 3 still lacks keys after a repair that answered "
+                         "200, repair again, up to this many repairs in all (default 5)")
+    ap.add_argument("--repair-timeout", type=float, default=300.0,
+                    help="repair: timeout_ms of each POST /v0/admin/repair, in s (300)")
     ap.add_argument("--io-threads", type=int, default=os.cpu_count() or 2,
                     help="dkv --io-threads and nginx worker_processes (default: cores)")
     ap.add_argument("--dkv-args", default="", help="extra flags for every dkv node")
@@ -1715,6 +2177,9 @@ def main() -> int:
     ap.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--keep", action="store_true", help="keep data directories")
     ap.add_argument("--note", default="", help="a sentence printed at the top of the report")
+    ap.add_argument("--tag", default="",
+                    help="appended to the report's file names (<date>-<commit>-<tag>.md), e.g. "
+                         "to keep the runs of an A/B of two binaries apart")
     ap.add_argument("--report-from", metavar="JSON",
                     help="only rewrite the .md and .png of an earlier run from its .json")
     pg = ap.add_argument_group("profiling (bench/profile.sh)")
@@ -1738,6 +2203,14 @@ def main() -> int:
     opts.ab_pairs = opts.ab_pairs or (4 if opts.quick else 6)
     opts.ab_duration = opts.ab_duration or (2 if opts.quick else 5)
     opts.drain_reps = opts.drain_reps or (1 if opts.quick else 3)
+    opts.repair_reps = opts.repair_reps or (1 if opts.quick else 3)
+    opts.repair_get_s = opts.repair_get_s or (3 if opts.quick else 8)
+    try:
+        opts.repair_keys = [int(x) for x in opts.repair_keys.split(",")]
+    except ValueError:
+        ap.error("--repair-keys takes comma-separated integers")
+    if any(k < 1 for k in opts.repair_keys):
+        ap.error("--repair-keys: each number must be at least 1")
     if opts.drain_keys < 2:
         ap.error("--drain-keys must be at least 2")
     opts.rates = [float(x) for x in opts.rates.split(",")]
@@ -1819,7 +2292,8 @@ def main() -> int:
                 shutil.rmtree(work, ignore_errors=True)
     out_dir = Path(opts.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{date}-{gi['commit']}" + ("-quick" if opts.quick else "")
+    stem = (f"{date}-{gi['commit']}" + ("-quick" if opts.quick else "")
+            + (f"-{opts.tag}" if opts.tag else ""))
     nginx_v = subprocess.run(["nginx", "-v"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True).stdout.strip().split("/")[-1]
     results = {
@@ -1828,14 +2302,17 @@ def main() -> int:
         "json_name": f"{stem}.json",
         "options": {"quick": opts.quick, "fill_keys": opts.fill_keys, "runs": opts.runs,
                     "duration": opts.duration, "rate_duration": opts.rate_duration,
-                    "warmup": opts.warmup, "rates": opts.rates, "io_threads": opts.io_threads,
+                    "warmup": opts.warmup, "settle_s": opts.settle_s, "rates": opts.rates,
+                    "io_threads": opts.io_threads,
                     "dkv_args_extra": opts.dkv_args.replace(f"--io-threads {opts.io_threads}",
                                                             "").strip(),
                     "block_cache_mib": block_cache_mib,
                     "scenarios": [s.name for s in chosen] + extras,
                     "ab_pairs": opts.ab_pairs, "ab_duration": opts.ab_duration,
-                    "drain_reps": opts.drain_reps},
-        "fill": {}, "scenarios": {}, "nginx": None, "ab": {}, "drain": None,
+                    "drain_reps": opts.drain_reps, "repair_reps": opts.repair_reps,
+                    "repair_get_s": opts.repair_get_s,
+                    "repair_max_rounds": opts.repair_max_rounds},
+        "fill": {}, "scenarios": {}, "nginx": None, "ab": {}, "drain": None, "repair": None,
         "note": opts.note,
     }
     log(f"commit {gi['commit']}{' (modified)' if gi['dirty'] else ''}; "

@@ -6,7 +6,8 @@
 #   scripts/cluster.sh status              which nodes are up
 #
 # Environment: NODES (default 3), BASE_PORT (8080), DATA_ROOT (./data), DKV_BIN (build/dkv),
-# DKV_ARGS (extra flags for every node, e.g. "--log-level debug").
+# DKV_ARGS (extra flags for every node, e.g. "--log-level debug"), WAIT_UP_S (how long a started
+# node may take to answer /v0/status, default 30; a node replays its write-ahead log first).
 set -euo pipefail
 
 NODES=${NODES:-3}
@@ -14,6 +15,7 @@ BASE_PORT=${BASE_PORT:-8080}
 DATA_ROOT=${DATA_ROOT:-./data}
 DKV_BIN=${DKV_BIN:-build/dkv}
 DKV_ARGS=${DKV_ARGS:-}
+WAIT_UP_S=${WAIT_UP_S:-30}
 
 url() { echo "http://127.0.0.1:$((BASE_PORT + $1))"; }
 cluster_list() {
@@ -39,7 +41,7 @@ all_or_one() {
 }
 
 wait_up() {
-  local i=$1 deadline=$((SECONDS + 30))
+  local i=$1 deadline=$((SECONDS + WAIT_UP_S))
   while ((SECONDS < deadline)); do
     if curl -fsS -o /dev/null "$(url "$i")/v0/status" 2>/dev/null; then return 0; fi
     if [[ -z "$(pid_of "$i" || true)" ]]; then
@@ -48,7 +50,7 @@ wait_up() {
     fi
     sleep 0.05
   done
-  echo "cluster.sh: node $i did not answer /v0/status within 30 s" >&2
+  echo "cluster.sh: node $i did not answer /v0/status within $WAIT_UP_S s" >&2
   return 1
 }
 

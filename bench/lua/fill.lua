@@ -1,7 +1,8 @@
--- Fill: PUT key<start>..key<start+keys-1> once each, in order, with random `value`-byte bodies
--- (default 1024), spread over wrk's threads (give threads=T, the -t value) and their connections.
+-- Fill: PUT <prefix><start>..<prefix><start+keys-1> once each (prefix default "key"), in order,
+-- with random `value`-byte bodies (default 1024), spread over wrk's threads (give threads=T, the
+-- -t value) and their connections.
 -- Usage: wrk -tT -cC -d<upper bound> -s bench/lua/fill.lua URL -- keys=N threads=T out=PREFIX
---        [value=B] [start=S] [ack=A from=F]
+--        [value=B] [start=S] [prefix=P] [ack=A from=F]
 -- wrk always runs for -d, so each thread writes PREFIX.<thread> ("<created> <failed>") once all
 -- its PUTs are answered; the caller (bench/bench.py) waits for those files and then stops wrk
 -- with SIGINT. After its last PUT a connection polls GET /v0/status (answered 200, told apart
@@ -16,7 +17,7 @@ function setup(thread)
 end
 
 local o, first, last, next_key, created, failed, finished, verifying
-local bodies, headers, suffix, status_req
+local bodies, headers, suffix, status_req, key_prefix
 
 function init(args)
     o = lib.parse_args(args)
@@ -32,6 +33,7 @@ function init(args)
     bodies = lib.random_values(256, o.value or 1024)
     headers = {["Content-Length"] = tostring(#bodies[1])}
     suffix = lib.query_suffix(o)
+    key_prefix = o.prefix and tostring(o.prefix) or "key"
     status_req = wrk.format("GET", "/v0/status")
     -- wrk calls request() once on thread 0 before any connection exists, to check the script's
     -- output (script_verify_request in wrk 4.x); give it a status poll so no key is skipped.
@@ -48,7 +50,8 @@ function request()
     end
     local k = next_key
     next_key = next_key + 1
-    return wrk.format("PUT", "/v0/entity?id=key" .. k .. suffix, headers, bodies[k % 256 + 1])
+    return wrk.format("PUT", "/v0/entity?id=" .. key_prefix .. k .. suffix, headers,
+                      bodies[k % 256 + 1])
 end
 
 function response(status)
