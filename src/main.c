@@ -347,7 +347,11 @@ static int start_clock(node_t *n)
         return rc;
     }
     uint64_t wall = dkv_hlc_system_clock_ms(NULL);
-    uint64_t tolerance = n->conf.max_clock_offset_ms / 2;
+    /* Wait until the wall clock passes the previous bound (at most the window, 1 s): starting
+     * above it while it is ahead would stamp new writes ahead of the other coordinators' clocks,
+     * and their later writes would lose. A bound far ahead (the wall clock stepped back) is not
+     * waited for. */
+    uint64_t tolerance = 0;
     uint64_t wait = dkv_hlc_bound_wait_ms(prev, wall, DKV_HLC_BOUND_WINDOW_MS, tolerance);
     if (wait > 0) {
         DKV_LOG_INFO("waiting %llu ms: the previous run may have issued timestamps up to %llu ms "
@@ -362,7 +366,13 @@ static int start_clock(node_t *n)
     }
     rc = dkv_hlc_bound_start(&n->hlc, prev, DKV_HLC_BOUND_WINDOW_MS, dkv_hlc_file_save,
                              &n->hlc_file);
-    if (rc != 0) {
+    if (rc == -ENOSPC) {
+        /* A full disk: serve reads; writes fail (507) until the bound can be written. */
+        DKV_LOG_WARN("cannot write the clock's upper bound %s/hlc: no space left: writes are "
+                     "refused until there is room",
+                     n->conf.data_dir);
+        rc = 0;
+    } else if (rc != 0) {
         DKV_LOG_ERROR("refusing to start: cannot write the clock's upper bound %s/hlc: %s",
                       n->conf.data_dir, dkv_strerror(rc));
     }

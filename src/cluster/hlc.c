@@ -168,7 +168,12 @@ int dkv_hlc_bound_start(dkv_hlc_t *hlc, uint64_t prev_bound_ms, uint64_t window_
     hlc->persist_ctx = persist_ctx;
     atomic_store(&hlc->bound_ms, 0);
     int rc = extend(hlc, dkv_hlc_ms(last) + window_ms);
-    if (rc != 0) {
+    if (rc == -ENOSPC) {
+        /* A full disk: start bounded by the bound already on disk (every timestamp is above
+         * it, so each needs a new one first): writes fail until the bound can be persisted,
+         * which every write and every tick tries again. */
+        atomic_store(&hlc->bound_ms, prev_bound_ms);
+    } else if (rc != 0) {
         dkv_hlc_cleanup(hlc);
     }
     return rc;

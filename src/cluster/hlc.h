@@ -135,7 +135,10 @@ static inline uint64_t dkv_hlc_ms(uint64_t ts)
  * @param window_ms  How far ahead of the last timestamp the bound is kept, >= 4
  *                   (DKV_HLC_BOUND_WINDOW_MS).
  * @param persist    Makes a bound durable; `persist_ctx` is borrowed for the life of `hlc`.
- * @return 0; DKV_EINVAL (window_ms < 4, or already bounded); the persist callback's error.
+ * @return 0; DKV_EINVAL (window_ms < 4, or already bounded); the persist callback's error:
+ *         then the clock is left unbounded (clean it up), except for -ENOSPC (a full disk): then
+ *         it stays bounded by prev_bound_ms, every timestamp fails with DKV_EHLCBOUND until a
+ *         later bound persists (each dkv_hlc_next() and tick tries), and the node may serve.
  * Thread: any, before the clock is shared.
  */
 int dkv_hlc_bound_start(dkv_hlc_t *hlc, uint64_t prev_bound_ms, uint64_t window_ms,

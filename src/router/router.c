@@ -370,7 +370,13 @@ static void handle_entity(dkv_router_t *r, const dkv_request_t *req, dkv_query_t
                            ctx->is_delete ? dkv_slice(NULL, 0) : req->body, ack, from,
                            entity_done_cb, ctx);
     }
-    if (rc == DKV_EHLCBOUND) {
+    if (rc == DKV_EHLCBOUND && r->env.store != NULL && !dkv_store_writable(r->env.store)) {
+        /* The bound could not be written because the disk is full: that is the answer. */
+        free(ctx);
+        reply_text(cb, arg, 507,
+                   "Insufficient Storage: this node's disk is full; writes refused until it has "
+                   "room\n");
+    } else if (rc == DKV_EHLCBOUND) {
         free(ctx);
         reply_text(cb, arg, 503,
                    "Service Unavailable: this node cannot persist its clock's upper bound "

@@ -340,9 +340,13 @@ def test_a_node_whose_peers_refuse_its_handshake_is_not_ready(cluster_factory, t
                                           1: ["--cluster-secret-file", str(good)],
                                           2: ["--cluster-secret-file", str(bad)]})
     odd = c[2]
-    body = wait_ready_status(odd, 503, "refuses our handshake")
+    # Both peers refuse it once each has been dialled (they may start after it: until then a
+    # peer is "unreachable"); poll until both say so.
+    def both_refuse():
+        body = wait_ready_status(odd, 503, "refuses our handshake")
+        return body if sum("refuses our handshake" in x for x in body["reasons"]) == 2 else None
+    body = h.wait_until(both_refuse, 20, 0.1, "both peers to refuse the odd node's handshake")
     assert any("1 of 3 replicas reachable" in x for x in body["reasons"]), body
-    assert sum("refuses our handshake" in x for x in body["reasons"]) == 2, body
     assert health(odd) == 200
     # The two nodes that share a secret make a quorum of two.
     for nd in c[:2]:

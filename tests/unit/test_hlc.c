@@ -405,7 +405,13 @@ static void test_start_fails_when_the_bound_cannot_be_written(void **state)
     dkv_hlc_t hlc;
     fake_init(&clk, &hlc, T0_MS);
     assert_int_equal(dkv_hlc_bound_start(&hlc, T0_MS, WINDOW_MS, fake_persist, &disk), -28);
-    assert_true(dkv_hlc_bound_ms(&hlc) == 0);
+    /* A full disk: still bounded, by the bound on disk; no timestamp until a new one persists. */
+    assert_true(dkv_hlc_bound_ms(&hlc) == T0_MS);
+    uint64_t ts = 0;
+    assert_int_equal(dkv_hlc_next(&hlc, &ts), DKV_EHLCBOUND);
+    atomic_store(&disk.fail, 0);
+    assert_int_equal(dkv_hlc_next(&hlc, &ts), 0);
+    assert_true(dkv_hlc_ms(ts) >= T0_MS);
     dkv_hlc_cleanup(&hlc);
 }
 
