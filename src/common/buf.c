@@ -80,6 +80,22 @@ void dkv_buf_append_str(dkv_buf_t *b, const char *s)
     dkv_buf_append(b, s, strlen(s));
 }
 
+void dkv_buf_append_json_str(dkv_buf_t *b, const char *s)
+{
+    dkv_buf_append(b, "\"", 1);
+    for (; *s != '\0'; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') {
+            dkv_buf_printf(b, "\\%c", c);
+        } else if (c < 0x20) {
+            dkv_buf_printf(b, "\\u%04x", c);
+        } else {
+            dkv_buf_append(b, s, 1);
+        }
+    }
+    dkv_buf_append(b, "\"", 1);
+}
+
 void dkv_buf_printf(dkv_buf_t *b, const char *fmt, ...)
 {
     va_list ap;

@@ -25,6 +25,9 @@ void dkv_buf_reserve(dkv_buf_t *b, size_t extra_bytes);
 void dkv_buf_append(dkv_buf_t *b, const void *p, size_t n);
 /** Appends a NUL-terminated string without its NUL. */
 void dkv_buf_append_str(dkv_buf_t *b, const char *s);
+/** Appends `s` (NUL-terminated) as a JSON string literal: quoted, `"` and `\` escaped, control
+ * bytes as \u00XX (RFC 8259 §7). Thread: the buffer's owner. */
+void dkv_buf_append_json_str(dkv_buf_t *b, const char *s);
 /** Appends printf-formatted text without the trailing NUL. */
 void dkv_buf_printf(dkv_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /** Removes the first `n_bytes` (n_bytes <= len), keeping the rest in order. */

@@ -431,22 +431,6 @@ void router_handle_health(dkv_router_t *r, const dkv_request_t *req, dkv_query_t
     reply_static(cb, arg, 200, "OK\n");
 }
 
-static void json_str(dkv_buf_t *b, const char *s)
-{
-    dkv_buf_append(b, "\"", 1);
-    for (; *s != '\0'; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') {
-            dkv_buf_printf(b, "\\%c", c);
-        } else if (c < 0x20) {
-            dkv_buf_printf(b, "\\u%04x", c);
-        } else {
-            dkv_buf_append(b, s, 1);
-        }
-    }
-    dkv_buf_append(b, "\"", 1);
-}
-
 /* Appends one reason (a JSON string) to the array being built in `b`. */
 static void reason(dkv_buf_t *b, unsigned *n, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -461,7 +445,7 @@ static void reason(dkv_buf_t *b, unsigned *n, const char *fmt, ...)
     if (*n > 0) {
         dkv_buf_append(b, ",", 1);
     }
-    json_str(b, text);
+    dkv_buf_append_json_str(b, text);
     (*n)++;
 }
 

@@ -456,22 +456,6 @@ static void handle_entities(dkv_router_t *r, const dkv_request_t *req, dkv_query
 
 /* ---- status ---- */
 
-static void json_str(dkv_buf_t *b, const char *s)
-{
-    dkv_buf_append(b, "\"", 1);
-    for (; *s != '\0'; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') {
-            dkv_buf_printf(b, "\\%c", c);
-        } else if (c < 0x20) {
-            dkv_buf_printf(b, "\\u%04x", c);
-        } else {
-            dkv_buf_append(b, s, 1);
-        }
-    }
-    dkv_buf_append(b, "\"", 1);
-}
-
 /* ---- convergence: hints and read repair ---- */
 
 static void hints_json(dkv_router_t *r, dkv_buf_t *b)
@@ -511,7 +495,7 @@ static void storage_json(dkv_router_t *r, dkv_buf_t *b)
     if (h.writable) {
         dkv_buf_append_str(b, "null");
     } else {
-        json_str(b, h.error);
+        dkv_buf_append_json_str(b, h.error);
     }
     dkv_buf_printf(b,
                    ",\"no_space\":%s,\"since_ms\":%" PRIu64 ",\"write_errors\":%" PRIu64
@@ -841,7 +825,7 @@ static void checkpoint_done(uv_work_t *w, int status)
     } else if (job->rc == 0) {
         DKV_LOG_INFO("checkpoint written to %s in %" PRIu64 " ms", job->path, job->elapsed_ms);
         dkv_buf_append_str(&b, "{\"checkpoint\":");
-        json_str(&b, job->path);
+        dkv_buf_append_json_str(&b, job->path);
         dkv_buf_printf(&b, ",\"elapsed_ms\":%" PRIu64 "}\n", job->elapsed_ms);
     } else if (job->rc == -EEXIST) {
         http = 409;
@@ -943,7 +927,7 @@ static void handle_status(dkv_router_t *r, const dkv_request_t *req, dkv_query_t
     dkv_buf_init(&b);
     uint64_t now_ms = dkv_hlc_system_clock_ms(NULL);
     dkv_buf_append_str(&b, "{\"status\":\"ok\",\"version\":\"" DKV_VERSION "\",\"self\":");
-    json_str(&b, r->env.self_url);
+    dkv_buf_append_json_str(&b, r->env.self_url);
     if (r->env.identity != NULL) {
         dkv_buf_append(&b, ",", 1);
         dkv_identity_status_json(r->env.identity, &b);
@@ -954,7 +938,7 @@ static void handle_status(dkv_router_t *r, const dkv_request_t *req, dkv_query_t
         if (i > 0) {
             dkv_buf_append(&b, ",", 1);
         }
-        json_str(&b, dkv_ring_url(r->env.ring, i));
+        dkv_buf_append_json_str(&b, dkv_ring_url(r->env.ring, i));
     }
     unsigned rf = r->env.replication_factor;
     dkv_buf_printf(&b, "],\"replication_factor\":%u",
