@@ -506,6 +506,7 @@ int main(int argc, char **argv)
         goto out;
     }
     dkv_store_opts_t sopts = {.block_cache_bytes = n->conf.block_cache_bytes,
+                              .row_cache_bytes = n->conf.row_cache_bytes,
                               .fsync = n->conf.fsync};
     rc = dkv_store_open(n->conf.data_dir, &sopts, &n->store);
     if (rc != 0) {

@@ -84,6 +84,9 @@ static const char usage_more[] =
     "\n"
     "Storage:\n"
     "  --block-cache-bytes N       RocksDB block cache (default 67108864)\n"
+    "  --row-cache-bytes N         RocksDB row cache: whole records of recently read keys, a\n"
+    "                              GET that hits it skips the SST index and block lookups\n"
+    "                              (default 134217728; 0 = off)\n"
     "  --fsync                     fsync the write-ahead log on every write (default: write(2)\n"
     "                              only, which survives kill -9 but not power loss)\n"
     "  --backup-dir DIR            POST /v0/admin/checkpoint?dir=NAME writes a RocksDB\n"
@@ -227,6 +230,7 @@ static const char *const valued[] = {
     "--max-body-bytes", "--max-header-bytes", "--idle-timeout-ms", "--request-timeout-ms",
     "--replica-timeout-ms", "--shutdown-timeout-ms", "--max-connections", "--max-inflight",
     "--vnodes", "--breaker-failures", "--breaker-cooldown-ms", "--block-cache-bytes",
+    "--row-cache-bytes",
     "--hinted-handoff", "--hint-window-ms", "--max-hints-bytes",
     "--hint-replay-bytes-per-s", "--read-repair", "--anti-entropy-max-bytes-per-s",
     "--anti-entropy-interval-ms", "--tombstone-grace-ms",
@@ -281,6 +285,7 @@ static void set_defaults(dkv_conf_t *conf)
     conf->breaker_cooldown_ms = 2000;
     conf->max_clock_offset_ms = 500;
     conf->block_cache_bytes = 64u << 20;
+    conf->row_cache_bytes = 128u << 20;
     conf->hinted_handoff = true;
     conf->hint_window_ms = 3u * 3600u * 1000u;
     conf->max_hints_bytes = (uint64_t)1 << 30;
@@ -330,6 +335,7 @@ static int set_flag(dkv_conf_t *conf, const char *flag, const char *val, char **
     NUM("--breaker-cooldown-ms", 1, 3600000, breaker_cooldown_ms)
     NUM("--max-clock-offset-ms", 1, 3600000, max_clock_offset_ms)
     NUM("--block-cache-bytes", 1u << 20, (uint64_t)1 << 40, block_cache_bytes)
+    NUM("--row-cache-bytes", 0, (uint64_t)1 << 40, row_cache_bytes)
     NUM("--hint-window-ms", 1, (uint64_t)30 * 86400000, hint_window_ms)
     NUM("--max-hints-bytes", 1, (uint64_t)1 << 50, max_hints_bytes)
     NUM("--hint-replay-bytes-per-s", 1024, (uint64_t)1 << 40, hint_replay_bytes_per_s)

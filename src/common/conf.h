@@ -46,6 +46,7 @@ typedef struct dkv_conf {
     uint64_t breaker_cooldown_ms;
     uint64_t max_clock_offset_ms; /* replicas refuse records stamped further ahead */
     size_t block_cache_bytes;
+    size_t row_cache_bytes;
     bool hinted_handoff;              /* durable hints for failed replica writes */
     uint64_t hint_window_ms;          /* no new hints for a peer whose oldest hint is older */
     uint64_t max_hints_bytes;         /* no new hints past this total */

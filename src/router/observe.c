@@ -314,6 +314,10 @@ static void store_metrics(const dkv_router_t *r, dkv_buf_t *b)
         st.block_cache_pinned_bytes);
     one(b, "dkv_rocksdb_block_cache_capacity_bytes", "gauge", "block cache capacity",
         st.block_cache_capacity_bytes);
+    one(b, "dkv_rocksdb_row_cache_usage_bytes", "gauge", "row cache memory in use",
+        st.row_cache_usage_bytes);
+    one(b, "dkv_rocksdb_row_cache_capacity_bytes", "gauge",
+        "row cache capacity (0: --row-cache-bytes 0)", st.row_cache_capacity_bytes);
     static const struct {
         const char *name;
         const char *help;

@@ -40,6 +40,7 @@ typedef void (*dkv_store_write_cb)(void *arg, uint32_t segment);
 
 typedef struct dkv_store_opts {
     size_t block_cache_bytes; /* LRU block cache; 0 = 64 MiB */
+    size_t row_cache_bytes;   /* LRU row cache (whole records by key); 0 = none */
     bool fsync;               /* fsync the WAL on every write (power-loss safety); default off */
 } dkv_store_opts_t;
 
@@ -308,6 +309,8 @@ typedef struct dkv_store_stats {
     uint64_t block_cache_usage_bytes;
     uint64_t block_cache_pinned_bytes;
     uint64_t block_cache_capacity_bytes;
+    uint64_t row_cache_usage_bytes;    /* 0 without a row cache */
+    uint64_t row_cache_capacity_bytes; /* 0 without a row cache */
     dkv_store_cf_stats_t cf[DKV_STORE_N_CFS]; /* data, hints, digest */
 } dkv_store_stats_t;
 
