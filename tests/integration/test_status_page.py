@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 
 import pytest
@@ -137,11 +138,13 @@ def short(url: str) -> str:
 
 
 @pytest.mark.timeout_s(150)
-def test_page_in_chromium_shows_a_stopped_node_down(cluster_factory):
+def test_page_in_chromium_shows_nodes_up_down_and_rebuilding(cluster_factory):
     binary = find_chromium()
     if binary is None:
         pytest.skip("no chromium: `apt-get install chromium` (scripts/install-deps.sh does)")
-    c = cluster_factory(3)
+    # --auto-rebuild off: a wiped node stays "rebuilding" until an operator says otherwise, so
+    # the page can be watched showing it.
+    c = cluster_factory(3, "--auto-rebuild", "off")
     h.bulk_put(c[0].port, [(b"page/%d" % i, b"v%d" % i) for i in range(300)])
     with c[0].client() as cl:
         status = json.loads(cl.request("GET", "/v0/status?verbose=1").body)
@@ -182,7 +185,24 @@ def test_page_in_chromium_shows_a_stopped_node_down(cluster_factory):
                 raise AssertionError("the page never showed the expected state; last DOM "
                                      "snapshot: %s" % json.dumps(snap, indent=1))
             time.sleep(0.1)
+        check_rendered(snap, status, version, stopped, live, c, started)
 
+        # The stopped node comes back on an empty disk: the same page, still polling, shows it
+        # rebuilding (its peers knew it under another id), with its new uptime.
+        shutil.rmtree(stopped.data_dir)
+        stopped.start()
+        row = ("(() => { const tr = document.querySelector('tr.node[data-url=' + %s + ']');"
+               " return tr ? {state: tr.dataset.state, uptime_s: tr.querySelector('td.uptime')"
+               ".dataset.seconds, version: tr.querySelector('td.version').textContent} : null;"
+               " })()" % json.dumps(json.dumps(stopped.url)))
+        got = browser.wait_for(row + "?.state === 'rebuilding' && " + row, 60,
+                               "the restarted, wiped node shown rebuilding")
+        assert got["version"] == version and got["uptime_s"].isdigit()
+        assert browser.eval("window.__csp") == []
+
+
+def check_rendered(snap, status, version, stopped, live, c, started):
+    """What the page showed once it had seen traffic with one node stopped."""
     assert snap["csp"] == [], "Content-Security-Policy violations: %s" % snap["csp"]
     assert snap["polls"] >= 2
     assert [r["url"] for r in snap["rows"]] == status["cluster"]  # every node, canonical order
@@ -203,5 +223,5 @@ def test_page_in_chromium_shows_a_stopped_node_down(cluster_factory):
     assert r0["rps_text"] not in ("", "\u2013") and r0["rps_text"][0].isdigit()
     assert 0 < float(r0["p99"]) <= 10  # seconds: inside the histogram's finite buckets
     assert r0["p99_text"].endswith(("ms", "s"))
-    # A node that does not answer has no row in the matrices but its own "no answer".
+    # A node that does not answer reports nothing: its row of the matrices says so.
     assert matrix_cell(snap["breakers"], short(stopped.url), short(c[0].url)) == "no answer"
