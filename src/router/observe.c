@@ -454,15 +454,22 @@ void router_handle_health(dkv_router_t *r, const dkv_request_t *req, dkv_query_t
  * list knows; img-src data: is its empty favicon. no-cache: a browser revalidates, so an upgraded
  * node's page is seen at once.
  */
+/* clang-format off: one directive per line reads better than the reflowed literal */
+#define PAGE_CSP                                                                                   \
+    "default-src 'none'; "                                                                         \
+    "script-src 'sha256-" DKV_STATUS_PAGE_SCRIPT_SHA256 "'; "                                      \
+    "style-src 'sha256-" DKV_STATUS_PAGE_STYLE_SHA256 "'; "                                        \
+    "connect-src *; "                                                                              \
+    "img-src data:; "                                                                              \
+    "base-uri 'none'; "                                                                            \
+    "form-action 'none'; "                                                                         \
+    "frame-ancestors 'none'"
 #define PAGE_HEADERS                                                                               \
     "Cache-Control: no-cache\r\n"                                                                  \
-    "Content-Security-Policy: default-src 'none'; script-src "                                     \
-    "'sha256-" DKV_STATUS_PAGE_SCRIPT_SHA256 "'; style-src 'sha256-" DKV_STATUS_PAGE_STYLE_SHA256  \
-    "'; "                                                                                          \
-    "connect-src *; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors "          \
-    "'none'\r\n"                                                                                   \
+    "Content-Security-Policy: " PAGE_CSP "\r\n"                                                    \
     "X-Content-Type-Options: nosniff\r\n"                                                          \
     "Referrer-Policy: no-referrer\r\n"
+/* clang-format on */
 
 void router_handle_page(dkv_router_t *r, const dkv_request_t *req, dkv_query_t *q,
                         dkv_router_reply_cb cb, void *arg)
