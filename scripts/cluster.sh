@@ -115,6 +115,7 @@ run_foreground() {
   cat <<TXT
 
 dkv: $NODES-node cluster running (data in $DATA_ROOT, logs in $DATA_ROOT/node*.log).
+Status page: open $u/ in a browser.
 Try, from another terminal:
   curl -X PUT -d hello '$u/v0/entity?id=k'
   curl '$(url $((NODES > 1 ? 1 : 0)))/v0/entity?id=k'

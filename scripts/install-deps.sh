@@ -6,7 +6,8 @@ set -euo pipefail
 
 pkgs=(build-essential cmake pkg-config libuv1-dev node-llhttp librocksdb-dev libxxhash-dev
       libsodium-dev libcmocka-dev python3 python3-pytest curl faketime
-      python3-prometheus-client prometheus)  # the metrics tests: parser, promtool, a real scrape
+      python3-prometheus-client prometheus   # the metrics tests: parser, promtool, a real scrape
+      chromium)  # the status page test: headless Chromium renders GET / of a live cluster
 for opt in "$@"; do
   case "$opt" in
     --bench) pkgs+=(wrk nginx-light gnuplot-nox linux-perf heaptrack) ;;

@@ -1,6 +1,7 @@
 /*
  * Observability endpoints: GET /metrics (Prometheus text format 0.0.4, metrics/metrics.h writes
- * it), GET /v0/health (liveness) and GET /v0/ready (readiness for default-quorum requests).
+ * it), GET /v0/health (liveness), GET /v0/ready (readiness for default-quorum requests) and the
+ * status page GET / (a static page that polls every node's /v0/status and /metrics itself).
  * A scrape reads every I/O loop's counters with relaxed loads and the other modules' figures
  * through their getters; it runs on the loop that received it and costs tens of microseconds.
  */
@@ -8,6 +9,7 @@
 
 #include "cluster/hlc.h"
 #include "common/conf.h"
+#include "router/status_page_gen.h" /* generated: the page's bytes and CSP hashes */
 
 #include <inttypes.h>
 #include <stdarg.h>
@@ -24,10 +26,13 @@ static void reply_static(dkv_router_reply_cb cb, void *arg, int status, const ch
     cb(arg, &resp);
 }
 
+/* Answers with `b` (taken over); `cors`: a read-only observability answer (ROUTER_CORS_HEADER). */
 static void reply_buf(dkv_router_reply_cb cb, void *arg, int status, dkv_buf_t *b,
-                      const char *content_type)
+                      const char *content_type, bool cors)
 {
-    dkv_response_t resp = {.status = status, .content_type = content_type};
+    dkv_response_t resp = {.status = status,
+                           .content_type = content_type,
+                           .extra_headers = cors ? ROUTER_CORS_HEADER : NULL};
     resp.body = dkv_buf_slice(b);
     resp.body_owner.len = b->len;
     resp.body_owner.ptr = dkv_buf_steal(b);
@@ -318,6 +323,11 @@ static void store_metrics(const dkv_router_t *r, dkv_buf_t *b)
         st.row_cache_usage_bytes);
     one(b, "dkv_rocksdb_row_cache_capacity_bytes", "gauge",
         "row cache capacity (0: --row-cache-bytes 0)", st.row_cache_capacity_bytes);
+    one(b, "dkv_filesystem_size_bytes", "gauge",
+        "size of the filesystem holding the data directory (statvfs)", st.fs_size_bytes);
+    one(b, "dkv_filesystem_avail_bytes", "gauge",
+        "bytes of that filesystem free for an unprivileged writer (statvfs f_bavail)",
+        st.fs_avail_bytes);
     static const struct {
         const char *name;
         const char *help;
@@ -418,7 +428,7 @@ void router_handle_metrics(dkv_router_t *r, const dkv_request_t *req, dkv_query_
     dkv_buf_t b;
     dkv_buf_init(&b);
     metrics_page(r, &b);
-    reply_buf(cb, arg, 200, &b, DKV_PROM_CONTENT_TYPE);
+    reply_buf(cb, arg, 200, &b, DKV_PROM_CONTENT_TYPE, true);
 }
 
 /* ---- health and readiness ---- */
@@ -432,7 +442,53 @@ void router_handle_health(dkv_router_t *r, const dkv_request_t *req, dkv_query_t
         reply_static(cb, arg, 405, "Method Not Allowed: use GET\n");
         return;
     }
-    reply_static(cb, arg, 200, "OK\n");
+    dkv_response_t resp = {.status = 200,
+                           .content_type = TEXT,
+                           .extra_headers = ROUTER_CORS_HEADER,
+                           .body = dkv_slice_str("OK\n")};
+    cb(arg, &resp);
+}
+
+/* ---- the status page ---- */
+
+/*
+ * The page's script and style are inline, so the policy allows exactly those two by hash (CSP
+ * Level 2 hash sources) and nothing else from anywhere: no other script, style, frame, form or
+ * base URL. connect-src * lets its fetch() reach the other nodes, whose URLs only the cluster
+ * list knows; img-src data: is its empty favicon. no-cache: a browser revalidates, so an upgraded
+ * node's page is seen at once.
+ */
+/* clang-format off: one directive per line reads better than the reflowed literal */
+#define PAGE_CSP                                                                                   \
+    "default-src 'none'; "                                                                         \
+    "script-src 'sha256-" DKV_STATUS_PAGE_SCRIPT_SHA256 "'; "                                      \
+    "style-src 'sha256-" DKV_STATUS_PAGE_STYLE_SHA256 "'; "                                        \
+    "connect-src *; "                                                                              \
+    "img-src data:; "                                                                              \
+    "base-uri 'none'; "                                                                            \
+    "form-action 'none'; "                                                                         \
+    "frame-ancestors 'none'"
+#define PAGE_HEADERS                                                                               \
+    "Cache-Control: no-cache\r\n"                                                                  \
+    "Content-Security-Policy: " PAGE_CSP "\r\n"                                                    \
+    "X-Content-Type-Options: nosniff\r\n"                                                          \
+    "Referrer-Policy: no-referrer\r\n"
+/* clang-format on */
+
+void router_handle_page(dkv_router_t *r, const dkv_request_t *req, dkv_query_t *q,
+                        dkv_router_reply_cb cb, void *arg)
+{
+    (void)r;
+    (void)q;
+    if (req->method != DKV_METHOD_GET) {
+        reply_static(cb, arg, 405, "Method Not Allowed: use GET\n");
+        return;
+    }
+    dkv_response_t resp = {.status = 200,
+                           .content_type = "text/html; charset=utf-8",
+                           .extra_headers = PAGE_HEADERS,
+                           .body = dkv_slice(status_page_html, sizeof(status_page_html))};
+    cb(arg, &resp);
 }
 
 /* Appends one reason (a JSON string) to the array being built in `b`. */
@@ -555,5 +611,5 @@ void router_handle_ready(dkv_router_t *r, const dkv_request_t *req, dkv_query_t 
     }
     dkv_buf_append_str(&b, "]}\n");
     dkv_buf_cleanup(&reasons);
-    reply_buf(cb, arg, n_reasons == 0 ? 200 : 503, &b, "application/json");
+    reply_buf(cb, arg, n_reasons == 0 ? 200 : 503, &b, "application/json", true);
 }

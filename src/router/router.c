@@ -920,7 +920,11 @@ static void handle_status(dkv_router_t *r, const dkv_request_t *req, dkv_query_t
         return;
     }
     if (!q->verbose) {
-        reply_text(cb, arg, 200, "OK\n");
+        dkv_response_t resp = {.status = 200,
+                               .content_type = TEXT,
+                               .extra_headers = ROUTER_CORS_HEADER,
+                               .body = dkv_slice_str("OK\n")};
+        cb(arg, &resp);
         return;
     }
     dkv_buf_t b;
@@ -988,7 +992,13 @@ static void handle_status(dkv_router_t *r, const dkv_request_t *req, dkv_query_t
         dkv_buf_append_str(&b, "}");
     }
     dkv_buf_append_str(&b, "}\n");
-    reply_owned_text(cb, arg, 200, &b, "application/json");
+    dkv_response_t resp = {
+        .status = 200, .content_type = "application/json", .extra_headers = ROUTER_CORS_HEADER};
+    resp.body = dkv_buf_slice(&b);
+    resp.body_owner.len = b.len;
+    resp.body_owner.ptr = dkv_buf_steal(&b);
+    resp.body_owner.free_fn = (void (*)(uint8_t *))free;
+    cb(arg, &resp);
 }
 
 void dkv_router_handle(dkv_router_t *r, const dkv_request_t *req, dkv_router_reply_cb cb,
@@ -1025,6 +1035,8 @@ void dkv_router_handle(dkv_router_t *r, const dkv_request_t *req, dkv_router_rep
         handler = router_handle_health;
     } else if (dkv_slice_eq_str(path, "/v0/ready")) {
         handler = router_handle_ready;
+    } else if (dkv_slice_eq_str(path, "/")) {
+        handler = router_handle_page;
     } else {
         reply_text(cb, arg, 400, "Bad Request: unknown path\n");
         return;

@@ -1315,6 +1315,11 @@ void dkv_store_stats(dkv_store_t *s, dkv_store_stats_t *out)
         out->row_cache_usage_bytes = rocksdb_cache_get_usage(s->row_cache);
         out->row_cache_capacity_bytes = rocksdb_cache_get_capacity(s->row_cache);
     }
+    struct statvfs fs;
+    if (statvfs(s->path, &fs) == 0) {
+        out->fs_size_bytes = (uint64_t)fs.f_blocks * (uint64_t)fs.f_frsize;
+        out->fs_avail_bytes = (uint64_t)fs.f_bavail * (uint64_t)fs.f_frsize;
+    }
     pthread_rwlock_rdlock(&s->db_lock);
     if (s->db != NULL) {
         rocksdb_column_family_handle_t *cfs[DKV_STORE_N_CFS] = {s->cf_data, s->cf_hints,

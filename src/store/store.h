@@ -311,13 +311,15 @@ typedef struct dkv_store_stats {
     uint64_t block_cache_capacity_bytes;
     uint64_t row_cache_usage_bytes;    /* 0 without a row cache */
     uint64_t row_cache_capacity_bytes; /* 0 without a row cache */
+    uint64_t fs_size_bytes;  /* the data directory's filesystem (statvfs); 0 when unknown */
+    uint64_t fs_avail_bytes; /* its free bytes for an unprivileged writer; 0 when unknown */
     dkv_store_cf_stats_t cf[DKV_STORE_N_CFS]; /* data, hints, digest */
 } dkv_store_stats_t;
 
 /**
  * Fills `out` (caller's storage) with the store's counters and RocksDB's properties. Takes the
  * database lock shared, like a read (never blocks behind a stream of writes for long; waits for
- * a reopen). Costs a few microseconds (18 property reads). Thread: any.
+ * a reopen). Costs a few microseconds (18 property reads and one statvfs(2)). Thread: any.
  */
 void dkv_store_stats(dkv_store_t *s, dkv_store_stats_t *out);
 

@@ -330,7 +330,7 @@ def test_non_get_method_on_entities_is_405(client, method):
     "method,target",
     [
         ("GET", "/abracadabra"),
-        ("GET", "/"),
+        ("GET", "//"),
         ("GET", "/v0"),
         ("GET", "/v0/"),
         ("GET", "/v0/entity/?id=k"),

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <sodium.h>
 
 #include "common/buf.h"
 #include "common/conf.h"
@@ -465,6 +466,7 @@ typedef struct reply {
     int calls;
     int status;
     const char *content_type;
+    const char *extra_headers;
     dkv_buf_t body; /* the body, or the decoded stream */
     bool streamed;
     size_t n_chunks;
@@ -504,6 +506,7 @@ static void reply_cb(void *arg, dkv_response_t *resp)
     r->calls++;
     r->status = resp->status;
     r->content_type = resp->content_type;
+    r->extra_headers = resp->extra_headers;
     if (resp->stream != NULL) {
         r->streamed = true;
         test_sink_t sink = {{sink_write, 0}, r};
@@ -612,7 +615,7 @@ static void test_e2e_method_checked_before_params(void **state)
 static void test_e2e_unknown_path_is_400(void **state)
 {
     node_t *n = *state;
-    const char *paths[] = {"/abracadabra",     "/",           "",
+    const char *paths[] = {"/abracadabra",     "//",          "",
                            "/v0/entity/",      "/v0/entityx", "/V0/entity",
                            "/v0/Entity",       "/v0/status/", "/v0/entit",
                            "v0/entity",        "/v0//entity", "/v0/entity%3Fid=k",
@@ -832,6 +835,127 @@ static void test_e2e_entities_framing(void **state)
     expect_status(n, DKV_METHOD_GET, "/v0/entities?xstart=a", 400);
 }
 
+/* The base64 SHA-256 of the text between `open` and the next `close` in `page`. */
+static void inline_sha256_b64(const dkv_buf_t *page, const char *open, const char *close, char *out,
+                              size_t out_len)
+{
+    dkv_buf_t z;
+    dkv_buf_init(&z);
+    dkv_buf_append(&z, page->data, page->len);
+    dkv_buf_append(&z, "", 1);
+    const char *text = (const char *)z.data;
+    const char *a = strstr(text, open);
+    assert_non_null(a);
+    assert_null(strstr(a + 1, open)); /* exactly one such element */
+    a += strlen(open);
+    const char *b = strstr(a, close);
+    assert_non_null(b);
+    unsigned char digest[crypto_hash_sha256_BYTES];
+    crypto_hash_sha256(digest, (const unsigned char *)a, (unsigned long long)(b - a));
+    sodium_bin2base64(out, out_len, digest, sizeof(digest), sodium_base64_VARIANT_ORIGINAL);
+    dkv_buf_cleanup(&z);
+}
+
+/* GET / is the status page: HTML, no-cache, and a CSP that allows its inline script and style
+ * by their hashes and nothing inline else; HEAD is GET for the router; other methods 405. */
+static void test_e2e_status_page(void **state)
+{
+    node_t *n = *state;
+    reply_t r;
+    send_req(n, DKV_METHOD_GET, dkv_slice_str("/"), dkv_slice(NULL, 0), &r);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.content_type, "text/html; charset=utf-8");
+    assert_non_null(r.extra_headers);
+    assert_non_null(strstr(r.extra_headers, "Cache-Control: no-cache\r\n"));
+    assert_non_null(strstr(r.extra_headers, "X-Content-Type-Options: nosniff\r\n"));
+    assert_null(strstr(r.extra_headers, "Access-Control-Allow-Origin"));
+    const char *csp = strstr(r.extra_headers, "Content-Security-Policy: ");
+    assert_non_null(csp);
+    const char *csp_end = strstr(csp, "\r\n");
+    assert_non_null(csp_end);
+    char policy[1024];
+    assert_true((size_t)(csp_end - csp) < sizeof(policy));
+    memcpy(policy, csp, (size_t)(csp_end - csp));
+    policy[csp_end - csp] = '\0';
+    assert_non_null(strstr(policy, "default-src 'none'"));
+    assert_non_null(strstr(policy, "connect-src *"));
+    assert_null(strstr(policy, "unsafe-inline"));
+    assert_null(strstr(policy, "unsafe-eval"));
+
+    assert_true(r.body.len > 1000);
+    assert_memory_equal(r.body.data, "<!DOCTYPE html>", 15);
+    char want[crypto_hash_sha256_BYTES * 2];
+    char src[256];
+    assert_int_equal(sodium_init() >= 0, 1);
+    inline_sha256_b64(&r.body, "<script>", "</script>", want, sizeof(want));
+    snprintf(src, sizeof(src), "script-src 'sha256-%s'", want);
+    assert_non_null(strstr(policy, src));
+    inline_sha256_b64(&r.body, "<style>", "</style>", want, sizeof(want));
+    snprintf(src, sizeof(src), "style-src 'sha256-%s'", want);
+    assert_non_null(strstr(policy, src));
+    /* Everything is escaped through textContent: the page never parses data as HTML. */
+    dkv_buf_append(&r.body, "", 1);
+    assert_null(strstr((const char *)r.body.data, "innerHTML"));
+    assert_null(strstr((const char *)r.body.data, "eval("));
+    reply_cleanup(&r);
+
+    /* A query string does not change the path (the page reads ?interval_ms= itself). */
+    expect_status(n, DKV_METHOD_GET, "/?interval_ms=500", 200);
+    const enum dkv_method others[] = {DKV_METHOD_PUT, DKV_METHOD_DELETE, DKV_METHOD_POST,
+                                      DKV_METHOD_OTHER};
+    for (size_t i = 0; i < sizeof(others) / sizeof(others[0]); i++) {
+        send_req(n, others[i], dkv_slice_str("/"), dkv_slice_str("x"), &r);
+        assert_int_equal(r.status, 405);
+        assert_null(r.extra_headers);
+        reply_cleanup(&r);
+    }
+}
+
+/* Access-Control-Allow-Origin: * goes with the read-only observability GETs the page polls
+ * across origins, and with nothing else: no data, no admin answer, no error. */
+static void test_e2e_cors_only_on_observability_gets(void **state)
+{
+    node_t *n = *state;
+    static const char cors[] = "Access-Control-Allow-Origin: *\r\n";
+    const char *with[] = {"/v0/status", "/v0/status?verbose=1", "/metrics", "/v0/health",
+                          "/v0/ready"};
+    reply_t r;
+    for (size_t i = 0; i < sizeof(with) / sizeof(with[0]); i++) {
+        send_req(n, DKV_METHOD_GET, dkv_slice_str(with[i]), dkv_slice(NULL, 0), &r);
+        if (r.extra_headers == NULL || strstr(r.extra_headers, cors) == NULL) {
+            print_error("GET %s: no CORS header\n", with[i]);
+            fail();
+        }
+        reply_cleanup(&r);
+    }
+    assert_int_equal(status_of(n, DKV_METHOD_PUT, "/v0/entity?id=cors", "v"), 201);
+    const struct {
+        enum dkv_method m;
+        const char *url;
+    } without[] = {
+        {DKV_METHOD_GET, "/v0/entity?id=cors"},
+        {DKV_METHOD_PUT, "/v0/entity?id=cors"},
+        {DKV_METHOD_DELETE, "/v0/entity?id=cors"},
+        {DKV_METHOD_GET, "/v0/entities?start=a"},
+        {DKV_METHOD_GET, "/v0/admin/hints"},
+        {DKV_METHOD_GET, "/v0/admin/repair"},
+        {DKV_METHOD_POST, "/v0/admin/repair"},
+        {DKV_METHOD_POST, "/v0/admin/rebuild-done"},
+        {DKV_METHOD_PUT, "/v0/status"},
+        {DKV_METHOD_DELETE, "/metrics"},
+        {DKV_METHOD_POST, "/v0/health"},
+        {DKV_METHOD_GET, "/abracadabra"},
+    };
+    for (size_t i = 0; i < sizeof(without) / sizeof(without[0]); i++) {
+        send_req(n, without[i].m, dkv_slice_str(without[i].url), dkv_slice_str("x"), &r);
+        if (r.extra_headers != NULL && strstr(r.extra_headers, "Access-Control") != NULL) {
+            print_error("%d %s: CORS header sent\n", (int)without[i].m, without[i].url);
+            fail();
+        }
+        reply_cleanup(&r);
+    }
+}
+
 #define E2E(fn) cmocka_unit_test_setup_teardown(fn, node_setup, node_teardown)
 
 int main(void)
@@ -864,6 +988,8 @@ int main(void)
         E2E(test_e2e_bad_params_are_400),
         E2E(test_e2e_key_length_limit),
         E2E(test_e2e_status),
+        E2E(test_e2e_status_page),
+        E2E(test_e2e_cors_only_on_observability_gets),
         E2E(test_e2e_entities_framing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
