@@ -660,6 +660,14 @@ int dkv_store_open(const char *dir, const dkv_store_opts_t *opts, dkv_store_t **
                                      digest_partial_merge_cb, merge_delete_cb,
                                      digest_merge_name_cb));
 
+    /* A bloom filter over whole keys in each data memtable (2% of the write buffer): a GET of a
+     * key the memtables do not hold, the common case once data outgrows them, skips the skip-list
+     * search, a pointer chase through up to 64 MiB per memtable (21.9k -> 18.6k instructions
+     * per GET, callgrind, 60k of 100k read keys in the memtables). Not on the digest column
+     * family, which is read by iterators. */
+    rocksdb_options_set_memtable_prefix_bloom_size_ratio(s->options, 0.02);
+    rocksdb_options_set_memtable_whole_key_filtering(s->options, 1);
+
     int n = snprintf(s->path, sizeof(s->path), "%s/db", dir);
     if (n < 0 || (size_t)n >= sizeof(s->path)) {
         dkv_store_close(s);
