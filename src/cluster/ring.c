@@ -273,6 +273,26 @@ size_t dkv_ring_preference_list(const dkv_ring_t *r, dkv_slice_t key, size_t fro
     return got;
 }
 
+void dkv_ring_primary_shares(const dkv_ring_t *r, double *shares)
+{
+    for (size_t i = 0; i < r->n; i++) {
+        shares[i] = 0;
+    }
+    if (r->n == 1) {
+        shares[0] = 1;
+        return;
+    }
+    /* Token i owns the hashes (token[i-1], token[i]]; token 0 also owns the wrap past the last
+     * token. Unsigned subtraction gives both arc lengths, the wrap included; 2^64 is exact in a
+     * double and each arc is rounded once. */
+    const double space = 18446744073709551616.0;
+    uint64_t prev = r->tokens[r->token_count - 1].token;
+    for (size_t t = 0; t < r->token_count; t++) {
+        shares[r->tokens[t].node] += (double)(r->tokens[t].token - prev) / space;
+        prev = r->tokens[t].token;
+    }
+}
+
 uint64_t dkv_ring_fingerprint(const dkv_ring_t *r)
 {
     return r->fingerprint;
