@@ -19,8 +19,8 @@ static const char HEX_LOWER[] = "0123456789abcdef";
 
 static bool unreserved(uint8_t c)
 {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-           c == '-' || c == '.' || c == '_' || c == '~';
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '.' || c == '_' || c == '~';
 }
 
 void dkv_ctl_pct_encode(dkv_slice_t in, dkv_buf_t *out)

@@ -70,10 +70,10 @@ typedef struct ctl {
 
 /* One HTTP request as dkvctl makes it. */
 typedef struct req {
-    const char *method; /* GET, PUT, DELETE, POST */
-    const char *target; /* path and query, already encoded */
-    dkv_slice_t body;   /* PUT only */
-    long timeout_ms;    /* whole exchange; 0: none, only a stall limit (scan) */
+    const char *method;       /* GET, PUT, DELETE, POST */
+    const char *target;       /* path and query, already encoded */
+    dkv_slice_t body;         /* PUT only */
+    long timeout_ms;          /* whole exchange; 0: none, only a stall limit (scan) */
     dkv_ctl_chunks_t *chunks; /* non-NULL: a 200 body is raw chunked framing for this decoder */
     size_t max_body_bytes;    /* of a collected 200 body */
 } req_t;
@@ -82,7 +82,7 @@ typedef struct req {
 typedef struct resp {
     CURL *curl;
     const req_t *req;
-    long status;   /* 0 until a response arrived */
+    long status; /* 0 until a response arrived */
     dkv_buf_t body;
     bool too_big;  /* a 200 body over req->max_body_bytes */
     bool streamed; /* body bytes went to the decoder: the request cannot be retried */
@@ -250,8 +250,8 @@ static bool is_down_error(CURLcode rc)
  * `why`) when the request must not be retried anywhere: a local or protocol error, or a stream
  * that already printed records.
  */
-static dkv_ctl_outcome_t attempt(ctl_t *c, const char *base, const req_t *q, resp_t *r,
-                                 bool *fatal, char *why, size_t why_len)
+static dkv_ctl_outcome_t attempt(ctl_t *c, const char *base, const req_t *q, resp_t *r, bool *fatal,
+                                 char *why, size_t why_len)
 {
     CURL *h = c->curl;
     dkv_buf_t url;
@@ -390,8 +390,8 @@ static int request_on(ctl_t *c, char *const *urls, size_t n, const req_t *q, res
             if (out == DKV_CTL_DOWN) {
                 fprintf(stderr, "dkvctl: %s; trying %s\n", why, urls[rt.endpoint]);
             } else {
-                fprintf(stderr, "dkvctl: %s answered 503; retry %u in %u ms\n", urls[at],
-                        rt.busy, wait);
+                fprintf(stderr, "dkvctl: %s answered 503; retry %u in %u ms\n", urls[at], rt.busy,
+                        wait);
             }
         }
         sleep_ms(wait);
@@ -441,7 +441,9 @@ static int cmd_get(ctl_t *c, int argc, char **argv)
     dkv_buf_t t;
     dkv_buf_init(&t);
     entity_target(c, argv[0], &t);
-    req_t q = {.method = "GET", .target = (const char *)t.data, .timeout_ms = c->timeout_ms,
+    req_t q = {.method = "GET",
+               .target = (const char *)t.data,
+               .timeout_ms = c->timeout_ms,
                .max_body_bytes = MAX_VALUE_BYTES};
     resp_t r;
     resp_init(&r);
@@ -490,8 +492,11 @@ static int write_key(ctl_t *c, const char *method, const char *key, dkv_slice_t 
     dkv_buf_t t;
     dkv_buf_init(&t);
     entity_target(c, key, &t);
-    req_t q = {.method = method, .target = (const char *)t.data, .body = value,
-               .timeout_ms = c->timeout_ms, .max_body_bytes = MAX_ERROR_BODY_BYTES};
+    req_t q = {.method = method,
+               .target = (const char *)t.data,
+               .body = value,
+               .timeout_ms = c->timeout_ms,
+               .max_body_bytes = MAX_ERROR_BODY_BYTES};
     resp_t r;
     resp_init(&r);
     size_t used = 0;
@@ -594,8 +599,11 @@ static int cmd_scan(ctl_t *c, int argc, char **argv)
     dkv_buf_init(&s.line);
     dkv_ctl_chunks_t chunks;
     dkv_ctl_chunks_init(&chunks, DKV_CTL_DEFAULT_MAX_CHUNK_BYTES, on_record, &s);
-    req_t q = {.method = "GET", .target = (const char *)t.data, .timeout_ms = 0,
-               .chunks = &chunks, .max_body_bytes = MAX_ERROR_BODY_BYTES};
+    req_t q = {.method = "GET",
+               .target = (const char *)t.data,
+               .timeout_ms = 0,
+               .chunks = &chunks,
+               .max_body_bytes = MAX_ERROR_BODY_BYTES};
     resp_t r;
     resp_init(&r);
     size_t used = 0;
@@ -607,8 +615,8 @@ static int cmd_scan(ctl_t *c, int argc, char **argv)
     }
     if (ret == 0 && used != 0) {
         /* The range is node-local: say whose data this is when it is not the first endpoint's. */
-        fprintf(stderr, "dkvctl: %s did not answer; these are %s's local records\n",
-                c->eps.urls[0], c->eps.urls[used]);
+        fprintf(stderr, "dkvctl: %s did not answer; these are %s's local records\n", c->eps.urls[0],
+                c->eps.urls[used]);
     }
     if (fflush(stdout) != 0 && ret == 0) {
         ret = fail("writing to stdout: %s", strerror(errno));
@@ -626,11 +634,12 @@ static int cmd_scan(ctl_t *c, int argc, char **argv)
 /* ---- JSON from nodes ---- */
 
 /* GETs or POSTs `target` on `urls`, and parses a 200 (or `also_ok`) JSON answer. */
-static int fetch_json(ctl_t *c, char *const *urls, size_t n, const char *method,
-                      const char *target, long timeout_ms, bool quiet, json_t **out,
-                      resp_t *r, size_t *used)
+static int fetch_json(ctl_t *c, char *const *urls, size_t n, const char *method, const char *target,
+                      long timeout_ms, bool quiet, json_t **out, resp_t *r, size_t *used)
 {
-    req_t q = {.method = method, .target = target, .timeout_ms = timeout_ms,
+    req_t q = {.method = method,
+               .target = target,
+               .timeout_ms = timeout_ms,
                .max_body_bytes = MAX_JSON_BYTES};
     int ret = request_on(c, urls, n, &q, r, used, quiet);
     if (ret != 0) {
@@ -749,7 +758,8 @@ static void breakers_text(json_t *st, char *out, size_t out_len)
     }
 }
 
-/* From an anti-entropy status: the oldest "last complete exchange" over the node's peers: when every peer was last covered. */
+/* From an anti-entropy status: the oldest "last complete exchange" over the node's peers: when
+ * every peer was last covered. */
 static void repaired_text(json_t *ae, uint64_t now_ms, char *out, size_t out_len)
 {
     json_t *peers = json_object_get(ae, "peers");
@@ -784,8 +794,7 @@ static void status_row(int w, const char *url, json_t *st, uint64_t now_ms)
     json_t *rb = json_object_get(st, "rebuild");
     json_t *pct = json_object_get(rb, "progress_pct");
     if (json_is_true(json_object_get(rb, "running")) && json_is_number(pct)) {
-        snprintf(state, sizeof(state), "%s %.0f%%", jstr(st, "state", "?"),
-                 json_number_value(pct));
+        snprintf(state, sizeof(state), "%s %.0f%%", jstr(st, "state", "?"), json_number_value(pct));
     } else {
         snprintf(state, sizeof(state), "%s", jstr(st, "state", "-"));
     }
@@ -807,8 +816,8 @@ static void status_row(int w, const char *url, json_t *st, uint64_t now_ms)
     if (json_is_false(json_object_get(sj, "writable"))) {
         storage = json_is_true(json_object_get(sj, "no_space")) ? "full" : "error";
     }
-    const char *cols[] = {url,   "up",      state,    jstr(st, "version", "?"), uptime,
-                          hints, repaired, storage, breakers};
+    const char *cols[] = {url,      "up",    state,   jstr(st, "version", "?"), uptime, hints,
+                          repaired, storage, breakers};
     print_row(w, cols, 9);
 }
 
@@ -980,7 +989,9 @@ static bool admin_row(ctl_t *c, admin_kind_t kind, int w, const char *url)
         snprintf(target, sizeof(target), "/v0/admin/repair");
         break;
     }
-    req_t q = {.method = method, .target = target, .timeout_ms = timeout_ms,
+    req_t q = {.method = method,
+               .target = target,
+               .timeout_ms = timeout_ms,
                .max_body_bytes = MAX_JSON_BYTES};
     resp_t r;
     resp_init(&r);

@@ -148,8 +148,7 @@ static void test_endpoints_parse_normalises_entries(void **state)
 {
     (void)state;
     dkv_ctl_endpoints_t e;
-    assert_int_equal(
-        dkv_ctl_endpoints_parse(" http://a:1/ ,b:2,https://c:3//,  d  ", &e), 0);
+    assert_int_equal(dkv_ctl_endpoints_parse(" http://a:1/ ,b:2,https://c:3//,  d  ", &e), 0);
     assert_int_equal(e.n, 4);
     assert_string_equal(e.urls[0], "http://a:1");
     assert_string_equal(e.urls[1], "http://b:2");
@@ -274,15 +273,15 @@ static void test_chunks_reject_bad_framing(void **state)
         const char *wire;
         int rc;
     } cases[] = {
-        {"z\r\nabc", DKV_EPROTO},                     /* not hex */
-        {"\r\n", DKV_EPROTO},                         /* empty size */
-        {"3 x\r\nabc\r\n", DKV_EPROTO},               /* junk after the size */
-        {"3\nabc\r\n", DKV_EPROTO},                   /* LF without CR */
-        {"3\r\nabcX\n", DKV_EPROTO},                  /* no CRLF after the data */
-        {"3\r\nabc\rX", DKV_EPROTO},                  /* CR then not LF */
-        {"11111111111111111\r\n", DKV_EPROTO},        /* more than 64 bits */
-        {"0\r\n\r\nX", DKV_EPROTO},                   /* bytes after the end */
-        {"41\r\n", DKV_ETOOBIG},                      /* 65 > max of 64 */
+        {"z\r\nabc", DKV_EPROTO},              /* not hex */
+        {"\r\n", DKV_EPROTO},                  /* empty size */
+        {"3 x\r\nabc\r\n", DKV_EPROTO},        /* junk after the size */
+        {"3\nabc\r\n", DKV_EPROTO},            /* LF without CR */
+        {"3\r\nabcX\n", DKV_EPROTO},           /* no CRLF after the data */
+        {"3\r\nabc\rX", DKV_EPROTO},           /* CR then not LF */
+        {"11111111111111111\r\n", DKV_EPROTO}, /* more than 64 bits */
+        {"0\r\n\r\nX", DKV_EPROTO},            /* bytes after the end */
+        {"41\r\n", DKV_ETOOBIG},               /* 65 > max of 64 */
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         collected_t c = {0};
