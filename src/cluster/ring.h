@@ -62,9 +62,12 @@ size_t dkv_ring_preference_list(const dkv_ring_t *r, dkv_slice_t key, size_t fro
  *
  * @param shares  Room for N entries, written in canonical node order; each 0..1, summing to 1
  *                (up to rounding).
- * Thread: any. O(N*V).
+ * Thread: any. O(N): computed once when the ring is built (O(N*V)).
  */
 void dkv_ring_primary_shares(const dkv_ring_t *r, double *shares);
+
+/** Tokens per node, V (the nodes' --vnodes). Thread: any. */
+unsigned dkv_ring_vnodes(const dkv_ring_t *r);
 
 /**
  * A 64-bit fingerprint of the canonical cluster set and V: equal on nodes that agree on placement,
