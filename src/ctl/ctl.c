@@ -1,9 +1,11 @@
 /*
- * dkvctl's pure logic: percent-encoding, scan-output escaping, endpoint lists, the retry policy
- * and the chunk-framing decoder. See ctl.h for the contracts and the reason for the decoder.
+ * dkvctl's pure logic: percent-encoding, scan-output escaping, endpoint lists, the retry policy,
+ * the llhttp-based splitter of a `/v0/entities` response into records, and the reader of a
+ * /metrics page. See ctl.h for the contracts.
  */
 #include "ctl/ctl.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -11,9 +13,6 @@
 
 static const char HEX_UPPER[] = "0123456789ABCDEF";
 static const char HEX_LOWER[] = "0123456789abcdef";
-
-/* Longest size or trailer line accepted; real ones are a few bytes (dkv sends no extensions). */
-#define MAX_LINE_BYTES 4096
 
 /* ---- encoding ---- */
 
@@ -174,191 +173,448 @@ bool dkv_ctl_retry_next(dkv_ctl_retry_t *r, dkv_ctl_outcome_t outcome, unsigned 
     }
 }
 
-/* ---- chunk framing ---- */
+/* ---- records of a /v0/entities response (llhttp) ---- */
 
-enum {
-    ST_SIZE,      /* collecting "hex[;ext]\r\n" */
-    ST_DATA,      /* collecting `size` payload bytes */
-    ST_DATA_CRLF, /* expecting "\r\n" after the payload (kept in `line`) */
-    ST_TRAILER,   /* lines until an empty one */
-    ST_DONE,
-};
-
-void dkv_ctl_chunks_init(dkv_ctl_chunks_t *c, size_t max_chunk_bytes, dkv_ctl_chunk_cb cb,
-                         void *arg)
+static int on_message_begin(llhttp_t *p)
 {
-    memset(c, 0, sizeof(*c));
-    c->state = ST_SIZE;
-    c->max_chunk_bytes = max_chunk_bytes;
-    dkv_buf_init(&c->line);
-    dkv_buf_init(&c->data);
-    c->cb = cb;
-    c->arg = arg;
-}
-
-void dkv_ctl_chunks_cleanup(dkv_ctl_chunks_t *c)
-{
-    dkv_buf_cleanup(&c->line);
-    dkv_buf_cleanup(&c->data);
-}
-
-bool dkv_ctl_chunks_done(const dkv_ctl_chunks_t *c)
-{
-    return c->state == ST_DONE && c->error == 0;
-}
-
-static int hex_digit(uint8_t c)
-{
-    if (c >= '0' && c <= '9') {
-        return c - '0';
+    dkv_ctl_records_t *s = p->data;
+    if (s->complete) {
+        s->error = DKV_EPROTO; /* a second response after the final one */
+        return -1;
     }
-    if (c >= 'a' && c <= 'f') {
-        return c - 'a' + 10;
-    }
-    if (c >= 'A' && c <= 'F') {
-        return c - 'A' + 10;
-    }
-    return -1;
+    s->status = 0;
+    s->last_chunk = false;
+    s->record.len = 0;
+    s->error_body.len = 0;
+    return 0;
 }
 
-/* Parses a size line without its CRLF: 1..16 hex digits, optional spaces and ";extension". */
-static int parse_size_line(dkv_slice_t line, uint64_t *size)
+static int on_headers_complete(llhttp_t *p)
 {
-    uint64_t v = 0;
-    size_t i = 0;
-    for (; i < line.len; i++) {
-        int d = hex_digit(line.ptr[i]);
-        if (d < 0) {
-            break;
+    dkv_ctl_records_t *s = p->data;
+    s->status = p->status_code;
+    if (s->status == 200) {
+        /* The records are the chunks (API.md §10); an empty range may also come as
+         * Content-Length: 0. Any other 200 body cannot be split into records. */
+        bool chunked = (p->flags & F_CHUNKED) != 0;
+        bool empty = (p->flags & F_CONTENT_LENGTH) != 0 && p->content_length == 0;
+        if (!chunked && !empty) {
+            s->error = DKV_EPROTO;
+            return -1;
         }
-        if (i == 16) {
-            return DKV_EPROTO; /* more than 64 bits */
-        }
-        v = (v << 4) | (uint64_t)d;
     }
-    if (i == 0) {
+    return 0;
+}
+
+static int on_chunk_header(llhttp_t *p)
+{
+    dkv_ctl_records_t *s = p->data;
+    if (p->content_length == 0) {
+        s->last_chunk = true;
+    } else if (s->status == 200 && p->content_length > s->max_record_bytes) {
+        s->error = DKV_ETOOBIG;
+        return -1;
+    }
+    return 0;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len)
+{
+    dkv_ctl_records_t *s = p->data;
+    if (s->status != 200) {
+        size_t room = DKV_CTL_MAX_ERROR_BODY_BYTES - s->error_body.len;
+        dkv_buf_append(&s->error_body, at, len < room ? len : room);
+        return 0;
+    }
+    if (len > s->max_record_bytes - s->record.len) {
+        s->error = DKV_ETOOBIG; /* not reached: the chunk's size was checked */
+        return -1;
+    }
+    dkv_buf_append(&s->record, at, len);
+    return 0;
+}
+
+static int on_chunk_complete(llhttp_t *p)
+{
+    dkv_ctl_records_t *s = p->data;
+    if (s->status != 200 || s->last_chunk) {
+        return 0;
+    }
+    int rc = s->cb(s->arg, dkv_buf_slice(&s->record));
+    s->record.len = 0;
+    if (rc != 0) {
+        s->error = rc;
+        return -1;
+    }
+    s->records++;
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+    dkv_ctl_records_t *s = p->data;
+    /* A 1xx response is followed by the real one. */
+    if (s->status >= 200) {
+        s->complete = true;
+    }
+    return 0;
+}
+
+void dkv_ctl_records_init(dkv_ctl_records_t *s, size_t max_record_bytes, dkv_ctl_record_cb cb,
+                          void *arg)
+{
+    memset(s, 0, sizeof(*s));
+    llhttp_settings_init(&s->settings);
+    s->settings.on_message_begin = on_message_begin;
+    s->settings.on_headers_complete = on_headers_complete;
+    s->settings.on_chunk_header = on_chunk_header;
+    s->settings.on_body = on_body;
+    s->settings.on_chunk_complete = on_chunk_complete;
+    s->settings.on_message_complete = on_message_complete;
+    llhttp_init(&s->parser, HTTP_RESPONSE, &s->settings);
+    s->parser.data = s;
+    s->max_record_bytes = max_record_bytes;
+    dkv_buf_init(&s->record);
+    dkv_buf_init(&s->error_body);
+    s->cb = cb;
+    s->arg = arg;
+}
+
+void dkv_ctl_records_cleanup(dkv_ctl_records_t *s)
+{
+    dkv_buf_cleanup(&s->record);
+    dkv_buf_cleanup(&s->error_body);
+}
+
+int dkv_ctl_records_feed(dkv_ctl_records_t *s, dkv_slice_t in)
+{
+    if (s->error != 0 || in.len == 0) {
+        return s->error;
+    }
+    llhttp_errno_t e = llhttp_execute(&s->parser, (const char *)in.ptr, in.len);
+    if (e != HPE_OK && s->error == 0) {
+        s->error = DKV_EPROTO; /* llhttp's own error, or bytes after a closing response */
+    }
+    return s->error;
+}
+
+int dkv_ctl_records_finish(dkv_ctl_records_t *s)
+{
+    if (s->error != 0) {
+        return s->error;
+    }
+    /* A body delimited by the connection's end (no length, not chunked) ends here. */
+    if (!s->complete && llhttp_finish(&s->parser) != HPE_OK && s->error == 0) {
+        s->error = DKV_EPROTO;
+    }
+    if (s->error == 0 && !s->complete) {
+        s->error = DKV_EPROTO;
+    }
+    return s->error;
+}
+
+int dkv_ctl_records_status(const dkv_ctl_records_t *s)
+{
+    return s->status;
+}
+
+dkv_slice_t dkv_ctl_records_error_body(const dkv_ctl_records_t *s)
+{
+    return dkv_buf_slice(&s->error_body);
+}
+
+/* ---- /metrics (text exposition format 0.0.4) ---- */
+
+static bool is_blank(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+static bool is_name_start(char c, bool colon)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || (colon && c == ':');
+}
+
+static bool is_name_char(char c, bool colon)
+{
+    return is_name_start(c, colon) || (c >= '0' && c <= '9');
+}
+
+static char *skip_blanks(char *p, const char *eol)
+{
+    while (p < eol && is_blank(*p)) {
+        p++;
+    }
+    return p;
+}
+
+/* A name token at p; returns its end (== p when there is none). */
+static char *name_end(char *p, const char *eol, bool colon)
+{
+    if (p >= eol || !is_name_start(*p, colon)) {
+        return p;
+    }
+    while (p < eol && is_name_char(*p, colon)) {
+        p++;
+    }
+    return p;
+}
+
+/* "# TYPE name type": keeps `name` (NUL-terminated in place). Other comments are ignored. */
+static int comment_line(dkv_ctl_metrics_t *m, char *p, char *eol)
+{
+    p = skip_blanks(p + 1, eol);
+    if (eol - p < 5 || memcmp(p, "TYPE", 4) != 0 || !is_blank(p[4])) {
+        return 0;
+    }
+    char *name = skip_blanks(p + 5, eol);
+    char *end = name_end(name, eol, true);
+    if (end == name || (end < eol && !is_blank(*end))) {
         return DKV_EPROTO;
     }
-    while (i < line.len && (line.ptr[i] == ' ' || line.ptr[i] == '\t')) {
-        i++;
-    }
-    if (i < line.len && line.ptr[i] != ';') {
-        return DKV_EPROTO;
-    }
-    *size = v;
+    *end = '\0';
+    m->families[m->n_families++] = name;
     return 0;
 }
 
 /*
- * Moves bytes of `in` (from *pos) into `line` up to and including the next LF. Returns 1 when a
- * whole line (ending "\r\n") is in `line` (without the CRLF), 0 when more input is needed, or
- * DKV_EPROTO (an LF without CR, or a line over MAX_LINE_BYTES).
+ * A label value from the opening quote at *pp: unescapes it in place (the result is never
+ * longer), NUL-terminates it, and leaves *pp after the closing quote.
  */
-static int take_line(dkv_buf_t *line, dkv_slice_t in, size_t *pos)
+static int label_value(char **pp, const char *eol, char **value)
 {
-    const uint8_t *start = in.ptr + *pos;
-    size_t avail = in.len - *pos;
-    const uint8_t *lf = memchr(start, '\n', avail);
-    size_t n = lf != NULL ? (size_t)(lf - start) + 1 : avail;
-    if (line->len + n > MAX_LINE_BYTES) {
-        return DKV_EPROTO;
-    }
-    dkv_buf_append(line, start, n);
-    *pos += n;
-    if (lf == NULL) {
-        return 0;
-    }
-    if (line->len < 2 || line->data[line->len - 2] != '\r') {
-        return DKV_EPROTO;
-    }
-    line->len -= 2;
-    return 1;
-}
-
-static int feed(dkv_ctl_chunks_t *c, dkv_slice_t in)
-{
-    size_t pos = 0;
-    while (pos < in.len) {
-        switch (c->state) {
-        case ST_SIZE: {
-            int got = take_line(&c->line, in, &pos);
-            if (got <= 0) {
-                if (got < 0) {
-                    return got;
-                }
-                break;
-            }
-            uint64_t size = 0;
-            int rc = parse_size_line(dkv_buf_slice(&c->line), &size);
-            if (rc != 0) {
-                return rc;
-            }
-            c->line.len = 0;
-            if (size == 0) {
-                c->state = ST_TRAILER;
-            } else if (size > c->max_chunk_bytes) {
-                return DKV_ETOOBIG;
-            } else {
-                c->size = size;
-                c->data.len = 0;
-                c->state = ST_DATA;
-            }
+    char *r = *pp + 1;
+    char *w = r;
+    *value = r;
+    for (;;) {
+        if (r >= eol) {
+            return DKV_EPROTO; /* no closing quote */
+        }
+        char c = *r++;
+        if (c == '"') {
             break;
         }
-        case ST_DATA: {
-            size_t want = (size_t)c->size - c->data.len;
-            size_t n = in.len - pos < want ? in.len - pos : want;
-            dkv_buf_append(&c->data, in.ptr + pos, n);
-            pos += n;
-            if (c->data.len == c->size) {
-                c->state = ST_DATA_CRLF;
-            }
-            break;
-        }
-        case ST_DATA_CRLF: {
-            uint8_t b = in.ptr[pos++];
-            if (b != (c->line.len == 0 ? '\r' : '\n')) {
+        if (c == '\\') {
+            if (r >= eol) {
                 return DKV_EPROTO;
             }
-            dkv_buf_append(&c->line, &b, 1);
-            if (c->line.len == 2) {
-                c->line.len = 0;
-                c->state = ST_SIZE;
-                int rc = c->cb(c->arg, dkv_buf_slice(&c->data));
-                if (rc != 0) {
-                    return rc;
-                }
+            char e = *r++;
+            if (e == 'n') {
+                c = '\n';
+            } else if (e == '\\' || e == '"') {
+                c = e;
+            } else {
+                return DKV_EPROTO; /* the format has no other escape */
             }
-            break;
         }
-        case ST_TRAILER: {
-            int got = take_line(&c->line, in, &pos);
-            if (got < 0) {
-                return got;
-            }
-            if (got == 1) {
-                if (c->line.len == 0) {
-                    c->state = ST_DONE;
-                }
-                c->line.len = 0;
-            }
-            break;
-        }
-        case ST_DONE:
-        default:
-            return DKV_EPROTO; /* bytes after the end */
-        }
+        *w++ = c;
     }
+    *w = '\0';
+    *pp = r;
     return 0;
 }
 
-int dkv_ctl_chunks_feed(dkv_ctl_chunks_t *c, dkv_slice_t in)
+static int sample_line(dkv_ctl_metrics_t *m, char *p, char *eol, size_t *labels_used)
 {
-    if (c->error != 0) {
-        return c->error;
+    dkv_ctl_sample_t *s = &m->samples[m->n_samples];
+    s->name = p;
+    p = name_end(p, eol, true);
+    if (p == s->name) {
+        return DKV_EPROTO;
     }
-    c->error = feed(c, in);
-    return c->error;
+    char *name_stop = p;
+    p = skip_blanks(p, eol);
+    s->labels = &m->label_mem[*labels_used];
+    s->n_labels = 0;
+    if (p < eol && *p == '{') {
+        p++;
+        for (;;) {
+            p = skip_blanks(p, eol);
+            if (p < eol && *p == '}') {
+                p++;
+                break;
+            }
+            if (s->n_labels == DKV_CTL_MAX_LABELS) {
+                return DKV_EPROTO;
+            }
+            dkv_ctl_label_t *l = &m->label_mem[*labels_used + s->n_labels];
+            char *lname = p;
+            p = name_end(p, eol, false);
+            if (p == lname) {
+                return DKV_EPROTO;
+            }
+            char *lname_stop = p;
+            p = skip_blanks(p, eol);
+            if (p >= eol || *p != '=') {
+                return DKV_EPROTO;
+            }
+            p = skip_blanks(p + 1, eol);
+            if (p >= eol || *p != '"') {
+                return DKV_EPROTO;
+            }
+            char *value = NULL;
+            int rc = label_value(&p, eol, &value);
+            if (rc != 0) {
+                return rc;
+            }
+            *lname_stop = '\0'; /* a blank or the '=', both already read */
+            l->name = lname;
+            l->value = value;
+            s->n_labels++;
+            p = skip_blanks(p, eol);
+            if (p < eol && *p == ',') {
+                p++;
+            } else if (p >= eol || *p != '}') {
+                return DKV_EPROTO;
+            }
+        }
+        p = skip_blanks(p, eol);
+    }
+    *name_stop = '\0'; /* a blank or the '{', both already read */
+    char *value = p;
+    while (p < eol && !is_blank(*p)) {
+        p++;
+    }
+    if (p == value) {
+        return DKV_EPROTO;
+    }
+    char *value_stop = p;
+    p = skip_blanks(p, eol);
+    if (p < eol) { /* a timestamp: an integer (milliseconds), read and dropped */
+        if (*p == '-') {
+            p++;
+        }
+        char *digits = p;
+        while (p < eol && *p >= '0' && *p <= '9') {
+            p++;
+        }
+        if (p == digits || skip_blanks(p, eol) != eol) {
+            return DKV_EPROTO;
+        }
+    }
+    *value_stop = '\0';
+    char *end = NULL;
+    s->value = strtod(value, &end);
+    if (end != value_stop) {
+        return DKV_EPROTO;
+    }
+    *labels_used += s->n_labels;
+    m->n_samples++;
+    return 0;
+}
+
+void dkv_ctl_metrics_cleanup(dkv_ctl_metrics_t *m)
+{
+    free(m->samples);
+    free(m->families);
+    free(m->text);
+    free(m->label_mem);
+    memset(m, 0, sizeof(*m));
+}
+
+int dkv_ctl_metrics_parse(dkv_slice_t text, dkv_ctl_metrics_t *out, size_t *bad_line)
+{
+    if (text.len > DKV_CTL_MAX_METRICS_BYTES) {
+        return DKV_ETOOBIG;
+    }
+    /* Upper bounds: a sample or TYPE line per line, a label per '='. */
+    size_t lines = 1;
+    size_t equals = 0;
+    for (size_t i = 0; i < text.len; i++) {
+        lines += text.ptr[i] == '\n';
+        equals += text.ptr[i] == '=';
+    }
+    dkv_ctl_metrics_t m = {0};
+    m.text = dkv_xmalloc(text.len + 1);
+    if (text.len > 0) {
+        memcpy(m.text, text.ptr, text.len);
+    }
+    m.text[text.len] = '\0';
+    m.samples = dkv_xcalloc(lines, sizeof(*m.samples));
+    m.families = dkv_xcalloc(lines, sizeof(*m.families));
+    m.label_mem = dkv_xcalloc(equals > 0 ? equals : 1, sizeof(*m.label_mem));
+    size_t labels_used = 0;
+    size_t line_no = 0;
+    int rc = 0;
+    char *p = m.text;
+    char *const end = m.text + text.len;
+    while (p < end) {
+        line_no++;
+        char *eol = memchr(p, '\n', (size_t)(end - p));
+        if (eol == NULL) {
+            eol = end;
+        }
+        char *first = skip_blanks(p, eol);
+        if (first < eol) {
+            rc = *first == '#' ? comment_line(&m, first, eol)
+                               : sample_line(&m, first, eol, &labels_used);
+            if (rc != 0) {
+                break;
+            }
+        }
+        p = eol + 1;
+    }
+    if (rc != 0) {
+        if (bad_line != NULL) {
+            *bad_line = line_no;
+        }
+        dkv_ctl_metrics_cleanup(&m);
+        return rc;
+    }
+    *out = m;
+    return 0;
+}
+
+const char *dkv_ctl_sample_label(const dkv_ctl_sample_t *s, const char *name)
+{
+    for (size_t i = 0; i < s->n_labels; i++) {
+        if (strcmp(s->labels[i].name, name) == 0) {
+            return s->labels[i].value;
+        }
+    }
+    return NULL;
+}
+
+const dkv_ctl_sample_t *dkv_ctl_metrics_find(const dkv_ctl_metrics_t *m, const char *name,
+                                             const char *label, const char *value)
+{
+    for (size_t i = 0; i < m->n_samples; i++) {
+        const dkv_ctl_sample_t *s = &m->samples[i];
+        if (strcmp(s->name, name) != 0) {
+            continue;
+        }
+        if (label == NULL) {
+            return s;
+        }
+        const char *v = dkv_ctl_sample_label(s, label);
+        if (v != NULL && strcmp(v, value) == 0) {
+            return s;
+        }
+    }
+    return NULL;
+}
+
+size_t dkv_ctl_metrics_sum(const dkv_ctl_metrics_t *m, const char *name, double *sum)
+{
+    size_t n = 0;
+    *sum = 0;
+    for (size_t i = 0; i < m->n_samples; i++) {
+        if (strcmp(m->samples[i].name, name) == 0) {
+            *sum += m->samples[i].value;
+            n++;
+        }
+    }
+    return n;
+}
+
+bool dkv_ctl_metrics_has_family(const dkv_ctl_metrics_t *m, const char *name)
+{
+    for (size_t i = 0; i < m->n_families; i++) {
+        if (strcmp(m->families[i], name) == 0) {
+            return true;
+        }
+    }
+    return false;
 }
 
 int dkv_ctl_split_record(dkv_slice_t rec, dkv_slice_t *key, dkv_slice_t *value)

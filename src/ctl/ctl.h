@@ -1,14 +1,16 @@
 /*
- * dkvctl's pure logic, apart from the program so unit tests reach it: key percent-encoding, the
- * endpoint list, the retry and failover policy, the decoder that splits a raw chunked
- * `/v0/entities` body into records, and the escaping of scan output. No I/O happens here.
+ * dkvctl's pure logic, apart from the program so unit tests and fuzz targets reach it: key
+ * percent-encoding, the endpoint list, the retry and failover policy, the splitter of a
+ * `/v0/entities` response into records, the reader of a node's /metrics page, and the escaping
+ * of scan output. No I/O happens here.
  *
  * DESIGN
  * libcurl does HTTP, but it hides chunk boundaries, and API.md §10 makes them the only record
  * separator (`key\nvalue` per chunk, values may hold any byte). So `scan` turns libcurl's
- * transfer decoding off (CURLOPT_HTTP_TRANSFER_DECODING = 0): libcurl still parses the status
- * line and headers and finds the end of the body, and hands over the chunked framing as it
- * arrived; dkv_ctl_chunks_feed() splits that framing (RFC 9112 §7.1) and nothing else.
+ * transfer decoding off (CURLOPT_HTTP_TRANSFER_DECODING = 0) and hands the raw response, header
+ * lines then body, to an llhttp response parser (the server's HTTP parser), which calls back at
+ * each chunk's end. Cluster views (status, ring, hints, repair) read the nodes' /metrics pages,
+ * their machine-oriented output, rather than JSON: dkvctl has no JSON parser.
  */
 #ifndef DKV_CTL_CTL_H
 #define DKV_CTL_CTL_H
@@ -17,12 +19,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <llhttp.h>
+
 #include "common/buf.h"
 #include "common/slice.h"
 
 #define DKV_CTL_MAX_ENDPOINTS 64
-/* A chunk is one record: key (<= 1 KiB) + '\n' + value (<= a node's --max-body-bytes). */
-#define DKV_CTL_DEFAULT_MAX_CHUNK_BYTES (256u << 20)
+/* A chunk is one record: key (<= 1 KiB) + '\n' + value (<= a node's --max-body-bytes, at most
+ * 64 MiB). */
+#define DKV_CTL_DEFAULT_MAX_RECORD_BYTES ((size_t)65 << 20)
 
 /**
  * Appends `in` percent-encoded for a query value: every byte outside RFC 3986's unreserved set
@@ -110,49 +115,138 @@ void dkv_ctl_retry_init(dkv_ctl_retry_t *r, size_t n_endpoints, unsigned max_bus
 bool dkv_ctl_retry_next(dkv_ctl_retry_t *r, dkv_ctl_outcome_t outcome, unsigned *sleep_ms);
 
 /**
- * Called once per complete chunk, i.e. per `/v0/entities` record.
- * @param chunk  Borrowed until the callback returns; 1..max_chunk_bytes bytes.
- * @return 0 to go on; a negative code stops the decoder, and feed returns that code.
+ * Called once per record of a `/v0/entities` response, i.e. per HTTP chunk with data.
+ * @param record  Borrowed until the callback returns; 1..max_record_bytes bytes.
+ * @return 0 to go on; a negative code stops the splitter, and feed returns that code.
  */
-typedef int (*dkv_ctl_chunk_cb)(void *arg, dkv_slice_t chunk);
+typedef int (*dkv_ctl_record_cb)(void *arg, dkv_slice_t record);
 
-/** Incremental decoder of a chunked body's framing. Fields are private. */
-typedef struct dkv_ctl_chunks {
-    int state;
-    uint64_t size; /* current chunk's declared size */
-    size_t max_chunk_bytes;
-    dkv_buf_t line; /* a size or trailer line being collected */
-    dkv_buf_t data; /* the current chunk's payload being collected */
-    int error;      /* sticky: the first error */
-    dkv_ctl_chunk_cb cb;
+/** Splits a raw `/v0/entities` response into records with llhttp. Fields are private. */
+typedef struct dkv_ctl_records {
+    llhttp_t parser;
+    llhttp_settings_t settings;
+    size_t max_record_bytes;
+    dkv_buf_t record;     /* the current chunk's bytes */
+    dkv_buf_t error_body; /* a non-200 body, its first DKV_CTL_MAX_ERROR_BODY_BYTES */
+    int status;           /* the final response's status; 0 until its headers are complete */
+    bool last_chunk;      /* the zero-size chunk was seen */
+    bool complete;        /* the final response ended */
+    int error;            /* sticky: the first error */
+    size_t records;       /* records passed to cb */
+    dkv_ctl_record_cb cb;
     void *arg;
-} dkv_ctl_chunks_t;
+} dkv_ctl_records_t;
+
+#define DKV_CTL_MAX_ERROR_BODY_BYTES 4096
 
 /**
- * Prepares a decoder.
+ * Prepares a splitter for one response. dkvctl feeds it what libcurl hands over with transfer
+ * decoding off: the status line and header lines from CURLOPT_HEADERFUNCTION (each with its CRLF,
+ * the empty line last), then the body as it came, chunk framing included.
  *
- * @param max_chunk_bytes  Larger declared chunks are refused with DKV_ETOOBIG before any of their
- *                         bytes are buffered.
- * @param cb, arg          Run for each chunk with data; never for the zero-length last chunk.
+ * @param max_record_bytes  A chunk declaring more is refused with DKV_ETOOBIG before any of its
+ *                          bytes are buffered.
+ * @param cb, arg           Run for each chunk with data of a 200 response, at the chunk's end;
+ *                          never for the zero-size last chunk nor for another status's body.
+ * `s` must stay where it is until dkv_ctl_records_cleanup(): the parser points into it.
+ * Thread: any (the splitter is not shared).
  */
-void dkv_ctl_chunks_init(dkv_ctl_chunks_t *c, size_t max_chunk_bytes, dkv_ctl_chunk_cb cb,
-                         void *arg);
+void dkv_ctl_records_init(dkv_ctl_records_t *s, size_t max_record_bytes, dkv_ctl_record_cb cb,
+                          void *arg);
 
 /**
- * Feeds the next bytes of the raw body, split anywhere.
+ * Feeds the next bytes of the response, split anywhere.
  *
  * @param in  Borrowed for the call.
- * @return 0; DKV_EPROTO (bad size line, missing CRLF after the data, an over-long line, bytes
- *         after the end); DKV_ETOOBIG (a chunk over max_chunk_bytes); or the callback's error.
+ * @return 0; DKV_EPROTO (malformed HTTP, a 200 that is neither chunked nor empty, bytes after the
+ *         response's end); DKV_ETOOBIG (a chunk over max_record_bytes); or the callback's error.
  *         Errors are sticky: later calls return the same code.
  */
-int dkv_ctl_chunks_feed(dkv_ctl_chunks_t *c, dkv_slice_t in);
+int dkv_ctl_records_feed(dkv_ctl_records_t *s, dkv_slice_t in);
 
-/** True once the last chunk and the trailer section were read, with no error. */
-bool dkv_ctl_chunks_done(const dkv_ctl_chunks_t *c);
+/**
+ * Ends the input (the connection's end of this response).
+ * @return 0 when a whole response was read; DKV_EPROTO when it was cut short; or the sticky error.
+ */
+int dkv_ctl_records_finish(dkv_ctl_records_t *s);
 
-/** Frees the decoder's buffers. */
-void dkv_ctl_chunks_cleanup(dkv_ctl_chunks_t *c);
+/** The final response's status code: 0 until its headers were read. */
+int dkv_ctl_records_status(const dkv_ctl_records_t *s);
+
+/** A non-200 response's body (its first DKV_CTL_MAX_ERROR_BODY_BYTES), borrowed from `s`. */
+dkv_slice_t dkv_ctl_records_error_body(const dkv_ctl_records_t *s);
+
+/** Frees the splitter's buffers. */
+void dkv_ctl_records_cleanup(dkv_ctl_records_t *s);
+
+/* ---- /metrics ---- */
+
+/** One label of a sample: both NUL-terminated, the value unescaped. */
+typedef struct dkv_ctl_label {
+    const char *name;
+    const char *value;
+} dkv_ctl_label_t;
+
+/** One sample line: `name{labels} value`. Strings point into the page's storage. */
+typedef struct dkv_ctl_sample {
+    const char *name;
+    const dkv_ctl_label_t *labels;
+    size_t n_labels;
+    double value;
+} dkv_ctl_sample_t;
+
+/** A parsed exposition page: its samples in page order, and the families of its TYPE lines. */
+typedef struct dkv_ctl_metrics {
+    dkv_ctl_sample_t *samples;
+    size_t n_samples;
+    char **families; /* names from "# TYPE name type" lines */
+    size_t n_families;
+    char *text;                 /* owned copy of the page, cut into the strings above */
+    dkv_ctl_label_t *label_mem; /* owned: every sample's labels */
+} dkv_ctl_metrics_t;
+
+/* Limits of a page dkvctl reads: a 64-node cluster's page is a few hundred KiB. */
+#define DKV_CTL_MAX_METRICS_BYTES ((size_t)32 << 20)
+#define DKV_CTL_MAX_LABELS 16
+
+/**
+ * Reads a page of the Prometheus text exposition format 0.0.4 (what a node's GET /metrics
+ * serves; https://prometheus.io/docs/instrumenting/exposition_formats/): lines of
+ * `name[{label="value",...}] value [timestamp]`, label values with the escapes \\, \" and \n;
+ * `#` lines are comments, of which only `# TYPE name type` is kept; blank lines are skipped.
+ * Values are floats as Go's ParseFloat reads them (NaN, +Inf, -Inf included); a timestamp is
+ * read and dropped. This is a reader of that format only, nothing else.
+ *
+ * @param text  Borrowed for the call; up to DKV_CTL_MAX_METRICS_BYTES.
+ * @param out   Written only on success; release with dkv_ctl_metrics_cleanup().
+ * @param bad_line  Written on DKV_EPROTO (may be NULL): the 1-based number of the first bad line.
+ * @return 0; DKV_ETOOBIG (page too big); DKV_EPROTO (a malformed line, an unknown escape, more
+ *         than DKV_CTL_MAX_LABELS labels on a sample).
+ * Thread: any.
+ */
+int dkv_ctl_metrics_parse(dkv_slice_t text, dkv_ctl_metrics_t *out, size_t *bad_line);
+
+/** Frees the page. Safe on a zeroed struct. */
+void dkv_ctl_metrics_cleanup(dkv_ctl_metrics_t *m);
+
+/** The value of label `name` of `s`, or NULL when it has none. Thread: any. */
+const char *dkv_ctl_sample_label(const dkv_ctl_sample_t *s, const char *name);
+
+/**
+ * The first sample named `name` whose label `label` is `value` (`label` NULL: the first sample
+ * of that name), or NULL. Thread: any.
+ */
+const dkv_ctl_sample_t *dkv_ctl_metrics_find(const dkv_ctl_metrics_t *m, const char *name,
+                                             const char *label, const char *value);
+
+/**
+ * Sums every sample named `name`.
+ * @return how many there were (0: `*sum` is 0). Thread: any.
+ */
+size_t dkv_ctl_metrics_sum(const dkv_ctl_metrics_t *m, const char *name, double *sum);
+
+/** Whether the page declared the family `name` (a TYPE line), even without samples. */
+bool dkv_ctl_metrics_has_family(const dkv_ctl_metrics_t *m, const char *name);
 
 /**
  * Splits a `/v0/entities` record `key\nvalue` at its first LF.

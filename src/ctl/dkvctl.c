@@ -8,8 +8,10 @@
  * One libcurl easy handle serves every request, so consecutive requests to a node reuse its
  * keep-alive connection. A request goes through request_on(): the retry policy of ctl.h picks
  * the endpoint, attempt() makes one HTTP exchange and classifies it. Cluster-wide commands read
- * the cluster list from the first endpoint that answers `/v0/status?verbose=1`, then ask every
- * node directly (no failover: a node that does not answer is reported as down).
+ * the cluster list (dkv_ring_primary_share{node=...}) from the /metrics page of the first
+ * endpoint that answers, then ask every node directly (no failover: a node that does not answer
+ * is reported as down). Everything they show comes from /v0/health, /v0/ready and /metrics, the
+ * nodes' machine-oriented pages, and the status codes of the admin calls.
  * Exit codes: 0 success, 1 `get` of an absent key, 2 usage error, 3 any other failure.
  */
 #include <errno.h>
@@ -25,9 +27,7 @@
 #include <time.h>
 
 #include <curl/curl.h>
-#include <jansson.h>
 
-#include "cluster/ring.h"
 #include "common/buf.h"
 #include "common/conf.h"
 #include "common/err.h"
@@ -48,8 +48,6 @@
 #define MAX_VALUE_BYTES ((size_t)1 << 30)
 /* How much of an error body is kept, for the one-line reason. */
 #define MAX_ERROR_BODY_BYTES 4096
-/* Largest JSON document (status, hints, repair) accepted from a node. */
-#define MAX_JSON_BYTES ((size_t)16 << 20)
 
 typedef struct ctl {
     dkv_ctl_endpoints_t eps;
@@ -65,17 +63,19 @@ typedef struct ctl {
     bool raw;   /* scan: length-prefixed records */
     char *node; /* hints/repair: only this node (owned, normalised) */
     long wait_ms;
-    long vnodes;
 } ctl_t;
 
 /* One HTTP request as dkvctl makes it. */
 typedef struct req {
-    const char *method;       /* GET, PUT, DELETE, POST */
-    const char *target;       /* path and query, already encoded */
-    dkv_slice_t body;         /* PUT only */
-    long timeout_ms;          /* whole exchange; 0: none, only a stall limit (scan) */
-    dkv_ctl_chunks_t *chunks; /* non-NULL: a 200 body is raw chunked framing for this decoder */
-    size_t max_body_bytes;    /* of a collected 200 body */
+    const char *method; /* GET, PUT, DELETE, POST */
+    const char *target; /* path and query, already encoded */
+    dkv_slice_t body;   /* PUT only */
+    long timeout_ms;    /* whole exchange; 0: none, only a stall limit (scan) */
+    /* Non-NULL: the response is split into /v0/entities records by an llhttp parser fed the raw
+     * header lines and body (libcurl's transfer decoding off), and a 200's records go here. */
+    dkv_ctl_record_cb record_cb;
+    void *record_arg;
+    size_t max_body_bytes; /* of a collected 200 body */
 } req_t;
 
 /* What came back. */
@@ -84,10 +84,9 @@ typedef struct resp {
     const req_t *req;
     long status; /* 0 until a response arrived */
     dkv_buf_t body;
-    bool too_big;  /* a 200 body over req->max_body_bytes */
-    bool streamed; /* body bytes went to the decoder: the request cannot be retried */
-    bool checked;  /* the framing of a streamed body was checked */
-    int stream_rc; /* the decoder's error, or DKV_EPROTO for an unchunked body */
+    bool too_big;           /* a 200 body over req->max_body_bytes */
+    dkv_ctl_records_t recs; /* with req->record_cb: this attempt's splitter */
+    bool recs_live;         /* recs was initialised */
     char errbuf[CURL_ERROR_SIZE];
 } resp_t;
 
@@ -197,24 +196,12 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *arg)
 {
     resp_t *r = arg;
     size_t n = size * nmemb;
+    if (r->recs_live) {
+        /* The raw body, chunk framing included: the splitter finds the records. */
+        return dkv_ctl_records_feed(&r->recs, dkv_slice(ptr, n)) == 0 ? n : 0;
+    }
     if (r->status == 0) {
         curl_easy_getinfo(r->curl, CURLINFO_RESPONSE_CODE, &r->status);
-    }
-    if (r->status == 200 && r->req->chunks != NULL) {
-        if (!r->checked) {
-            /* The records are the chunks: a body that is not chunked cannot be split. */
-            struct curl_header *h = NULL;
-            r->checked = true;
-            if (curl_easy_header(r->curl, "Transfer-Encoding", 0, CURLH_HEADER, -1, &h) !=
-                    CURLHE_OK ||
-                strstr(h->value, "chunked") == NULL) {
-                r->stream_rc = DKV_EPROTO;
-                return 0;
-            }
-        }
-        r->streamed = true;
-        r->stream_rc = dkv_ctl_chunks_feed(r->req->chunks, dkv_slice(ptr, n));
-        return r->stream_rc == 0 ? n : 0;
     }
     size_t cap = r->status == 200 ? r->req->max_body_bytes : MAX_ERROR_BODY_BYTES;
     if (r->body.len + n > cap) {
@@ -226,6 +213,15 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *arg)
     }
     dkv_buf_append(&r->body, ptr, n);
     return size * nmemb;
+}
+
+/* The status line and each header line as received, CRLF included, then the empty line: the
+ * start of what the records splitter parses. */
+static size_t on_header(char *ptr, size_t size, size_t nmemb, void *arg)
+{
+    resp_t *r = arg;
+    size_t n = size * nmemb;
+    return dkv_ctl_records_feed(&r->recs, dkv_slice(ptr, n)) == 0 ? n : 0;
 }
 
 /* Errors that mean "this endpoint gave no answer": another node may well answer. */
@@ -242,6 +238,57 @@ static bool is_down_error(CURLcode rc)
         return true;
     default:
         return false;
+    }
+}
+
+static const char *records_error(int rc)
+{
+    switch (rc) {
+    case DKV_EPROTO:
+        return "malformed response (not HTTP/1.1 chunks of `key\\nvalue` records)";
+    case DKV_ETOOBIG:
+        return "a record over the size limit";
+    default:
+        return dkv_strerror(rc);
+    }
+}
+
+/* Sets the options of one exchange on `h`. */
+static void setup(ctl_t *c, CURL *h, const char *url, const req_t *q, resp_t *r)
+{
+    curl_easy_reset(h); /* keeps the connection cache */
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(h, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1); /* dkv's protocol */
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_USERAGENT, "dkvctl/" DKV_VERSION);
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, c->connect_timeout_ms);
+    if (q->timeout_ms > 0) {
+        curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, q->timeout_ms);
+    } else {
+        /* A long scan may take any time, but not stall: less than 1 byte/s for the timeout. */
+        curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
+        curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, (c->timeout_ms + 999) / 1000);
+    }
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, r->errbuf);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, r);
+    if (q->record_cb != NULL) {
+        curl_easy_setopt(h, CURLOPT_HTTP_TRANSFER_DECODING, 0L);
+        curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
+        curl_easy_setopt(h, CURLOPT_HEADERDATA, r);
+        /* Through a proxy's tunnel, its own response is not the node's. */
+        curl_easy_setopt(h, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
+    }
+    if (strcmp(q->method, "PUT") == 0) {
+        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)q->body.len);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, q->body.len > 0 ? (const char *)q->body.ptr : "");
+        curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, "PUT");
+    } else if (strcmp(q->method, "POST") == 0) {
+        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)0);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, "");
+    } else if (strcmp(q->method, "DELETE") == 0) {
+        curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, "DELETE");
     }
 }
 
@@ -264,42 +311,22 @@ static dkv_ctl_outcome_t attempt(ctl_t *c, const char *base, const req_t *q, res
     r->status = 0;
     r->body.len = 0;
     r->too_big = false;
-    r->streamed = false;
-    r->checked = false;
-    r->stream_rc = 0;
     r->errbuf[0] = '\0';
+    if (r->recs_live) {
+        dkv_ctl_records_cleanup(&r->recs);
+        r->recs_live = false;
+    }
+    if (q->record_cb != NULL) {
+        dkv_ctl_records_init(&r->recs, DKV_CTL_DEFAULT_MAX_RECORD_BYTES, q->record_cb,
+                             q->record_arg);
+        r->recs_live = true;
+    }
     *fatal = false;
 
-    curl_easy_reset(h); /* keeps the connection cache */
-    curl_easy_setopt(h, CURLOPT_URL, (const char *)url.data);
-    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(h, CURLOPT_USERAGENT, "dkvctl/" DKV_VERSION);
-    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, c->connect_timeout_ms);
-    if (q->timeout_ms > 0) {
-        curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, q->timeout_ms);
-    } else {
-        /* A long scan may take any time, but not stall: less than 1 byte/s for the timeout. */
-        curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
-        curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, (c->timeout_ms + 999) / 1000);
-    }
-    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, r->errbuf);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, r);
-    if (q->chunks != NULL) {
-        curl_easy_setopt(h, CURLOPT_HTTP_TRANSFER_DECODING, 0L);
-    }
+    setup(c, h, (const char *)url.data, q, r);
     struct curl_slist *headers = curl_slist_append(NULL, "Expect:");
     if (strcmp(q->method, "PUT") == 0) {
         headers = curl_slist_append(headers, "Content-Type: application/octet-stream");
-        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)q->body.len);
-        curl_easy_setopt(h, CURLOPT_POSTFIELDS, q->body.len > 0 ? (const char *)q->body.ptr : "");
-        curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, "PUT");
-    } else if (strcmp(q->method, "POST") == 0) {
-        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)0);
-        curl_easy_setopt(h, CURLOPT_POSTFIELDS, "");
-    } else if (strcmp(q->method, "DELETE") == 0) {
-        curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, "DELETE");
     }
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
 
@@ -307,29 +334,37 @@ static dkv_ctl_outcome_t attempt(ctl_t *c, const char *base, const req_t *q, res
     curl_slist_free_all(headers);
     dkv_ctl_outcome_t out = DKV_CTL_ANSWERED;
     const char *detail = r->errbuf[0] != '\0' ? r->errbuf : curl_easy_strerror(rc);
+    /* Records already printed cannot be taken back: no retry elsewhere after that. */
+    bool printed = r->recs_live && r->recs.records > 0;
+    int recs_rc = 0;
+    if (r->recs_live && rc == CURLE_OK) {
+        recs_rc = dkv_ctl_records_finish(&r->recs);
+    } else if (r->recs_live) {
+        recs_rc = r->recs.error;
+    }
 
     if (rc == CURLE_OK) {
         curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &r->status);
+        if (r->recs_live && r->status != 200) {
+            /* For status_reason(): the splitter kept the start of the error body. */
+            dkv_slice_t eb = dkv_ctl_records_error_body(&r->recs);
+            dkv_buf_append(&r->body, eb.ptr, eb.len);
+        }
         if (r->status == 503) {
             out = DKV_CTL_BUSY;
-        } else if (r->status == 200 && q->chunks != NULL) {
-            curl_off_t cl = -1;
-            curl_easy_getinfo(h, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
-            /* API.md §10: an empty result may come as Content-Length: 0 instead of chunks. */
-            if (!(cl == 0 && !r->streamed) && !dkv_ctl_chunks_done(q->chunks)) {
-                *fatal = true;
-                snprintf(why, why_len, "%s: the record stream ended early", base);
-            }
+        } else if (r->recs_live && r->status == 200 && recs_rc != 0) {
+            *fatal = true;
+            snprintf(why, why_len, "%s: bad record stream: %s", base,
+                     recs_rc == DKV_EPROTO ? "the response ended early or is malformed"
+                                           : records_error(recs_rc));
         }
     } else if (rc == CURLE_WRITE_ERROR && r->too_big) {
         *fatal = true;
         snprintf(why, why_len, "%s: response body over %zu bytes", base, q->max_body_bytes);
-    } else if (rc == CURLE_WRITE_ERROR && r->stream_rc != 0) {
+    } else if (rc == CURLE_WRITE_ERROR && recs_rc != 0) {
         *fatal = true;
-        snprintf(why, why_len, "%s: bad record stream: %s", base,
-                 r->stream_rc == DKV_EPROTO ? "malformed chunked framing"
-                                            : dkv_strerror(r->stream_rc));
-    } else if (is_down_error(rc) && !r->streamed) {
+        snprintf(why, why_len, "%s: bad record stream: %s", base, records_error(recs_rc));
+    } else if (is_down_error(rc) && !printed) {
         out = DKV_CTL_DOWN;
         snprintf(why, why_len, "%s: %s", base, detail);
     } else {
@@ -415,6 +450,10 @@ static void resp_init(resp_t *r)
 static void resp_cleanup(resp_t *r)
 {
     dkv_buf_cleanup(&r->body);
+    if (r->recs_live) {
+        dkv_ctl_records_cleanup(&r->recs);
+        r->recs_live = false;
+    }
 }
 
 /* ---- key commands ---- */
@@ -597,12 +636,11 @@ static int cmd_scan(ctl_t *c, int argc, char **argv)
 
     scan_out_t s = {.raw = c->raw};
     dkv_buf_init(&s.line);
-    dkv_ctl_chunks_t chunks;
-    dkv_ctl_chunks_init(&chunks, DKV_CTL_DEFAULT_MAX_CHUNK_BYTES, on_record, &s);
     req_t q = {.method = "GET",
                .target = (const char *)t.data,
                .timeout_ms = 0,
-               .chunks = &chunks,
+               .record_cb = on_record,
+               .record_arg = &s,
                .max_body_bytes = MAX_ERROR_BODY_BYTES};
     resp_t r;
     resp_init(&r);
@@ -625,49 +663,129 @@ static int cmd_scan(ctl_t *c, int argc, char **argv)
         fprintf(stderr, "dkvctl: %zu records from %s\n", s.records, c->eps.urls[used]);
     }
     resp_cleanup(&r);
-    dkv_ctl_chunks_cleanup(&chunks);
     dkv_buf_cleanup(&s.line);
     dkv_buf_cleanup(&t);
     return ret;
 }
 
-/* ---- JSON from nodes ---- */
+/* ---- pages of the nodes: /metrics, /v0/health, /v0/ready ---- */
 
-/* GETs or POSTs `target` on `urls`, and parses a 200 (or `also_ok`) JSON answer. */
-static int fetch_json(ctl_t *c, char *const *urls, size_t n, const char *method, const char *target,
-                      long timeout_ms, bool quiet, json_t **out, resp_t *r, size_t *used)
+/* What `status` and the admin commands learn about one node. */
+typedef struct node_view {
+    const char *url;
+    bool up;           /* answered /v0/health (any status) */
+    long health;       /* its status */
+    long ready;        /* the status of /v0/ready: 200 ready, 503 not; 0 not asked */
+    bool have_metrics; /* m is a parsed page */
+    dkv_ctl_metrics_t m;
+    char why[512]; /* down: why; up without metrics: why not */
+} node_view_t;
+
+/*
+ * GETs /metrics on `urls` (failover when n > 1) and parses it. On failure the reason is in
+ * `why` (and printed unless `quiet`).
+ */
+static int fetch_metrics(ctl_t *c, char *const *urls, size_t n, bool quiet, dkv_ctl_metrics_t *m,
+                         size_t *used, char *why, size_t why_len)
+{
+    req_t q = {.method = "GET",
+               .target = "/metrics",
+               .timeout_ms = c->timeout_ms,
+               .max_body_bytes = DKV_CTL_MAX_METRICS_BYTES};
+    resp_t r;
+    resp_init(&r);
+    int ret = request_on(c, urls, n, &q, &r, used, true);
+    if (ret != 0) {
+        /* The endpoints' reasons, "URL: reason; ..." */
+        size_t pre = (size_t)snprintf(why, why_len, "%s", n > 1 ? "no endpoint answered: " : "");
+        if (pre < why_len) {
+            first_line(&r.body, why + pre, why_len - pre);
+        }
+        goto out;
+    }
+    if (r.status != 200) {
+        status_reason(&r, why, why_len);
+        ret = EXIT_FAIL;
+        goto out;
+    }
+    size_t bad_line = 0;
+    int rc = dkv_ctl_metrics_parse(dkv_buf_slice(&r.body), m, &bad_line);
+    if (rc != 0) {
+        snprintf(why, why_len, "%s/metrics: not a Prometheus text page (%s at line %zu)",
+                 urls[*used], dkv_strerror(rc), bad_line);
+        ret = EXIT_FAIL;
+    }
+out:
+    if (ret != 0 && !quiet) {
+        fail("%s", why);
+    }
+    resp_cleanup(&r);
+    return ret;
+}
+
+/* One request to one node, no failover; the status, or 0 with the reason in `why`. */
+static long probe(ctl_t *c, const char *url, const char *method, const char *target,
+                  long timeout_ms, char *why, size_t why_len)
 {
     req_t q = {.method = method,
                .target = target,
                .timeout_ms = timeout_ms,
-               .max_body_bytes = MAX_JSON_BYTES};
-    int ret = request_on(c, urls, n, &q, r, used, quiet);
+               .max_body_bytes = MAX_ERROR_BODY_BYTES};
+    resp_t r;
+    resp_init(&r);
+    size_t used = 0;
+    char *one[] = {(char *)url};
+    long status = 0;
+    if (request_on(c, one, 1, &q, &r, &used, true) != 0) {
+        first_line(&r.body, why, why_len);
+    } else {
+        status = r.status;
+        status_reason(&r, why, why_len);
+    }
+    resp_cleanup(&r);
+    return status;
+}
+
+/*
+ * The cluster: the node URLs of dkv_ring_primary_share on the /metrics page of the first
+ * endpoint that answers. `*urls` (each entry and the array) and `page` are the caller's to free.
+ */
+static int get_cluster(ctl_t *c, dkv_ctl_metrics_t *page, char ***urls, size_t *n)
+{
+    char why[CURL_ERROR_SIZE + 512];
+    size_t used = 0;
+    int ret = fetch_metrics(c, c->eps.urls, c->eps.n, false, page, &used, why, sizeof(why));
     if (ret != 0) {
         return ret;
     }
-    json_error_t err;
-    json_t *j = json_loadb((const char *)r->body.data, r->body.len, 0, &err);
-    if (j == NULL) {
-        if (!quiet) {
-            char why[256];
-            status_reason(r, why, sizeof(why));
-            fail("%s%s: %s", urls[*used], target, why);
+    size_t count = 0;
+    char **list = dkv_xcalloc(page->n_samples + 1, sizeof(*list));
+    for (size_t i = 0; i < page->n_samples; i++) {
+        const char *node = strcmp(page->samples[i].name, "dkv_ring_primary_share") == 0
+                               ? dkv_ctl_sample_label(&page->samples[i], "node")
+                               : NULL;
+        if (node != NULL) {
+            list[count++] = strdup(node);
         }
-        return EXIT_FAIL;
     }
-    *out = j;
+    if (count == 0) {
+        free(list);
+        dkv_ctl_metrics_cleanup(page);
+        return fail("%s/metrics has no dkv_ring_primary_share: not a dkv node, or one older than "
+                    "dkvctl",
+                    c->eps.urls[used]);
+    }
+    *urls = list;
+    *n = count;
     return 0;
 }
 
-static const char *jstr(json_t *o, const char *name, const char *dflt)
+static void free_urls(char **urls, size_t n)
 {
-    const char *s = json_string_value(json_object_get(o, name));
-    return s != NULL ? s : dflt;
-}
-
-static json_int_t jint(json_t *o, const char *name)
-{
-    return json_integer_value(json_object_get(o, name));
+    for (size_t i = 0; i < n; i++) {
+        free(urls[i]);
+    }
+    free(urls);
 }
 
 /* Host and port of a URL ("http://h:p" -> "h:p") for compact tables. */
@@ -677,148 +795,245 @@ static const char *short_url(const char *url)
     return p != NULL ? p + 3 : url;
 }
 
-/*
- * The cluster list from the first endpoint that answers a verbose status: `*status` is that
- * node's status (caller frees it with json_decref) and `urls` its "cluster" entries (borrowed
- * from `*status`).
- */
-static int get_cluster(ctl_t *c, json_t **status, const char ***urls, size_t *n)
+static double metric(const dkv_ctl_metrics_t *m, const char *name, const char *label,
+                     const char *value, double dflt)
 {
-    resp_t r;
-    resp_init(&r);
-    size_t used = 0;
-    json_t *j = NULL;
-    int ret = fetch_json(c, c->eps.urls, c->eps.n, "GET", "/v0/status?verbose=1", c->timeout_ms,
-                         false, &j, &r, &used);
-    if (ret != 0) {
-        goto out;
+    const dkv_ctl_sample_t *s = dkv_ctl_metrics_find(m, name, label, value);
+    return s != NULL ? s->value : dflt;
+}
+
+/* A sample value as a count: NaN and negatives (never sent by a node) as 0. */
+static uint64_t count_of(double v)
+{
+    return v > 0 && v < 1.8e19 ? (uint64_t)v : 0;
+}
+
+static void format_bytes(double bytes, char *out, size_t out_len)
+{
+    static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+    unsigned u = 0;
+    while (bytes >= 1024 && u + 1 < sizeof(units) / sizeof(units[0])) {
+        bytes /= 1024;
+        u++;
     }
-    json_t *cl = json_object_get(j, "cluster");
-    size_t count = json_array_size(cl);
-    if (count == 0) {
-        ret = fail("%s: the status has no cluster list", c->eps.urls[used]);
-        json_decref(j);
-        goto out;
-    }
-    const char **list = dkv_xcalloc(count, sizeof(*list));
-    for (size_t i = 0; i < count; i++) {
-        list[i] = json_string_value(json_array_get(cl, i));
-        if (list[i] == NULL) {
-            free(list);
-            json_decref(j);
-            ret = fail("%s: malformed cluster list", c->eps.urls[used]);
-            goto out;
+    snprintf(out, out_len, u == 0 ? "%.0f%s" : "%.1f%s", bytes, units[u]);
+}
+
+/*
+ * When every peer was last covered by a complete anti-entropy exchange: the oldest of
+ * dkv_antientropy_last_complete_exchange_timestamp_seconds over the peers, as an age ("3m05s
+ * ago"), "never" when some peer has had none, "-" on a cluster of one.
+ */
+static void repaired_text(const dkv_ctl_metrics_t *m, uint64_t now_ms, char *out, size_t out_len)
+{
+    double oldest = -1;
+    for (size_t i = 0; i < m->n_samples; i++) {
+        const dkv_ctl_sample_t *s = &m->samples[i];
+        if (strcmp(s->name, "dkv_antientropy_last_complete_exchange_timestamp_seconds") != 0) {
+            continue;
+        }
+        if (!(s->value > 0)) {
+            snprintf(out, out_len, "never");
+            return;
+        }
+        if (oldest < 0 || s->value < oldest) {
+            oldest = s->value;
         }
     }
-    *status = j;
-    *urls = list;
-    *n = count;
-out:
-    resp_cleanup(&r);
-    return ret;
+    if (oldest < 0) {
+        snprintf(out, out_len, "-");
+        return;
+    }
+    uint64_t at_ms = count_of(oldest * 1000);
+    char d[32];
+    format_duration(now_ms > at_ms ? now_ms - at_ms : 0, d, sizeof(d));
+    snprintf(out, out_len, "%s ago", d);
+}
+
+/* The breakers towards peers: "closed" when all are, else each other one "h:p=open". */
+static void breakers_text(const dkv_ctl_metrics_t *m, char *out, size_t out_len)
+{
+    static const char *const names[] = {"closed", "open", "half-open"};
+    size_t peers = 0;
+    size_t shown = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < m->n_samples; i++) {
+        const dkv_ctl_sample_t *s = &m->samples[i];
+        const char *peer = dkv_ctl_sample_label(s, "peer");
+        if (strcmp(s->name, "dkv_peer_breaker_state") != 0 || peer == NULL) {
+            continue;
+        }
+        peers++;
+        if (s->value == 0) {
+            continue;
+        }
+        size_t len = strlen(out);
+        snprintf(out + len, out_len - len, "%s%s=%s", shown > 0 ? "," : "", short_url(peer),
+                 s->value == 1 || s->value == 2 ? names[(int)s->value] : "?");
+        shown++;
+    }
+    if (shown == 0) {
+        snprintf(out, out_len, "%s", peers > 0 ? "closed" : "-");
+    }
+}
+
+/* The node's state from dkv_node_state, with the rebuild's progress while it rebuilds. */
+static void state_text(const dkv_ctl_metrics_t *m, char *out, size_t out_len)
+{
+    snprintf(out, out_len, "?");
+    for (size_t i = 0; i < m->n_samples; i++) {
+        const dkv_ctl_sample_t *s = &m->samples[i];
+        const char *st = dkv_ctl_sample_label(s, "state");
+        if (strcmp(s->name, "dkv_node_state") == 0 && st != NULL && s->value == 1) {
+            snprintf(out, out_len, "%s", st);
+            break;
+        }
+    }
+    const dkv_ctl_sample_t *p = dkv_ctl_metrics_find(m, "dkv_rebuild_progress_ratio", NULL, NULL);
+    if (strcmp(out, "rebuilding") == 0 && p != NULL && p->value > 0 && p->value <= 1) {
+        snprintf(out, out_len, "rebuilding %.0f%%", p->value * 100);
+    }
+}
+
+/* Fills `v` for `url`: health, readiness, and its /metrics page. */
+static void view_node(ctl_t *c, const char *url, node_view_t *v)
+{
+    memset(v, 0, sizeof(*v));
+    v->url = url;
+    v->health = probe(c, url, "GET", "/v0/health", c->timeout_ms, v->why, sizeof(v->why));
+    if (v->health == 0) {
+        return; /* down: `why` says how */
+    }
+    v->up = true;
+    char ignored[256];
+    v->ready = probe(c, url, "GET", "/v0/ready", c->timeout_ms, ignored, sizeof(ignored));
+    char *one[] = {(char *)url};
+    size_t used = 0;
+    v->why[0] = '\0';
+    v->have_metrics = fetch_metrics(c, one, 1, true, &v->m, &used, v->why, sizeof(v->why)) == 0;
+}
+
+static void view_cleanup(node_view_t *v)
+{
+    if (v->have_metrics) {
+        dkv_ctl_metrics_cleanup(&v->m);
+    }
+}
+
+/*
+ * Why a node that answered /v0/ready 503 is not ready, from its metrics: the inputs of the
+ * readiness check (architecture.md: writable store, state ready, a default quorum reachable).
+ */
+static void not_ready_text(const node_view_t *v, char *out, size_t out_len)
+{
+    out[0] = '\0';
+    if (v->ready != 503 || !v->have_metrics) {
+        snprintf(out, out_len,
+                 v->ready == 0 ? "no answer from /v0/ready" : "/v0/ready answered %ld", v->ready);
+        return;
+    }
+    const dkv_ctl_metrics_t *m = &v->m;
+    size_t len = 0;
+    if (metric(m, "dkv_store_writable", NULL, NULL, 1) == 0) {
+        len += (size_t)snprintf(out + len, out_len - len, "storage not writable; ");
+    }
+    char state[64];
+    state_text(m, state, sizeof(state));
+    if (len < out_len && strcmp(state, "?") != 0 && strcmp(state, "ready") != 0) {
+        len += (size_t)snprintf(out + len, out_len - len, "state %s; ", state);
+    }
+    if (len == 0) {
+        /* Neither: too few replicas reachable for the default quorum. */
+        len += (size_t)snprintf(out, out_len, "too few replicas reachable for the default quorum");
+        size_t shown = 0;
+        for (size_t i = 0; i < m->n_samples && len < out_len; i++) {
+            const dkv_ctl_sample_t *s = &m->samples[i];
+            const char *peer = dkv_ctl_sample_label(s, "peer");
+            if (strcmp(s->name, "dkv_peer_connected") == 0 && peer != NULL && s->value == 0) {
+                len += (size_t)snprintf(out + len, out_len - len, "%s%s",
+                                        shown++ == 0 ? "; not connected: " : ", ", peer);
+            }
+        }
+    } else if (len >= 2 && len < out_len) {
+        out[len - 2] = '\0'; /* the last "; " */
+    }
 }
 
 /* ---- status ---- */
 
-static void print_row(int w, const char *const *cols, size_t n)
+#define STATUS_COLS 11
+
+/* One table row: columns padded to their widths but the last (BREAKERS), which is free. */
+static void print_row(int w, const char *const *cols)
 {
-    static const int widths[] = {0, 6, 16, 7, 8, 7, 12, 7, 0};
-    for (size_t i = 0; i < n; i++) {
-        int wi = i == 0 ? w : widths[i];
-        if (i + 1 == n || wi == 0) {
-            fputs(cols[i], stdout);
-            if (i + 1 < n) {
-                fputs("  ", stdout);
-            }
-        } else {
-            printf("%-*s  ", wi, cols[i]);
-        }
+    static const int widths[STATUS_COLS] = {0, 6, 5, 15, 7, 7, 9, 6, 12, 10, 0};
+    for (size_t i = 0; i + 1 < STATUS_COLS; i++) {
+        printf("%-*s  ", i == 0 ? w : widths[i], cols[i]);
     }
-    fputc('\n', stdout);
+    printf("%s\n", cols[STATUS_COLS - 1]);
 }
 
-/* The breakers of a node's peers: "closed" when all are, else the others with their state. */
-static void breakers_text(json_t *st, char *out, size_t out_len)
+static const char *ready_text(long status)
 {
-    json_t *peers = json_object_get(st, "peers");
-    size_t n = 0;
-    out[0] = '\0';
-    for (size_t i = 0; i < json_array_size(peers); i++) {
-        json_t *p = json_array_get(peers, i);
-        const char *b = jstr(p, "breaker", "?");
-        if (strcmp(b, "closed") != 0) {
-            size_t len = strlen(out);
-            snprintf(out + len, out_len - len, "%s%s=%s", n > 0 ? "," : "",
-                     short_url(jstr(p, "url", "?")), b);
-            n++;
-        }
-    }
-    if (n == 0) {
-        snprintf(out, out_len, "%s", json_array_size(peers) > 0 ? "closed" : "-");
-    }
+    return status == 200 ? "yes" : status == 503 ? "no" : "?";
 }
 
-/* From an anti-entropy status: the oldest "last complete exchange" over the node's peers: when
- * every peer was last covered. */
-static void repaired_text(json_t *ae, uint64_t now_ms, char *out, size_t out_len)
+static void status_row(int w, const node_view_t *v, uint64_t now_ms)
 {
-    json_t *peers = json_object_get(ae, "peers");
-    if (json_array_size(peers) == 0) {
-        snprintf(out, out_len, "-");
+    if (!v->up || !v->have_metrics) {
+        const char *cols[STATUS_COLS] = {v->url,
+                                         v->up ? "up" : "down",
+                                         v->up ? ready_text(v->ready) : "-",
+                                         "-",
+                                         "-",
+                                         "-",
+                                         "-",
+                                         "-",
+                                         "-",
+                                         "-",
+                                         "-"};
+        print_row(w, cols);
         return;
     }
-    uint64_t oldest = UINT64_MAX;
-    for (size_t i = 0; i < json_array_size(peers); i++) {
-        json_int_t end = jint(json_array_get(peers, i), "last_ok_end_ms");
-        if (end <= 0) {
-            snprintf(out, out_len, "never");
-            return;
-        }
-        if ((uint64_t)end < oldest) {
-            oldest = (uint64_t)end;
-        }
-    }
-    char d[32];
-    format_duration(now_ms > oldest ? now_ms - oldest : 0, d, sizeof(d));
-    snprintf(out, out_len, "%s ago", d);
-}
-
-static void status_row(int w, const char *url, json_t *st, uint64_t now_ms)
-{
-    if (st == NULL) {
-        const char *cols[] = {url, "down", "-", "-", "-", "-", "-", "-", "-"};
-        print_row(w, cols, 9);
-        return;
-    }
+    const dkv_ctl_metrics_t *m = &v->m;
     char state[64];
-    json_t *rb = json_object_get(st, "rebuild");
-    json_t *pct = json_object_get(rb, "progress_pct");
-    if (json_is_true(json_object_get(rb, "running")) && json_is_number(pct)) {
-        snprintf(state, sizeof(state), "%s %.0f%%", jstr(st, "state", "?"), json_number_value(pct));
-    } else {
-        snprintf(state, sizeof(state), "%s", jstr(st, "state", "-"));
+    state_text(m, state, sizeof(state));
+    const dkv_ctl_sample_t *bi = dkv_ctl_metrics_find(m, "dkv_build_info", NULL, NULL);
+    const char *version = bi != NULL ? dkv_ctl_sample_label(bi, "version") : NULL;
+    char uptime[32] = "-";
+    double start_s = metric(m, "process_start_time_seconds", NULL, NULL, 0);
+    if (start_s > 0) {
+        uint64_t start_ms = count_of(start_s * 1000);
+        format_duration(now_ms > start_ms ? now_ms - start_ms : 0, uptime, sizeof(uptime));
     }
-    char uptime[32];
-    format_duration((uint64_t)jint(st, "uptime_ms"), uptime, sizeof(uptime));
-    char breakers[512];
-    breakers_text(st, breakers, sizeof(breakers));
-    char hints[32];
-    json_t *hj = json_object_get(st, "hints");
-    if (json_is_false(json_object_get(hj, "enabled"))) {
-        snprintf(hints, sizeof(hints), "off");
-    } else {
-        snprintf(hints, sizeof(hints), "%" JSON_INTEGER_FORMAT, jint(hj, "pending_count"));
+    /* The data column family on disk (live SST files) and in memory (memtables). */
+    char data[32];
+    format_bytes(metric(m, "dkv_rocksdb_live_sst_files_bytes", "cf", "data", 0) +
+                     metric(m, "dkv_rocksdb_memtable_bytes", "cf", "data", 0),
+                 data, sizeof(data));
+    char hints[32] = "off";
+    if (dkv_ctl_metrics_has_family(m, "dkv_hints_pending")) {
+        double sum = 0;
+        dkv_ctl_metrics_sum(m, "dkv_hints_pending", &sum);
+        snprintf(hints, sizeof(hints), "%" PRIu64, count_of(sum));
     }
     char repaired[48];
-    repaired_text(json_object_get(st, "anti_entropy"), now_ms, repaired, sizeof(repaired));
-    json_t *sj = json_object_get(st, "storage");
-    const char *storage = "ok";
-    if (json_is_false(json_object_get(sj, "writable"))) {
-        storage = json_is_true(json_object_get(sj, "no_space")) ? "full" : "error";
-    }
-    const char *cols[] = {url,      "up",    state,   jstr(st, "version", "?"), uptime, hints,
-                          repaired, storage, breakers};
-    print_row(w, cols, 9);
+    repaired_text(m, now_ms, repaired, sizeof(repaired));
+    const char *storage = metric(m, "dkv_store_writable", NULL, NULL, 1) == 0 ? "unwritable" : "ok";
+    char breakers[1024];
+    breakers_text(m, breakers, sizeof(breakers));
+    const char *cols[STATUS_COLS] = {v->url,
+                                     "up",
+                                     ready_text(v->ready),
+                                     state,
+                                     version != NULL ? version : "?",
+                                     uptime,
+                                     data,
+                                     hints,
+                                     repaired,
+                                     storage,
+                                     breakers};
+    print_row(w, cols);
 }
 
 static int cmd_status(ctl_t *c, int argc, char **argv)
@@ -827,64 +1042,50 @@ static int cmd_status(ctl_t *c, int argc, char **argv)
     if (argc != 0) {
         return usage_error("status takes no arguments");
     }
-    json_t *first = NULL;
-    const char **urls = NULL;
+    dkv_ctl_metrics_t first;
+    char **urls = NULL;
     size_t n = 0;
     int ret = get_cluster(c, &first, &urls, &n);
     if (ret != 0) {
         return ret;
     }
-    const char *self = jstr(first, "self", "");
-    json_t **st = dkv_xcalloc(n, sizeof(*st));
-    char **why = dkv_xcalloc(n, sizeof(*why));
+    dkv_ctl_metrics_cleanup(&first);
+    node_view_t *views = dkv_xcalloc(n, sizeof(*views));
     int w = 4;
-    size_t down = 0;
+    size_t up = 0;
     for (size_t i = 0; i < n; i++) {
-        if ((int)strlen(urls[i]) > w) {
-            w = (int)strlen(urls[i]);
-        }
-        if (strcmp(urls[i], self) == 0) {
-            st[i] = json_incref(first);
-            continue;
-        }
-        resp_t r;
-        resp_init(&r);
-        size_t used = 0;
-        char *one[] = {(char *)urls[i]};
-        if (fetch_json(c, one, 1, "GET", "/v0/status?verbose=1", c->timeout_ms, true, &st[i], &r,
-                       &used) != 0) {
-            char reason[512];
-            if (r.status != 0) {
-                status_reason(&r, reason, sizeof(reason));
-            } else {
-                first_line(&r.body, reason, sizeof(reason));
-            }
-            why[i] = strdup(reason);
-            down++;
-        }
-        resp_cleanup(&r);
+        w = (int)strlen(urls[i]) > w ? (int)strlen(urls[i]) : w;
+        view_node(c, urls[i], &views[i]);
+        up += views[i].up;
     }
     uint64_t now_ms = wall_ms();
-    const char *head[] = {"NODE",  "STATUS",   "STATE",   "VERSION", "UPTIME",
-                          "HINTS", "REPAIRED", "STORAGE", "BREAKERS"};
-    print_row(w, head, 9);
+    const char *head[STATUS_COLS] = {"NODE", "STATUS", "READY",    "STATE",   "VERSION", "UPTIME",
+                                     "DATA", "HINTS",  "REPAIRED", "STORAGE", "BREAKERS"};
+    print_row(w, head);
     for (size_t i = 0; i < n; i++) {
-        status_row(w, urls[i], st[i], now_ms);
+        status_row(w, &views[i], now_ms);
     }
     for (size_t i = 0; i < n; i++) {
-        if (why[i] != NULL) {
-            printf("%s is down: %s\n", urls[i], without_url(why[i], urls[i]));
+        const node_view_t *v = &views[i];
+        char why[1024];
+        if (!v->up) {
+            printf("%s is down: %s\n", v->url, without_url(v->why, v->url));
+            continue;
+        }
+        if (!v->have_metrics) {
+            printf("%s: no metrics: %s\n", v->url, without_url(v->why, v->url));
+        }
+        if (v->ready != 200) {
+            not_ready_text(v, why, sizeof(why));
+            printf("%s is not ready: %s\n", v->url, why);
         }
     }
-    printf("%zu of %zu nodes up\n", n - down, n);
+    printf("%zu of %zu nodes up\n", up, n);
     for (size_t i = 0; i < n; i++) {
-        json_decref(st[i]);
-        free(why[i]);
+        view_cleanup(&views[i]);
     }
-    free(st);
-    free(why);
-    free(urls);
-    json_decref(first);
+    free(views);
+    free_urls(urls, n);
     return 0;
 }
 
@@ -896,171 +1097,181 @@ static int cmd_ring(ctl_t *c, int argc, char **argv)
     if (argc != 0) {
         return usage_error("ring takes no arguments");
     }
-    json_t *first = NULL;
-    const char **urls = NULL;
+    dkv_ctl_metrics_t page;
+    char **urls = NULL;
     size_t n = 0;
-    int ret = get_cluster(c, &first, &urls, &n);
+    int ret = get_cluster(c, &page, &urls, &n);
     if (ret != 0) {
         return ret;
     }
-    dkv_ring_t *ring = NULL;
-    int rc = dkv_ring_new(urls, n, (unsigned)c->vnodes, &ring);
-    if (rc != 0) {
-        ret = fail("cannot build the ring of %zu nodes with %ld vnodes: %s", n, c->vnodes,
-                   dkv_strerror(rc));
-        goto out;
-    }
-    double *shares = dkv_xcalloc(n, sizeof(*shares));
-    dkv_ring_primary_shares(ring, shares);
-    int w = 4;
+    uint64_t vnodes = count_of(metric(&page, "dkv_ring_vnodes", NULL, NULL, 0));
+    int w = 5;
     for (size_t i = 0; i < n; i++) {
-        if ((int)strlen(dkv_ring_url(ring, i)) > w) {
-            w = (int)strlen(dkv_ring_url(ring, i));
-        }
+        w = (int)strlen(urls[i]) > w ? (int)strlen(urls[i]) : w;
     }
     printf("%-*s  %8s  %8s\n", w, "NODE", "TOKENS", "OWNS");
     double total = 0;
     for (size_t i = 0; i < n; i++) {
-        printf("%-*s  %8ld  %7.2f%%\n", w, dkv_ring_url(ring, i), c->vnodes, shares[i] * 100.0);
-        total += shares[i];
+        double share = metric(&page, "dkv_ring_primary_share", "node", urls[i], 0);
+        printf("%-*s  %8" PRIu64 "  %7.2f%%\n", w, urls[i], vnodes, share * 100.0);
+        total += share;
     }
-    printf("%-*s  %8ld  %7.2f%%\n", w, "TOTAL", c->vnodes * (long)n, total * 100.0);
-    printf("OWNS: share of keys whose first replica is the node, exact from the ring's tokens "
-           "(xxh3, %ld vnodes per node; must match the nodes' --vnodes)\n",
-           c->vnodes);
-    free(shares);
-    dkv_ring_free(ring);
-out:
-    free(urls);
-    json_decref(first);
-    return ret;
+    printf("%-*s  %8" PRIu64 "  %7.2f%%\n", w, "TOTAL", vnodes * n, total * 100.0);
+    printf("OWNS: share of the hash space whose first replica is the node (the keys it holds at "
+           "from=1), from the nodes' own ring (xxh3, %" PRIu64 " tokens per node)\n",
+           vnodes);
+    dkv_ctl_metrics_cleanup(&page);
+    free_urls(urls, n);
+    return 0;
 }
 
 /* ---- hints and repair ---- */
 
 /* The nodes an admin command addresses: --node, else every node of the cluster. */
-static int admin_nodes(ctl_t *c, json_t **first, const char ***urls, size_t *n)
+static int admin_nodes(ctl_t *c, char ***urls, size_t *n)
 {
     if (c->node != NULL) {
-        const char **one = dkv_xcalloc(1, sizeof(*one));
-        one[0] = c->node;
-        *first = NULL;
+        char **one = dkv_xcalloc(1, sizeof(*one));
+        one[0] = strdup(c->node);
         *urls = one;
         *n = 1;
         return 0;
     }
-    return get_cluster(c, first, urls, n);
+    dkv_ctl_metrics_t page;
+    int ret = get_cluster(c, &page, urls, n);
+    if (ret == 0) {
+        dkv_ctl_metrics_cleanup(&page);
+    }
+    return ret;
 }
 
 typedef enum admin_kind { HINTS_STATUS, HINTS_SYNC, REPAIR_RUN, REPAIR_STATUS } admin_kind_t;
 
-static json_int_t sum_peers(json_t *doc, const char *field)
+/* Sums a per-peer counter of a page, and the same for `before` (NULL: none), giving the
+ * difference: what one run moved. */
+static uint64_t moved(const dkv_ctl_metrics_t *after, const dkv_ctl_metrics_t *before,
+                      const char *name)
 {
-    json_t *peers = json_object_get(doc, "peers");
-    json_int_t sum = 0;
-    for (size_t i = 0; i < json_array_size(peers); i++) {
-        sum += jint(json_array_get(peers, i), field);
+    double a = 0;
+    double b = 0;
+    dkv_ctl_metrics_sum(after, name, &a);
+    if (before != NULL) {
+        dkv_ctl_metrics_sum(before, name, &b);
     }
-    return sum;
+    return a > b ? count_of(a - b) : 0;
+}
+
+/* Appends the peers whose failed exchanges grew from `before` to `after` (all that ever failed
+ * when `before` is NULL) to `out`. */
+static void failed_peers(const dkv_ctl_metrics_t *after, const dkv_ctl_metrics_t *before,
+                         dkv_buf_t *out)
+{
+    for (size_t i = 0; i < after->n_samples; i++) {
+        const dkv_ctl_sample_t *s = &after->samples[i];
+        const char *peer = dkv_ctl_sample_label(s, "peer");
+        const char *result = dkv_ctl_sample_label(s, "result");
+        if (strcmp(s->name, "dkv_antientropy_exchanges_total") != 0 || peer == NULL ||
+            result == NULL || strcmp(result, "failed") != 0) {
+            continue;
+        }
+        double was = before != NULL ? metric(before, s->name, "peer", peer, 0) : 0;
+        if (before != NULL) {
+            /* The same series in `before`: match both labels. */
+            was = 0;
+            for (size_t j = 0; j < before->n_samples; j++) {
+                const dkv_ctl_sample_t *b = &before->samples[j];
+                const char *bp = dkv_ctl_sample_label(b, "peer");
+                const char *br = dkv_ctl_sample_label(b, "result");
+                if (strcmp(b->name, s->name) == 0 && bp != NULL && br != NULL &&
+                    strcmp(bp, peer) == 0 && strcmp(br, "failed") == 0) {
+                    was = b->value;
+                }
+            }
+        }
+        if (s->value > was) {
+            dkv_buf_printf(out, "%s%s", out->len > 0 ? ", " : "", short_url(peer));
+        }
+    }
 }
 
 /* One result line of an admin command for `url`; returns whether it succeeded. */
 static bool admin_row(ctl_t *c, admin_kind_t kind, int w, const char *url)
 {
-    char target[128];
-    const char *method = "GET";
-    long timeout_ms = c->timeout_ms;
-    switch (kind) {
-    case HINTS_STATUS:
-        snprintf(target, sizeof(target), "/v0/admin/hints");
-        break;
-    case HINTS_SYNC:
-        method = "POST";
-        snprintf(target, sizeof(target), "/v0/admin/hints/sync?timeout_ms=%ld", c->wait_ms);
-        timeout_ms += c->wait_ms;
-        break;
-    case REPAIR_RUN:
-        method = "POST";
-        snprintf(target, sizeof(target), "/v0/admin/repair?timeout_ms=%ld", c->wait_ms);
-        timeout_ms += c->wait_ms;
-        break;
-    case REPAIR_STATUS:
-    default:
-        snprintf(target, sizeof(target), "/v0/admin/repair");
-        break;
-    }
-    req_t q = {.method = method,
-               .target = target,
-               .timeout_ms = timeout_ms,
-               .max_body_bytes = MAX_JSON_BYTES};
-    resp_t r;
-    resp_init(&r);
-    size_t used = 0;
+    char why[CURL_ERROR_SIZE + 512] = "";
     char *one[] = {(char *)url};
+    size_t used = 0;
+    dkv_ctl_metrics_t before = {0};
+    dkv_ctl_metrics_t after = {0};
     bool ok = false;
-    char line[512];
-    if (request_on(c, one, 1, &q, &r, &used, true) != 0) {
-        first_line(&r.body, line, sizeof(line));
-        printf("%-*s  down (%s)\n", w, url, line[0] != '\0' ? without_url(line, url) : "no answer");
+    long status = 0;
+    char target[128];
+    if (kind == REPAIR_RUN &&
+        fetch_metrics(c, one, 1, true, &before, &used, why, sizeof(why)) != 0) {
+        /* The counters before the round, so the row shows what this round did. */
+        printf("%-*s  down (%s)\n", w, url, without_url(why, url));
         goto out;
     }
-    json_t *j = json_loadb((const char *)r.body.data, r.body.len, 0, NULL);
-    if (kind == HINTS_STATUS && r.status == 200 && j != NULL) {
-        json_int_t oldest = 0;
-        json_t *peers = json_object_get(j, "peers");
-        for (size_t i = 0; i < json_array_size(peers); i++) {
-            json_int_t age = jint(json_array_get(peers, i), "oldest_age_ms");
-            oldest = age > oldest ? age : oldest;
+    if (kind == HINTS_SYNC || kind == REPAIR_RUN) {
+        snprintf(target, sizeof(target), "%s?timeout_ms=%ld",
+                 kind == HINTS_SYNC ? "/v0/admin/hints/sync" : "/v0/admin/repair", c->wait_ms);
+        status = probe(c, url, "POST", target, c->timeout_ms + c->wait_ms, why, sizeof(why));
+        if (status == 0) {
+            printf("%-*s  down (%s)\n", w, url, without_url(why, url));
+            goto out;
         }
-        char age[32];
-        format_duration((uint64_t)oldest, age, sizeof(age));
-        printf("%-*s  %8" JSON_INTEGER_FORMAT "  %12" JSON_INTEGER_FORMAT "  %8s%s\n", w, url,
-               jint(j, "pending_count"), jint(j, "pending_bytes"),
-               jint(j, "pending_count") > 0 ? age : "-",
-               json_is_false(json_object_get(j, "enabled")) ? "  (hinted handoff is off)" : "");
-        ok = true;
-    } else if ((kind == REPAIR_RUN || kind == REPAIR_STATUS) && j != NULL &&
-               (r.status == 200 || r.status == 502)) {
-        dkv_buf_t errs;
-        dkv_buf_init(&errs);
-        json_t *peers = json_object_get(j, "peers");
-        for (size_t i = 0; i < json_array_size(peers); i++) {
-            json_t *p = json_array_get(peers, i);
-            const char *e = jstr(p, "last_error", "");
-            if (e[0] != '\0') {
-                dkv_buf_printf(&errs, "%s%s: %s", errs.len > 0 ? "; " : "",
-                               short_url(jstr(p, "url", "?")), e);
-            }
-        }
-        dkv_buf_append(&errs, "", 1);
-        char repaired[48];
-        repaired_text(j, wall_ms(), repaired, sizeof(repaired));
-        printf("%-*s  %-6s  %10" JSON_INTEGER_FORMAT "  %10" JSON_INTEGER_FORMAT
-               "  %10" JSON_INTEGER_FORMAT "  %s%s%s\n",
-               w, url, r.status == 200 ? "ok" : "failed", sum_peers(j, "keys_repaired"),
-               sum_peers(j, "records_sent"), sum_peers(j, "records_received"), repaired,
-               errs.len > 1 ? "  " : "", (const char *)errs.data);
-        ok = r.status == 200;
-        dkv_buf_cleanup(&errs);
-    } else if (kind == HINTS_SYNC && r.status == 200) {
-        printf("%-*s  ok\n", w, url);
-        ok = true;
-    } else {
-        status_reason(&r, line, sizeof(line));
-        printf("%-*s  failed (%s)\n", w, url, line);
     }
-    json_decref(j);
+    if (fetch_metrics(c, one, 1, true, &after, &used, why, sizeof(why)) != 0) {
+        printf("%-*s  %s (%s)\n", w, url, status != 0 ? "failed" : "down", without_url(why, url));
+        goto out;
+    }
+    /* 200: done; 502: an exchange of the round failed; 504: the wait timed out. */
+    const char *result = status == 200 ? "ok" : status == 504 ? "timeout" : "failed";
+    ok = kind == HINTS_STATUS || kind == REPAIR_STATUS || status == 200;
+    if (kind == HINTS_STATUS || kind == HINTS_SYNC) {
+        char pending[32] = "off";
+        char bytes[32] = "-";
+        if (dkv_ctl_metrics_has_family(&after, "dkv_hints_pending")) {
+            snprintf(pending, sizeof(pending), "%" PRIu64,
+                     moved(&after, NULL, "dkv_hints_pending"));
+            format_bytes((double)moved(&after, NULL, "dkv_hints_pending_bytes"), bytes,
+                         sizeof(bytes));
+        }
+        if (kind == HINTS_SYNC) {
+            printf("%-*s  %-7s  %8s  %10s%s%s\n", w, url, result, pending, bytes, ok ? "" : "  ",
+                   ok ? "" : why);
+        } else {
+            printf("%-*s  %8s  %10s\n", w, url, pending, bytes);
+        }
+        goto out;
+    }
+    char last[48];
+    repaired_text(&after, wall_ms(), last, sizeof(last));
+    const dkv_ctl_metrics_t *base = kind == REPAIR_RUN ? &before : NULL;
+    dkv_buf_t failed;
+    dkv_buf_init(&failed);
+    failed_peers(&after, base, &failed);
+    dkv_buf_append(&failed, "", 1);
+    char moved_bytes[32];
+    format_bytes((double)moved(&after, base, "dkv_antientropy_bytes_total"), moved_bytes,
+                 sizeof(moved_bytes));
+    printf("%-*s  %-7s  %13" PRIu64 "  %10" PRIu64 "  %10s  %-*s%s%s\n", w, url,
+           kind == REPAIR_RUN ? result : "-",
+           moved(&after, base, "dkv_antientropy_keys_repaired_total"),
+           moved(&after, base, "dkv_antientropy_records_total"), moved_bytes,
+           failed.len > 1 ? 13 : 0, last, failed.len > 1 ? "  failed with: " : "",
+           (const char *)failed.data);
+    dkv_buf_cleanup(&failed);
 out:
-    resp_cleanup(&r);
+    dkv_ctl_metrics_cleanup(&before);
+    dkv_ctl_metrics_cleanup(&after);
     return ok;
 }
 
 static int run_admin(ctl_t *c, admin_kind_t kind)
 {
-    json_t *first = NULL;
-    const char **urls = NULL;
+    char **urls = NULL;
     size_t n = 0;
-    int ret = admin_nodes(c, &first, &urls, &n);
+    int ret = admin_nodes(c, &urls, &n);
     if (ret != 0) {
         return ret;
     }
@@ -1070,16 +1281,16 @@ static int run_admin(ctl_t *c, admin_kind_t kind)
     }
     switch (kind) {
     case HINTS_STATUS:
-        printf("%-*s  %8s  %12s  %8s\n", w, "NODE", "PENDING", "BYTES", "OLDEST");
+        printf("%-*s  %8s  %10s\n", w, "NODE", "PENDING", "BYTES");
         break;
     case HINTS_SYNC:
-        printf("%-*s  RESULT\n", w, "NODE");
+        printf("%-*s  %-7s  %8s  %10s\n", w, "NODE", "RESULT", "PENDING", "BYTES");
         break;
     case REPAIR_RUN:
     case REPAIR_STATUS:
     default:
-        printf("%-*s  %-6s  %10s  %10s  %10s  %s\n", w, "NODE", "RESULT", "REPAIRED", "SENT",
-               "RECEIVED", "LAST (ERRORS)");
+        printf("%-*s  %-7s  %13s  %10s  %10s  %s\n", w, "NODE", "RESULT", "KEYS_REPAIRED",
+               "RECORDS", "BYTES", "LAST_COMPLETE");
         break;
     }
     fflush(stdout);
@@ -1090,11 +1301,16 @@ static int run_admin(ctl_t *c, admin_kind_t kind)
         }
         fflush(stdout);
     }
+    if (kind == REPAIR_RUN || kind == REPAIR_STATUS) {
+        printf("KEYS_REPAIRED: keys found different and reconciled; RECORDS, BYTES: moved both "
+               "ways (%s); LAST_COMPLETE: since every peer was last covered by a complete "
+               "exchange\n",
+               kind == REPAIR_RUN ? "by this round" : "since the node started");
+    }
     if (failed > 0) {
         ret = fail("%zu of %zu nodes failed", failed, n);
     }
-    free(urls);
-    json_decref(first);
+    free_urls(urls, n);
     return ret;
 }
 
@@ -1136,7 +1352,6 @@ enum {
     OPT_RAW,
     OPT_NODE,
     OPT_WAIT,
-    OPT_VNODES,
 };
 
 /* Which command options each command accepts, as bits (1 << (opt - OPT_ACK)). */
@@ -1175,36 +1390,39 @@ static const command_t COMMANDS[] = {
      "TAB as \\t, LF as \\n, CR as \\r, other control bytes as \\xHH; other bytes are copied.\n"
      "  --raw   instead: \"<key bytes> <value bytes>\\n\" then the key, the value and \"\\n\",\n"
      "          exact bytes, for programs\n"},
-    {"status", cmd_status, 0, "show every node: up/down, state, hints, repair, breakers",
+    {"status", cmd_status, 0, "show every node: up/down, ready, state, data, hints, repair",
      "usage: dkvctl [options] status\n"
-     "Reads the cluster list from the first endpoint that answers, then asks every node for\n"
-     "GET /v0/status?verbose=1 and prints one row per node:\n"
-     "  STATUS    up, or down (no answer; the reason follows the table)\n"
-     "  STATE     ready, joining, rebuilding (with progress)\n"
-     "  UPTIME, VERSION\n"
-     "  HINTS     hints pending on that node for its peers\n"
-     "  REPAIRED  age of the oldest last complete anti-entropy exchange over its peers\n"
-     "  STORAGE   ok, full (disk full: writes refused), error\n"
+     "Reads the cluster list from the /metrics page of the first endpoint that answers, then\n"
+     "asks every node for GET /v0/health, /v0/ready and /metrics and prints one row per node:\n"
+     "  STATUS    up (answered /v0/health), or down (no answer; the reason follows the table)\n"
+     "  READY     yes or no: /v0/ready's 200 or 503 (why not follows the table)\n"
+     "  STATE     ready, joining, rebuilding (with the rebuild's progress)\n"
+     "  VERSION, UPTIME (from the node's start time and this host's clock)\n"
+     "  DATA      the data column family: live SST files plus memtables\n"
+     "  HINTS     hints that node keeps for its peers (off: hinted handoff is off)\n"
+     "  REPAIRED  since every peer was last covered by a complete anti-entropy exchange\n"
+     "  STORAGE   ok, or unwritable (disk full or another storage error: writes refused)\n"
      "  BREAKERS  circuit breakers towards peers: closed, or each peer's that is not\n"
      "Exit 0 when the table was printed (down nodes included); 3 when no endpoint answered.\n"},
-    {"ring", cmd_ring, BIT(OPT_VNODES), "show each node's share of the ring",
-     "usage: dkvctl [options] ring [--vnodes N]\n"
-     "Computes the consistent-hash ring locally from the cluster list of the first endpoint\n"
-     "that answers, with the nodes' own code (xxh3 of each URL seeded by the vnode index), and\n"
-     "prints each node's exact share of the keys for which it is the first replica.\n"
-     "  --vnodes N   tokens per node (default 8192); must be the nodes' --vnodes\n"},
+    {"ring", cmd_ring, 0, "show each node's share of the ring",
+     "usage: dkvctl [options] ring\n"
+     "Prints each node's tokens and its exact share of the hash space as first replica (the\n"
+     "keys it holds at from=1), as the first endpoint that answers computes them from its\n"
+     "own ring (dkv_ring_primary_share on /metrics).\n"},
     {"hints", cmd_hints, BIT(OPT_NODE) | BIT(OPT_WAIT), "show or deliver hinted-handoff hints",
      "usage: dkvctl [options] hints [status | sync] [--node URL] [--wait-ms MS]\n"
-     "status (default): GET /v0/admin/hints on every node: hints pending for its peers.\n"
-     "sync: POST /v0/admin/hints/sync on every node: waits until every hint that existed at\n"
-     "the call was delivered (or MS passed). Exit 3 if a node failed or did not answer.\n"
+     "status (default): every node's hints pending for its peers (count and bytes, from\n"
+     "/metrics). sync: POST /v0/admin/hints/sync on every node: waits until every hint that\n"
+     "existed at the call was delivered (or MS passed), then shows what is pending.\n"
+     "Exit 3 if a node failed (RESULT timeout or failed) or did not answer.\n"
      "  --node URL    only this node (default: every node of the cluster)\n"
      "  --wait-ms MS  server-side wait of sync (default 60000)\n"},
     {"repair", cmd_repair, BIT(OPT_NODE) | BIT(OPT_WAIT), "run or show anti-entropy repair",
      "usage: dkvctl [options] repair [run | status] [--node URL] [--wait-ms MS]\n"
      "run (default): POST /v0/admin/repair on every node in turn: one anti-entropy round with\n"
-     "each of its peers; shows keys repaired and records sent/received, summed over peers, and\n"
-     "each failed exchange's error. status: GET /v0/admin/repair, the same columns.\n"
+     "each of its peers. RESULT ok, failed (an exchange failed: the peers follow), timeout;\n"
+     "KEYS_REPAIRED, RECORDS and BYTES are what the round did (/metrics before and after).\n"
+     "status: the same columns since each node started, from /metrics.\n"
      "Exit 3 if a node failed or did not answer.\n"
      "  --node URL    only this node (default: every node of the cluster)\n"
      "  --wait-ms MS  server-side limit of a run (default 60000)\n"},
@@ -1251,7 +1469,6 @@ static const struct option OPTIONS[] = {
     {"raw", no_argument, NULL, OPT_RAW},
     {"node", required_argument, NULL, OPT_NODE},
     {"wait-ms", required_argument, NULL, OPT_WAIT},
-    {"vnodes", required_argument, NULL, OPT_VNODES},
     {NULL, 0, NULL, 0},
 };
 
@@ -1330,9 +1547,6 @@ static int parse_opts(ctl_t *c, parsed_t *p, int argc, char **argv, bool stop_at
         case OPT_WAIT:
             ok = parse_long(a, 1, 3600000, &c->wait_ms);
             break;
-        case OPT_VNODES:
-            ok = parse_long(a, 1, 65536, &c->vnodes);
-            break;
         case ':':
             return usage_error("option %s needs a value", argv[optind - 1]);
         case '?':
@@ -1357,8 +1571,7 @@ int main(int argc, char **argv)
                .timeout_ms = DEFAULT_TIMEOUT_MS,
                .retries = DEFAULT_RETRIES,
                .backoff_ms = DEFAULT_BACKOFF_MS,
-               .wait_ms = DEFAULT_WAIT_MS,
-               .vnodes = DKV_RING_DEFAULT_VNODES};
+               .wait_ms = DEFAULT_WAIT_MS};
     parsed_t p = {0};
     int ret = parse_opts(&c, &p, argc, argv, true);
     if (ret != 0) {
