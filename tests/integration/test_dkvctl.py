@@ -310,7 +310,7 @@ def test_503_retries_are_bounded(ctl_bin):
 
 def test_scan_prints_the_nodes_local_records_escaped_and_raw(c3):
     recs = {b"scan/a": b"plain", b"scan/b": b"tab\there\nnewline\\slash", b"scan/c": b"",
-            b"scan/d": bytes(range(256))}
+            b"scan/d": bytes(range(256)), b"scan/e f+g/%h": b"\r\n0\r\n\r\n"}
     for k, v in recs.items():
         assert run(["put", k, "-", "--ack", 3, "--from", 3], input=v,
                    endpoints=[c3[0].url]).returncode == 0
@@ -344,6 +344,77 @@ def test_scan_prints_the_nodes_local_records_escaped_and_raw(c3):
     assert (p.returncode, p.stdout) == (0, b"")
 
 
+class _Canned:
+    """A one-shot HTTP server: reads a request head, answers `response` bytes, closes."""
+
+    def __init__(self, response: bytes):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind((h.HOST, 0))
+        self.sock.listen(4)
+        self.url = "http://%s:%d" % self.sock.getsockname()
+        self.response = response
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(10)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                got = conn.recv(4096)
+                if not got:
+                    return
+                data += got
+            conn.sendall(self.response)
+
+    def close(self):
+        self.sock.close()
+        self.thread.join(5)
+
+
+@pytest.mark.parametrize("response, why", [
+    # A 200 whose body is not chunked cannot be split into records (API.md §10).
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nk\nv\r\n",
+     "malformed response"),
+    # Chunk framing that breaks after one good record: the record is printed, then the error.
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nk\nv\r\nzz\r\n",
+     "malformed response"),
+    # A record without the key's LF.
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nkv\r\n0\r\n\r\n",
+     "malformed response"),
+    # The connection ends before the last chunk.
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+     b"3\r\nk\nv\r\n", ""),
+])
+def test_scan_refuses_a_malformed_range_response_with_one_line(ctl_bin, response, why):
+    srv = _Canned(response)
+    try:
+        p = run(["scan", "a"], endpoints=[srv.url])
+    finally:
+        srv.close()
+    assert p.returncode == 3, (p.stdout, p.stderr)
+    line = one_line_error(p)
+    assert srv.url in line and why in line, line
+    assert p.stdout in (b"", b"k\tv\n"), p.stdout  # at most the good record
+
+
+def test_scan_splits_at_chunk_boundaries_not_at_bytes_that_look_like_framing(ctl_bin):
+    # A record whose value holds CRLF and a "0" line, a chunk extension, a trailer: the split is
+    # llhttp's reading of the framing, not a guess from the bytes.
+    body = b"5;x=y\r\na\n\r\n0\r\n" b"2\r\nb\n\r\n" b"0\r\nTrailer: t\r\n\r\n"
+    srv = _Canned(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
+    try:
+        p = run(["scan", "a", "--raw"], endpoints=[srv.url])
+    finally:
+        srv.close()
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == b"1 3\na\r\n0\n" b"1 0\nb\n"
+
+
 # --------------------------------------------------------------------------------------------
 # cluster views
 # --------------------------------------------------------------------------------------------
@@ -351,16 +422,22 @@ def test_scan_prints_the_nodes_local_records_escaped_and_raw(c3):
 
 def _status_rows(out: str) -> dict[str, list[str]]:
     return {line.split()[0]: line.split() for line in out.splitlines()
-            if line.startswith("http://") and " is down: " not in line}
+            if line.startswith("http://") and " is down: " not in line
+            and " is not ready: " not in line}
 
 
 def test_status_shows_every_node_and_a_stopped_node_as_down(c3):
     p = run(["status"], endpoints=[c3[0].url])
     assert p.returncode == 0, p.stderr
-    rows = _status_rows(p.stdout.decode())
+    out = p.stdout.decode()
+    assert out.splitlines()[0].split() == ["NODE", "STATUS", "READY", "STATE", "VERSION", "UPTIME",
+                                           "DATA", "HINTS", "REPAIRED", "STORAGE", "BREAKERS"]
+    rows = _status_rows(out)
     assert set(rows) == set(c3.urls)
     for url in c3.urls:
-        assert rows[url][1:3] == ["up", "ready"], rows[url]
+        assert rows[url][1:4] == ["up", "yes", "ready"], rows[url]
+        assert rows[url][7] == "0" and rows[url][9] == "ok", rows[url]  # hints, storage
+    assert "3 of 3 nodes up" in out
 
     c3[2].stop()
     # Through an endpoint list whose first entry is the stopped node itself.
@@ -369,9 +446,27 @@ def test_status_shows_every_node_and_a_stopped_node_as_down(c3):
     out = p.stdout.decode()
     rows = _status_rows(out)
     assert rows[c3[2].url][1] == "down", out
-    assert rows[c3[0].url][1] == "up" and rows[c3[1].url][1] == "up", out
+    assert rows[c3[0].url][1:3] == ["up", "yes"] and rows[c3[1].url][1:3] == ["up", "yes"], out
     assert "%s is down: " % c3[2].url in out
     assert "2 of 3 nodes up" in out
+
+
+def test_status_says_why_a_node_is_not_ready(c3):
+    c3[1].stop()
+    c3[2].stop()
+
+    def lone_node_not_ready():
+        p = run(["status"], endpoints=[c3[0].url])
+        assert p.returncode == 0, p.stderr
+        out = p.stdout.decode()
+        return out if _status_rows(out)[c3[0].url][1:3] == ["up", "no"] else None
+
+    out = h.wait_until(lone_node_not_ready, 20, 0.2, "the lone node to be not ready")
+    line = [x for x in out.splitlines() if x.startswith("%s is not ready: " % c3[0].url)]
+    assert len(line) == 1, out
+    assert "too few replicas reachable for the default quorum" in line[0], out
+    assert c3[1].url in line[0] and c3[2].url in line[0], out  # the peers it cannot reach
+    assert "1 of 3 nodes up" in out
 
 
 def test_ring_shares_sum_to_100_and_match_where_keys_land(c3):
@@ -412,13 +507,15 @@ def test_hints_sync_and_repair_on_every_node(c3):
 
     p = run(["repair", "--node", c3[0].url, "--wait-ms", "5000"], endpoints=[c3[1].url])
     assert p.returncode == 3, p.stdout
-    assert "failed" in p.stdout.decode()
+    out = p.stdout.decode()
+    assert _status_rows(out)[c3[0].url][1] == "failed", out
+    assert "failed with: " + c3[2].url.split("://")[1] in out, out  # whose exchange failed
 
     c3[2].start()
     p = run(["hints", "sync", "--wait-ms", "20000"], endpoints=[c3[0].url])
     assert p.returncode == 0, (p.stdout, p.stderr)
     rows = _status_rows(p.stdout.decode())
-    assert {u: r[1] for u, r in rows.items()} == {u: "ok" for u in c3.urls}
+    assert {u: r[1:3] for u, r in rows.items()} == {u: ["ok", "0"] for u in c3.urls}
     for i in range(20):
         assert h.local_value(c3[2], b"hint/%d" % i) == b"v"  # from=3: every node is a replica
     p = run(["hints"], endpoints=[c3[0].url])
@@ -432,3 +529,4 @@ def test_hints_sync_and_repair_on_every_node(c3):
     p = run(["repair", "status"], endpoints=[c3[1].url])
     assert p.returncode == 0
     assert "never" not in p.stdout.decode()
+    assert set(_status_rows(p.stdout.decode())) == set(c3.urls)
