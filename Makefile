@@ -2,7 +2,7 @@
 #   make run     install what is missing, build, start a local cluster in the foreground
 #   make test    install what is missing, build with ASan+UBSan, run unit, fuzz-replay and
 #                integration tests
-#   make build   release binary at build/dkv
+#   make build   release binaries at build/dkv and build/dkvctl (the client)
 #   make install build/dkv (and build/dkvctl) to $(PREFIX)/bin, the systemd unit and a sample
 #                config; DESTDIR stages it elsewhere (see docs/deploy.md)
 
@@ -21,7 +21,7 @@ deps:
 
 build: deps
 	@cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
-	@cmake --build build -j $(JOBS) --target dkv
+	@cmake --build build -j $(JOBS) --target dkv dkvctl
 
 asan: deps
 	@cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Asan >/dev/null

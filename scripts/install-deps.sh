@@ -5,7 +5,7 @@
 set -euo pipefail
 
 pkgs=(build-essential cmake pkg-config libuv1-dev node-llhttp librocksdb-dev libxxhash-dev
-      libsodium-dev libcmocka-dev python3 python3-pytest curl faketime
+      libsodium-dev libcmocka-dev libcurl4-openssl-dev python3 python3-pytest curl faketime
       python3-prometheus-client prometheus   # the metrics tests: parser, promtool, a real scrape
       chromium)  # the status page test: headless Chromium renders GET / of a live cluster
 for opt in "$@"; do

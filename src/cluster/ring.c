@@ -52,6 +52,7 @@ struct dkv_ring {
     uint32_t *bucket;
     unsigned bucket_bits;
     uint64_t fingerprint;
+    double *shares; /* each node's share as first replica, computed once (the ring is immutable) */
 };
 
 static int cmp_url(const void *a, const void *b)
@@ -128,6 +129,24 @@ static void build_buckets(dkv_ring_t *r)
     r->bucket[buckets] = (uint32_t)r->token_count;
 }
 
+/* Token i owns the hashes (token[i-1], token[i]]; token 0 also owns the wrap past the last
+ * token. Unsigned subtraction gives both arc lengths, the wrap included; 2^64 is exact in a double
+ * and each arc is rounded once. */
+static void compute_shares(dkv_ring_t *r)
+{
+    r->shares = dkv_xcalloc(r->n, sizeof(*r->shares));
+    if (r->n == 1) {
+        r->shares[0] = 1;
+        return;
+    }
+    const double space = 18446744073709551616.0;
+    uint64_t prev = r->tokens[r->token_count - 1].token;
+    for (size_t t = 0; t < r->token_count; t++) {
+        r->shares[r->tokens[t].node] += (double)(r->tokens[t].token - prev) / space;
+        prev = r->tokens[t].token;
+    }
+}
+
 int dkv_ring_new(const char *const *urls, size_t n, unsigned vnodes, dkv_ring_t **out)
 {
     if (urls == NULL || out == NULL || n == 0 || n > DKV_RING_MAX_NODES || vnodes == 0 ||
@@ -174,6 +193,7 @@ int dkv_ring_new(const char *const *urls, size_t n, unsigned vnodes, dkv_ring_t 
     }
     qsort(r->tokens, r->token_count, sizeof(*r->tokens), cmp_token);
     build_buckets(r);
+    compute_shares(r);
     r->fingerprint = compute_fingerprint(r);
 
     *out = r;
@@ -191,6 +211,7 @@ void dkv_ring_free(dkv_ring_t *r)
     free(r->urls);
     free(r->tokens);
     free(r->bucket);
+    free(r->shares);
     free(r);
 }
 
@@ -271,6 +292,16 @@ size_t dkv_ring_preference_list(const dkv_ring_t *r, dkv_slice_t key, size_t fro
         }
     }
     return got;
+}
+
+void dkv_ring_primary_shares(const dkv_ring_t *r, double *shares)
+{
+    memcpy(shares, r->shares, r->n * sizeof(*shares));
+}
+
+unsigned dkv_ring_vnodes(const dkv_ring_t *r)
+{
+    return r->vnodes;
 }
 
 uint64_t dkv_ring_fingerprint(const dkv_ring_t *r)

@@ -56,6 +56,20 @@ int dkv_ring_index_of(const dkv_ring_t *r, const char *url);
 size_t dkv_ring_preference_list(const dkv_ring_t *r, dkv_slice_t key, size_t from, uint32_t *out);
 
 /**
+ * Each node's exact share of the hash space as first replica: node i owns the arcs that end at its
+ * tokens (a key belongs to the first token >= its hash), so `shares[i]` is the fraction of keys
+ * whose preference list starts with node i. This is `nodetool ring`'s "owns" for from=1.
+ *
+ * @param shares  Room for N entries, written in canonical node order; each 0..1, summing to 1
+ *                (up to rounding).
+ * Thread: any. O(N): computed once when the ring is built (O(N*V)).
+ */
+void dkv_ring_primary_shares(const dkv_ring_t *r, double *shares);
+
+/** Tokens per node, V (the nodes' --vnodes). Thread: any. */
+unsigned dkv_ring_vnodes(const dkv_ring_t *r);
+
+/**
  * A 64-bit fingerprint of the canonical cluster set and V: equal on nodes that agree on placement,
  * different (with overwhelming probability) otherwise. Used in the RPC handshake. Thread: any.
  */

@@ -462,6 +462,20 @@ void dkv_rebuild_free(dkv_rebuild_t *r)
     free(r);
 }
 
+void dkv_rebuild_progress(dkv_rebuild_t *r, bool *running, double *fraction)
+{
+    double frac = 0;
+    uint64_t total = 0;
+    pthread_mutex_lock(&r->mu);
+    *running = r->st_running;
+    if (r->st_running) {
+        *fraction = progress_locked(r, &frac, &total) ? frac : 0.0;
+    } else {
+        *fraction = r->st_completed > 0 ? 1.0 : 0.0;
+    }
+    pthread_mutex_unlock(&r->mu);
+}
+
 void dkv_rebuild_status_json(dkv_rebuild_t *r, dkv_buf_t *out)
 {
     uint64_t now = wall_ms();

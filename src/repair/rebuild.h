@@ -24,6 +24,7 @@
 #ifndef DKV_REPAIR_REBUILD_H
 #define DKV_REPAIR_REBUILD_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "cluster/identity.h"
@@ -72,5 +73,14 @@ void dkv_rebuild_free(dkv_rebuild_t *r);
  * Thread: any.
  */
 void dkv_rebuild_status_json(dkv_rebuild_t *r, dkv_buf_t *out);
+
+/**
+ * The rebuild's progress as numbers (for /metrics): `*running` while a rebuild streams, and
+ * `*fraction` 0..1, the records received over the peers' record counts (the same estimate as
+ * "progress_pct"); 0 while no estimate is known yet, 1 when no rebuild runs and one completed
+ * since start, else 0.
+ * Thread: any.
+ */
+void dkv_rebuild_progress(dkv_rebuild_t *r, bool *running, double *fraction);
 
 #endif

@@ -375,6 +375,16 @@ static void node_metrics(const dkv_router_t *r, dkv_buf_t *b)
             dkv_prom_sample(b, "dkv_node_state", &l, 1, cur == (dkv_node_state_t)s ? 1 : 0);
         }
     }
+    if (r->env.rebuild != NULL) {
+        bool running = false;
+        double fraction = 0;
+        dkv_rebuild_progress(r->env.rebuild, &running, &fraction);
+        dkv_prom_family(b, "dkv_rebuild_progress_ratio", "gauge",
+                        "rebuild of lost data: records received over the peers' record counts "
+                        "while dkv_node_state{state=\"rebuilding\"} is 1 (0 until estimated); 1 "
+                        "after a completed rebuild; 0 when none ran");
+        dkv_prom_sample_double(b, "dkv_rebuild_progress_ratio", NULL, 0, fraction);
+    }
     if (r->env.coord_stats != NULL) {
         dkv_coord_stats_t *cs = r->env.coord_stats;
         one(b, "dkv_read_repair_reads_total", "counter", "GETs whose replicas disagreed",
@@ -395,11 +405,30 @@ static void node_metrics(const dkv_router_t *r, dkv_buf_t *b)
     }
 }
 
+/* The ring, the same on every node: its node list (every URL, this node's included) with each
+ * node's ownership, so a client learns the cluster and its placement from any one node. */
+static void ring_metrics(const dkv_router_t *r, dkv_buf_t *b)
+{
+    size_t n = dkv_ring_size(r->env.ring);
+    double shares[DKV_RING_MAX_NODES];
+    dkv_ring_primary_shares(r->env.ring, shares);
+    one(b, "dkv_ring_vnodes", "gauge", "tokens per node on the consistent-hash ring (--vnodes)",
+        dkv_ring_vnodes(r->env.ring));
+    dkv_prom_family(b, "dkv_ring_primary_share", "gauge",
+                    "fraction of the key hash space whose first replica is the node (its share "
+                    "of keys written with from=1), for every node of the cluster by URL");
+    for (size_t i = 0; i < n; i++) {
+        dkv_prom_label_t l = {"node", dkv_ring_url(r->env.ring, i)};
+        dkv_prom_sample_double(b, "dkv_ring_primary_share", &l, 1, shares[i]);
+    }
+}
+
 /* Appends the whole exposition of this node to `b`. */
 static void metrics_page(const dkv_router_t *r, dkv_buf_t *b)
 {
     dkv_buf_reserve(b, 32u << 10);
     node_metrics(r, b);
+    ring_metrics(r, b);
     if (r->env.metrics != NULL) {
         loop_metrics(r, b);
     }

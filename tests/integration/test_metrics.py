@@ -238,6 +238,32 @@ def test_counters_move_by_exactly_the_requests_sent(cluster_factory, uniq):
     assert fams["dkv_http_request_duration_seconds"].type == "histogram"
 
 
+def test_every_node_lists_the_whole_ring_with_each_nodes_share(cluster_factory):
+    """dkv_ring_primary_share names every node (self included) with its ownership at from=1,
+    identical on every node; dkvctl reads the cluster and `ring` from it."""
+    c = cluster_factory(N, "--vnodes", "512")
+    pages = [scrape(nd)[1] for nd in c]
+    shares = {dict(labels)["node"]: v for (name, labels), v in pages[0].items()
+              if name == "dkv_ring_primary_share"}
+    assert set(shares) == set(c.urls)
+    assert abs(sum(shares.values()) - 1.0) < 1e-9, shares
+    # With 512 tokens each node's share is within a few points of 1/3 (and never 0 or 1).
+    assert all(0.2 < v < 0.47 for v in shares.values()), shares
+    for s in pages:
+        assert {dict(labels)["node"]: v for (name, labels), v in s.items()
+                if name == "dkv_ring_primary_share"} == shares
+        assert val(s, "dkv_ring_vnodes") == 512
+        assert val(s, "dkv_rebuild_progress_ratio") == 0  # no rebuild ran
+    # The shares are where from=1 keys land: 600 keys, 3 sigma is about 6 points.
+    keys = [b"own/%04d" % i for i in range(600)]
+    with c[0].client() as cl:
+        for k in keys:
+            assert cl.put(k, b"x", "ack=1", "from=1").status == 201
+    for nd in c:
+        landed = len(h.local_records(nd, b"own/", b"own0")) / len(keys)
+        assert abs(landed - shares[nd.url]) < 0.07, (nd.url, landed, shares)
+
+
 def test_promtool_accepts_the_page(cluster_factory):
     promtool = shutil.which("promtool")
     if promtool is None:

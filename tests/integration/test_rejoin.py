@@ -35,6 +35,17 @@ def wait_state(nd: h.Node, want: str, timeout_s: float = 10.0):
     h.wait_until(lambda: state(nd) == want, timeout_s, what="%s to be %s" % (nd.name, want))
 
 
+def metric(nd: h.Node, series: str) -> float:
+    """The value of one series of the node's /metrics, written as it appears on the page."""
+    with nd.client() as cl:
+        r = cl.request("GET", "/metrics")
+    assert r.status == 200, r
+    for line in r.body.decode().splitlines():
+        if line.startswith(series + " "):
+            return float(line[len(series) + 1:])
+    raise AssertionError("%s: no %s in /metrics" % (nd.name, series))
+
+
 def local(nd: h.Node, key: bytes) -> bytes | None:
     """The node's own live value of `key` via /v0/entities (strict chunk framing), or None."""
     return h.local_value(nd, key)
@@ -314,7 +325,12 @@ def test_rebuild_reports_progress_against_the_peers_record_counts_and_an_eta(clu
     h.wait_until(midway, 30, interval_s=0.05, what="the rebuild to report progress midway")
     assert seen["records_total_estimate"] == 2 * len(keys), seen
     assert seen["eta_ms"] > 0, seen
+    # /metrics shows the same estimate as a ratio while the node is rebuilding.
+    h.wait_until(lambda: metric(victim, 'dkv_node_state{state="rebuilding"}') == 1
+                 and 0 < metric(victim, "dkv_rebuild_progress_ratio") < 1, 30, interval_s=0.05,
+                 what="dkv_rebuild_progress_ratio midway")
     h.wait_until(lambda: state(victim) == "ready", 60, interval_s=0.1,
                  what="the rebuild to finish")
     rb = status(victim)["rebuild"]
     assert rb["progress_pct"] == 100 and rb["eta_ms"] is None, rb
+    assert metric(victim, "dkv_rebuild_progress_ratio") == 1

@@ -305,6 +305,41 @@ static void test_first_replicas_spread_within_5_percent(void **state)
 }
 
 /*
+ * The exact shares (arc lengths) agree with where sampled keys land, sum to 1, and a one-node
+ * ring owns everything. Few vnodes make the shares uneven, so agreement is not a coincidence.
+ */
+static void test_primary_shares_match_sampled_first_replicas(void **state)
+{
+    (void)state;
+    urls_t u;
+    make_urls(&u, 4);
+    dkv_ring_t *r = ring_of(u.ptr, 4, 16);
+    double shares[4];
+    dkv_ring_primary_shares(r, shares);
+    size_t count[4] = {0};
+    uint64_t seed = 777;
+    for (int k = 0; k < SPREAD_KEYS; k++) {
+        uint8_t kb[8];
+        count[first_replica(r, next_key(&seed, kb))]++;
+    }
+    double sum = 0;
+    for (size_t i = 0; i < 4; i++) {
+        double sampled = (double)count[i] / SPREAD_KEYS;
+        if (sampled - shares[i] > 0.005 || shares[i] - sampled > 0.005) {
+            fail_msg("node %zu: exact share %.4f, sampled %.4f", i, shares[i], sampled);
+        }
+        sum += shares[i];
+    }
+    assert_true(sum > 0.999999 && sum < 1.000001);
+    dkv_ring_free(r);
+
+    dkv_ring_t *one = ring_of(u.ptr, 1, 8);
+    dkv_ring_primary_shares(one, shares);
+    assert_true(shares[0] == 1.0);
+    dkv_ring_free(one);
+}
+
+/*
  * Consistent hashing's point (Karger et al. §4): when a node joins, only about 1/(N+1) of the keys
  * change owner, and all of them move to the new node; every other node's list keeps its order.
  */
@@ -427,6 +462,7 @@ int main(void)
         cmocka_unit_test(test_input_order_does_not_change_placement_or_fingerprint),
         cmocka_unit_test(test_different_sets_or_vnodes_give_different_fingerprints),
         cmocka_unit_test(test_first_replicas_spread_within_5_percent),
+        cmocka_unit_test(test_primary_shares_match_sampled_first_replicas),
         cmocka_unit_test(test_added_node_takes_about_1_over_n_plus_1_and_nothing_else_moves),
         cmocka_unit_test(test_bad_inputs_are_rejected_and_out_untouched),
         cmocka_unit_test(test_index_of_finds_members_and_rejects_strangers),
