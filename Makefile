@@ -23,7 +23,8 @@ build: deps
 	@cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 	@cmake --build build -j $(JOBS) --target dkv dkvctl
 
-asan: deps
+asan:
+	@bash scripts/install-deps.sh --test
 	@cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Asan >/dev/null
 	@cmake --build build/asan -j $(JOBS)
 

@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Installs the Debian/Ubuntu packages dkv needs to build, test, run and benchmark, skipping what is
 # already installed. Works as root or through sudo.
-# Usage: scripts/install-deps.sh [--bench] [--fuzz]
+# Usage: scripts/install-deps.sh [--test] [--bench] [--fuzz]
+# Without options: what `make build` / `make run` need (compiler, libraries, curl).
 set -euo pipefail
 
 pkgs=(build-essential cmake pkg-config libuv1-dev node-llhttp librocksdb-dev libxxhash-dev
-      libsodium-dev libcmocka-dev libcurl4-openssl-dev python3 python3-pytest curl faketime
-      python3-prometheus-client prometheus   # the metrics tests: parser, promtool, a real scrape
-      chromium)  # the status page test: headless Chromium renders GET / of a live cluster
+      libsodium-dev libcurl4-openssl-dev python3 curl)
 for opt in "$@"; do
   case "$opt" in
+    --test) pkgs+=(libcmocka-dev python3-pytest faketime
+                   python3-prometheus-client prometheus  # metrics tests: parser, promtool, a scrape
+                   chromium) ;;  # the status page test: headless Chromium renders GET /
     --bench) pkgs+=(wrk nginx-light gnuplot-nox linux-perf heaptrack) ;;
     --fuzz) pkgs+=(clang libclang-rt-dev) ;;
-    *) echo "install-deps: unknown option $opt (use --bench, --fuzz)" >&2; exit 2 ;;
+    *) echo "install-deps: unknown option $opt (use --test, --bench, --fuzz)" >&2; exit 2 ;;
   esac
 done
 
