@@ -15,11 +15,13 @@
  * fires at the earliest deadline of the operations on its list. The delay is the p99 of a small
  * log-linear histogram of the peer's reply latencies (8 sub-buckets per power of two of µs, so
  * within 12.5%), halved every 4096 samples to follow change, as Cassandra's speculative_retry =
- * 99p reads its table's latency percentile. Latencies of requests that were in flight while the
- * peer was found silent (a request passed its deadline with no reply at all from that peer since
- * it was sent: a stopped process, not a slow one) are left out, or every stall would raise the
- * delay to the stall's length; such a peer is also asked last for DKV_COORD_SUSPECT_MS (a small
- * form of Cassandra's dynamic snitch), so new GETs do not each wait a delay for it.
+ * 99p reads its table's latency percentile. A peer is *silent* while requests to it are
+ * outstanding and it has sent nothing at all for twice its delay (at least
+ * DKV_COORD_SILENCE_MIN_MS): a stopped or frozen process rather than a slow one, whose replies
+ * would otherwise keep flowing. The latencies of the requests that a silence held up are left
+ * out, or every stall would raise the delay to the stall's length; and a silent peer is asked
+ * last by new GETs (a small form of Cassandra's dynamic snitch), so they do not each wait a delay
+ * for it, until it answers again or its requests time out.
  */
 #include "coord/coord.h"
 
@@ -50,9 +52,10 @@ typedef struct peer_est {
     uint32_t total;
     uint32_t since_update;
     uint32_t p99_ms;           /* cached: the p99 bucket's upper bound, rounded up to ms */
-    uint32_t epoch;            /* bumped whenever the peer is found silent */
+    uint32_t epoch;            /* bumped whenever a silence of the peer ends */
+    uint32_t inflight;         /* this coordinator's speculative-GET requests to it, unanswered */
     uint64_t last_reply_ns;    /* the last reply it sent (any status) */
-    uint64_t suspect_until_ms; /* found silent: asked last until then, or until it answers */
+    uint64_t busy_since_ns;    /* when `inflight` last went from 0 to 1 */
 } peer_est_t;
 
 struct dkv_coord {
@@ -489,25 +492,39 @@ uint64_t dkv_coord_retry_delay_ms(const dkv_coord_t *c, uint32_t peer)
     return d < 1 ? 1 : (d > cap ? cap : d);
 }
 
-/* A reply from `s`'s peer (or its failure) arrived: what it tells about the peer. */
-static void peer_observed(dkv_coord_t *c, const slot_t *s, int rc)
+/* Has the peer sent nothing at all for twice its retry delay (at least
+ * DKV_COORD_SILENCE_MIN_MS) while requests to it were outstanding? */
+static bool silent(const dkv_coord_t *c, uint32_t node, uint64_t now_ns)
 {
-    if (rc != 0 && rc != DKV_ENOTFOUND && rc != DKV_ENOTREADY && rc != DKV_EIO) {
-        return; /* nothing came from the peer: refused, timed out, malformed */
+    const peer_est_t *e = &c->est[node];
+    if (e->inflight == 0) {
+        return false;
     }
-    peer_est_t *e = &c->est[s->node];
-    uint64_t now = clock_ns(c);
-    e->last_reply_ns = now;
-    e->suspect_until_ms = 0;
-    if ((rc == 0 || rc == DKV_ENOTFOUND) && s->sample && s->epoch == e->epoch &&
-        now >= s->sent_ns) {
-        est_add(e, (now - s->sent_ns) / 1000u);
+    uint64_t quiet_since =
+        e->last_reply_ns > e->busy_since_ns ? e->last_reply_ns : e->busy_since_ns;
+    uint64_t silence_ms = 2 * dkv_coord_retry_delay_ms(c, node);
+    if (silence_ms < DKV_COORD_SILENCE_MIN_MS) {
+        silence_ms = DKV_COORD_SILENCE_MIN_MS;
     }
+    return now_ns > quiet_since && now_ns - quiet_since >= silence_ms * 1000000u;
 }
 
-static bool suspect(const dkv_coord_t *c, uint32_t node, uint64_t now_ms)
+/* A request to `s`'s peer ended (a reply, or a failure): what it tells about the peer. */
+static void peer_observed(dkv_coord_t *c, const slot_t *s, int rc)
 {
-    return now_ms < c->est[node].suspect_until_ms;
+    peer_est_t *e = &c->est[s->node];
+    uint64_t now = clock_ns(c);
+    if (rc == 0 || rc == DKV_ENOTFOUND || rc == DKV_ENOTREADY || rc == DKV_EIO) {
+        if (silent(c, s->node, now)) {
+            e->epoch++; /* this reply ends a silence: what it held up is not a latency */
+        }
+        e->last_reply_ns = now;
+        if ((rc == 0 || rc == DKV_ENOTFOUND) && s->sample && s->epoch == e->epoch &&
+            now >= s->sent_ns) {
+            est_add(e, (now - s->sent_ns) / 1000u);
+        }
+    } /* else nothing came from the peer: refused, timed out, malformed */
+    e->inflight--;
 }
 
 static void spec_success(op_t *op, slot_t *s)
@@ -570,7 +587,7 @@ static slot_t *spec_uncovered(op_t *op)
 static slot_t *spec_next(op_t *op)
 {
     dkv_coord_t *c = op->c;
-    uint64_t now = clock_ms(c);
+    uint64_t now = clock_ns(c);
     slot_t *pick = NULL;
     int pick_rank = 3;
     for (unsigned i = 0; i < op->from && pick_rank > 0; i++) {
@@ -578,7 +595,7 @@ static slot_t *spec_next(op_t *op)
         if (s->ask != ASK_NONE) {
             continue;
         }
-        int rank = s->node == c->env.self_idx ? 0 : (suspect(c, s->node, now) ? 2 : 1);
+        int rank = s->node == c->env.self_idx ? 0 : (silent(c, s->node, now) ? 2 : 1);
         if (rank < pick_rank) {
             pick = s;
             pick_rank = rank;
@@ -644,7 +661,7 @@ static void spec_remote(op_t *op, slot_t *s, uint8_t kind, bool fetch)
     peer_est_t *e = &c->est[s->node];
     s->sent_ns = clock_ns(c);
     s->epoch = e->epoch;
-    s->sample = !suspect(c, s->node, now);
+    s->sample = !silent(c, s->node, s->sent_ns);
     s->deadline_ms = fetch ? 0 : now + dkv_coord_retry_delay_ms(c, s->node);
     dkv_rpc_call_t call = {.type = kind == ASK_DIGEST ? DKV_RPC_DIGEST : DKV_RPC_GET,
                            .key = op->key,
@@ -662,6 +679,10 @@ static void spec_remote(op_t *op, slot_t *s, uint8_t kind, bool fetch)
         op->refs--;
         s->inflight = false;
         spec_fail(op, s, rc);
+        return;
+    }
+    if (e->inflight++ == 0) {
+        e->busy_since_ns = s->sent_ns;
     }
 }
 
@@ -835,21 +856,13 @@ static void spec_digest_cb(void *arg, int rc, const dkv_rpc_digest_t *d)
     op_unref(op);
 }
 
-/* Marks the requests past their deadline overdue; a peer that sent nothing at all since such a
- * request left is found silent. */
+/* Marks the requests past their deadline overdue: another replica may stand in for them. */
 static void spec_expire(op_t *op, uint64_t now_ms)
 {
-    dkv_coord_t *c = op->c;
     for (unsigned i = 0; i < op->from; i++) {
         slot_t *s = &op->slots[i];
-        if (!s->inflight || s->overdue || s->deadline_ms == 0 || s->deadline_ms > now_ms) {
-            continue;
-        }
-        s->overdue = true;
-        peer_est_t *e = &c->est[s->node];
-        if (e->last_reply_ns <= s->sent_ns) {
-            e->epoch++;
-            e->suspect_until_ms = now_ms + DKV_COORD_SUSPECT_MS;
+        if (s->inflight && !s->overdue && s->deadline_ms != 0 && s->deadline_ms <= now_ms) {
+            s->overdue = true;
         }
     }
 }

@@ -127,10 +127,10 @@ uint64_t dkv_coord_retry_delay_ms(const dkv_coord_t *c, uint32_t peer);
 /* Before a peer's p99 is known: retry after this long, once this many replies were timed. */
 #define DKV_COORD_RETRY_WARMUP_MS 10u
 #define DKV_COORD_RETRY_MIN_SAMPLES 32u
-/* A peer that answered nothing at all while one of its requests passed its retry delay (a
- * stopped process, not a slow one) is asked last by new GETs for this long, or until it
- * answers again. */
-#define DKV_COORD_SUSPECT_MS 100u
+/* A peer with requests outstanding that sent nothing at all for twice its retry delay, and at
+ * least this long, is silent (a stopped process, not a slow one): asked last by new GETs until
+ * it answers again, and the latencies its silence held up are not sampled. */
+#define DKV_COORD_SILENCE_MIN_MS 20u
 
 /** Operations started and not yet finished with every replica (answered or not), read repair
  * writes still in flight included. */
@@ -147,13 +147,13 @@ size_t dkv_coord_inflight(const dkv_coord_t *c);
  * Fan-out (env.read_fanout): DKV_COORD_READ_ALL asks all `from` replicas for their version.
  * DKV_COORD_READ_SPECULATIVE asks `ack` of them first: this node for the data when it is one of
  * them (no RPC), else the first peer in preference-list order, and the next ones (in that order,
- * peers found silent last) for a digest (rpc/proto.h: ts, flags, value hash). It asks the next
- * replica of the `from` set, never another node, when an unanswered one passes its retry delay
- * (dkv_coord_retry_delay_ms; Dean & Barroso, "The Tail at Scale", 2013: hedged requests;
- * Cassandra's speculative_retry = 99p) or fails (refused, breaker open, timed out, error, not
- * ready). It answers once `ack` replicas succeeded and the data in hand is at least as new as every
- * digest among them; a newer or incomparable digest first costs a data read from that replica (an
- * extra round trip). Requests asked late get what is left of env.replica_timeout_ms, so 504
+ * silent peers last: DKV_COORD_SILENCE_MIN_MS) for a digest (rpc/proto.h: ts, flags, value hash).
+ * It asks the next replica of the `from` set, never another node, when an unanswered one passes its
+ * retry delay (dkv_coord_retry_delay_ms; Dean & Barroso, "The Tail at Scale", 2013: hedged
+ * requests; Cassandra's speculative_retry = 99p) or fails (refused, breaker open, timed out, error,
+ * not ready). It answers once `ack` replicas succeeded and the data in hand is at least as new as
+ * every digest among them; a newer or incomparable digest first costs a data read from that replica
+ * (an extra round trip). Requests asked late get what is left of env.replica_timeout_ms, so 504
  * comes no later than with DKV_COORD_READ_ALL. API.md §5.6 holds: the answer is the newest of
  * `ack` successful replies.
  * Read repair (env.read_repair; Dynamo §4.7): the operation lives on after the answer until every

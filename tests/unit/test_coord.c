@@ -1769,6 +1769,22 @@ static bool run_until_sent(fx_t *fx, size_t count, uint64_t timeout_ms)
     return sent(fx) > count;
 }
 
+/* Runs the node's loop for `ms` milliseconds of real time. */
+static void run_for(fx_t *fx, uint64_t ms)
+{
+    uv_loop_t *loop = &fx->node->loop;
+    bool expired = false;
+    uv_timer_t guard;
+    uv_timer_init(loop, &guard);
+    guard.data = &expired;
+    uv_timer_start(&guard, on_guard, ms, 0);
+    while (!expired) {
+        uv_run(loop, UV_RUN_ONCE);
+    }
+    uv_close((uv_handle_t *)&guard, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+}
+
 static uint64_t ms_since(uint64_t t0_ns)
 {
     return (uv_hrtime() - t0_ns) / 1000000u;
@@ -2163,10 +2179,20 @@ static void test_spec_silent_peer_is_asked_last_until_it_answers(void **state)
     uint32_t second = p2[1];
 
     outcome_t *o = get(fx, k1, 2, 3);
-    assert_true(run_until_sent(fx, 1, 2000)); /* `first` sent nothing at all: silent */
+    uint64_t t0 = uv_hrtime();
+    assert_true(run_until_sent(fx, 1, 2000)); /* after the 40 ms retry delay */
     absent(fx, 1);
     assert_int_equal(o->calls, 1);
+    /* Not silent yet: sent nothing for less than twice its delay. */
     size_t base = sent(fx);
+    if (ms_since(t0) < 70) {
+        o = get(fx, k2, 2, 3);
+        expect_call(fx, base, first, DKV_RPC_DIGEST);
+        absent(fx, base);
+        assert_int_equal(o->calls, 1);
+    }
+    run_for(fx, 90); /* `first` has sent nothing at all for over 80 ms: silent */
+    base = sent(fx);
     o = get(fx, k2, 2, 3);
     expect_call(fx, base, second, DKV_RPC_DIGEST); /* not `first`, though it comes first */
     absent(fx, base);
@@ -2234,16 +2260,17 @@ static void test_spec_retry_delay_is_the_peers_observed_p99(void **state)
     /* 1500 us falls in the bucket [1408, 1535] us: 2 ms, rounded up. */
     assert_int_equal(dkv_coord_retry_delay_ms(fx->coord, peers[0]), 2);
     assert_int_equal(dkv_coord_retry_delay_ms(fx->coord, peers[1]), DKV_COORD_RETRY_WARMUP_MS);
-    /* One reply in 300 slower does not move the p99; one in ten does. */
-    timed_get(fx, key, peers[0], 40000);
+    /* One reply in 300 slower does not move the p99; one in ten does. (15 ms: slower, but not
+     * silent, which takes 20 ms here.) */
+    timed_get(fx, key, peers[0], 15000);
     for (unsigned i = 0; i < 99; i++) {
         timed_get(fx, key, peers[0], 1500);
     }
     assert_int_equal(dkv_coord_retry_delay_ms(fx->coord, peers[0]), 2);
     for (unsigned i = 0; i < 100; i++) {
-        timed_get(fx, key, peers[0], i % 10 == 0 ? 40000 : 1500);
+        timed_get(fx, key, peers[0], i % 10 == 0 ? 15000 : 1500);
     }
-    assert_int_equal(dkv_coord_retry_delay_ms(fx->coord, peers[0]), 41); /* [36864, 40959] */
+    assert_int_equal(dkv_coord_retry_delay_ms(fx->coord, peers[0]), 16); /* [14336, 15359] */
     /* Halved every 4096 samples: fast replies take over again. */
     for (unsigned i = 0; i < 5000; i++) {
         timed_get(fx, key, peers[0], 1500);
