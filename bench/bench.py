@@ -442,6 +442,7 @@ class LoadGen:
         if rate is not None and self.nice_fixed_rate:
             cmd = ["nice", "-n", "-10"] + cmd
         pids = server_pids or []
+        per0 = [proc_ticks([p]) for p in pids]
         t0, b0, s0 = time.monotonic(), busy_ticks(), proc_ticks(pids)
         c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         try:
@@ -463,6 +464,8 @@ class LoadGen:
         if pids:
             res["server_pids"] = list(pids)
             res["server_cpu_s"] = round(server_s, 3)
+            res["server_cpu_s_by_pid"] = [round((proc_ticks([p]) - t) / CLK_TCK, 3)
+                                          for p, t in zip(pids, per0)]
             res["cpu_us_per_req"] = (1e6 * server_s / res["requests"]) if res["requests"] else None
         res["cmd"] = " ".join(cmd)
         res["target_rate"] = rate
@@ -1233,6 +1236,10 @@ def run_spec(snap: Path, gen: LoadGen, opts, work: Path, dkv_bin: Path, results:
                 k = f"{mode}_{cond}"
                 runs = [p[k] for p in out["pairs"]]
                 out[k] = summarize(runs)
+                out[k]["cpu_us_per_req_by_node"] = [
+                    median([1e6 * r["server_cpu_s_by_pid"][i] / r["requests"] for r in runs
+                            if r.get("server_cpu_s_by_pid") and r["requests"]])
+                    for i in range(3)]
                 out[k]["counters"] = {c: median([r["counters"][c] for r in runs
                                                  if r["counters"][c] is not None])
                                       for c in SPEC_COUNTERS}
@@ -1273,9 +1280,9 @@ def report_spec(results: dict) -> List[str]:
              f"answered. Counters: node 1's `/metrics` over the run (median). "
              f"{len(d['pairs'])} pairs; figures are medians.\n")
     L.append("| mode | replica 3 | achieved req/s | p50 ms | p99 ms | p99.9 ms | lag p99 ms | "
-             "server CPU/GET (us) | speculative retries | digest fetches | repair writes | "
-             "errors | other CPU |")
-    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+             "server CPU/GET (us) | of it nodes 1 / 2 / 3 | speculative retries | digest fetches "
+             "| repair writes | errors | other CPU |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for mode in SPEC_MODES:
         for cond in ("healthy", "stalled"):
             x = d[f"{mode}_{cond}"]
@@ -1287,6 +1294,7 @@ def report_spec(results: dict) -> List[str]:
                      f"{x['rps']:,.0f} | {fmt_ms(x['p50_us'])} | {fmt_ms(x['p99_us'])} | "
                      f"{fmt_ms(x['p999_us'])} | {fmt_ms(x['lag_p99_us'])} | "
                      f"{fmt_cpu(x.get('cpu_us_per_req'))} | "
+                     f"{' / '.join(fmt_cpu(v) for v in x.get('cpu_us_per_req_by_node', []))} | "
                      f"{cnt('dkv_speculative_retries_total')} | "
                      f"{cnt('dkv_digest_fetches_total')} | {cnt('dkv_read_repair_writes_total')} "
                      f"| {x['errors']} | {x['other_cpu_pct']:.0f}% |")

@@ -11,7 +11,7 @@
  * at a time: spec_pump() looks at the slots after every event (a reply, a failure, the retry
  * timer) and either answers, reads the data of a replica whose digest is newer, or asks the next
  * replica so that `ack` successes stay possible without waiting on a slow one. A slot's request
- * has a retry deadline (its peer's delay, dkv_coord_retry_delay_ms); one timer per coordinator
+ * has a retry deadline (its peer's delay, dkv_coord_retry_delay_us); one timer per coordinator
  * fires at the earliest deadline of the operations on its list. The delay is the p99 of a small
  * log-linear histogram of the peer's reply latencies (8 sub-buckets per power of two of µs, so
  * within 12.5%), halved every 4096 samples to follow change, as Cassandra's speculative_retry =
@@ -51,7 +51,7 @@ typedef struct peer_est {
     uint32_t hist[HIST_BUCKETS];
     uint32_t total;
     uint32_t since_update;
-    uint32_t p99_ms;           /* cached: the p99 bucket's upper bound, rounded up to ms */
+    uint32_t p99_us;           /* cached: the upper bound of the p99's bucket */
     uint32_t epoch;            /* bumped whenever a silence of the peer ends */
     uint32_t inflight;         /* this coordinator's speculative-GET requests to it, unanswered */
     uint64_t last_reply_ns;    /* the last reply it sent (any status) */
@@ -66,7 +66,7 @@ struct dkv_coord {
     peer_est_t *est;  /* per ring index */
     uv_timer_t timer; /* retry deadlines; closed by dkv_coord_free() */
     bool timer_armed;
-    uint64_t timer_due_ms; /* clock ms the timer fires at, when armed */
+    uint64_t timer_due_ns; /* clock ns the timer fires at, when armed */
     struct op *spec_head;  /* operations with a pending retry deadline */
 };
 
@@ -96,7 +96,7 @@ typedef struct slot {
     bool sample;    /* its latency may feed the peer's estimate */
     uint32_t epoch; /* the peer's silence epoch when it was sent */
     uint64_t sent_ns;
-    uint64_t deadline_ms; /* clock ms; 0 = none (a fetch) */
+    uint64_t deadline_ns; /* clock ns; 0 = none (a fetch) */
 } slot_t;
 
 typedef struct op {
@@ -115,7 +115,7 @@ typedef struct op {
     uint64_t start_ms;                /* spec: clock ms at the start (the timeout budget) */
     struct op *spec_prev, *spec_next; /* spec: on c->spec_head while a deadline is pending */
     bool spec_linked;
-    uint64_t spec_due_ms; /* spec: the earliest pending deadline */
+    uint64_t spec_due_ns; /* spec: the earliest pending deadline */
     dkv_coord_cb cb;
     void *arg;
     bool have_best;      /* GET: a replica returned a version */
@@ -453,8 +453,8 @@ static void est_update(peer_est_t *e)
             break;
         }
     }
-    uint64_t ms = (hist_upper_us(i) + 999u) / 1000u;
-    e->p99_ms = (uint32_t)(ms < 1 ? 1 : (ms > RETRY_MAX_MS ? RETRY_MAX_MS : ms));
+    uint64_t us = hist_upper_us(i);
+    e->p99_us = (uint32_t)(us > RETRY_MAX_MS * 1000u ? RETRY_MAX_MS * 1000u : us);
     e->since_update = 0;
 }
 
@@ -472,23 +472,25 @@ static void est_add(peer_est_t *e, uint64_t us)
     /* Only a sample above the p99 can raise it: recompute at once then, so a peer that turns slow
      * is seen at its first slow replies; a falling p99 may lag by HIST_UPDATE_EVERY samples. */
     if (++e->since_update >= HIST_UPDATE_EVERY || e->total < DKV_COORD_RETRY_MIN_SAMPLES * 2 ||
-        us >= (uint64_t)e->p99_ms * 1000u) {
+        us >= e->p99_us) {
         est_update(e);
     }
 }
 
-uint64_t dkv_coord_retry_delay_ms(const dkv_coord_t *c, uint32_t peer)
+uint64_t dkv_coord_retry_delay_us(const dkv_coord_t *c, uint32_t peer)
 {
-    uint64_t d = c->env.speculative_retry_ms;
+    uint64_t d = c->env.speculative_retry_ms * 1000u;
     if (d == 0) {
         const peer_est_t *e =
             c->est != NULL && peer < dkv_ring_size(c->env.ring) ? &c->est[peer] : NULL;
-        d = e != NULL && e->total >= DKV_COORD_RETRY_MIN_SAMPLES ? e->p99_ms
-                                                                 : DKV_COORD_RETRY_WARMUP_MS;
+        d = e != NULL && e->total >= DKV_COORD_RETRY_MIN_SAMPLES
+                ? e->p99_us
+                : (uint64_t)DKV_COORD_RETRY_WARMUP_MS * 1000u;
     }
     uint64_t cap = c->env.replica_timeout_ms > 0 && c->env.replica_timeout_ms < RETRY_MAX_MS
                        ? c->env.replica_timeout_ms
                        : RETRY_MAX_MS;
+    cap *= 1000u;
     return d < 1 ? 1 : (d > cap ? cap : d);
 }
 
@@ -502,11 +504,11 @@ static bool silent(const dkv_coord_t *c, uint32_t node, uint64_t now_ns)
     }
     uint64_t quiet_since =
         e->last_reply_ns > e->busy_since_ns ? e->last_reply_ns : e->busy_since_ns;
-    uint64_t silence_ms = 2 * dkv_coord_retry_delay_ms(c, node);
-    if (silence_ms < DKV_COORD_SILENCE_MIN_MS) {
-        silence_ms = DKV_COORD_SILENCE_MIN_MS;
+    uint64_t silence_us = 2 * dkv_coord_retry_delay_us(c, node);
+    if (silence_us < DKV_COORD_SILENCE_MIN_MS * 1000u) {
+        silence_us = DKV_COORD_SILENCE_MIN_MS * 1000u;
     }
-    return now_ns > quiet_since && now_ns - quiet_since >= silence_ms * 1000000u;
+    return now_ns > quiet_since && now_ns - quiet_since >= silence_us * 1000u;
 }
 
 /* A request to `s`'s peer ended (a reply, or a failure): what it tells about the peer. */
@@ -662,7 +664,7 @@ static void spec_remote(op_t *op, slot_t *s, uint8_t kind, bool fetch)
     s->sent_ns = clock_ns(c);
     s->epoch = e->epoch;
     s->sample = !silent(c, s->node, s->sent_ns);
-    s->deadline_ms = fetch ? 0 : now + dkv_coord_retry_delay_ms(c, s->node);
+    s->deadline_ns = fetch ? 0 : s->sent_ns + dkv_coord_retry_delay_us(c, s->node) * 1000u;
     dkv_rpc_call_t call = {.type = kind == ASK_DIGEST ? DKV_RPC_DIGEST : DKV_RPC_GET,
                            .key = op->key,
                            .timeout_ms = timeout_ms};
@@ -686,12 +688,15 @@ static void spec_remote(op_t *op, slot_t *s, uint8_t kind, bool fetch)
     }
 }
 
-static void spec_arm(dkv_coord_t *c, uint64_t due_ms)
+/* libuv timers count whole ms of loop time: round up, so the timer never fires before `due_ns`
+ * (if it does, on_spec_timer() finds nothing due and arms it again). */
+static void spec_arm(dkv_coord_t *c, uint64_t due_ns)
 {
-    uint64_t now = clock_ms(c);
+    uint64_t now = clock_ns(c);
     c->timer_armed = true;
-    c->timer_due_ms = due_ms;
-    uv_timer_start(&c->timer, on_spec_timer, due_ms > now ? due_ms - now : 0, 0);
+    c->timer_due_ns = due_ns;
+    uv_timer_start(&c->timer, on_spec_timer, due_ns > now ? (due_ns - now + 999999u) / 1000000u : 0,
+                   0);
 }
 
 static void spec_unlink(op_t *op)
@@ -710,6 +715,11 @@ static void spec_unlink(op_t *op)
     }
     op->spec_prev = op->spec_next = NULL;
     op->spec_linked = false;
+    if (c->spec_head == NULL && c->timer_armed) {
+        /* Most operations finish before their deadline: no wake-up for nothing. */
+        uv_timer_stop(&c->timer);
+        c->timer_armed = false;
+    }
 }
 
 /* Puts the operation on the timer's list at its earliest pending deadline, or takes it off. */
@@ -719,16 +729,16 @@ static void spec_schedule(op_t *op)
     uint64_t due = 0;
     for (unsigned i = 0; i < op->from && !op->answered; i++) {
         const slot_t *s = &op->slots[i];
-        if (s->inflight && !s->overdue && s->deadline_ms != 0 &&
-            (due == 0 || s->deadline_ms < due)) {
-            due = s->deadline_ms;
+        if (s->inflight && !s->overdue && s->deadline_ns != 0 &&
+            (due == 0 || s->deadline_ns < due)) {
+            due = s->deadline_ns;
         }
     }
     if (due == 0) {
         spec_unlink(op);
         return;
     }
-    op->spec_due_ms = due;
+    op->spec_due_ns = due;
     if (!op->spec_linked) {
         op->spec_next = c->spec_head;
         op->spec_prev = NULL;
@@ -738,7 +748,7 @@ static void spec_schedule(op_t *op)
         c->spec_head = op;
         op->spec_linked = true;
     }
-    if (!c->timer_armed || due < c->timer_due_ms) {
+    if (!c->timer_armed || due < c->timer_due_ns) {
         spec_arm(c, due);
     }
 }
@@ -857,11 +867,11 @@ static void spec_digest_cb(void *arg, int rc, const dkv_rpc_digest_t *d)
 }
 
 /* Marks the requests past their deadline overdue: another replica may stand in for them. */
-static void spec_expire(op_t *op, uint64_t now_ms)
+static void spec_expire(op_t *op, uint64_t now_ns)
 {
     for (unsigned i = 0; i < op->from; i++) {
         slot_t *s = &op->slots[i];
-        if (s->inflight && !s->overdue && s->deadline_ms != 0 && s->deadline_ms <= now_ms) {
+        if (s->inflight && !s->overdue && s->deadline_ns != 0 && s->deadline_ns <= now_ns) {
             s->overdue = true;
         }
     }
@@ -871,12 +881,12 @@ static void on_spec_timer(uv_timer_t *t)
 {
     dkv_coord_t *c = t->data;
     c->timer_armed = false;
-    uint64_t now = clock_ms(c);
+    uint64_t now = clock_ns(c);
     for (;;) {
         op_t *batch[TIMER_BATCH];
         size_t n = 0;
         for (op_t *op = c->spec_head; op != NULL && n < TIMER_BATCH; op = op->spec_next) {
-            if (op->spec_due_ms <= now) {
+            if (op->spec_due_ns <= now) {
                 batch[n++] = op;
             }
         }
@@ -896,11 +906,11 @@ static void on_spec_timer(uv_timer_t *t)
     }
     uint64_t due = 0;
     for (op_t *op = c->spec_head; op != NULL; op = op->spec_next) {
-        if (due == 0 || op->spec_due_ms < due) {
-            due = op->spec_due_ms;
+        if (due == 0 || op->spec_due_ns < due) {
+            due = op->spec_due_ns;
         }
     }
-    if (due != 0 && (!c->timer_armed || due < c->timer_due_ms)) {
+    if (due != 0 && (!c->timer_armed || due < c->timer_due_ns)) {
         spec_arm(c, due);
     }
 }

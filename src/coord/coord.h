@@ -71,7 +71,7 @@ typedef struct dkv_coord_env {
     /* Which replicas a GET asks; the default (0) is DKV_COORD_READ_ALL. */
     dkv_coord_read_fanout_t read_fanout;
     /* Speculative: ask the next replica once one has not answered for this long; 0 = the
-     * peer's observed p99 (dkv_coord_retry_delay_ms). */
+     * peer's observed p99 (dkv_coord_retry_delay_us). */
     uint64_t speculative_retry_ms;
     /* The transport's per-request timeout (--replica-timeout-ms): a replica asked later in a
      * speculative GET gets what is left of it, so the GET still ends within it; 0 = every
@@ -116,13 +116,14 @@ int dkv_coord_new(const dkv_coord_env_t *env, dkv_coord_t **out);
 void dkv_coord_free(dkv_coord_t *c);
 
 /**
- * How long a speculative GET waits for peer `peer` before it asks the next replica:
+ * How long (µs) a speculative GET waits for peer `peer` before it asks the next replica:
  * env.speculative_retry_ms if set, else the p99 of the peer's recent GET and DIGEST latency
- * seen by this coordinator (rounded up to whole ms, 1.. the replica timeout), or
- * DKV_COORD_RETRY_WARMUP_MS until DKV_COORD_RETRY_MIN_SAMPLES replies were timed.
- * Thread: the coordinator's loop thread.
+ * seen by this coordinator (the upper bound of its histogram bucket, within 12.5%), or
+ * DKV_COORD_RETRY_WARMUP_MS until DKV_COORD_RETRY_MIN_SAMPLES replies were timed; at most the
+ * replica timeout. The retry timer has libuv's whole-ms resolution: the wait is this, rounded up
+ * to the loop's next ms. Thread: the coordinator's loop thread.
  */
-uint64_t dkv_coord_retry_delay_ms(const dkv_coord_t *c, uint32_t peer);
+uint64_t dkv_coord_retry_delay_us(const dkv_coord_t *c, uint32_t peer);
 
 /* Before a peer's p99 is known: retry after this long, once this many replies were timed. */
 #define DKV_COORD_RETRY_WARMUP_MS 10u
@@ -149,7 +150,7 @@ size_t dkv_coord_inflight(const dkv_coord_t *c);
  * them (no RPC), else the first peer in preference-list order, and the next ones (in that order,
  * silent peers last: DKV_COORD_SILENCE_MIN_MS) for a digest (rpc/proto.h: ts, flags, value hash).
  * It asks the next replica of the `from` set, never another node, when an unanswered one passes its
- * retry delay (dkv_coord_retry_delay_ms; Dean & Barroso, "The Tail at Scale", 2013: hedged
+ * retry delay (dkv_coord_retry_delay_us; Dean & Barroso, "The Tail at Scale", 2013: hedged
  * requests; Cassandra's speculative_retry = 99p) or fails (refused, breaker open, timed out, error,
  * not ready). It answers once `ack` replicas succeeded and the data in hand is at least as new as
  * every digest among them; a newer or incomparable digest first costs a data read from that replica

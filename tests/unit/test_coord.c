@@ -2249,33 +2249,36 @@ static void test_spec_retry_delay_is_the_peers_observed_p99(void **state)
     uint32_t peers[2];
     pick_key(fx, "sp-p99", 3, 0, key, reps);
     peers_of(fx, reps, 3, peers);
-    assert_int_equal(dkv_coord_retry_delay_ms(fx->coord, peers[0]), DKV_COORD_RETRY_WARMUP_MS);
+    assert_int_equal(dkv_coord_retry_delay_us(fx->coord, peers[0]),
+                     DKV_COORD_RETRY_WARMUP_MS * 1000u);
     for (unsigned i = 0; i < DKV_COORD_RETRY_MIN_SAMPLES - 1; i++) {
         timed_get(fx, key, peers[0], 1500);
     }
-    assert_int_equal(dkv_coord_retry_delay_ms(fx->coord, peers[0]), DKV_COORD_RETRY_WARMUP_MS);
+    assert_int_equal(dkv_coord_retry_delay_us(fx->coord, peers[0]),
+                     DKV_COORD_RETRY_WARMUP_MS * 1000u);
     for (unsigned i = DKV_COORD_RETRY_MIN_SAMPLES - 1; i < 200; i++) {
         timed_get(fx, key, peers[0], 1500);
     }
-    /* 1500 us falls in the bucket [1408, 1535] us: 2 ms, rounded up. */
-    assert_int_equal(dkv_coord_retry_delay_ms(fx->coord, peers[0]), 2);
-    assert_int_equal(dkv_coord_retry_delay_ms(fx->coord, peers[1]), DKV_COORD_RETRY_WARMUP_MS);
+    /* 1500 us falls in the bucket [1408, 1535] us. */
+    assert_int_equal(dkv_coord_retry_delay_us(fx->coord, peers[0]), 1535);
+    assert_int_equal(dkv_coord_retry_delay_us(fx->coord, peers[1]),
+                     DKV_COORD_RETRY_WARMUP_MS * 1000u);
     /* One reply in 300 slower does not move the p99; one in ten does. (15 ms: slower, but not
      * silent, which takes 20 ms here.) */
     timed_get(fx, key, peers[0], 15000);
     for (unsigned i = 0; i < 99; i++) {
         timed_get(fx, key, peers[0], 1500);
     }
-    assert_int_equal(dkv_coord_retry_delay_ms(fx->coord, peers[0]), 2);
+    assert_int_equal(dkv_coord_retry_delay_us(fx->coord, peers[0]), 1535);
     for (unsigned i = 0; i < 100; i++) {
         timed_get(fx, key, peers[0], i % 10 == 0 ? 15000 : 1500);
     }
-    assert_int_equal(dkv_coord_retry_delay_ms(fx->coord, peers[0]), 16); /* [14336, 15359] */
+    assert_int_equal(dkv_coord_retry_delay_us(fx->coord, peers[0]), 15359); /* [14336, 15359] */
     /* Halved every 4096 samples: fast replies take over again. */
     for (unsigned i = 0; i < 5000; i++) {
         timed_get(fx, key, peers[0], 1500);
     }
-    assert_int_equal(dkv_coord_retry_delay_ms(fx->coord, peers[0]), 2);
+    assert_int_equal(dkv_coord_retry_delay_us(fx->coord, peers[0]), 1535);
 }
 
 static void test_spec_fixed_retry_delay_and_caps(void **state)
@@ -2293,7 +2296,7 @@ static void test_spec_fixed_retry_delay_and_caps(void **state)
     for (unsigned i = 0; i < 100; i++) {
         timed_get(fx, key, peers[0], 1500);
     }
-    assert_int_equal(dkv_coord_retry_delay_ms(fx->coord, peers[0]), 7);
+    assert_int_equal(dkv_coord_retry_delay_us(fx->coord, peers[0]), 7000);
 }
 
 static void test_spec_latency_of_a_silent_peer_does_not_raise_its_delay(void **state)
@@ -2310,8 +2313,8 @@ static void test_spec_latency_of_a_silent_peer_does_not_raise_its_delay(void **s
     for (unsigned i = 0; i < 100; i++) {
         timed_get(fx, key, peers[0], 1500);
     }
-    assert_int_equal(dkv_coord_retry_delay_ms(fx->coord, peers[0]), 2);
-    /* Five stalls: a request passes its 2 ms delay with nothing at all from the peer, the next
+    assert_int_equal(dkv_coord_retry_delay_us(fx->coord, peers[0]), 1535);
+    /* Five stalls: a request passes its 1.5 ms delay with nothing at all from the peer, the next
      * replica answers, and the stalled one answers half a second later. */
     for (unsigned round = 0; round < 5; round++) {
         size_t base = sent(fx);
@@ -2326,7 +2329,7 @@ static void test_spec_latency_of_a_silent_peer_does_not_raise_its_delay(void **s
         absent(fx, base);
     }
     /* Counted, five late replies of 105 would make the p99 half a second. */
-    assert_int_equal(dkv_coord_retry_delay_ms(fx->coord, peers[0]), 2);
+    assert_int_equal(dkv_coord_retry_delay_us(fx->coord, peers[0]), 1535);
 }
 
 static void test_spec_not_ready_local_replica_reads_a_peer_and_is_refilled(void **state)
