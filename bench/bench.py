@@ -27,6 +27,9 @@ What one run does (docs/benchmarks.md explains the method and the choice of tool
     10,000), node 3 started, POST /v0/admin/repair on it: time to converge, bytes exchanged
     against the data's size, GET latency at a fixed rate meanwhile vs without; and the bytes
     of a repair over identical replicas (the trees' top level only).
+ 6. Speculative reads (`spec`), on the 3-node fill: the ack=2/from=3 GET workload at a fixed rate
+    through node 1 on two clusters side by side, --read-fanout all and speculative: server CPU
+    per GET (all three nodes) and latency, healthy and with node 3 SIGSTOPped 1 s on / 1 s off.
 Every load is bounded in time (wrk -d plus a subprocess timeout); every process it starts is
 stopped on the way out, Ctrl-C included. Python standard library only.
 """
@@ -106,7 +109,14 @@ DRAIN_SCENARIO = "hints-drain"
 #   converge, bytes exchanged, client GET latency meanwhile vs without.
 REPAIR_SCENARIO = "repair"
 REPAIR_ARGS = "--hinted-handoff off --read-repair off --anti-entropy-interval-ms 0"
-EXTRA_SCENARIOS = list(AB_SCENARIOS) + [DRAIN_SCENARIO, REPAIR_SCENARIO]
+# - spec: speculative reads. The ack=2/from=3 GET workload on two clusters side by side, one with
+#   --read-fanout all, one with --read-fanout speculative, at one fixed rate through node 1:
+#   healthy, and with node 3 stopped by SIGSTOP for SPEC_STALL_S out of every 2 x SPEC_STALL_S.
+SPEC_SCENARIO = "spec"
+SPEC_MODES = ("all", "speculative")
+SPEC_STALL_S = 1.0
+SPEC_GOAL_P99_RATIO = 1.5  # speculative: p99 with a stalled replica <= 1.5 x healthy p99
+EXTRA_SCENARIOS = list(AB_SCENARIOS) + [DRAIN_SCENARIO, REPAIR_SCENARIO, SPEC_SCENARIO]
 ALL_SCENARIO_NAMES = list(SCENARIO_BY_NAME) + EXTRA_SCENARIOS
 DEFAULT_HINT_REPLAY_BYTES_PER_S = 8 << 20
 DEFAULT_AE_BYTES_PER_S = 32 << 20
@@ -432,6 +442,7 @@ class LoadGen:
         if rate is not None and self.nice_fixed_rate:
             cmd = ["nice", "-n", "-10"] + cmd
         pids = server_pids or []
+        per0 = [proc_ticks([p]) for p in pids]
         t0, b0, s0 = time.monotonic(), busy_ticks(), proc_ticks(pids)
         c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         try:
@@ -453,6 +464,8 @@ class LoadGen:
         if pids:
             res["server_pids"] = list(pids)
             res["server_cpu_s"] = round(server_s, 3)
+            res["server_cpu_s_by_pid"] = [round((proc_ticks([p]) - t) / CLK_TCK, 3)
+                                          for p, t in zip(pids, per0)]
             res["cpu_us_per_req"] = (1e6 * server_s / res["requests"]) if res["requests"] else None
         res["cmd"] = " ".join(cmd)
         res["target_rate"] = rate
@@ -665,6 +678,8 @@ def run_topology(nodes: int, scenarios: List[Scenario], gen: LoadGen, opts, work
         run_drain(snap, gen, opts, work, dkv_bin, results)
     if REPAIR_SCENARIO in extras:
         run_repair(snap, gen, opts, work, dkv_bin, results)
+    if SPEC_SCENARIO in extras:
+        run_spec(snap, gen, opts, work, dkv_bin, results)
     if not opts.keep:
         shutil.rmtree(snap, ignore_errors=True)
 
@@ -1067,6 +1082,228 @@ def run_drain(snap: Path, gen: LoadGen, opts, work: Path, dkv_bin: Path, results
         cl.stop()
         if not opts.keep:
             shutil.rmtree(root, ignore_errors=True)
+
+
+class Staller:
+    """SIGSTOPs a process for `on_s` out of every `on_s + off_s` seconds (first `off_s` running)
+    until stopped; always leaves it running (SIGCONT) on the way out."""
+
+    def __init__(self, pid: int, on_s: float, off_s: float):
+        import threading
+        self.pid, self.on_s, self.off_s = pid, on_s, off_s
+        self.done = threading.Event()
+        self.stops = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        try:
+            while not self.done.wait(self.off_s):
+                os.kill(self.pid, signal.SIGSTOP)
+                self.stops += 1
+                self.done.wait(self.on_s)
+                os.kill(self.pid, signal.SIGCONT)
+        finally:
+            try:
+                os.kill(self.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join(10)
+        try:
+            os.kill(self.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
+def prom_value(url: str, name: str) -> Optional[float]:
+    status, body = http_get(url + "metrics", 5.0)
+    if status != 200:
+        return None
+    m = re.search(r"^%s (\S+)$" % re.escape(name), body.decode("utf-8", "replace"), re.M)
+    return float(m.group(1)) if m else None
+
+
+SPEC_COUNTERS = ("dkv_speculative_retries_total", "dkv_digest_fetches_total",
+                 "dkv_read_repair_writes_total")
+
+
+def run_spec(snap: Path, gen: LoadGen, opts, work: Path, dkv_bin: Path, results: dict) -> None:
+    """Speculative reads vs the full fan-out, the ack=2/from=3 GET workload through node 1.
+
+    Two clusters from copies of the 3-node fill run side by side in two slots (ports base+0..2
+    and base+10..12), one with `--read-fanout all`, one with `--read-fanout speculative`; after
+    the first block the clusters are restarted with the modes swapped between the slots (an
+    A/A check of the A/B harness showed ~3% between slots). The rate is --spec-rate-fraction of
+    the `all` cluster's closed-loop maximum (median of --runs runs, measured once). Each pair
+    runs, in alternating order, both modes healthy and both modes with node 3 (index 2)
+    SIGSTOPped for SPEC_STALL_S out of every 2 x SPEC_STALL_S s (it accepts connections and
+    answers nothing; the 1 s replica timeout is never reached), each run --spec-duration s at
+    that fixed rate. Server CPU per request covers all three nodes.
+    """
+    s = SCENARIO_BY_NAME["n3-a2f3-get"]
+    script, args = scenario_args(s, opts.fill_keys)
+    roots = {"A": work / "run-spec-slotA", "B": work / "run-spec-slotB"}
+    ports = {"A": opts.base_port, "B": opts.base_port + 10}
+    for root in roots.values():
+        copy_snapshot(snap, root, 3)
+        reidentify(root, 3)
+    per_block = [(opts.spec_pairs + 1) // 2, opts.spec_pairs // 2]
+    out = {"workload": s.name, "stall_s": SPEC_STALL_S, "duration_s": opts.spec_duration,
+           "rate_fraction": opts.spec_rate_fraction, "pairs": [], "blocks": []}
+    log(f"speculative reads: two 3-node clusters (--read-fanout all / speculative), GET "
+        f"ack=2/from=3 at a fixed rate through node 1, healthy and with node 3 SIGSTOPped "
+        f"{SPEC_STALL_S:g} s on / {SPEC_STALL_S:g} s off; {opts.spec_pairs} pairs of "
+        f"{opts.spec_duration:g} s runs")
+    clusters = {}
+
+    def stop_all():
+        for cl in clusters.values():
+            cl.stop()
+        clusters.clear()
+
+    def start(first_slot: str) -> None:
+        stop_all()
+        other = "B" if first_slot == "A" else "A"
+        for mode, slot in zip(SPEC_MODES, (first_slot, other)):
+            cl = Cluster(3, ports[slot], roots[slot], dkv_bin,
+                         f"{opts.dkv_args} --read-fanout {mode}")
+            clusters[mode] = cl
+            cl.start()
+            for i in range(3):
+                st = cl.json(i, "v0/status?verbose=1")
+                if st.get("state", "ready") != "ready":
+                    raise BenchError(f"spec: {cl.url(i)} is not ready: {st}")
+        # The flush and compactions after the start would be charged to the first runs.
+        quiet = wait_quiet(clusters["all"].pids() + clusters["speculative"].pids(),
+                           max(30.0, opts.settle_s))
+        out["blocks"].append({"all_slot": first_slot, "quiet": quiet})
+
+    def one(mode: str, stalled: bool, rate: float) -> dict:
+        cl = clusters[mode]
+        before = {k: prom_value(cl.url(0), k) for k in SPEC_COUNTERS}
+        if stalled:
+            with Staller(cl.pid(2), SPEC_STALL_S, SPEC_STALL_S) as st:
+                r = gen.run(cl.url(0), script, args, opts.spec_duration, rate=rate,
+                            server_pids=cl.pids())
+            r["stops"] = st.stops
+        else:
+            r = gen.run(cl.url(0), script, args, opts.spec_duration, rate=rate,
+                        server_pids=cl.pids())
+        after = {k: prom_value(cl.url(0), k) for k in SPEC_COUNTERS}
+        r["counters"] = {k: (after[k] - before[k]) if None not in (after[k], before[k]) else None
+                         for k in SPEC_COUNTERS}
+        log(f"    {mode:11s} {'stalled' if stalled else 'healthy'}: {fmt_run(r)}; "
+            f"counters {r['counters']}")
+        return r
+
+    try:
+        start("A")
+        warm = max(1.0, opts.warmup)
+        for cl in clusters.values():
+            gen.run(cl.url(0), script, args, warm)
+        peak = median([gen.run(clusters["all"].url(0), script, args, opts.duration,
+                               server_pids=clusters["all"].pids())["rps"]
+                       for _ in range(opts.runs)])
+        rate = peak * opts.spec_rate_fraction
+        out.update(peak=peak, rate=rate)
+        log(f"  'all' closed-loop maximum {peak:,.0f} req/s; fixed rate {rate:,.0f} req/s")
+        n = 0
+        for b, npairs in enumerate(per_block):
+            if npairs == 0:
+                continue
+            if b > 0:
+                start("B")
+                for cl in clusters.values():
+                    gen.run(cl.url(0), script, args, warm)
+            for _ in range(npairs):
+                order = SPEC_MODES if n % 2 == 0 else SPEC_MODES[::-1]
+                pair = {"all_slot": out["blocks"][-1]["all_slot"]}
+                for stalled in (False, True):
+                    for mode in order:
+                        pair[f"{mode}_{'stalled' if stalled else 'healthy'}"] = \
+                            one(mode, stalled, rate)
+                n += 1
+                log(f"  pair {n}/{opts.spec_pairs} done")
+                out["pairs"].append(pair)
+        for mode in SPEC_MODES:
+            for cond in ("healthy", "stalled"):
+                k = f"{mode}_{cond}"
+                runs = [p[k] for p in out["pairs"]]
+                out[k] = summarize(runs)
+                out[k]["cpu_us_per_req_by_node"] = [
+                    median([1e6 * r["server_cpu_s_by_pid"][i] / r["requests"] for r in runs
+                            if r.get("server_cpu_s_by_pid") and r["requests"]])
+                    for i in range(3)]
+                out[k]["counters"] = {c: median([r["counters"][c] for r in runs
+                                                 if r["counters"][c] is not None])
+                                      for c in SPEC_COUNTERS}
+        out["cpu_ratio_healthy"] = median(
+            [p["speculative_healthy"]["cpu_us_per_req"] / p["all_healthy"]["cpu_us_per_req"]
+             for p in out["pairs"]])
+        out["cpu_ratio_stalled"] = median(
+            [p["speculative_stalled"]["cpu_us_per_req"] / p["all_stalled"]["cpu_us_per_req"]
+             for p in out["pairs"]])
+        for mode in SPEC_MODES:
+            out[f"{mode}_p99_ratio"] = median(
+                [p[f"{mode}_stalled"]["p99_us"] / p[f"{mode}_healthy"]["p99_us"]
+                 for p in out["pairs"]])
+        results["spec"] = out
+        log(f"  spec: CPU/req speculative/all {out['cpu_ratio_healthy']:.3f} healthy, "
+            f"{out['cpu_ratio_stalled']:.3f} stalled; p99 stalled/healthy: all "
+            f"{out['all_p99_ratio']:.2f}, speculative {out['speculative_p99_ratio']:.2f}")
+    finally:
+        stop_all()
+        if not opts.keep:
+            for root in roots.values():
+                shutil.rmtree(root, ignore_errors=True)
+
+
+def report_spec(results: dict) -> List[str]:
+    d = results.get("spec")
+    if not d:
+        return []
+    L = ["## Speculative reads vs the full fan-out\n"]
+    L.append(f"3 nodes, filled as above; the `{d['workload']}` workload (GET ack=2/from=3) "
+             f"through node 1 at a fixed {d['rate']:,.0f} req/s ({d['rate_fraction']:.0%} of "
+             f"the `--read-fanout all` cluster's closed-loop maximum, {d['peak']:,.0f} req/s). "
+             f"Two clusters side by side from copies of the fill, `--read-fanout all` and "
+             f"`--read-fanout speculative` (slots swapped after the first block); each pair runs "
+             f"both modes healthy, then both with node 3 SIGSTOPped {d['stall_s']:g} s on / "
+             f"{d['stall_s']:g} s off, {d['duration_s']:g} s per run, the modes' order "
+             f"alternating. Server CPU/GET: all three nodes' utime + stime over the run ÷ GETs "
+             f"answered. Counters: node 1's `/metrics` over the run (median). "
+             f"{len(d['pairs'])} pairs; figures are medians.\n")
+    L.append("| mode | replica 3 | achieved req/s | p50 ms | p99 ms | p99.9 ms | lag p99 ms | "
+             "server CPU/GET (us) | of it nodes 1 / 2 / 3 | speculative retries | digest fetches "
+             "| repair writes | errors | other CPU |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for mode in SPEC_MODES:
+        for cond in ("healthy", "stalled"):
+            x = d[f"{mode}_{cond}"]
+            c = x["counters"]
+
+            def cnt(k):
+                return "-" if c.get(k) is None else f"{c[k]:,.0f}"
+            L.append(f"| {mode} | {'healthy' if cond == 'healthy' else 'SIGSTOP 1 s / 1 s'} | "
+                     f"{x['rps']:,.0f} | {fmt_ms(x['p50_us'])} | {fmt_ms(x['p99_us'])} | "
+                     f"{fmt_ms(x['p999_us'])} | {fmt_ms(x['lag_p99_us'])} | "
+                     f"{fmt_cpu(x.get('cpu_us_per_req'))} | "
+                     f"{' / '.join(fmt_cpu(v) for v in x.get('cpu_us_per_req_by_node', []))} | "
+                     f"{cnt('dkv_speculative_retries_total')} | "
+                     f"{cnt('dkv_digest_fetches_total')} | {cnt('dkv_read_repair_writes_total')} "
+                     f"| {x['errors']} | {x['other_cpu_pct']:.0f}% |")
+    L.append("")
+    L.append(f"Per-pair ratios (median): server CPU per GET speculative ÷ all "
+             f"**{d['cpu_ratio_healthy']:.3f}** healthy, **{d['cpu_ratio_stalled']:.3f}** "
+             f"stalled; p99 stalled ÷ healthy: all **{d['all_p99_ratio']:.2f}**, speculative "
+             f"**{d['speculative_p99_ratio']:.2f}** (goal <= {SPEC_GOAL_P99_RATIO}).\n")
+    return L
 
 
 def http_post(url: str, timeout_s: float):
@@ -1813,6 +2050,7 @@ def report_md(results: dict, png_name: Optional[str], plot_note: Optional[str]) 
     L.extend(report_ab(results, ng_cpu))
     L.extend(report_drain(results))
     L.extend(report_repair(results))
+    L.extend(report_spec(results))
 
     L.append("## Targets\n")
     L.append("| Target | measured | goal | met |")
@@ -1833,6 +2071,15 @@ def report_md(results: dict, png_name: Optional[str], plot_note: Optional[str]) 
                          f"({half[0]['target_rate']:,.0f} req/s; lag p99 {lag:.1f} ms) | "
                          f"{p99:.2f} ms | <= {p99_ms} ms "
                          f"| {'yes' if p99 <= p99_ms else '**no**'} |")
+    sp = results.get("spec")
+    if sp:
+        L.append(f"| Speculative reads: server CPU per GET ÷ full fan-out's (healthy, median of "
+                 f"pairs) | {sp['cpu_ratio_healthy']:.3f} | < 1 | "
+                 f"{'yes' if sp['cpu_ratio_healthy'] < 1 else '**no**'} |")
+        r = sp["speculative_p99_ratio"]
+        L.append(f"| Speculative reads: p99 with node 3 SIGSTOPped 1 s / 1 s ÷ healthy p99 "
+                 f"| {r:.2f} | <= {SPEC_GOAL_P99_RATIO} | "
+                 f"{'yes' if r <= SPEC_GOAL_P99_RATIO else '**no**'} |")
     for name, ab in results.get("ab", {}).items():
         if ab.get("cpu_ratio") and ab.get("off_args", AB_OFF_ARGS) == AB_OFF_ARGS:
             e = 1 / ab["cpu_ratio"]
@@ -2166,6 +2413,14 @@ def main() -> int:
                          "200, repair again, up to this many repairs in all (default 5)")
     ap.add_argument("--repair-timeout", type=float, default=300.0,
                     help="repair: timeout_ms of each POST /v0/admin/repair, in s (300)")
+    ap.add_argument("--spec-pairs", type=int, default=None,
+                    help="spec: pairs of runs (each: both modes healthy and stalled; default 4;"
+                         " quick 2)")
+    ap.add_argument("--spec-duration", type=float, default=None,
+                    help="spec: seconds per run (default 10; quick 4)")
+    ap.add_argument("--spec-rate-fraction", type=float, default=0.5,
+                    help="spec: GET rate as a share of the --read-fanout all cluster's "
+                         "closed-loop maximum (0.5)")
     ap.add_argument("--io-threads", type=int, default=os.cpu_count() or 2,
                     help="dkv --io-threads and nginx worker_processes (default: cores)")
     ap.add_argument("--dkv-args", default="", help="extra flags for every dkv node")
@@ -2205,6 +2460,8 @@ def main() -> int:
     opts.drain_reps = opts.drain_reps or (1 if opts.quick else 3)
     opts.repair_reps = opts.repair_reps or (1 if opts.quick else 3)
     opts.repair_get_s = opts.repair_get_s or (3 if opts.quick else 8)
+    opts.spec_pairs = opts.spec_pairs or (2 if opts.quick else 4)
+    opts.spec_duration = opts.spec_duration or (4 if opts.quick else 10)
     try:
         opts.repair_keys = [int(x) for x in opts.repair_keys.split(",")]
     except ValueError:
@@ -2311,8 +2568,10 @@ def main() -> int:
                     "ab_pairs": opts.ab_pairs, "ab_duration": opts.ab_duration,
                     "drain_reps": opts.drain_reps, "repair_reps": opts.repair_reps,
                     "repair_get_s": opts.repair_get_s,
-                    "repair_max_rounds": opts.repair_max_rounds},
+                    "repair_max_rounds": opts.repair_max_rounds,
+                    "spec_pairs": opts.spec_pairs, "spec_duration": opts.spec_duration},
         "fill": {}, "scenarios": {}, "nginx": None, "ab": {}, "drain": None, "repair": None,
+        "spec": None,
         "note": opts.note,
     }
     log(f"commit {gi['commit']}{' (modified)' if gi['dirty'] else ''}; "

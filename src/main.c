@@ -245,7 +245,11 @@ static int thread_setup(io_thread_t *t)
                             .send_ctx = t->rpc_client,
                             .read_repair = conf->read_repair,
                             .hints = n->hints,
-                            .stats = &n->coord_stats};
+                            .stats = &n->coord_stats,
+                            .read_fanout = conf->read_speculative ? DKV_COORD_READ_SPECULATIVE
+                                                                  : DKV_COORD_READ_ALL,
+                            .speculative_retry_ms = conf->speculative_retry_ms,
+                            .replica_timeout_ms = conf->replica_timeout_ms};
     dkv_coord_new(&cenv, &t->coord);
     dkv_router_env_t renv = {.coord = t->coord,
                              .store = n->store,
@@ -311,6 +315,7 @@ static void thread_main(void *arg)
                      dkv_coord_inflight(t->coord));
     }
     dkv_coord_free(t->coord);
+    uv_run(&t->loop, UV_RUN_DEFAULT); /* the coordinator's timer closes (speculative reads) */
     int rc = uv_loop_close(&t->loop);
     if (rc != 0) {
         DKV_LOG_WARN("io thread %u: loop closed with open handles: %s", t->idx, uv_strerror(rc));

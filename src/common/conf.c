@@ -81,6 +81,12 @@ static const char usage_more[] =
     "  --replication-factor RF     copies of a key when a request gives no `from`: `from`\n"
     "                              defaults to RF and `ack` to RF/2+1; 1..N (default N, the\n"
     "                              cluster size); a request may still ask for up to N\n"
+    "  --read-fanout all|speculative\n"
+    "                              GET asks all `from` replicas at once (all), or `ack` of\n"
+    "                              them, one for the data and the rest for a digest, and the\n"
+    "                              next one only when one is slow or fails (default %s)\n"
+    "  --speculative-retry-ms MS   speculative: ask the next replica after MS without an\n"
+    "                              answer (default 0: each peer's observed p99 latency)\n"
     "\n"
     "Storage:\n"
     "  --block-cache-bytes N       RocksDB block cache (default 67108864)\n"
@@ -236,7 +242,8 @@ static const char *const valued[] = {
     "--anti-entropy-interval-ms", "--tombstone-grace-ms",
     "--auto-rebuild", "--cluster-secret-file", "--max-clock-offset-ms",
     "--first-byte-timeout-ms", "--max-peer-connections", "--peer-idle-timeout-ms",
-    "--replication-factor", "--backup-dir", "--config"};
+    "--replication-factor", "--backup-dir", "--read-fanout", "--speculative-retry-ms",
+    "--config"};
 /* Flags without a value on the command line; in a config file they take on or off. */
 static const char *const switches[] = {"--fsync"};
 
@@ -291,6 +298,7 @@ static void set_defaults(dkv_conf_t *conf)
     conf->max_hints_bytes = (uint64_t)1 << 30;
     conf->hint_replay_bytes_per_s = 8u << 20;
     conf->read_repair = true;
+    conf->read_speculative = DKV_CONF_DEFAULT_READ_SPECULATIVE;
     conf->ae_max_bytes_per_s = 32u << 20;
     conf->ae_interval_ms = 600000;
     conf->tombstone_grace_ms = 3600000;
@@ -343,6 +351,7 @@ static int set_flag(dkv_conf_t *conf, const char *flag, const char *val, char **
     NUM("--anti-entropy-interval-ms", 0, (uint64_t)30 * 86400000, ae_interval_ms)
     NUM("--tombstone-grace-ms", 0, (uint64_t)365 * 86400000, tombstone_grace_ms)
     NUM("--replication-factor", 1, DKV_MAX_CLUSTER_NODES, replication_factor)
+    NUM("--speculative-retry-ms", 0, 600000, speculative_retry_ms)
 #undef NUM
 #define ONOFF(name, field)                                                                         \
     if (strcmp(flag, name) == 0) {                                                                 \
@@ -357,7 +366,12 @@ static int set_flag(dkv_conf_t *conf, const char *flag, const char *val, char **
     ONOFF("--auto-rebuild", auto_rebuild)
     ONOFF("--fsync", fsync)
 #undef ONOFF
-    if (strcmp(flag, "--listen") == 0) {
+    if (strcmp(flag, "--read-fanout") == 0) {
+        if (strcmp(val, "all") != 0 && strcmp(val, "speculative") != 0) {
+            return fail(err, err_len, "--read-fanout: '%s' is not all or speculative", val);
+        }
+        conf->read_speculative = strcmp(val, "speculative") == 0;
+    } else if (strcmp(flag, "--listen") == 0) {
         if (dkv_conf_parse_url(val, conf->listen_host, sizeof(conf->listen_host),
                                &conf->listen_port) != 0) {
             return fail(err, err_len, "--listen: '%s' is not HOST:PORT", val);
@@ -504,7 +518,7 @@ int dkv_conf_parse(int argc, char **argv, dkv_conf_t *conf, char *err, size_t er
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             printf(usage, (unsigned)DKV_RING_DEFAULT_VNODES);
-            fputs(usage_more, stdout);
+            printf(usage_more, DKV_CONF_DEFAULT_READ_SPECULATIVE ? "speculative" : "all");
             return 1;
         }
         if (strcmp(argv[i], "--version") == 0) {

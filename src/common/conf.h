@@ -17,6 +17,9 @@
 #define DKV_MAX_CLUSTER_NODES 64u
 /* The largest --max-body-bytes, hence the largest value: the RPC frame ceiling follows it. */
 #define DKV_MAX_VALUE_BYTES (64u << 20)
+/* --read-fanout's default: speculative (docs/architecture.md "Speculative reads" has the
+ * measurement behind it). */
+#define DKV_CONF_DEFAULT_READ_SPECULATIVE true
 
 typedef struct dkv_conf {
     char listen_host[256];
@@ -52,6 +55,8 @@ typedef struct dkv_conf {
     uint64_t max_hints_bytes;         /* no new hints past this total */
     uint64_t hint_replay_bytes_per_s; /* replay throttle */
     bool read_repair;                 /* repair stale replicas after a GET */
+    bool read_speculative;            /* --read-fanout speculative (else all) */
+    uint64_t speculative_retry_ms;    /* 0 = each peer's observed p99 */
     uint64_t ae_max_bytes_per_s;      /* rebuild streaming and exchange throttle, each */
     uint64_t ae_interval_ms;          /* between anti-entropy rounds; 0 = on demand only */
     uint64_t tombstone_grace_ms;      /* tombstone GC waits this long past a complete repair */

@@ -6,6 +6,22 @@
  * (the late answers tell which replicas are stale) and what hinted handoff needs (a failure after
  * the answer still leaves a hint). Requests to peers go out first, then the local replica is used
  * inline, so the network round trips overlap the local operation.
+ *
+ * Speculative GETs (DKV_COORD_READ_SPECULATIVE) keep the same slots but ask replicas one decision
+ * at a time: spec_pump() looks at the slots after every event (a reply, a failure, the retry
+ * timer) and either answers, reads the data of a replica whose digest is newer, or asks the next
+ * replica so that `ack` successes stay possible without waiting on a slow one. A slot's request
+ * has a retry deadline (its peer's delay, dkv_coord_retry_delay_us); one timer per coordinator
+ * fires at the earliest deadline of the operations on its list. The delay is the p99 of a small
+ * log-linear histogram of the peer's reply latencies (8 sub-buckets per power of two of µs, so
+ * within 12.5%), halved every 4096 samples to follow change, as Cassandra's speculative_retry =
+ * 99p reads its table's latency percentile. A peer is *silent* while requests to it are
+ * outstanding and it has sent nothing at all for twice its delay (at least
+ * DKV_COORD_SILENCE_MIN_MS): a stopped or frozen process rather than a slow one, whose replies
+ * would otherwise keep flowing. The latencies of the requests that a silence held up are left
+ * out, or every stall would raise the delay to the stall's length; and a silent peer is asked
+ * last by new GETs (a small form of Cassandra's dynamic snitch), so they do not each wait a delay
+ * for it, until it answers again or its requests time out.
  */
 #include "coord/coord.h"
 
@@ -14,16 +30,52 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <xxhash.h>
+
+/* Per-peer latency histogram: values below 8 µs exactly, then 8 sub-buckets per power of two up
+ * to 2^(HIST_MAX_EXP+1) µs (~8 s); anything longer counts in the last bucket. */
+#define HIST_SUB_BITS 3u
+#define HIST_SUB (1u << HIST_SUB_BITS)
+#define HIST_MAX_EXP 22u
+#define HIST_BUCKETS (HIST_SUB + (HIST_MAX_EXP - HIST_SUB_BITS + 1u) * HIST_SUB)
+/* Halve every bucket once this many samples are held: recent latency weighs most. */
+#define HIST_DECAY_TOTAL 4096u
+/* Recompute the cached p99 every this many samples (a scan of HIST_BUCKETS counters). */
+#define HIST_UPDATE_EVERY 32u
+/* Retry delays never pass this, whatever a peer's p99 (and never the replica timeout). */
+#define RETRY_MAX_MS 60000u
+/* Operations taken from the timer's list per scan. */
+#define TIMER_BATCH 32u
+
+/* What a speculative GET knows of one peer, on this loop. */
+typedef struct peer_est {
+    uint32_t hist[HIST_BUCKETS];
+    uint32_t total;
+    uint32_t since_update;
+    uint32_t p99_us;           /* cached: the upper bound of the p99's bucket */
+    uint32_t epoch;            /* bumped whenever a silence of the peer ends */
+    uint32_t inflight;         /* this coordinator's speculative-GET requests to it, unanswered */
+    uint64_t last_reply_ns;    /* the last reply it sent (any status) */
+    uint64_t busy_since_ns;    /* when `inflight` last went from 0 to 1 */
+} peer_est_t;
 
 struct dkv_coord {
     dkv_coord_env_t env;
     size_t inflight;
+    /* Speculative reads (spec != false) only. */
+    bool spec;
+    peer_est_t *est;  /* per ring index */
+    uv_timer_t timer; /* retry deadlines; closed by dkv_coord_free() */
+    bool timer_armed;
+    uint64_t timer_due_ns; /* clock ns the timer fires at, when armed */
+    struct op *spec_head;  /* operations with a pending retry deadline */
 };
 
 /* SLOT_NOT_READY: the replica is rebuilding (cluster/identity.h): a failure for the quorum, but
  * a replica that read repair may refill. */
 enum slot_state { SLOT_PENDING, SLOT_VERSION, SLOT_ABSENT, SLOT_FAILED, SLOT_NOT_READY };
+
+/* What a speculative GET asked a replica for. */
+enum ask { ASK_NONE, ASK_DATA, ASK_DIGEST };
 
 /* One replica of an operation: its outcome, and for a GET the version it returned. */
 typedef struct slot {
@@ -32,7 +84,19 @@ typedef struct slot {
     uint8_t state; /* enum slot_state */
     bool tombstone;
     uint64_t ts;
-    uint64_t value_hash; /* xxh3 of the value: tells equal versions apart on equal timestamps */
+    uint64_t value_hash; /* dkv_rpc_value_hash() of the value: tells equal versions apart on
+                            equal timestamps */
+    /* Speculative GETs only. */
+    uint8_t ask;    /* enum ask of its last request; ASK_NONE: not asked (yet) */
+    bool inflight;  /* that request is unanswered */
+    bool fetch;     /* it reads the data after the replica's digest: no new success */
+    bool overdue;   /* it passed its retry deadline (another replica may stand in) */
+    bool counted;   /* the replica's success is in op->ok */
+    bool by_digest; /* its version is known from a digest only */
+    bool sample;    /* its latency may feed the peer's estimate */
+    uint32_t epoch; /* the peer's silence epoch when it was sent */
+    uint64_t sent_ns;
+    uint64_t deadline_ns; /* clock ns; 0 = none (a fetch) */
 } slot_t;
 
 typedef struct op {
@@ -45,6 +109,13 @@ typedef struct op {
     bool answered;
     bool is_get;
     bool local_full; /* PUT: the local replica refused the write for lack of space */
+    bool spec;       /* a speculative GET */
+    bool have_data;  /* spec: a replica answered with its data (a version or "absent") */
+    unsigned asked;  /* spec: replicas asked, fetches aside */
+    uint64_t start_ms;                /* spec: clock ms at the start (the timeout budget) */
+    struct op *spec_prev, *spec_next; /* spec: on c->spec_head while a deadline is pending */
+    bool spec_linked;
+    uint64_t spec_due_ns; /* spec: the earliest pending deadline */
     dkv_coord_cb cb;
     void *arg;
     bool have_best;      /* GET: a replica returned a version */
@@ -61,16 +132,39 @@ static void free_plain(uint8_t *p)
     free(p);
 }
 
+static void on_spec_timer(uv_timer_t *t);
+
 int dkv_coord_new(const dkv_coord_env_t *env, dkv_coord_t **out)
 {
     dkv_coord_t *c = dkv_xcalloc(1, sizeof(*c));
     c->env = *env;
+    c->spec = env->read_fanout == DKV_COORD_READ_SPECULATIVE && env->send != NULL;
+    if (c->spec) {
+        c->est = dkv_xcalloc(dkv_ring_size(env->ring), sizeof(*c->est));
+        uv_timer_init(env->loop, &c->timer);
+        c->timer.data = c;
+        uv_unref((uv_handle_t *)&c->timer);
+    }
     *out = c;
     return 0;
 }
 
+static void free_closed(uv_handle_t *h)
+{
+    dkv_coord_t *c = h->data;
+    free(c->est);
+    free(c);
+}
+
 void dkv_coord_free(dkv_coord_t *c)
 {
+    if (c == NULL) {
+        return;
+    }
+    if (c->spec) {
+        uv_close((uv_handle_t *)&c->timer, free_closed);
+        return;
+    }
     free(c);
 }
 
@@ -202,10 +296,15 @@ static void read_repair(op_t *op)
     }
 }
 
+static void spec_unlink(op_t *op);
+
 static void op_unref(op_t *op)
 {
     if (--op->refs > 0) {
         return;
+    }
+    if (op->spec) {
+        spec_unlink(op);
     }
     if (op->is_get) {
         read_repair(op);
@@ -231,16 +330,16 @@ static void op_offer(op_t *op, const dkv_record_t *rec, dkv_owned_t *buf, uint64
     memset(buf, 0, sizeof(*buf));
 }
 
-/* Records a GET replica's version in its slot. The value's hash only serves read repair (to
- * tell equal versions apart): without it, no hashing on the read path. */
+/* Records a GET replica's version in its slot. The value's hash serves read repair and digest
+ * comparison (to tell equal versions apart): without either, no hashing on the read path. */
 static void slot_version(slot_t *s, const dkv_record_t *rec)
 {
     s->state = SLOT_VERSION;
     s->ts = rec->ts;
     s->tombstone = rec->tombstone;
-    s->value_hash = rec->tombstone || !s->op->c->env.read_repair
+    s->value_hash = rec->tombstone || (!s->op->c->env.read_repair && !s->op->spec)
                         ? 0
-                        : XXH3_64bits(rec->value.ptr, rec->value.len);
+                        : dkv_rpc_value_hash(rec->value);
 }
 
 /* A failed replica write leaves a hint for that replica (hinted handoff). */
@@ -306,6 +405,516 @@ static void local_get(op_t *op, slot_t *s)
     op_reply(op, s, rc);
 }
 
+/* ---- speculative GETs ---- */
+
+static uint64_t clock_ns(const dkv_coord_t *c)
+{
+    return c->env.clock_ns != NULL ? c->env.clock_ns(c->env.clock_ctx) : uv_hrtime();
+}
+
+static uint64_t clock_ms(const dkv_coord_t *c)
+{
+    return clock_ns(c) / 1000000u;
+}
+
+static unsigned hist_index(uint64_t us)
+{
+    if (us < HIST_SUB) {
+        return (unsigned)us;
+    }
+    unsigned e = 63u - (unsigned)__builtin_clzll(us); /* >= HIST_SUB_BITS */
+    if (e > HIST_MAX_EXP) {
+        return HIST_BUCKETS - 1;
+    }
+    unsigned m = (unsigned)(us >> (e - HIST_SUB_BITS)) & (HIST_SUB - 1);
+    return HIST_SUB + (e - HIST_SUB_BITS) * HIST_SUB + m;
+}
+
+/* The largest latency (µs) that falls in bucket `i`. */
+static uint64_t hist_upper_us(unsigned i)
+{
+    if (i < HIST_SUB) {
+        return i;
+    }
+    unsigned e = (i - HIST_SUB) / HIST_SUB + HIST_SUB_BITS;
+    unsigned m = (i - HIST_SUB) % HIST_SUB;
+    uint64_t width = (uint64_t)1 << (e - HIST_SUB_BITS);
+    return (HIST_SUB + m) * width + width - 1;
+}
+
+static void est_update(peer_est_t *e)
+{
+    uint64_t need = e->total - e->total / 100u; /* ceil(0.99 total), give or take one */
+    uint64_t seen = 0;
+    unsigned i = 0;
+    for (; i < HIST_BUCKETS - 1; i++) {
+        seen += e->hist[i];
+        if (seen >= need) {
+            break;
+        }
+    }
+    uint64_t us = hist_upper_us(i);
+    e->p99_us = (uint32_t)(us > RETRY_MAX_MS * 1000u ? RETRY_MAX_MS * 1000u : us);
+    e->since_update = 0;
+}
+
+static void est_add(peer_est_t *e, uint64_t us)
+{
+    e->hist[hist_index(us)]++;
+    e->total++;
+    if (e->total >= HIST_DECAY_TOTAL) {
+        e->total = 0;
+        for (unsigned i = 0; i < HIST_BUCKETS; i++) {
+            e->hist[i] /= 2;
+            e->total += e->hist[i];
+        }
+    }
+    /* Only a sample above the p99 can raise it: recompute at once then, so a peer that turns slow
+     * is seen at its first slow replies; a falling p99 may lag by HIST_UPDATE_EVERY samples. */
+    if (++e->since_update >= HIST_UPDATE_EVERY || e->total < DKV_COORD_RETRY_MIN_SAMPLES * 2 ||
+        us >= e->p99_us) {
+        est_update(e);
+    }
+}
+
+uint64_t dkv_coord_retry_delay_us(const dkv_coord_t *c, uint32_t peer)
+{
+    uint64_t d = c->env.speculative_retry_ms * 1000u;
+    if (d == 0) {
+        const peer_est_t *e =
+            c->est != NULL && peer < dkv_ring_size(c->env.ring) ? &c->est[peer] : NULL;
+        d = e != NULL && e->total >= DKV_COORD_RETRY_MIN_SAMPLES
+                ? e->p99_us
+                : (uint64_t)DKV_COORD_RETRY_WARMUP_MS * 1000u;
+    }
+    uint64_t cap = c->env.replica_timeout_ms > 0 && c->env.replica_timeout_ms < RETRY_MAX_MS
+                       ? c->env.replica_timeout_ms
+                       : RETRY_MAX_MS;
+    cap *= 1000u;
+    return d < 1 ? 1 : (d > cap ? cap : d);
+}
+
+/* Has the peer sent nothing at all for twice its retry delay (at least
+ * DKV_COORD_SILENCE_MIN_MS) while requests to it were outstanding? */
+static bool silent(const dkv_coord_t *c, uint32_t node, uint64_t now_ns)
+{
+    const peer_est_t *e = &c->est[node];
+    if (e->inflight == 0) {
+        return false;
+    }
+    uint64_t quiet_since =
+        e->last_reply_ns > e->busy_since_ns ? e->last_reply_ns : e->busy_since_ns;
+    uint64_t silence_us = 2 * dkv_coord_retry_delay_us(c, node);
+    if (silence_us < DKV_COORD_SILENCE_MIN_MS * 1000u) {
+        silence_us = DKV_COORD_SILENCE_MIN_MS * 1000u;
+    }
+    return now_ns > quiet_since && now_ns - quiet_since >= silence_us * 1000u;
+}
+
+/* A request to `s`'s peer ended (a reply, or a failure): what it tells about the peer. */
+static void peer_observed(dkv_coord_t *c, const slot_t *s, int rc)
+{
+    peer_est_t *e = &c->est[s->node];
+    uint64_t now = clock_ns(c);
+    if (rc == 0 || rc == DKV_ENOTFOUND || rc == DKV_ENOTREADY || rc == DKV_EIO) {
+        if (silent(c, s->node, now)) {
+            e->epoch++; /* this reply ends a silence: what it held up is not a latency */
+        }
+        e->last_reply_ns = now;
+        if ((rc == 0 || rc == DKV_ENOTFOUND) && s->sample && s->epoch == e->epoch &&
+            now >= s->sent_ns) {
+            est_add(e, (now - s->sent_ns) / 1000u);
+        }
+    } /* else nothing came from the peer: refused, timed out, malformed */
+    e->inflight--;
+}
+
+static void spec_success(op_t *op, slot_t *s)
+{
+    if (!s->counted) {
+        s->counted = true;
+        op->ok++;
+    }
+}
+
+/* The replica failed, or its data could not be read after its digest: it no longer counts. */
+static void spec_fail(op_t *op, slot_t *s, int rc)
+{
+    s->state = rc == DKV_ENOTREADY ? SLOT_NOT_READY : SLOT_FAILED;
+    s->by_digest = false;
+    if (s->counted) {
+        s->counted = false;
+        op->ok--;
+    }
+    op->failed++;
+}
+
+/* Is the data in hand at least as new as this slot's version? A digest of a value with the same
+ * timestamp but another hash cannot be ordered (API.md §6 compares the values): not covered. */
+static bool spec_covered(const op_t *op, const slot_t *s)
+{
+    if (s->state != SLOT_VERSION || !s->by_digest) {
+        return true;
+    }
+    if (!op->have_best) {
+        return false;
+    }
+    if (s->ts != op->best.ts) {
+        return s->ts < op->best.ts;
+    }
+    if (s->tombstone != op->best.tombstone) {
+        return op->best.tombstone;
+    }
+    return s->tombstone || s->value_hash == op->best_hash;
+}
+
+/* The uncovered slot with the newest digest (then the first in preference order), or NULL. */
+static slot_t *spec_uncovered(op_t *op)
+{
+    slot_t *pick = NULL;
+    for (unsigned i = 0; i < op->from; i++) {
+        slot_t *s = &op->slots[i];
+        if (spec_covered(op, s)) {
+            continue;
+        }
+        if (pick == NULL || s->ts > pick->ts ||
+            (s->ts == pick->ts && s->tombstone && !pick->tombstone)) {
+            pick = s;
+        }
+    }
+    return pick;
+}
+
+/* The next replica to ask: this node, then peers in preference order, peers found silent last. */
+static slot_t *spec_next(op_t *op)
+{
+    dkv_coord_t *c = op->c;
+    uint64_t now = clock_ns(c);
+    slot_t *pick = NULL;
+    int pick_rank = 3;
+    for (unsigned i = 0; i < op->from && pick_rank > 0; i++) {
+        slot_t *s = &op->slots[i];
+        if (s->ask != ASK_NONE) {
+            continue;
+        }
+        int rank = s->node == c->env.self_idx ? 0 : (silent(c, s->node, now) ? 2 : 1);
+        if (rank < pick_rank) {
+            pick = s;
+            pick_rank = rank;
+        }
+    }
+    return pick;
+}
+
+static void spec_data_cb(void *arg, int rc, const dkv_record_t *rec);
+static void spec_digest_cb(void *arg, int rc, const dkv_rpc_digest_t *d);
+
+/* The local replica: read inline, always for the data (as cheap as its digest). */
+static void spec_local(op_t *op, slot_t *s)
+{
+    s->ask = ASK_DATA;
+    op->asked++;
+    dkv_record_t rec;
+    dkv_owned_t buf = {0};
+    int rc = dkv_replica_get(op->c->env.replica, op->key, &rec, &buf);
+    if (rc == 0) {
+        slot_version(s, &rec);
+        op_offer(op, &rec, &buf, s->value_hash);
+    } else if (rc == DKV_ENOTFOUND) {
+        s->state = SLOT_ABSENT;
+    } else {
+        spec_fail(op, s, rc);
+        return;
+    }
+    op->have_data = true;
+    spec_success(op, s);
+}
+
+/*
+ * Sends `s`'s peer a DATA or DIGEST request (`fetch`: the data after its digest). Failing at
+ * once (breaker open, no budget left) fails the slot, as a failed reply would.
+ */
+static void spec_remote(op_t *op, slot_t *s, uint8_t kind, bool fetch)
+{
+    dkv_coord_t *c = op->c;
+    uint64_t now = clock_ms(c);
+    if (fetch) {
+        if (c->env.stats != NULL) {
+            count(c, &c->env.stats->digest_fetches);
+        }
+    } else {
+        if (op->asked >= op->ack && c->env.stats != NULL) {
+            count(c, &c->env.stats->spec_retries);
+        }
+        op->asked++;
+    }
+    s->ask = kind;
+    s->fetch = fetch;
+    s->overdue = false;
+    uint64_t timeout_ms = 0; /* the transport's own */
+    if (c->env.replica_timeout_ms > 0) {
+        uint64_t used = now > op->start_ms ? now - op->start_ms : 0;
+        if (used >= c->env.replica_timeout_ms) {
+            spec_fail(op, s, DKV_ETIMEDOUT);
+            return;
+        }
+        timeout_ms = c->env.replica_timeout_ms - used;
+    }
+    peer_est_t *e = &c->est[s->node];
+    s->sent_ns = clock_ns(c);
+    s->epoch = e->epoch;
+    s->sample = !silent(c, s->node, s->sent_ns);
+    s->deadline_ns = fetch ? 0 : s->sent_ns + dkv_coord_retry_delay_us(c, s->node) * 1000u;
+    dkv_rpc_call_t call = {.type = kind == ASK_DIGEST ? DKV_RPC_DIGEST : DKV_RPC_GET,
+                           .key = op->key,
+                           .timeout_ms = timeout_ms};
+    dkv_rpc_reply_cb cb = NULL;
+    if (kind == ASK_DIGEST) {
+        call.digest_cb = spec_digest_cb;
+    } else {
+        cb = spec_data_cb;
+    }
+    op->refs++;
+    s->inflight = true;
+    int rc = c->env.send(c->env.send_ctx, s->node, &call, cb, s);
+    if (rc != 0) {
+        op->refs--;
+        s->inflight = false;
+        spec_fail(op, s, rc);
+        return;
+    }
+    if (e->inflight++ == 0) {
+        e->busy_since_ns = s->sent_ns;
+    }
+}
+
+/* libuv timers count whole ms of loop time: round up, so the timer never fires before `due_ns`
+ * (if it does, on_spec_timer() finds nothing due and arms it again). */
+static void spec_arm(dkv_coord_t *c, uint64_t due_ns)
+{
+    uint64_t now = clock_ns(c);
+    c->timer_armed = true;
+    c->timer_due_ns = due_ns;
+    uv_timer_start(&c->timer, on_spec_timer, due_ns > now ? (due_ns - now + 999999u) / 1000000u : 0,
+                   0);
+}
+
+static void spec_unlink(op_t *op)
+{
+    if (!op->spec_linked) {
+        return;
+    }
+    dkv_coord_t *c = op->c;
+    if (op->spec_prev != NULL) {
+        op->spec_prev->spec_next = op->spec_next;
+    } else {
+        c->spec_head = op->spec_next;
+    }
+    if (op->spec_next != NULL) {
+        op->spec_next->spec_prev = op->spec_prev;
+    }
+    op->spec_prev = op->spec_next = NULL;
+    op->spec_linked = false;
+    if (c->spec_head == NULL && c->timer_armed) {
+        /* Most operations finish before their deadline: no wake-up for nothing. */
+        uv_timer_stop(&c->timer);
+        c->timer_armed = false;
+    }
+}
+
+/* Puts the operation on the timer's list at its earliest pending deadline, or takes it off. */
+static void spec_schedule(op_t *op)
+{
+    dkv_coord_t *c = op->c;
+    uint64_t due = 0;
+    for (unsigned i = 0; i < op->from && !op->answered; i++) {
+        const slot_t *s = &op->slots[i];
+        if (s->inflight && !s->overdue && s->deadline_ns != 0 &&
+            (due == 0 || s->deadline_ns < due)) {
+            due = s->deadline_ns;
+        }
+    }
+    if (due == 0) {
+        spec_unlink(op);
+        return;
+    }
+    op->spec_due_ns = due;
+    if (!op->spec_linked) {
+        op->spec_next = c->spec_head;
+        op->spec_prev = NULL;
+        if (c->spec_head != NULL) {
+            c->spec_head->spec_prev = op;
+        }
+        c->spec_head = op;
+        op->spec_linked = true;
+    }
+    if (!c->timer_armed || due < c->timer_due_ns) {
+        spec_arm(c, due);
+    }
+}
+
+/*
+ * Moves the operation on: reads the data of the newest uncovered digest (also after the answer,
+ * for read repair), answers once `ack` replicas succeeded and every digest is covered (or 504
+ * once too many failed), and otherwise asks the next replica whenever the successes plus the
+ * requests still within their deadline fall short of `ack`. Never called from inside itself:
+ * everything it starts that finishes at once (the local read, a refused send) only updates slots.
+ */
+static void spec_pump(op_t *op)
+{
+    dkv_coord_t *c = op->c;
+    for (;;) {
+        bool fetching = false;
+        unsigned live = 0;
+        bool live_data = false;
+        for (unsigned i = 0; i < op->from; i++) {
+            const slot_t *s = &op->slots[i];
+            fetching = fetching || (s->inflight && s->fetch);
+            if (s->inflight && !s->fetch && !s->overdue) {
+                live++;
+                live_data = live_data || s->ask == ASK_DATA;
+            }
+        }
+        /* Wait for a data request still within its deadline: it may cover the digest. */
+        slot_t *stale = spec_uncovered(op);
+        if (stale != NULL && !fetching && !live_data && (!op->answered || c->env.read_repair)) {
+            spec_remote(op, stale, ASK_DATA, true);
+            continue;
+        }
+        if (op->answered) {
+            break;
+        }
+        if (op->failed > op->from - op->ack) {
+            op_answer(op, DKV_EQUORUM);
+            break;
+        }
+        if (op->ok >= op->ack && stale == NULL) {
+            op_answer(op, !op->have_best || op->best.tombstone ? DKV_ENOTFOUND : 0);
+            break;
+        }
+        if (op->ok + live >= op->ack) {
+            break;
+        }
+        slot_t *next = spec_next(op);
+        if (next == NULL) {
+            break; /* every replica was asked: the overdue ones may still answer */
+        }
+        if (next->node == c->env.self_idx) {
+            spec_local(op, next);
+        } else {
+            bool data = !op->have_data && !live_data && !fetching;
+            spec_remote(op, next, data ? ASK_DATA : ASK_DIGEST, false);
+        }
+    }
+    spec_schedule(op);
+}
+
+static void spec_data_cb(void *arg, int rc, const dkv_record_t *rec)
+{
+    slot_t *s = arg;
+    op_t *op = s->op;
+    s->inflight = false;
+    peer_observed(op->c, s, rc);
+    if (rc == 0 && rec != NULL) {
+        dkv_hlc_observe(op->c->env.hlc, rec->ts);
+        slot_version(s, rec);
+        if (!op->have_best || dkv_record_cmp(rec, &op->best) > 0) {
+            dkv_owned_t copy = {dkv_xmalloc(rec->value.len), rec->value.len, free_plain};
+            if (rec->value.len > 0) {
+                memcpy(copy.ptr, rec->value.ptr, rec->value.len);
+            }
+            dkv_record_t kept = *rec;
+            kept.value = dkv_slice(copy.ptr, copy.len);
+            op_offer(op, &kept, &copy, s->value_hash);
+        }
+    } else if (rc == DKV_ENOTFOUND) {
+        s->state = SLOT_ABSENT;
+    }
+    if (rc == 0 || rc == DKV_ENOTFOUND) {
+        s->by_digest = false;
+        op->have_data = true;
+        spec_success(op, s);
+    } else {
+        spec_fail(op, s, rc);
+    }
+    spec_pump(op);
+    op_unref(op);
+}
+
+static void spec_digest_cb(void *arg, int rc, const dkv_rpc_digest_t *d)
+{
+    slot_t *s = arg;
+    op_t *op = s->op;
+    s->inflight = false;
+    peer_observed(op->c, s, rc);
+    if (rc == 0 && d != NULL) {
+        dkv_hlc_observe(op->c->env.hlc, d->ts);
+        s->state = SLOT_VERSION;
+        s->ts = d->ts;
+        s->tombstone = d->tombstone;
+        s->value_hash = d->value_hash;
+        s->by_digest = true;
+        spec_success(op, s);
+    } else if (rc == DKV_ENOTFOUND) {
+        s->state = SLOT_ABSENT;
+        s->by_digest = true;
+        spec_success(op, s);
+    } else {
+        spec_fail(op, s, rc);
+    }
+    spec_pump(op);
+    op_unref(op);
+}
+
+/* Marks the requests past their deadline overdue: another replica may stand in for them. */
+static void spec_expire(op_t *op, uint64_t now_ns)
+{
+    for (unsigned i = 0; i < op->from; i++) {
+        slot_t *s = &op->slots[i];
+        if (s->inflight && !s->overdue && s->deadline_ns != 0 && s->deadline_ns <= now_ns) {
+            s->overdue = true;
+        }
+    }
+}
+
+static void on_spec_timer(uv_timer_t *t)
+{
+    dkv_coord_t *c = t->data;
+    c->timer_armed = false;
+    uint64_t now = clock_ns(c);
+    for (;;) {
+        op_t *batch[TIMER_BATCH];
+        size_t n = 0;
+        for (op_t *op = c->spec_head; op != NULL && n < TIMER_BATCH; op = op->spec_next) {
+            if (op->spec_due_ns <= now) {
+                batch[n++] = op;
+            }
+        }
+        if (n == 0) {
+            break;
+        }
+        /* Off the list and held, so that whatever one of them runs cannot free another. */
+        for (size_t i = 0; i < n; i++) {
+            spec_unlink(batch[i]);
+            batch[i]->refs++;
+        }
+        for (size_t i = 0; i < n; i++) {
+            spec_expire(batch[i], now);
+            spec_pump(batch[i]);
+            op_unref(batch[i]);
+        }
+    }
+    uint64_t due = 0;
+    for (op_t *op = c->spec_head; op != NULL; op = op->spec_next) {
+        if (due == 0 || op->spec_due_ns < due) {
+            due = op->spec_due_ns;
+        }
+    }
+    if (due != 0 && (!c->timer_armed || due < c->timer_due_ns)) {
+        spec_arm(c, due);
+    }
+}
+
 static int op_start(dkv_coord_t *c, dkv_slice_t key, bool is_get, const dkv_record_t *rec,
                     unsigned ack, unsigned from, dkv_coord_cb cb, void *arg)
 {
@@ -339,6 +948,18 @@ static int op_start(dkv_coord_t *c, dkv_slice_t key, bool is_get, const dkv_reco
     op->cb = cb;
     op->arg = arg;
     c->inflight++;
+
+    if (is_get && c->spec) {
+        op->spec = true;
+        op->start_ms = clock_ms(c);
+        for (size_t i = 0; i < got; i++) {
+            op->slots[i].op = op;
+            op->slots[i].node = replicas[i];
+        }
+        spec_pump(op);
+        op_unref(op);
+        return 0;
+    }
 
     slot_t *local = NULL;
     for (size_t i = 0; i < got; i++) {

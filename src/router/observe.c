@@ -397,6 +397,13 @@ static void node_metrics(const dkv_router_t *r, dkv_buf_t *b)
         one(b, "dkv_hints_not_stored_total", "counter",
             "failed replica writes left without a hint",
             atomic_load_explicit(&cs->hints_not_stored, memory_order_relaxed));
+        one(b, "dkv_speculative_retries_total", "counter",
+            "speculative GETs: replicas asked beyond the first ack because one was slow or "
+            "failed",
+            atomic_load_explicit(&cs->spec_retries, memory_order_relaxed));
+        one(b, "dkv_digest_fetches_total", "counter",
+            "speculative GETs: data read again from a replica whose digest was newer",
+            atomic_load_explicit(&cs->digest_fetches, memory_order_relaxed));
     }
     if (r->env.replica != NULL) {
         one(b, "dkv_clock_future_refused_total", "counter",

@@ -57,7 +57,8 @@ typedef struct pending {
     uint64_t req_id;
     uint64_t deadline_ms;
     dkv_rpc_reply_cb cb; /* NULL once answered (timed out) or for the HELLO */
-    dkv_rpc_scan_cb scan_cb; /* instead of cb for a SCAN */
+    dkv_rpc_scan_cb scan_cb;     /* instead of cb for a SCAN or TREE */
+    dkv_rpc_digest_cb digest_cb; /* instead of cb for a DIGEST */
     void *arg;
     uint8_t expect; /* the reply type that answers it (DKV_RPC_GET_REPLY, ...) */
     bool is_probe;
@@ -286,10 +287,11 @@ static int breaker_admit(peer_t *p, bool *probe)
 /* Is someone still waiting for this request's reply? */
 static bool live(const pending_t *req)
 {
-    return req->cb != NULL || req->scan_cb != NULL;
+    return req->cb != NULL || req->scan_cb != NULL || req->digest_cb != NULL;
 }
 
-/* `msg` is the SCAN_REPLY for a scan answered with rc 0, else NULL. */
+/* `msg` is the SCAN_REPLY, TREE_REPLY or DIGEST_REPLY for a request answered with rc 0, else
+ * NULL. */
 static void complete_msg(peer_t *p, pending_t *req, int rc, const dkv_record_t *rec,
                          const dkv_rpc_msg_t *msg)
 {
@@ -300,10 +302,12 @@ static void complete_msg(peer_t *p, pending_t *req, int rc, const dkv_record_t *
      * pending request, `req` included. */
     dkv_rpc_reply_cb cb = req->cb;
     dkv_rpc_scan_cb scan_cb = req->scan_cb;
+    dkv_rpc_digest_cb digest_cb = req->digest_cb;
     void *arg = req->arg;
     bool probe = req->is_probe;
     req->cb = NULL;
     req->scan_cb = NULL;
+    req->digest_cb = NULL;
     count_outcome(p, req, rc);
     if (probe) {
         p->probe_inflight = false;
@@ -315,6 +319,8 @@ static void complete_msg(peer_t *p, pending_t *req, int rc, const dkv_record_t *
     }
     if (scan_cb != NULL) {
         scan_cb(arg, rc, rc == 0 ? msg : NULL);
+    } else if (digest_cb != NULL) {
+        digest_cb(arg, rc, rc == 0 && msg != NULL ? &msg->digest_reply.digest : NULL);
     } else {
         cb(arg, rc, rec);
     }
@@ -336,14 +342,18 @@ static void fail_all(peer_t *p, int rc)
         if (live(req)) {
             dkv_rpc_reply_cb cb = req->cb;
             dkv_rpc_scan_cb scan_cb = req->scan_cb;
+            dkv_rpc_digest_cb digest_cb = req->digest_cb;
             req->cb = NULL;
             req->scan_cb = NULL;
+            req->digest_cb = NULL;
             if (req->is_probe) {
                 p->probe_inflight = false;
             }
             count_outcome(p, req, rc);
             if (scan_cb != NULL) {
                 scan_cb(req->arg, rc, NULL);
+            } else if (digest_cb != NULL) {
+                digest_cb(req->arg, rc, NULL);
             } else {
                 cb(req->arg, rc, NULL);
             }
@@ -593,6 +603,19 @@ static void handle_reply(peer_t *p, const dkv_rpc_msg_t *m)
         } else if (m->get_reply.status == DKV_RPC_ABSENT) {
             complete(p, req, DKV_ENOTFOUND, NULL);
         } else if (m->get_reply.status == DKV_RPC_NOT_READY) {
+            complete(p, req, DKV_ENOTREADY, NULL);
+        } else {
+            complete(p, req, DKV_EIO, NULL);
+        }
+        break;
+    case DKV_RPC_DIGEST_REPLY:
+        if (req->expect != DKV_RPC_DIGEST_REPLY) {
+            complete(p, req, DKV_EPROTO, NULL);
+        } else if (m->digest_reply.status == DKV_RPC_OK) {
+            complete_msg(p, req, 0, NULL, m);
+        } else if (m->digest_reply.status == DKV_RPC_ABSENT) {
+            complete(p, req, DKV_ENOTFOUND, NULL);
+        } else if (m->digest_reply.status == DKV_RPC_NOT_READY) {
             complete(p, req, DKV_ENOTREADY, NULL);
         } else {
             complete(p, req, DKV_EIO, NULL);
@@ -972,12 +995,12 @@ int dkv_rpc_client_call(dkv_rpc_client_t *c, uint32_t peer, const dkv_rpc_call_t
     if (peer >= c->n_peers || peer == c->self_idx || c->closing) {
         return c->closing ? DKV_EUNAVAIL : DKV_EINVAL;
     }
-    bool ok = (call->type == DKV_RPC_GET && cb != NULL) ||
-              (call->type == DKV_RPC_PUT && call->rec != NULL && cb != NULL) ||
-              (call->type == DKV_RPC_SCAN && call->scan != NULL && call->scan_cb != NULL &&
-               cb == NULL) ||
-              (call->type == DKV_RPC_TREE && call->tree != NULL && call->scan_cb != NULL &&
-               cb == NULL);
+    bool ok =
+        (call->type == DKV_RPC_GET && cb != NULL) ||
+        (call->type == DKV_RPC_DIGEST && call->digest_cb != NULL && cb == NULL) ||
+        (call->type == DKV_RPC_PUT && call->rec != NULL && cb != NULL) ||
+        (call->type == DKV_RPC_SCAN && call->scan != NULL && call->scan_cb != NULL && cb == NULL) ||
+        (call->type == DKV_RPC_TREE && call->tree != NULL && call->scan_cb != NULL && cb == NULL);
     if (!ok) {
         return DKV_EINVAL;
     }
@@ -1010,6 +1033,8 @@ int dkv_rpc_client_call(dkv_rpc_client_t *c, uint32_t peer, const dkv_rpc_call_t
     size_t before = p->out.len;
     if (call->type == DKV_RPC_GET) {
         rc = dkv_rpc_encode_get(&p->out, id, call->key);
+    } else if (call->type == DKV_RPC_DIGEST) {
+        rc = dkv_rpc_encode_digest(&p->out, id, call->key);
     } else if (call->type == DKV_RPC_PUT) {
         rc = dkv_rpc_encode_put(&p->out, id, call->key, call->rec);
     } else if (call->type == DKV_RPC_SCAN) {
@@ -1036,6 +1061,7 @@ int dkv_rpc_client_call(dkv_rpc_client_t *c, uint32_t peer, const dkv_rpc_call_t
                              call->timeout_ms > 0 ? call->timeout_ms : c->opts.request_timeout_ms);
     req->is_probe = probe;
     req->scan_cb = call->scan_cb;
+    req->digest_cb = call->digest_cb;
     if (c->opts.metrics != NULL) {
         req->sent_ns = uv_hrtime();
     }

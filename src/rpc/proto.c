@@ -10,6 +10,7 @@
 #include "rpc/proto.h"
 
 #include <string.h>
+#include <xxhash.h>
 
 #include "common/err.h"
 
@@ -391,6 +392,34 @@ static int decode_get_reply(cursor_t *c, dkv_rpc_msg_t *m)
     }
 }
 
+static int decode_digest_reply(cursor_t *c, dkv_rpc_msg_t *m)
+{
+    dkv_rpc_digest_t *d = &m->digest_reply.digest;
+    memset(d, 0, sizeof(*d));
+    if (read_u8(c, &m->digest_reply.status) != 0) {
+        return DKV_EPROTO;
+    }
+    switch (m->digest_reply.status) {
+    case DKV_RPC_OK: {
+        uint8_t flags;
+        if (read_u64(c, &d->ts) != 0 || read_u8(c, &flags) != 0 ||
+            (flags & ~DKV_RECORD_FLAG_TOMBSTONE) != 0 || read_u8(c, &d->from) != 0 ||
+            read_u64(c, &d->value_hash) != 0) {
+            return DKV_EPROTO;
+        }
+        d->tombstone = (flags & DKV_RECORD_FLAG_TOMBSTONE) != 0;
+        /* Canonical: a tombstone has no value to hash. */
+        return d->tombstone && d->value_hash != 0 ? DKV_EPROTO : 0;
+    }
+    case DKV_RPC_ABSENT:
+    case DKV_RPC_ERROR:
+    case DKV_RPC_NOT_READY:
+        return 0;
+    default:
+        return DKV_EPROTO;
+    }
+}
+
 static int decode_put(cursor_t *c, dkv_rpc_msg_t *m)
 {
     if (read_str16(c, 1, DKV_RPC_MAX_KEY_BYTES, &m->put.key) != 0 ||
@@ -598,6 +627,10 @@ static int decode_payload(cursor_t *c, dkv_rpc_msg_t *m)
         return 0; /* no payload: decode checks that nothing is left */
     case DKV_RPC_PONG:
         return read_u64(c, &m->pong.wall_ms);
+    case DKV_RPC_DIGEST:
+        return read_str16(c, 1, DKV_RPC_MAX_KEY_BYTES, &m->digest.key);
+    case DKV_RPC_DIGEST_REPLY:
+        return decode_digest_reply(c, m);
     default:
         return DKV_EPROTO;
     }
@@ -731,6 +764,52 @@ int dkv_rpc_encode_get_reply(dkv_buf_t *out, uint64_t req_id, dkv_rpc_status_t s
                              1 + REC_LEN_BYTES + DKV_RECORD_HEADER_BYTES + rec->value.len);
     append_u8(out, (uint8_t)status);
     append_record(out, rec);
+    end_frame(out, off);
+    return 0;
+}
+
+uint64_t dkv_rpc_value_hash(dkv_slice_t value)
+{
+    return XXH3_64bits(value.ptr, value.len);
+}
+
+void dkv_rpc_digest_of(const dkv_record_t *rec, dkv_rpc_digest_t *out)
+{
+    out->ts = rec->ts;
+    out->tombstone = rec->tombstone;
+    out->from = rec->from;
+    out->value_hash = rec->tombstone ? 0 : dkv_rpc_value_hash(rec->value);
+}
+
+int dkv_rpc_encode_digest(dkv_buf_t *out, uint64_t req_id, dkv_slice_t key)
+{
+    if (!key_ok(key)) {
+        return DKV_EINVAL;
+    }
+    size_t off = begin_frame(out, DKV_RPC_DIGEST, req_id, KEY_LEN_BYTES + key.len);
+    append_str16(out, key);
+    end_frame(out, off);
+    return 0;
+}
+
+int dkv_rpc_encode_digest_reply(dkv_buf_t *out, uint64_t req_id, dkv_rpc_status_t status,
+                                const dkv_rpc_digest_t *d)
+{
+    if (status == DKV_RPC_ABSENT || status == DKV_RPC_ERROR || status == DKV_RPC_NOT_READY) {
+        size_t off = begin_frame(out, DKV_RPC_DIGEST_REPLY, req_id, 1);
+        append_u8(out, (uint8_t)status);
+        end_frame(out, off);
+        return 0;
+    }
+    if (status != DKV_RPC_OK || d == NULL || (d->tombstone && d->value_hash != 0)) {
+        return DKV_EINVAL;
+    }
+    size_t off = begin_frame(out, DKV_RPC_DIGEST_REPLY, req_id, 1 + DKV_RPC_DIGEST_BYTES);
+    append_u8(out, (uint8_t)status);
+    append_u64(out, d->ts);
+    append_u8(out, d->tombstone ? (uint8_t)DKV_RECORD_FLAG_TOMBSTONE : 0);
+    append_u8(out, d->from);
+    append_u64(out, d->value_hash);
     end_frame(out, off);
     return 0;
 }
@@ -1037,6 +1116,10 @@ const char *dkv_rpc_type_name(uint8_t type)
         return "TREE_REPLY";
     case DKV_RPC_PING:
         return "PING";
+    case DKV_RPC_DIGEST:
+        return "DIGEST";
+    case DKV_RPC_DIGEST_REPLY:
+        return "DIGEST_REPLY";
     case DKV_RPC_PONG:
         return "PONG";
     default:

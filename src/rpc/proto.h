@@ -68,26 +68,31 @@
 
 /* Message types. A reply has bit 7 set; the low bits name the request it answers. */
 typedef enum dkv_rpc_type {
-    DKV_RPC_HELLO = 0x01,        /* client -> server, first frame of a connection */
-    DKV_RPC_GET = 0x02,          /* request the stored version of a key */
-    DKV_RPC_PUT = 0x03,          /* store a record unless a newer one is stored */
-    DKV_RPC_SCAN = 0x04,         /* ordered batch of a key range */
-    DKV_RPC_AUTH = 0x05,         /* client's proof of the cluster secret; answered by HELLO_OK */
-    DKV_RPC_TREE = 0x06,         /* anti-entropy: a level of the hash tree shared with the
-                                    sender, or one segment's digests (repair/merkle.h) */
-    DKV_RPC_PING = 0x07,         /* clock-offset probe: asks for the server's wall clock */
-    DKV_RPC_HELLO_OK = 0x81,     /* handshake accepted */
-    DKV_RPC_GET_REPLY = 0x82,    /* status + record when found */
-    DKV_RPC_PUT_REPLY = 0x83,    /* status */
-    DKV_RPC_SCAN_REPLY = 0x84,   /* status + entries + more + last key */
-    DKV_RPC_TREE_REPLY = 0x86,   /* status + hashes or digest entries */
-    DKV_RPC_PONG = 0x87,         /* the server's wall clock in ms when it answered */
-    DKV_RPC_HELLO_REJECT = 0xC1, /* handshake refused (reason); the server then closes */
+    DKV_RPC_HELLO = 0x01,           /* client -> server, first frame of a connection */
+    DKV_RPC_GET = 0x02,             /* request the stored version of a key */
+    DKV_RPC_PUT = 0x03,             /* store a record unless a newer one is stored */
+    DKV_RPC_SCAN = 0x04,            /* ordered batch of a key range */
+    DKV_RPC_AUTH = 0x05,            /* client's proof of the cluster secret; answered by HELLO_OK */
+    DKV_RPC_TREE = 0x06,            /* anti-entropy: a level of the hash tree shared with the
+                                       sender, or one segment's digests (repair/merkle.h) */
+    DKV_RPC_PING = 0x07,            /* clock-offset probe: asks for the server's wall clock */
+    DKV_RPC_DIGEST = 0x08,          /* the stored version of a key without its value: timestamp,
+                                       flags, replica set and a hash of the value (speculative
+                                       reads, coord/coord.h) */
+    DKV_RPC_HELLO_OK = 0x81,        /* handshake accepted */
+    DKV_RPC_GET_REPLY = 0x82,       /* status + record when found */
+    DKV_RPC_PUT_REPLY = 0x83,       /* status */
+    DKV_RPC_SCAN_REPLY = 0x84,      /* status + entries + more + last key */
+    DKV_RPC_TREE_REPLY = 0x86,      /* status + hashes or digest entries */
+    DKV_RPC_PONG = 0x87,            /* the server's wall clock in ms when it answered */
+    DKV_RPC_DIGEST_REPLY = 0x88,    /* status + digest when found */
+    DKV_RPC_HELLO_REJECT = 0xC1,    /* handshake refused (reason); the server then closes */
     DKV_RPC_HELLO_CHALLENGE = 0xC2, /* server's nonce and proof of the cluster secret, in answer
                                        to a HELLO that carries a nonce (rpc/auth.h) */
 } dkv_rpc_type_t;
 
-/* Reply status byte. GET_REPLY uses all three; PUT_REPLY and SCAN_REPLY use OK and ERROR. */
+/* Reply status byte. GET_REPLY and DIGEST_REPLY use all four; PUT_REPLY and SCAN_REPLY use OK
+ * and ERROR. */
 typedef enum dkv_rpc_status {
     DKV_RPC_OK = 0,     /* done; for GET: found (a tombstone is found too, it is a version) */
     DKV_RPC_ABSENT = 1, /* GET only: the replica holds no version at all */
@@ -115,6 +120,21 @@ typedef struct dkv_rpc_tree_entry {
     bool tombstone;
     uint8_t from; /* 1.. (a record in a tree always has a known replica set) */
 } dkv_rpc_tree_entry_t;
+
+/* A DIGEST_REPLY's payload after the status: ts u64, flags u8, from u8, value hash u64. */
+#define DKV_RPC_DIGEST_BYTES 18u
+
+/*
+ * A replica's version of a key without the value (DIGEST_REPLY): enough for a coordinator to tell
+ * whether two replicas agree. Two versions are the same iff ts, tombstone and (for values)
+ * value_hash are equal; `from` takes no part in the version order.
+ */
+typedef struct dkv_rpc_digest {
+    uint64_t ts; /* hybrid logical clock timestamp */
+    bool tombstone;
+    uint8_t from;        /* the record's replica-set size; 0 = unknown (a version-1 record) */
+    uint64_t value_hash; /* dkv_rpc_value_hash() of the value; 0 for a tombstone */
+} dkv_rpc_digest_t;
 
 /* SCAN request: keys k with start <= k < end (or start < k when start_exclusive). */
 typedef struct dkv_rpc_scan {
@@ -165,6 +185,13 @@ typedef struct dkv_rpc_msg {
             dkv_record_t rec;      /* valid when status == DKV_RPC_OK */
             dkv_slice_t rec_bytes; /* the encoded record (common/record.h); empty unless OK */
         } get_reply;
+        struct {
+            dkv_slice_t key;
+        } digest;
+        struct {
+            uint8_t status;          /* as get_reply.status */
+            dkv_rpc_digest_t digest; /* valid when status == DKV_RPC_OK */
+        } digest_reply;
         struct {
             dkv_slice_t key;
             dkv_record_t rec;      /* a delete is a tombstone record */
@@ -345,6 +372,35 @@ int dkv_rpc_encode_get(dkv_buf_t *out, uint64_t req_id, dkv_slice_t key);
  */
 int dkv_rpc_encode_get_reply(dkv_buf_t *out, uint64_t req_id, dkv_rpc_status_t status,
                              const dkv_record_t *rec);
+
+/**
+ * The value hash a digest carries: XXH3-64 (xxHash, unseeded) of the value bytes. 64 bits are
+ * enough because the hash is only ever compared between two versions whose timestamps and flags
+ * are already equal (two writes stamped with one timestamp by two coordinators), and a wrong
+ * "equal" there costs the lexicographic tie-break of API.md §6, not a lost write; Scylla's read
+ * digests use xxHash64 for the same job. Thread: any: pure.
+ */
+uint64_t dkv_rpc_value_hash(dkv_slice_t value);
+
+/** The digest of `rec` (value hash of its value, 0 for a tombstone). Thread: any: pure. */
+void dkv_rpc_digest_of(const dkv_record_t *rec, dkv_rpc_digest_t *out);
+
+/**
+ * DIGEST: asks for the digest of the stored version of `key` (its timestamp, flags, replica set
+ * and value hash), not the value.
+ * @param key  1..DKV_RPC_MAX_KEY_BYTES bytes.
+ * @return 0; DKV_EINVAL (key length out of range).
+ */
+int dkv_rpc_encode_digest(dkv_buf_t *out, uint64_t req_id, dkv_slice_t key);
+
+/**
+ * DIGEST_REPLY.
+ * @param status  DKV_RPC_OK (`d` is the stored version's digest), DKV_RPC_ABSENT, DKV_RPC_ERROR
+ *                or DKV_RPC_NOT_READY (`d` ignored, may be NULL).
+ * @return 0; DKV_EINVAL (unknown status, OK without `d`, a tombstone with a nonzero value hash).
+ */
+int dkv_rpc_encode_digest_reply(dkv_buf_t *out, uint64_t req_id, dkv_rpc_status_t status,
+                                const dkv_rpc_digest_t *d);
 
 /**
  * PUT: stores `rec` under `key` unless the replica holds a newer version. A delete is a tombstone.

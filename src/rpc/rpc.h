@@ -120,6 +120,13 @@ typedef struct dkv_rpc_client_opts {
 typedef void (*dkv_rpc_reply_cb)(void *arg, int rc, const dkv_record_t *rec);
 
 /**
+ * Reply to a DIGEST. rc: 0 with `d`, the replica's version without its value (borrowed for the
+ * callback); DKV_ENOTFOUND, DKV_ENOTREADY or a transport error as for dkv_rpc_reply_cb, with `d`
+ * NULL.
+ */
+typedef void (*dkv_rpc_digest_cb)(void *arg, int rc, const dkv_rpc_digest_t *d);
+
+/**
  * Creates the client of one I/O thread for every peer of `ring` except `self_idx`. Connections
  * are made when a request needs them (never at start-up).
  * `loop_idx` (0..DKV_RPC_MAX_LOOPS-1) names the loop in the status page.
@@ -154,16 +161,18 @@ typedef struct dkv_rpc_tree_req {
 
 /** One replica request: what dkv_rpc_client_call() sends. */
 typedef struct dkv_rpc_call {
-    dkv_rpc_type_t type;         /* DKV_RPC_GET (stored version of key), DKV_RPC_PUT (store
-                                    rec), DKV_RPC_SCAN (one ordered batch of a key range) or
+    dkv_rpc_type_t type;         /* DKV_RPC_GET (stored version of key), DKV_RPC_DIGEST (its
+                                    digest, without the value), DKV_RPC_PUT (store rec),
+                                    DKV_RPC_SCAN (one ordered batch of a key range) or
                                     DKV_RPC_TREE (anti-entropy hash tree level or segment) */
-    dkv_slice_t key;             /* GET, PUT: 1..DKV_RPC_MAX_KEY_BYTES bytes */
+    dkv_slice_t key;             /* GET, DIGEST, PUT: 1..DKV_RPC_MAX_KEY_BYTES bytes */
     const dkv_record_t *rec;     /* PUT: the record */
     const dkv_rpc_scan_t *scan;  /* SCAN: the range and batch limits */
     const dkv_rpc_tree_req_t *tree; /* TREE: the level or segment asked for */
     dkv_rpc_scan_cb scan_cb;     /* SCAN, TREE: receives the decoded reply (the `cb` argument
                                     must be NULL); rc 0 = status OK, DKV_ENOTREADY = NOT_READY
                                     (ask again later), DKV_EIO = ERROR */
+    dkv_rpc_digest_cb digest_cb; /* DIGEST: receives the reply (the `cb` argument must be NULL) */
     uint64_t timeout_ms;         /* from send to reply; 0 = the client's request_timeout_ms */
 } dkv_rpc_call_t;
 
@@ -171,7 +180,8 @@ typedef struct dkv_rpc_call {
  * Sends one replica request to peer `peer` (ring index, not self). A PUT is stored unless the
  * peer holds a newer version; a GET returns the peer's stored version.
  * @param call  Borrowed; key and record are copied into the request before this returns.
- * @return 0 and `cb` (`call->scan_cb` for a SCAN) runs exactly once, never before this returns;
+ * @return 0 and `cb` (`call->scan_cb` for a SCAN or TREE, `call->digest_cb` for a DIGEST) runs
+ *         exactly once, never before this returns;
  *         DKV_EUNAVAIL (the peer's circuit breaker is open, or too many bytes are queued for it:
  *         a failure at once) or DKV_EINVAL (bad peer, type, key, record or scan, or a frame
  *         past opts.max_frame_bytes), and no callback runs.

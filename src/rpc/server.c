@@ -412,6 +412,25 @@ static int handle_frame(sconn_t *c, dkv_slice_t frame)
         dkv_owned_release(&buf);
         return 0;
     }
+    case DKV_RPC_DIGEST: {
+        /* The same read as a GET (the value is needed for its hash); only the reply is small. */
+        dkv_record_t rec;
+        dkv_owned_t buf = {0};
+        rc = dkv_replica_get(s->replica, m.digest.key, &rec, &buf);
+        if (rc == 0) {
+            dkv_rpc_digest_t d;
+            dkv_rpc_digest_of(&rec, &d);
+            dkv_rpc_encode_digest_reply(&c->out, m.req_id, DKV_RPC_OK, &d);
+        } else {
+            dkv_rpc_encode_digest_reply(&c->out, m.req_id,
+                                        rc == DKV_ENOTFOUND   ? DKV_RPC_ABSENT
+                                        : rc == DKV_ENOTREADY ? DKV_RPC_NOT_READY
+                                                              : DKV_RPC_ERROR,
+                                        NULL);
+        }
+        dkv_owned_release(&buf);
+        return 0;
+    }
     case DKV_RPC_PUT:
         rc = dkv_replica_put(s->replica, m.put.key, &m.put.rec);
         if (rc == 0) {

@@ -169,6 +169,15 @@ static int reencode(dkv_buf_t *out, const dkv_rpc_msg_t *m, dkv_slice_t frame)
         return 0;
     case DKV_RPC_TREE_REPLY:
         return encode_tree_reply(out, m, frame);
+    case DKV_RPC_DIGEST:
+        CHECK(within(m->digest.key, frame));
+        CHECK(dkv_rpc_encode_digest(out, m->req_id, m->digest.key) == 0);
+        return 0;
+    case DKV_RPC_DIGEST_REPLY:
+        CHECK(dkv_rpc_encode_digest_reply(
+                  out, m->req_id, (dkv_rpc_status_t)m->digest_reply.status,
+                  m->digest_reply.status == DKV_RPC_OK ? &m->digest_reply.digest : NULL) == 0);
+        return 0;
     default:
         /* dkv_rpc_decode() returned 0 for a type it does not know. */
         abort();

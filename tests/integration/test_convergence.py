@@ -312,7 +312,10 @@ def test_node_down_during_writes_and_deletes_holds_all_of_them_after_restart_wit
 @pytest.mark.timeout_s(150)
 def test_without_hints_a_restarted_node_stays_stale_until_one_quorum_read_per_key_repairs_it(
         cluster_factory):
-    c = start_cluster(cluster_factory, "--hinted-handoff", "off")
+    # The full fan-out: a quorum GET asks all three replicas, so one read per key sees node 2 and
+    # repairs it. A speculative GET asks `ack` of them and repairs only those (anti-entropy
+    # covers the rest; test_speculative.py checks what it repairs).
+    c = start_cluster(cluster_factory, "--hinted-handoff", "off", "--read-fanout", "all")
     a, b, cc = c
     want = down_workload(c)
     cc.start()

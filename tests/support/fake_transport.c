@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "common/err.h"
+#include "rpc/proto.h"
 
 struct dkv_fake_transport {
     dkv_fake_call_t **calls;
@@ -52,7 +53,7 @@ int dkv_fake_transport_check(const dkv_fake_transport_t *ft, char *why, size_t w
             const dkv_fake_call_t *c = ft->calls[i];
             if (c->state == DKV_FAKE_PENDING) {
                 snprintf(why, why_len, "%zu request(s) never answered; first: #%zu, %s to peer %u",
-                         ft->pending, c->seq, c->type == DKV_RPC_GET ? "GET" : "PUT", c->peer);
+                         ft->pending, c->seq, dkv_rpc_type_name(c->type), c->peer);
                 break;
             }
         }
@@ -94,6 +95,7 @@ int dkv_fake_transport_send(void *ctx, uint32_t peer, const dkv_rpc_call_t *call
     }
     c->state = DKV_FAKE_PENDING;
     c->cb = cb;
+    c->digest_cb = call->type == DKV_RPC_DIGEST ? call->digest_cb : NULL;
     c->arg = arg;
     ft->pending++;
     return 0;
@@ -165,16 +167,24 @@ int dkv_fake_transport_reply(dkv_fake_transport_t *ft, size_t seq, int rc, const
     if (c->state == DKV_FAKE_REPLIED) {
         return violation(ft, seq, "already answered: its callback would run twice");
     }
-    bool want_rec = rc == 0 && c->type == DKV_RPC_GET;
+    bool want_rec = rc == 0 && (c->type == DKV_RPC_GET || c->type == DKV_RPC_DIGEST);
     if (want_rec != (rec != NULL)) {
         return violation(ft, seq,
-                         want_rec ? "a GET answered 0 needs a record"
-                                  : "only a GET answered 0 carries a record");
+                         want_rec ? "a GET or DIGEST answered 0 needs a record"
+                                  : "only a GET or DIGEST answered 0 carries a record");
     }
     /* Marked before the callback: a callback that submits more requests sees a consistent fake. */
     c->state = DKV_FAKE_REPLIED;
     c->reply_rc = rc;
     ft->pending--;
+    if (c->type == DKV_RPC_DIGEST) {
+        dkv_rpc_digest_t d;
+        if (rec != NULL) {
+            dkv_rpc_digest_of(rec, &d);
+        }
+        c->digest_cb(c->arg, rc, rec != NULL ? &d : NULL);
+        return 0;
+    }
     if (rec == NULL) {
         c->cb(c->arg, rc, NULL);
         return 0;
@@ -218,7 +228,8 @@ size_t dkv_fake_transport_drain(dkv_fake_transport_t *ft, int rc)
     while (ft->pending > 0 && i < ft->n) {
         if (ft->calls[i]->state == DKV_FAKE_PENDING) {
             /* A GET answered 0 would need a record: drain with an error or "absent" only. */
-            int r = rc == 0 && ft->calls[i]->type == DKV_RPC_GET ? DKV_ENOTFOUND : rc;
+            dkv_rpc_type_t t = ft->calls[i]->type;
+            int r = rc == 0 && (t == DKV_RPC_GET || t == DKV_RPC_DIGEST) ? DKV_ENOTFOUND : rc;
             dkv_fake_transport_reply(ft, i, r, NULL);
             answered++;
         }

@@ -34,7 +34,7 @@ typedef enum dkv_fake_call_state {
 typedef struct dkv_fake_call {
     size_t seq;          /* 0-based position among all requests, in submit order */
     uint32_t peer;       /* ring index the request went to */
-    dkv_rpc_type_t type; /* DKV_RPC_GET or DKV_RPC_PUT */
+    dkv_rpc_type_t type; /* DKV_RPC_GET, DKV_RPC_DIGEST or DKV_RPC_PUT */
     dkv_slice_t key;     /* points into `key_buf` */
     bool has_rec;        /* PUT: `rec` holds the record sent */
     dkv_record_t rec;    /* PUT only; value points into `value_buf` */
@@ -43,6 +43,7 @@ typedef struct dkv_fake_call {
     int refused_rc;      /* DKV_FAKE_REFUSED: what the send returned */
     int reply_rc;        /* DKV_FAKE_REPLIED: the rc passed to the callback */
     dkv_rpc_reply_cb cb; /* accepted requests: the caller's callback and argument */
+    dkv_rpc_digest_cb digest_cb; /* instead of cb for a DIGEST */
     void *arg;
     dkv_buf_t key_buf;
     dkv_buf_t value_buf;
@@ -111,15 +112,18 @@ size_t dkv_fake_transport_count_of(const dkv_fake_transport_t *ft, size_t start_
 /**
  * Answers pending request `seq`: its callback runs now, once, with `rc` and `rec`.
  * A record is passed in a buffer of the fake's that is freed as soon as the callback returns, so a
- * caller that keeps a pointer into it instead of copying is caught by AddressSanitizer.
- * @param rc   0 (GET found `rec`; PUT stored), DKV_ENOTFOUND (GET: absent), or an error code.
- * @param rec  Borrowed for the call; required for a GET answered with 0, else NULL.
+ * caller that keeps a pointer into it instead of copying is caught by AddressSanitizer. A DIGEST
+ * answered with a record gets that record's digest (dkv_rpc_digest_of(), as a real replica
+ * computes it), so a test answers GETs and DIGESTs alike with the version the peer holds.
+ * @param rc   0 (GET or DIGEST found `rec`; PUT stored), DKV_ENOTFOUND (GET, DIGEST: absent),
+ *             or an error code.
+ * @param rec  Borrowed for the call; required for a GET or DIGEST answered with 0, else NULL.
  * @return 0; DKV_EINVAL (no such request, already answered, refused, or a GET answered 0 without
  *         a record): nothing runs and the violation is kept for dkv_fake_transport_check().
  */
 int dkv_fake_transport_reply(dkv_fake_transport_t *ft, size_t seq, int rc, const dkv_record_t *rec);
 
-/** A GET's peer has this version: dkv_fake_transport_reply(ft, seq, 0, rec). */
+/** A GET's or DIGEST's peer has this version: dkv_fake_transport_reply(ft, seq, 0, rec). */
 int dkv_fake_transport_reply_found(dkv_fake_transport_t *ft, size_t seq, const dkv_record_t *rec);
 
 /** A GET's peer has no version: dkv_fake_transport_reply(ft, seq, DKV_ENOTFOUND, NULL). */
@@ -135,7 +139,8 @@ int dkv_fake_transport_reply_stored(dkv_fake_transport_t *ft, size_t seq);
 int dkv_fake_transport_reply_error(dkv_fake_transport_t *ft, size_t seq, int rc);
 
 /**
- * Answers every pending request with `rc` and no record (a GET with rc 0 is answered "absent"),
+ * Answers every pending request with `rc` and no record (a GET or DIGEST with rc 0 is answered
+ * "absent"),
  * oldest first, including requests the callbacks submit meanwhile (e.g. repair writes); a test's
  * teardown uses it to end the operations a failed test left in flight.
  * @return How many requests it answered.

@@ -296,6 +296,43 @@ static void test_replication_factor_limits(void **state)
     dkv_conf_cleanup(&c);
 }
 
+static void test_read_fanout_and_speculative_retry(void **state)
+{
+    (void)state;
+    dkv_conf_t c;
+    char err[512];
+    assert_int_equal(parse(&c, err, sizeof(err), NULL), 0);
+    assert_int_equal(c.read_speculative, DKV_CONF_DEFAULT_READ_SPECULATIVE);
+    assert_int_equal(c.speculative_retry_ms, 0); /* the observed p99 */
+    dkv_conf_cleanup(&c);
+    assert_int_equal(parse(&c, err, sizeof(err), "--read-fanout", "all", NULL), 0);
+    assert_false(c.read_speculative);
+    dkv_conf_cleanup(&c);
+    assert_int_equal(parse(&c, err, sizeof(err), "--read-fanout", "speculative",
+                           "--speculative-retry-ms", "25", NULL),
+                     0);
+    assert_true(c.read_speculative);
+    assert_int_equal(c.speculative_retry_ms, 25);
+    dkv_conf_cleanup(&c);
+    expect_error(parse(&c, err, sizeof(err), "--read-fanout", "some", NULL), err,
+                 "--read-fanout: 'some' is not all or speculative", NULL);
+    dkv_conf_cleanup(&c);
+    expect_error(parse(&c, err, sizeof(err), "--speculative-retry-ms", "-1", NULL), err,
+                 "--speculative-retry-ms: '-1' is not a whole number in 0..600000", NULL);
+    dkv_conf_cleanup(&c);
+    /* In a config file, and the command line wins over it. */
+    const char *path = write_config("read-fanout = speculative\nspeculative-retry-ms = 5\n");
+    assert_int_equal(parse(&c, err, sizeof(err), "--config", path, NULL), 0);
+    assert_true(c.read_speculative);
+    assert_int_equal(c.speculative_retry_ms, 5);
+    dkv_conf_cleanup(&c);
+    assert_int_equal(parse(&c, err, sizeof(err), "--config", path, "--read-fanout", "all", NULL),
+                     0);
+    assert_false(c.read_speculative);
+    assert_int_equal(c.speculative_retry_ms, 5);
+    dkv_conf_cleanup(&c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -306,6 +343,7 @@ int main(void)
         cmocka_unit_test_teardown(test_bad_value_names_file_line_and_reason, teardown),
         cmocka_unit_test_teardown(test_unreadable_or_odd_files, teardown),
         cmocka_unit_test_teardown(test_replication_factor_limits, teardown),
+        cmocka_unit_test_teardown(test_read_fanout_and_speculative_retry, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -26,7 +26,7 @@
 #include "support/fake_transport.h"
 #include "support/node_fixture.h"
 
-#define MAX_OUTCOMES 512
+#define MAX_OUTCOMES 8192
 #define KEY_BYTES 64
 #define NO_LOCAL (-1) /* pick_key(): this node is not among the key's first `from` replicas */
 
@@ -53,6 +53,10 @@ typedef struct fx_opts {
     bool hints_not_in_env;    /* with `hints`: open it, but leave env.hints NULL */
     uint64_t hints_max_bytes; /* 0 = 1 MiB */
     bool local_not_ready;     /* the local replica answers reads DKV_ENOTREADY (a joining node) */
+    bool speculative;         /* env.read_fanout = DKV_COORD_READ_SPECULATIVE */
+    uint64_t retry_ms;        /* env.speculative_retry_ms (0: observed p99) */
+    uint64_t replica_timeout_ms; /* env.replica_timeout_ms */
+    bool fake_clock;             /* env.clock_ns reads fx->clock_ns, which the test moves */
 } fx_opts_t;
 
 /* A coordinator of one node of the ring, its peers played by the fake transport. Heap-allocated
@@ -70,7 +74,13 @@ struct fx {
     dkv_coord_stats_t stats;
     outcome_t *outs[MAX_OUTCOMES];
     size_t n_outs;
+    uint64_t clock_ns; /* opts.fake_clock: the coordinator's clock */
 };
+
+static uint64_t fake_clock_ns(void *ctx)
+{
+    return ((const fx_t *)ctx)->clock_ns;
+}
 
 /* ---- fixture ---- */
 
@@ -132,7 +142,14 @@ static void fx_start(fx_t *fx, const fx_opts_t *opts)
                            .send_ctx = fx->ft,
                            .read_repair = opts->read_repair,
                            .hints = opts->hints_not_in_env ? NULL : fx->hints,
-                           .stats = &fx->stats};
+                           .stats = &fx->stats,
+                           .read_fanout =
+                               opts->speculative ? DKV_COORD_READ_SPECULATIVE : DKV_COORD_READ_ALL,
+                           .speculative_retry_ms = opts->retry_ms,
+                           .replica_timeout_ms = opts->replica_timeout_ms,
+                           .clock_ns = opts->fake_clock ? fake_clock_ns : NULL,
+                           .clock_ctx = fx};
+    fx->clock_ns = (uint64_t)1000 * 1000000u; /* any start; fake_clock only */
     assert_int_equal(dkv_coord_new(&env, &fx->coord), 0);
 }
 
@@ -155,6 +172,7 @@ static int fx_teardown(void **state)
     if (fx->coord != NULL) {
         inflight = dkv_coord_inflight(fx->coord);
         dkv_coord_free(fx->coord);
+        uv_run(&fx->node->loop, UV_RUN_NOWAIT); /* a speculative coordinator's timer closes */
     }
     for (size_t i = 0; i < fx->n_outs; i++) {
         outcome_t *o = fx->outs[i];
@@ -364,14 +382,14 @@ static void failed(fx_t *fx, size_t seq, int rc)
     assert_int_equal(dkv_fake_transport_reply_error(fx->ft, seq, rc), 0);
 }
 
-/* Answers every pending request from `start` on as stored (a PUT) or absent (a GET). */
+/* Answers every pending request from `start` on as stored (a PUT) or absent (a GET or DIGEST). */
 static void answer_rest(fx_t *fx, size_t start)
 {
     for (size_t i = start; i < sent(fx); i++) {
         const dkv_fake_call_t *c = dkv_fake_transport_call(fx->ft, i);
         if (c->state == DKV_FAKE_PENDING) {
             assert_int_equal(dkv_fake_transport_reply(
-                                 fx->ft, i, c->type == DKV_RPC_GET ? DKV_ENOTFOUND : 0, NULL),
+                                 fx->ft, i, c->type == DKV_RPC_PUT ? 0 : DKV_ENOTFOUND, NULL),
                              0);
         }
     }
@@ -1716,6 +1734,646 @@ static void test_put_after_a_get_is_stamped_after_the_versions_it_saw(void **sta
     answer_rest(fx, base);
 }
 
+/* ---- speculative reads (DKV_COORD_READ_SPECULATIVE) ---- */
+
+static const fx_opts_t SPEC3 = {
+    .nodes = 3, .self_idx = 0, .read_repair = true, .speculative = true};
+static const fx_opts_t SPEC3_RETRY40 = {
+    .nodes = 3, .self_idx = 0, .read_repair = true, .speculative = true, .retry_ms = 40};
+static const fx_opts_t SPEC5_RETRY20 = {
+    .nodes = 5, .self_idx = 0, .read_repair = true, .speculative = true, .retry_ms = 20};
+
+static void on_guard(uv_timer_t *t)
+{
+    *(bool *)t->data = true;
+}
+
+/*
+ * Runs the node's loop (the coordinator's retry timer) until the fake holds more than `count`
+ * requests or `timeout_ms` passed. @return whether it does. A guard timer keeps the loop alive:
+ * the coordinator's own timer is unreferenced.
+ */
+static bool run_until_sent(fx_t *fx, size_t count, uint64_t timeout_ms)
+{
+    uv_loop_t *loop = &fx->node->loop;
+    bool expired = false;
+    uv_timer_t guard;
+    uv_timer_init(loop, &guard);
+    guard.data = &expired;
+    uv_timer_start(&guard, on_guard, timeout_ms, 0);
+    while (sent(fx) <= count && !expired) {
+        uv_run(loop, UV_RUN_ONCE);
+    }
+    uv_close((uv_handle_t *)&guard, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+    return sent(fx) > count;
+}
+
+/* Runs the node's loop for `ms` milliseconds of real time. */
+static void run_for(fx_t *fx, uint64_t ms)
+{
+    uv_loop_t *loop = &fx->node->loop;
+    bool expired = false;
+    uv_timer_t guard;
+    uv_timer_init(loop, &guard);
+    guard.data = &expired;
+    uv_timer_start(&guard, on_guard, ms, 0);
+    while (!expired) {
+        uv_run(loop, UV_RUN_ONCE);
+    }
+    uv_close((uv_handle_t *)&guard, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+}
+
+static uint64_t ms_since(uint64_t t0_ns)
+{
+    return (uv_hrtime() - t0_ns) / 1000000u;
+}
+
+static void expect_call(const fx_t *fx, size_t seq, uint32_t peer, dkv_rpc_type_t type)
+{
+    const dkv_fake_call_t *c = dkv_fake_transport_call(fx->ft, seq);
+    assert_non_null(c);
+    if (c->peer != peer || c->type != type) {
+        fail_msg("request #%zu is %s to peer %u, want %s to peer %u", seq,
+                 dkv_rpc_type_name(c->type), c->peer, dkv_rpc_type_name(type), peer);
+    }
+}
+
+static void test_spec_get_reads_this_node_and_asks_one_peer_for_a_digest(void **state)
+{
+    fx_t *fx = *state;
+    fx_start(fx, &SPEC3);
+    /* This node is the last of the three replicas: still the one read for the data. */
+    char key[KEY_BYTES];
+    uint32_t reps[3];
+    uint32_t peers[2];
+    pick_key(fx, "sp-local", 3, 2, key, reps);
+    assert_int_equal(peers_of(fx, reps, 3, peers), 2);
+    put_local(fx, key, 10, "v", 3);
+    outcome_t *o = get(fx, key, 2, 3);
+    assert_int_equal(sent(fx), 1);
+    expect_call(fx, 0, peers[0], DKV_RPC_DIGEST);
+    assert_int_equal(o->calls, 0);
+    found(fx, 0, 10, "v", 3); /* the digest agrees */
+    assert_int_equal(o->calls, 1);
+    assert_int_equal(o->rc, 0);
+    assert_value(o->rec.value, "v");
+    assert_int_equal(sent(fx), 1); /* no third replica, no repair */
+    assert_int_equal(dkv_coord_inflight(fx->coord), 0);
+    assert_int_equal(stat_of(&fx->stats.spec_retries), 0);
+    assert_int_equal(stat_of(&fx->stats.digest_fetches), 0);
+}
+
+static void
+test_spec_get_without_this_node_reads_the_first_replica_and_digests_the_next(void **state)
+{
+    fx_t *fx = *state;
+    fx_start(fx, &SPEC3);
+    char key[KEY_BYTES];
+    uint32_t reps[2];
+    pick_key(fx, "sp-remote", 2, NO_LOCAL, key, reps);
+    outcome_t *o = get(fx, key, 2, 2);
+    assert_int_equal(sent(fx), 2);
+    expect_call(fx, 0, reps[0], DKV_RPC_GET);
+    expect_call(fx, 1, reps[1], DKV_RPC_DIGEST);
+    found(fx, 1, 7, "x", 2);
+    assert_int_equal(o->calls, 0);
+    found(fx, 0, 7, "x", 2);
+    assert_int_equal(o->calls, 1);
+    assert_value(o->rec.value, "x");
+    /* ack=1: the data replica alone. */
+    size_t base = sent(fx);
+    o = get(fx, key, 1, 2);
+    assert_int_equal(sent(fx), base + 1);
+    expect_call(fx, base, reps[0], DKV_RPC_GET);
+    absent(fx, base);
+    assert_int_equal(o->calls, 1);
+    assert_int_equal(o->rc, DKV_ENOTFOUND);
+    assert_int_equal(sent(fx), base + 1);
+}
+
+static void test_spec_newer_digest_reads_that_replicas_data_before_answering(void **state)
+{
+    fx_t *fx = *state;
+    fx_start(fx, &SPEC3);
+    char key[KEY_BYTES];
+    uint32_t reps[3];
+    uint32_t peers[2];
+    pick_key(fx, "sp-newer", 3, 0, key, reps);
+    peers_of(fx, reps, 3, peers);
+    put_local(fx, key, 10, "old", 3);
+    outcome_t *o = get(fx, key, 2, 3);
+    expect_call(fx, 0, peers[0], DKV_RPC_DIGEST);
+    found(fx, 0, 20, "new", 3);
+    /* Two successes, but the data in hand is older than the digest: never answer "old". */
+    assert_int_equal(o->calls, 0);
+    assert_int_equal(sent(fx), 2);
+    expect_call(fx, 1, peers[0], DKV_RPC_GET);
+    found(fx, 1, 20, "new", 3);
+    assert_int_equal(o->calls, 1);
+    assert_value(o->rec.value, "new");
+    assert_int_equal(o->rec.ts, 20);
+    /* Read repair: this node held the older version; the third replica was never asked. */
+    local_version_t lv;
+    assert_int_equal(get_local(fx, key, &lv), 0);
+    assert_int_equal(lv.rec.ts, 20);
+    assert_value(lv.rec.value, "new");
+    assert_int_equal(dkv_fake_transport_count_of(fx->ft, 0, peers[1], DKV_RPC_DIGEST) +
+                         dkv_fake_transport_count_of(fx->ft, 0, peers[1], DKV_RPC_GET) +
+                         dkv_fake_transport_count_of(fx->ft, 0, peers[1], DKV_RPC_PUT),
+                     0);
+    assert_int_equal(stat_of(&fx->stats.digest_fetches), 1);
+    expect_rr_stats(fx, 1, 1, 0);
+}
+
+static void test_spec_older_or_absent_digest_answers_at_once_and_is_repaired(void **state)
+{
+    fx_t *fx = *state;
+    fx_start(fx, &SPEC3);
+    char key[KEY_BYTES];
+    uint32_t reps[3];
+    uint32_t peers[2];
+    pick_key(fx, "sp-older", 3, 0, key, reps);
+    peers_of(fx, reps, 3, peers);
+    put_local(fx, key, 20, "new", 3);
+    outcome_t *o = get(fx, key, 2, 3);
+    found(fx, 0, 10, "old", 3);
+    assert_int_equal(o->calls, 1);
+    assert_value(o->rec.value, "new");
+    dkv_record_t want = {.ts = 20, .value = dkv_slice_str("new"), .from = 3};
+    expect_repairs(fx, 1, key, &want, &peers[0], 1);
+    stored(fx, 1);
+
+    /* A replica that has nothing is repaired too. */
+    char key2[KEY_BYTES];
+    pick_key(fx, "sp-absent", 3, 0, key2, reps);
+    peers_of(fx, reps, 3, peers);
+    put_local(fx, key2, 30, "only-here", 3);
+    size_t base = sent(fx);
+    o = get(fx, key2, 2, 3);
+    expect_call(fx, base, peers[0], DKV_RPC_DIGEST);
+    absent(fx, base);
+    assert_int_equal(o->calls, 1);
+    assert_value(o->rec.value, "only-here");
+    dkv_record_t want2 = {.ts = 30, .value = dkv_slice_str("only-here"), .from = 3};
+    expect_repairs(fx, base + 1, key2, &want2, &peers[0], 1);
+    stored(fx, base + 1);
+    expect_rr_stats(fx, 2, 2, 0);
+    assert_int_equal(stat_of(&fx->stats.digest_fetches), 0);
+}
+
+static void test_spec_equal_timestamps_with_different_values_are_read_and_ordered(void **state)
+{
+    fx_t *fx = *state;
+    fx_start(fx, &SPEC3);
+    char key[KEY_BYTES];
+    uint32_t reps[3];
+    uint32_t peers[2];
+    /* This node holds "b", the peer "a", both at ts 10: "a" is newer (API.md §6), which only the
+     * values can tell. */
+    pick_key(fx, "sp-tie", 3, 0, key, reps);
+    peers_of(fx, reps, 3, peers);
+    put_local(fx, key, 10, "b", 3);
+    outcome_t *o = get(fx, key, 2, 3);
+    found(fx, 0, 10, "a", 3);
+    assert_int_equal(o->calls, 0);
+    expect_call(fx, 1, peers[0], DKV_RPC_GET);
+    found(fx, 1, 10, "a", 3);
+    assert_int_equal(o->calls, 1);
+    assert_value(o->rec.value, "a");
+    local_version_t lv;
+    assert_int_equal(get_local(fx, key, &lv), 0);
+    assert_value(lv.rec.value, "a");
+
+    /* The other way round: the data in hand ("a") wins, the peer holding "b" is repaired. */
+    char key2[KEY_BYTES];
+    pick_key(fx, "sp-tie2", 3, 0, key2, reps);
+    peers_of(fx, reps, 3, peers);
+    put_local(fx, key2, 10, "a", 3);
+    size_t base = sent(fx);
+    o = get(fx, key2, 2, 3);
+    found(fx, base, 10, "b", 3);
+    expect_call(fx, base + 1, peers[0], DKV_RPC_GET);
+    found(fx, base + 1, 10, "b", 3);
+    assert_int_equal(o->calls, 1);
+    assert_value(o->rec.value, "a");
+    dkv_record_t want = {.ts = 10, .value = dkv_slice_str("a"), .from = 3};
+    expect_repairs(fx, base + 2, key2, &want, &peers[0], 1);
+    stored(fx, base + 2);
+}
+
+static void test_spec_stale_data_replica_waits_for_the_newer_digests_data(void **state)
+{
+    fx_t *fx = *state;
+    fx_start(fx, &SPEC3);
+    char key[KEY_BYTES];
+    uint32_t reps[2];
+    pick_key(fx, "sp-stale", 2, NO_LOCAL, key, reps);
+    outcome_t *o = get(fx, key, 2, 2);
+    expect_call(fx, 0, reps[0], DKV_RPC_GET);
+    expect_call(fx, 1, reps[1], DKV_RPC_DIGEST);
+    found(fx, 1, 20, "new", 2); /* the digest first, newer than anything in hand */
+    found(fx, 0, 10, "old", 2); /* then the data replica's older version */
+    assert_int_equal(o->calls, 0);
+    assert_int_equal(sent(fx), 3);
+    expect_call(fx, 2, reps[1], DKV_RPC_GET);
+    found(fx, 2, 20, "new", 2);
+    assert_int_equal(o->calls, 1);
+    assert_value(o->rec.value, "new");
+    dkv_record_t want = {.ts = 20, .value = dkv_slice_str("new"), .from = 2};
+    expect_repairs(fx, 3, key, &want, &reps[0], 1);
+    stored(fx, 3);
+
+    /* If that data cannot be read, the replica no longer counts: with no third one, 504. */
+    char key2[KEY_BYTES];
+    pick_key(fx, "sp-stale2", 2, NO_LOCAL, key2, reps);
+    size_t base = sent(fx);
+    o = get(fx, key2, 2, 2);
+    found(fx, base, 10, "old", 2);
+    found(fx, base + 1, 20, "new", 2);
+    expect_call(fx, base + 2, reps[1], DKV_RPC_GET);
+    failed(fx, base + 2, DKV_ETIMEDOUT);
+    assert_int_equal(o->calls, 1);
+    assert_int_equal(o->rc, DKV_EQUORUM);
+}
+
+static void test_spec_slow_replica_gets_the_next_one_asked_after_the_retry_delay(void **state)
+{
+    fx_t *fx = *state;
+    fx_start(fx, &SPEC3_RETRY40);
+    char key[KEY_BYTES];
+    uint32_t reps[3];
+    uint32_t peers[2];
+    pick_key(fx, "sp-slow", 3, 0, key, reps);
+    peers_of(fx, reps, 3, peers);
+    put_local(fx, key, 10, "v", 3);
+    uint64_t t0 = uv_hrtime();
+    outcome_t *o = get(fx, key, 2, 3);
+    assert_int_equal(sent(fx), 1);
+    assert_false(run_until_sent(fx, 1, 15)); /* not before the delay */
+    assert_true(run_until_sent(fx, 1, 2000));
+    uint64_t waited = ms_since(t0);
+    assert_true(waited >= 39); /* libuv timers have ms resolution */
+    assert_true(waited < 1000);
+    assert_int_equal(sent(fx), 2);
+    expect_call(fx, 1, peers[1], DKV_RPC_DIGEST);
+    assert_int_equal(o->calls, 0);
+    found(fx, 1, 10, "v", 3);
+    assert_int_equal(o->calls, 1);
+    assert_value(o->rec.value, "v");
+    found(fx, 0, 10, "v", 3); /* the slow one, late, agrees: nothing to repair */
+    assert_int_equal(sent(fx), 2);
+    assert_int_equal(stat_of(&fx->stats.spec_retries), 1);
+    assert_int_equal(dkv_coord_inflight(fx->coord), 0);
+}
+
+static void test_spec_failure_asks_the_next_replica_at_once(void **state)
+{
+    fx_t *fx = *state;
+    fx_start(fx, &SPEC3_RETRY40);
+    char key[KEY_BYTES];
+    uint32_t reps[3];
+    uint32_t peers[2];
+    pick_key(fx, "sp-fail", 3, 0, key, reps);
+    peers_of(fx, reps, 3, peers);
+    put_local(fx, key, 10, "v", 3);
+    outcome_t *o = get(fx, key, 2, 3);
+    failed(fx, 0, DKV_ETIMEDOUT);
+    assert_int_equal(sent(fx), 2); /* no waiting for a delay */
+    expect_call(fx, 1, peers[1], DKV_RPC_DIGEST);
+    found(fx, 1, 10, "v", 3);
+    assert_int_equal(o->calls, 1);
+    assert_int_equal(o->rc, 0);
+
+    /* Refused at submit (an open breaker): the same, within the call. */
+    dkv_fake_transport_refuse(fx->ft, peers[0], DKV_EUNAVAIL);
+    size_t base = sent(fx);
+    o = get(fx, key, 2, 3);
+    assert_int_equal(sent(fx), base + 2);
+    assert_int_equal(dkv_fake_transport_call(fx->ft, base)->state, DKV_FAKE_REFUSED);
+    expect_call(fx, base + 1, peers[1], DKV_RPC_DIGEST);
+    found(fx, base + 1, 10, "v", 3);
+    assert_int_equal(o->calls, 1);
+    assert_value(o->rec.value, "v");
+    assert_int_equal(stat_of(&fx->stats.spec_retries), 2);
+}
+
+static void test_spec_never_asks_a_node_outside_the_replica_set(void **state)
+{
+    fx_t *fx = *state;
+    fx_start(fx, &SPEC5_RETRY20);
+    char key[KEY_BYTES];
+    uint32_t reps[3];
+    pick_key(fx, "sp-set", 3, NO_LOCAL, key, reps);
+    outcome_t *o = get(fx, key, 2, 3);
+    expect_call(fx, 0, reps[0], DKV_RPC_GET);
+    expect_call(fx, 1, reps[1], DKV_RPC_DIGEST);
+    /* Nobody answers: after the delay the third replica, and then nothing more however long. */
+    assert_true(run_until_sent(fx, 2, 2000));
+    assert_false(run_until_sent(fx, 3, 150));
+    assert_int_equal(sent(fx), 3);
+    /* Both are overdue, the data request too: the third replica is asked for the data. */
+    expect_call(fx, 2, reps[2], DKV_RPC_GET);
+    failed(fx, 0, DKV_EUNAVAIL);
+    failed(fx, 1, DKV_EUNAVAIL);
+    assert_int_equal(o->calls, 1);
+    assert_int_equal(o->rc, DKV_EQUORUM);
+    absent(fx, 2);
+    for (uint32_t n = 0; n < 5; n++) {
+        bool in_set = n == reps[0] || n == reps[1] || n == reps[2];
+        size_t to_n = dkv_fake_transport_count_of(fx->ft, 0, n, DKV_RPC_GET) +
+                      dkv_fake_transport_count_of(fx->ft, 0, n, DKV_RPC_DIGEST) +
+                      dkv_fake_transport_count_of(fx->ft, 0, n, DKV_RPC_PUT);
+        assert_int_equal(to_n, in_set ? 1 : 0);
+    }
+
+    /* The data replica fails: the next replica is asked for the data, not a digest. */
+    size_t base = sent(fx);
+    o = get(fx, key, 2, 3);
+    failed(fx, base, DKV_EIO);
+    expect_call(fx, base + 2, reps[2], DKV_RPC_GET);
+    found(fx, base + 1, 5, "v", 3);
+    found(fx, base + 2, 5, "v", 3);
+    assert_int_equal(o->calls, 1);
+    assert_value(o->rec.value, "v");
+}
+
+static void test_spec_ack_equal_to_from_asks_every_replica_at_once(void **state)
+{
+    fx_t *fx = *state;
+    fx_start(fx, &SPEC3_RETRY40);
+    char key[KEY_BYTES];
+    uint32_t reps[3];
+    uint32_t peers[2];
+    pick_key(fx, "sp-all", 3, 1, key, reps);
+    peers_of(fx, reps, 3, peers);
+    put_local(fx, key, 10, "v", 3);
+    outcome_t *o = get(fx, key, 3, 3);
+    assert_int_equal(sent(fx), 2);
+    expect_call(fx, 0, peers[0], DKV_RPC_DIGEST);
+    expect_call(fx, 1, peers[1], DKV_RPC_DIGEST);
+    assert_false(run_until_sent(fx, 2, 100)); /* nobody left to ask */
+    found(fx, 0, 10, "v", 3);
+    assert_int_equal(o->calls, 0);
+    failed(fx, 1, DKV_ETIMEDOUT); /* as with every replica asked: one failure is a 504 */
+    assert_int_equal(o->calls, 1);
+    assert_int_equal(o->rc, DKV_EQUORUM);
+    assert_int_equal(stat_of(&fx->stats.spec_retries), 0);
+}
+
+static void test_spec_late_newer_digest_is_read_and_repaired_after_the_answer(void **state)
+{
+    fx_t *fx = *state;
+    fx_start(fx, &SPEC3_RETRY40);
+    char key[KEY_BYTES];
+    uint32_t reps[3];
+    uint32_t peers[2];
+    pick_key(fx, "sp-late", 3, 0, key, reps);
+    peers_of(fx, reps, 3, peers);
+    put_local(fx, key, 10, "old", 3);
+    outcome_t *o = get(fx, key, 2, 3);
+    assert_true(run_until_sent(fx, 1, 2000));
+    found(fx, 1, 10, "old", 3); /* this node and the second peer agree: the answer */
+    assert_int_equal(o->calls, 1);
+    assert_value(o->rec.value, "old");
+    found(fx, 0, 20, "new", 3); /* the slow peer had a newer write */
+    assert_int_equal(sent(fx), 3);
+    expect_call(fx, 2, peers[0], DKV_RPC_GET);
+    found(fx, 2, 20, "new", 3);
+    dkv_record_t want = {.ts = 20, .value = dkv_slice_str("new"), .from = 3};
+    expect_repairs(fx, 3, key, &want, &peers[1], 1);
+    stored(fx, 3);
+    local_version_t lv;
+    assert_int_equal(get_local(fx, key, &lv), 0);
+    assert_int_equal(lv.rec.ts, 20);
+    expect_rr_stats(fx, 1, 2, 0);
+}
+
+static void test_spec_silent_peer_is_asked_last_until_it_answers(void **state)
+{
+    fx_t *fx = *state;
+    fx_start(fx, &SPEC3_RETRY40);
+    char k1[KEY_BYTES];
+    char k2[KEY_BYTES];
+    char k3[KEY_BYTES];
+    uint32_t reps[3];
+    uint32_t peers[2];
+    pick_key(fx, "sp-silent", 3, 0, k1, reps);
+    peers_of(fx, reps, 3, peers);
+    uint32_t first = peers[0];
+    /* Keys whose first peer is the same one. */
+    uint32_t r2[3];
+    uint32_t p2[2];
+    unsigned found_keys = 0;
+    for (unsigned i = 0; i < 10000 && found_keys < 2; i++) {
+        char *k = found_keys == 0 ? k2 : k3;
+        snprintf(k, KEY_BYTES, "sp-silent-other-%u", i);
+        dkv_ring_preference_list(fx->node->ring, dkv_slice_str(k), 3, r2);
+        peers_of(fx, r2, 3, p2);
+        if (p2[0] == first) {
+            found_keys++;
+        }
+    }
+    assert_int_equal(found_keys, 2);
+    uint32_t second = p2[1];
+
+    outcome_t *o = get(fx, k1, 2, 3);
+    uint64_t t0 = uv_hrtime();
+    assert_true(run_until_sent(fx, 1, 2000)); /* after the 40 ms retry delay */
+    absent(fx, 1);
+    assert_int_equal(o->calls, 1);
+    /* Not silent yet: sent nothing for less than twice its delay. */
+    size_t base = sent(fx);
+    if (ms_since(t0) < 70) {
+        o = get(fx, k2, 2, 3);
+        expect_call(fx, base, first, DKV_RPC_DIGEST);
+        absent(fx, base);
+        assert_int_equal(o->calls, 1);
+    }
+    run_for(fx, 90); /* `first` has sent nothing at all for over 80 ms: silent */
+    base = sent(fx);
+    o = get(fx, k2, 2, 3);
+    expect_call(fx, base, second, DKV_RPC_DIGEST); /* not `first`, though it comes first */
+    absent(fx, base);
+    assert_int_equal(o->calls, 1);
+    absent(fx, 0); /* `first` answers after all */
+    base = sent(fx);
+    o = get(fx, k3, 2, 3);
+    expect_call(fx, base, first, DKV_RPC_DIGEST);
+    absent(fx, base);
+    assert_int_equal(o->calls, 1);
+}
+
+static void test_spec_requests_asked_late_get_what_is_left_of_the_timeout(void **state)
+{
+    fx_t *fx = *state;
+    fx_opts_t opts = SPEC3_RETRY40;
+    opts.replica_timeout_ms = 300;
+    fx_start(fx, &opts);
+    char key[KEY_BYTES];
+    uint32_t reps[3];
+    pick_key(fx, "sp-budget", 3, 0, key, reps);
+    outcome_t *o = get(fx, key, 2, 3);
+    uint64_t t = dkv_fake_transport_call(fx->ft, 0)->timeout_ms;
+    assert_true(t >= 299 && t <= 300); /* all of it (less a ms boundary crossed meanwhile) */
+    assert_true(run_until_sent(fx, 1, 2000));
+    t = dkv_fake_transport_call(fx->ft, 1)->timeout_ms;
+    assert_true(t > 0 && t <= 300 - 39);
+    answer_rest(fx, 0);
+    assert_int_equal(o->calls, 1);
+    assert_int_equal(o->rc, DKV_ENOTFOUND);
+}
+
+/* One speculative GET of `key` through `peer` (its first peer), answered after `latency_us` on
+ * the fake clock. */
+static void timed_get(fx_t *fx, const char *key, uint32_t peer, uint64_t latency_us)
+{
+    size_t base = sent(fx);
+    outcome_t *o = get(fx, key, 2, 3);
+    expect_call(fx, base, peer, DKV_RPC_DIGEST);
+    fx->clock_ns += latency_us * 1000u;
+    absent(fx, base);
+    assert_int_equal(o->calls, 1);
+}
+
+static void test_spec_retry_delay_is_the_peers_observed_p99(void **state)
+{
+    fx_t *fx = *state;
+    fx_opts_t opts = SPEC3;
+    opts.fake_clock = true;
+    opts.replica_timeout_ms = 1000;
+    fx_start(fx, &opts);
+    char key[KEY_BYTES];
+    uint32_t reps[3];
+    uint32_t peers[2];
+    pick_key(fx, "sp-p99", 3, 0, key, reps);
+    peers_of(fx, reps, 3, peers);
+    assert_int_equal(dkv_coord_retry_delay_us(fx->coord, peers[0]),
+                     DKV_COORD_RETRY_WARMUP_MS * 1000u);
+    for (unsigned i = 0; i < DKV_COORD_RETRY_MIN_SAMPLES - 1; i++) {
+        timed_get(fx, key, peers[0], 1500);
+    }
+    assert_int_equal(dkv_coord_retry_delay_us(fx->coord, peers[0]),
+                     DKV_COORD_RETRY_WARMUP_MS * 1000u);
+    for (unsigned i = DKV_COORD_RETRY_MIN_SAMPLES - 1; i < 200; i++) {
+        timed_get(fx, key, peers[0], 1500);
+    }
+    /* 1500 us falls in the bucket [1408, 1535] us. */
+    assert_int_equal(dkv_coord_retry_delay_us(fx->coord, peers[0]), 1535);
+    assert_int_equal(dkv_coord_retry_delay_us(fx->coord, peers[1]),
+                     DKV_COORD_RETRY_WARMUP_MS * 1000u);
+    /* One reply in 300 slower does not move the p99; one in ten does. (15 ms: slower, but not
+     * silent, which takes 20 ms here.) */
+    timed_get(fx, key, peers[0], 15000);
+    for (unsigned i = 0; i < 99; i++) {
+        timed_get(fx, key, peers[0], 1500);
+    }
+    assert_int_equal(dkv_coord_retry_delay_us(fx->coord, peers[0]), 1535);
+    for (unsigned i = 0; i < 100; i++) {
+        timed_get(fx, key, peers[0], i % 10 == 0 ? 15000 : 1500);
+    }
+    assert_int_equal(dkv_coord_retry_delay_us(fx->coord, peers[0]), 15359); /* [14336, 15359] */
+    /* Halved every 4096 samples: fast replies take over again. */
+    for (unsigned i = 0; i < 5000; i++) {
+        timed_get(fx, key, peers[0], 1500);
+    }
+    assert_int_equal(dkv_coord_retry_delay_us(fx->coord, peers[0]), 1535);
+}
+
+static void test_spec_fixed_retry_delay_and_caps(void **state)
+{
+    fx_t *fx = *state;
+    fx_opts_t opts = SPEC3;
+    opts.retry_ms = 7;
+    opts.fake_clock = true;
+    fx_start(fx, &opts);
+    char key[KEY_BYTES];
+    uint32_t reps[3];
+    uint32_t peers[2];
+    pick_key(fx, "sp-fixed", 3, 0, key, reps);
+    peers_of(fx, reps, 3, peers);
+    for (unsigned i = 0; i < 100; i++) {
+        timed_get(fx, key, peers[0], 1500);
+    }
+    assert_int_equal(dkv_coord_retry_delay_us(fx->coord, peers[0]), 7000);
+}
+
+static void test_spec_latency_of_a_silent_peer_does_not_raise_its_delay(void **state)
+{
+    fx_t *fx = *state;
+    fx_opts_t opts = SPEC3;
+    opts.fake_clock = true;
+    fx_start(fx, &opts);
+    char key[KEY_BYTES];
+    uint32_t reps[3];
+    uint32_t peers[2];
+    pick_key(fx, "sp-stall", 3, 0, key, reps);
+    peers_of(fx, reps, 3, peers);
+    for (unsigned i = 0; i < 100; i++) {
+        timed_get(fx, key, peers[0], 1500);
+    }
+    assert_int_equal(dkv_coord_retry_delay_us(fx->coord, peers[0]), 1535);
+    /* Five stalls: a request passes its 1.5 ms delay with nothing at all from the peer, the next
+     * replica answers, and the stalled one answers half a second later. */
+    for (unsigned round = 0; round < 5; round++) {
+        size_t base = sent(fx);
+        outcome_t *o = get(fx, key, 2, 3);
+        expect_call(fx, base, peers[0], DKV_RPC_DIGEST);
+        fx->clock_ns += 5u * 1000000u; /* past the deadline when the timer looks */
+        assert_true(run_until_sent(fx, base + 1, 2000));
+        expect_call(fx, base + 1, peers[1], DKV_RPC_DIGEST);
+        absent(fx, base + 1);
+        assert_int_equal(o->calls, 1);
+        fx->clock_ns += 500u * 1000000u;
+        absent(fx, base);
+    }
+    /* Counted, five late replies of 105 would make the p99 half a second. */
+    assert_int_equal(dkv_coord_retry_delay_us(fx->coord, peers[0]), 1535);
+}
+
+static void test_spec_not_ready_local_replica_reads_a_peer_and_is_refilled(void **state)
+{
+    fx_t *fx = *state;
+    fx_opts_t opts = SPEC3;
+    opts.local_not_ready = true;
+    fx_start(fx, &opts);
+    char key[KEY_BYTES];
+    uint32_t reps[3];
+    uint32_t peers[2];
+    pick_key(fx, "sp-nr", 3, 0, key, reps);
+    peers_of(fx, reps, 3, peers);
+    outcome_t *o = get(fx, key, 2, 3);
+    assert_int_equal(sent(fx), 2);
+    expect_call(fx, 0, peers[0], DKV_RPC_GET);
+    expect_call(fx, 1, peers[1], DKV_RPC_DIGEST);
+    found(fx, 0, 10, "v", 3);
+    found(fx, 1, 10, "v", 3);
+    assert_int_equal(o->calls, 1);
+    assert_value(o->rec.value, "v");
+    local_version_t lv;
+    assert_int_equal(get_local(fx, key, &lv), 0); /* read repair refilled it */
+    assert_int_equal(lv.rec.ts, 10);
+}
+
+static void test_spec_writes_still_go_to_every_replica(void **state)
+{
+    fx_t *fx = *state;
+    fx_start(fx, &SPEC3);
+    char key[KEY_BYTES];
+    uint32_t reps[3];
+    uint32_t peers[2];
+    pick_key(fx, "sp-put", 3, 0, key, reps);
+    peers_of(fx, reps, 3, peers);
+    outcome_t *o = put(fx, key, "v", 2, 3);
+    assert_int_equal(dkv_fake_transport_count_of(fx->ft, 0, peers[0], DKV_RPC_PUT), 1);
+    assert_int_equal(dkv_fake_transport_count_of(fx->ft, 0, peers[1], DKV_RPC_PUT), 1);
+    assert_int_equal(o->calls, 0); /* this node stored it; ack=2 needs a peer too */
+    answer_rest(fx, 0);
+    assert_int_equal(o->calls, 1);
+    assert_int_equal(o->rc, 0);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, fx_setup, fx_teardown)
 
 int main(void)
@@ -1762,6 +2420,24 @@ int main(void)
         T(test_hint_over_quota_is_counted_as_not_stored),
         T(test_put_sends_one_timestamp_and_the_requests_from_to_every_replica),
         T(test_put_after_a_get_is_stamped_after_the_versions_it_saw),
+        T(test_spec_get_reads_this_node_and_asks_one_peer_for_a_digest),
+        T(test_spec_get_without_this_node_reads_the_first_replica_and_digests_the_next),
+        T(test_spec_newer_digest_reads_that_replicas_data_before_answering),
+        T(test_spec_older_or_absent_digest_answers_at_once_and_is_repaired),
+        T(test_spec_equal_timestamps_with_different_values_are_read_and_ordered),
+        T(test_spec_stale_data_replica_waits_for_the_newer_digests_data),
+        T(test_spec_slow_replica_gets_the_next_one_asked_after_the_retry_delay),
+        T(test_spec_failure_asks_the_next_replica_at_once),
+        T(test_spec_never_asks_a_node_outside_the_replica_set),
+        T(test_spec_ack_equal_to_from_asks_every_replica_at_once),
+        T(test_spec_late_newer_digest_is_read_and_repaired_after_the_answer),
+        T(test_spec_silent_peer_is_asked_last_until_it_answers),
+        T(test_spec_requests_asked_late_get_what_is_left_of_the_timeout),
+        T(test_spec_retry_delay_is_the_peers_observed_p99),
+        T(test_spec_fixed_retry_delay_and_caps),
+        T(test_spec_latency_of_a_silent_peer_does_not_raise_its_delay),
+        T(test_spec_not_ready_local_replica_reads_a_peer_and_is_refilled),
+        T(test_spec_writes_still_go_to_every_replica),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -820,7 +820,7 @@ static void test_unknown_version_or_type_is_eproto(void **state)
     assert_int_equal(decode_raw(DKV_RPC_VERSION, DKV_RPC_GET, key, sizeof(key)), 0);
     assert_int_equal(decode_raw(0, DKV_RPC_GET, key, sizeof(key)), DKV_EPROTO);
     assert_int_equal(decode_raw(2, DKV_RPC_GET, key, sizeof(key)), DKV_EPROTO);
-    uint8_t types[] = {0x00, 0x08, 0x7F, 0x80, 0x85, 0x88, 0xC0, 0xC3, 0xFF};
+    uint8_t types[] = {0x00, 0x09, 0x7F, 0x80, 0x85, 0x89, 0xC0, 0xC3, 0xFF};
     for (size_t i = 0; i < sizeof(types); i++) {
         assert_int_equal(decode_raw(DKV_RPC_VERSION, types[i], key, sizeof(key)), DKV_EPROTO);
         assert_string_equal(dkv_rpc_type_name(types[i]), "UNKNOWN");
@@ -1126,6 +1126,101 @@ static void test_encoders_refuse_bad_arguments(void **state)
     dkv_buf_cleanup(&b);
 }
 
+static void test_digest_round_trip_and_canonical_form(void **state)
+{
+    (void)state;
+    dkv_buf_t b;
+    dkv_buf_init(&b);
+    assert_int_equal(dkv_rpc_encode_digest(&b, 9, dkv_slice_str("key")), 0);
+    dkv_rpc_msg_t m = decode_one(&b);
+    assert_int_equal(m.type, DKV_RPC_DIGEST);
+    assert_true(m.req_id == 9);
+    assert_slice_eq(m.digest.key, dkv_slice_str("key"));
+    assert_string_equal(dkv_rpc_type_name(DKV_RPC_DIGEST), "DIGEST");
+    assert_string_equal(dkv_rpc_type_name(DKV_RPC_DIGEST_REPLY), "DIGEST_REPLY");
+    check_all_prefixes(dkv_buf_slice(&b));
+    dkv_buf_cleanup(&b);
+
+    /* A value's digest: its hash is XXH3-64 of the value, the same on every node. */
+    dkv_record_t v = {UINT64_MAX - 1, false, dkv_slice_str("hello"), 3};
+    dkv_rpc_digest_t d;
+    dkv_rpc_digest_of(&v, &d);
+    assert_true(d.ts == UINT64_MAX - 1);
+    assert_false(d.tombstone);
+    assert_int_equal(d.from, 3);
+    assert_true(d.value_hash == dkv_rpc_value_hash(dkv_slice_str("hello")));
+    assert_true(d.value_hash != dkv_rpc_value_hash(dkv_slice_str("hellp")));
+    assert_int_equal(dkv_rpc_encode_digest_reply(&b, 10, DKV_RPC_OK, &d), 0);
+    /* header + status + ts u64 + flags + from + hash u64 */
+    assert_int_equal(b.len, DKV_RPC_HEADER_BYTES + 1 + DKV_RPC_DIGEST_BYTES);
+    m = decode_one(&b);
+    assert_int_equal(m.type, DKV_RPC_DIGEST_REPLY);
+    assert_int_equal(m.digest_reply.status, DKV_RPC_OK);
+    assert_true(m.digest_reply.digest.ts == d.ts);
+    assert_int_equal(m.digest_reply.digest.tombstone, false);
+    assert_int_equal(m.digest_reply.digest.from, 3);
+    assert_true(m.digest_reply.digest.value_hash == d.value_hash);
+    check_all_prefixes(dkv_buf_slice(&b));
+    dkv_buf_cleanup(&b);
+
+    /* A tombstone has no value to hash: 0, and a nonzero hash is malformed. */
+    dkv_record_t t = {5, true, dkv_slice(NULL, 0), 0};
+    dkv_rpc_digest_of(&t, &d);
+    assert_true(d.value_hash == 0 && d.tombstone && d.from == 0);
+    assert_int_equal(dkv_rpc_encode_digest_reply(&b, 11, DKV_RPC_OK, &d), 0);
+    m = decode_one(&b);
+    assert_true(m.digest_reply.digest.tombstone);
+    dkv_buf_cleanup(&b);
+    d.value_hash = 1;
+    assert_int_equal(dkv_rpc_encode_digest_reply(&b, 11, DKV_RPC_OK, &d), DKV_EINVAL);
+    assert_int_equal(dkv_rpc_encode_digest_reply(&b, 11, DKV_RPC_OK, NULL), DKV_EINVAL);
+    assert_int_equal(dkv_rpc_encode_digest_reply(&b, 11, (dkv_rpc_status_t)9, &d), DKV_EINVAL);
+    assert_int_equal(b.len, 0);
+    uint8_t tomb_hash[1 + DKV_RPC_DIGEST_BYTES] = {
+        DKV_RPC_OK, 0, 0, 0, 0, 0, 0, 0, 5, DKV_RECORD_FLAG_TOMBSTONE, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+    assert_int_equal(
+        decode_raw(DKV_RPC_VERSION, DKV_RPC_DIGEST_REPLY, tomb_hash, sizeof(tomb_hash)),
+        DKV_EPROTO);
+    tomb_hash[18] = 0;
+    assert_int_equal(
+        decode_raw(DKV_RPC_VERSION, DKV_RPC_DIGEST_REPLY, tomb_hash, sizeof(tomb_hash)), 0);
+    /* Unknown flag bits, a short or long payload, an unknown status. */
+    tomb_hash[9] = 0x02;
+    assert_int_equal(
+        decode_raw(DKV_RPC_VERSION, DKV_RPC_DIGEST_REPLY, tomb_hash, sizeof(tomb_hash)),
+        DKV_EPROTO);
+    tomb_hash[9] = DKV_RECORD_FLAG_TOMBSTONE;
+    assert_int_equal(
+        decode_raw(DKV_RPC_VERSION, DKV_RPC_DIGEST_REPLY, tomb_hash, sizeof(tomb_hash) - 1),
+        DKV_EPROTO);
+    uint8_t longer[2 + DKV_RPC_DIGEST_BYTES] = {0};
+    assert_int_equal(decode_raw(DKV_RPC_VERSION, DKV_RPC_DIGEST_REPLY, longer, sizeof(longer)),
+                     DKV_EPROTO);
+    uint8_t st[] = {4};
+    assert_int_equal(decode_raw(DKV_RPC_VERSION, DKV_RPC_DIGEST_REPLY, st, 1), DKV_EPROTO);
+
+    /* The other statuses carry nothing. */
+    dkv_rpc_status_t sts[] = {DKV_RPC_ABSENT, DKV_RPC_ERROR, DKV_RPC_NOT_READY};
+    for (size_t i = 0; i < 3; i++) {
+        assert_int_equal(dkv_rpc_encode_digest_reply(&b, 12, sts[i], NULL), 0);
+        assert_int_equal(b.len, DKV_RPC_HEADER_BYTES + 1);
+        m = decode_one(&b);
+        assert_int_equal(m.digest_reply.status, sts[i]);
+        dkv_buf_cleanup(&b);
+        uint8_t extra[] = {(uint8_t)sts[i], 0};
+        assert_int_equal(decode_raw(DKV_RPC_VERSION, DKV_RPC_DIGEST_REPLY, extra, 2), DKV_EPROTO);
+    }
+    /* A DIGEST's key obeys the key limits. */
+    char key[DKV_RPC_MAX_KEY_BYTES + 1];
+    memset(key, 'k', sizeof(key));
+    assert_int_equal(dkv_rpc_encode_digest(&b, 1, dkv_slice(NULL, 0)), DKV_EINVAL);
+    assert_int_equal(dkv_rpc_encode_digest(&b, 1, dkv_slice(key, sizeof(key))), DKV_EINVAL);
+    assert_int_equal(dkv_rpc_encode_digest(&b, 1, dkv_slice(key, sizeof(key) - 1)), 0);
+    dkv_buf_cleanup(&b);
+    uint8_t empty_key[] = {0, 0};
+    assert_int_equal(decode_raw(DKV_RPC_VERSION, DKV_RPC_DIGEST, empty_key, 2), DKV_EPROTO);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1153,6 +1248,7 @@ int main(void)
         cmocka_unit_test(test_malformed_fields_are_eproto),
         cmocka_unit_test(test_every_single_byte_change_is_safe),
         cmocka_unit_test(test_encoders_refuse_bad_arguments),
+        cmocka_unit_test(test_digest_round_trip_and_canonical_form),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
