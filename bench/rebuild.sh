@@ -2,27 +2,40 @@
 # Rebuild of a wiped node, measured by hand (not yet part of bench.py): 3 local nodes, fill
 # KEYS x 1 KiB through node 1, a fixed-rate GET load on node 1 without a rebuild, then node 3's
 # data directory deleted and the same load while it rebuilds; prints the fill time, both load
-# summaries (p50/p99, lag) and the rebuild's wall time and status.
+# summaries (p50/p99, lag), the CPU each node's threads used during each load (bench/cpuwatch.py:
+# % of one core by thread name, and `other`: the rest of the machine) and the rebuild's wall time
+# and status. A second rebuild time comes without load (IDLE_REBUILD=1: node 3 wiped again).
 #   bash bench/rebuild.sh [BIN]      env: KEYS (1000000), RATE (10000 GET/s), SECS (25),
-#                                         WORK (/tmp/dkv-rebuild), BASE_PORT (39101)
+#                                         WORK (/tmp/dkv-rebuild), BASE_PORT (39101),
+#                                         DKV_ARGS (extra flags for every node), IDLE_REBUILD (0)
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${1:-$ROOT/build/dkv}
 KEYS=${KEYS:-1000000}; RATE=${RATE:-10000}; SECS=${SECS:-25}
-WORK=${WORK:-/tmp/dkv-rebuild}; BASE_PORT=${BASE_PORT:-39101}
+WORK=${WORK:-/tmp/dkv-rebuild}; BASE_PORT=${BASE_PORT:-39101}; DKV_ARGS=${DKV_ARGS:-}
+IDLE_REBUILD=${IDLE_REBUILD:-0}
 P1=$BASE_PORT; P2=$((BASE_PORT + 1)); P3=$((BASE_PORT + 2))
 CL=http://127.0.0.1:$P1,http://127.0.0.1:$P2,http://127.0.0.1:$P3
 rm -rf "$WORK"; mkdir -p "$WORK/n1" "$WORK/n2" "$WORK/n3"
 start() { # port name
     "$BIN" --listen "127.0.0.1:$1" --self "http://127.0.0.1:$1" --cluster "$CL" \
-        --data "$WORK/$2" --io-threads 2 >>"$WORK/$2.log" 2>&1 &
+        --data "$WORK/$2" --io-threads 2 $DKV_ARGS >>"$WORK/$2.log" 2>&1 &
     echo $! >"$WORK/$2.pid"
 }
 up() { for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$1/v0/status" >/dev/null && return; sleep 0.2; done; }
 stop_all() { for n in n1 n2 n3; do [ -f "$WORK/$n.pid" ] && kill "$(cat "$WORK/$n.pid")" 2>/dev/null; done; }
 trap stop_all EXIT
-load() { wrk -t1 -c32 -d"$1"s --timeout 10s -s "$ROOT/bench/lua/get.lua" "http://127.0.0.1:$P1" \
-    -- keys="$KEYS" rate="$RATE" 2>&1 | grep -o '{.*p99_us[^}]*}' | tail -1; }
+load() {
+    /usr/bin/python3 "$ROOT/bench/cpuwatch.py" --pid "n1=$(cat "$WORK/n1.pid")" \
+        --pid "n2=$(cat "$WORK/n2.pid")" --pid "n3=$(cat "$WORK/n3.pid")" -- \
+        wrk -t1 -c32 -d"$1"s --timeout 10s -s "$ROOT/bench/lua/get.lua" "http://127.0.0.1:$P1" \
+        -- keys="$KEYS" rate="$RATE" 2>&1 | grep -o '{.*p99_us[^}]*}\|^cpu: .*' | tail -2
+}
+ready() { until curl -s "http://127.0.0.1:$P3/v0/status?verbose=1" | grep -q '"state":"ready"'; do sleep 0.5; done; }
+wipe3() {
+    kill "$(cat "$WORK/n3.pid")"; wait "$(cat "$WORK/n3.pid")" 2>/dev/null; sleep 1
+    rm -rf "$WORK/n3"; mkdir -p "$WORK/n3"
+}
 start "$P1" n1; start "$P2" n2; start "$P3" n3
 up "$P1"; up "$P2"; up "$P3"; sleep 1
 t0=$(date +%s.%N)
@@ -34,12 +47,18 @@ kill -INT "$FILL"; wait "$FILL" 2>/dev/null
 echo "fill: $KEYS keys in $(echo "$(date +%s.%N) - $t0" | bc) s ($(cat "$WORK/fill.0") / $(cat "$WORK/fill.1") created/failed per thread)"
 sleep 5
 echo "GET at $RATE/s, no rebuild:     $(load "$SECS")"
-kill "$(cat "$WORK/n3.pid")"; wait "$(cat "$WORK/n3.pid")" 2>/dev/null; sleep 1
-rm -rf "$WORK/n3"; mkdir -p "$WORK/n3"
+wipe3
 t1=$(date +%s.%N)
 start "$P3" n3
 up "$P3"
 echo "GET at $RATE/s, during rebuild: $(load "$SECS")"
-until curl -s "http://127.0.0.1:$P3/v0/status?verbose=1" | grep -q '"state":"ready"'; do sleep 0.5; done
+ready
 echo "rebuild: ready $(echo "$(date +%s.%N) - $t1" | bc) s after the wiped node's start"
 curl -s "http://127.0.0.1:$P3/v0/status?verbose=1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["rebuild"])'
+if [ "$IDLE_REBUILD" = 1 ]; then
+    sleep 5; wipe3
+    t1=$(date +%s.%N)
+    start "$P3" n3
+    ready
+    echo "idle rebuild: ready $(echo "$(date +%s.%N) - $t1" | bc) s after the wiped node's start"
+fi

@@ -10,6 +10,7 @@
 #include "common/conf.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "common/thread.h"
 #include "coord/coord.h"
 #include "http/http.h"
 #include "metrics/metrics.h"
@@ -293,6 +294,9 @@ static int thread_setup(io_thread_t *t)
 static void thread_main(void *arg)
 {
     io_thread_t *t = arg;
+    char name[16];
+    snprintf(name, sizeof(name), "dkv-io%u", t->idx);
+    dkv_thread_set_name(name);
     dkv_store_thread_init();
     uv_loop_init(&t->loop);
     uv_async_init(&t->loop, &t->stop_async, on_stop_async);

@@ -5,6 +5,7 @@
 #include "cluster/hlc.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "common/thread.h"
 #include "common/throttle.h"
 
 #include <inttypes.h>
@@ -1035,6 +1036,7 @@ static void on_stop(uv_async_t *a)
 static void thread_main(void *arg)
 {
     dkv_ae_t *ae = arg;
+    dkv_thread_set_name("dkv-ae");
     dkv_store_thread_init();
     uv_run(&ae->loop, UV_RUN_DEFAULT);
     uv_loop_close(&ae->loop);
