@@ -436,6 +436,7 @@ int main(int argc, char **argv)
         return 2;
     }
     dkv_log_set_level(n->conf.log_level);
+    dkv_thread_set_background_enabled(n->conf.background_low_priority);
     signal(SIGPIPE, SIG_IGN);
     int exit_code = 1;
     n->start_ms = dkv_hlc_system_clock_ms(NULL);
@@ -510,7 +511,8 @@ int main(int argc, char **argv)
         goto out;
     }
     dkv_store_opts_t sopts = {.block_cache_bytes = n->conf.block_cache_bytes,
-                              .fsync = n->conf.fsync};
+                              .fsync = n->conf.fsync,
+                              .background_low_priority = n->conf.background_low_priority};
     rc = dkv_store_open(n->conf.data_dir, &sopts, &n->store);
     if (rc != 0) {
         DKV_LOG_ERROR("cannot open the store in %s (see above)", n->conf.data_dir);

@@ -1037,6 +1037,7 @@ static void thread_main(void *arg)
 {
     dkv_ae_t *ae = arg;
     dkv_thread_set_name("dkv-ae");
+    dkv_thread_set_background();
     dkv_store_thread_init();
     uv_run(&ae->loop, UV_RUN_DEFAULT);
     uv_loop_close(&ae->loop);

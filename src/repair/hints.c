@@ -601,6 +601,7 @@ static void replay_main(void *arg)
 {
     dkv_hints_t *h = arg;
     dkv_thread_set_name("dkv-hints");
+    dkv_thread_set_background();
     dkv_store_thread_init();
     uv_run(&h->loop, UV_RUN_DEFAULT);
     uv_loop_close(&h->loop);

@@ -390,6 +390,7 @@ static void thread_main(void *arg)
 {
     dkv_rebuild_t *r = arg;
     dkv_thread_set_name("dkv-rebuild");
+    dkv_thread_set_background();
     dkv_store_thread_init();
     uv_run(&r->loop, UV_RUN_DEFAULT);
     uv_loop_close(&r->loop);

@@ -41,6 +41,11 @@ typedef void (*dkv_store_write_cb)(void *arg, uint32_t segment);
 typedef struct dkv_store_opts {
     size_t block_cache_bytes; /* LRU block cache; 0 = 64 MiB */
     bool fsync;               /* fsync the WAL on every write (power-loss safety); default off */
+    /* RocksDB's flush and compaction threads at nice 19 (common/thread.h), so that the I/O
+     * threads preempt them. Process-wide and one-way: those pools belong to RocksDB's default
+     * Env, shared by every store of the process. Default off (for tests); main.c turns it on
+     * with --background-low-priority. */
+    bool background_low_priority;
 } dkv_store_opts_t;
 
 /**
