@@ -77,9 +77,10 @@ static const char usage_convergence[] =
     "                              every peer covered it (default 3600000 = 1 h); hints for\n"
     "                              records older than this are dropped, not replayed\n"
     "  --background-low-priority on|off\n"
-    "                              run rebuild streaming, anti-entropy, hint replay and\n"
-    "                              RocksDB's flushes and compactions at nice 19, so client\n"
-    "                              requests get the CPU first (default on)\n"
+    "                              run rebuild streaming, anti-entropy, hint replay, bulk\n"
+    "                              reads served to peers (SCAN, TREE SEGMENT) and RocksDB's\n"
+    "                              flushes and compactions at nice 19, so client requests\n"
+    "                              get the CPU first (default on)\n"
     "\n";
 
 /* Split: one string literal may not pass 4095 bytes (ISO C). */
