@@ -200,6 +200,10 @@ static int rpc_send(void *ctx, uint32_t peer, const dkv_rpc_call_t *call, dkv_rp
  * CLOCK_SAMPLE_TTL_MS no longer counts as evidence. */
 #define CLOCK_PING_INTERVAL_MS 1000u
 #define CLOCK_SAMPLE_TTL_MS (5u * CLOCK_PING_INTERVAL_MS)
+/* Per-request timeout of the rebuild's and anti-entropy's RPC clients, at least: a peer serves
+ * their bulk reads at background priority (rpc/server.c), one at a time per connection, so under
+ * client load a request may wait behind the ones sent before it; nobody waits for the answer. */
+#define BACKGROUND_RPC_TIMEOUT_MS 10000u
 
 /* Options of every RPC client of the node: I/O loops, hint replay and rebuild. */
 static dkv_rpc_client_opts_t rpc_client_opts(const dkv_conf_t *conf)
@@ -211,6 +215,16 @@ static dkv_rpc_client_opts_t rpc_client_opts(const dkv_conf_t *conf)
                                .breaker_cooldown_ms = conf->breaker_cooldown_ms,
                                .max_frame_bytes = dkv_rpc_frame_limit(conf->max_body_bytes),
                                .idle_timeout_ms = conf->peer_idle_timeout_ms / 2};
+    return o;
+}
+
+/* rpc_client_opts() for a background client (rebuild, anti-entropy). */
+static dkv_rpc_client_opts_t background_rpc_client_opts(const dkv_conf_t *conf)
+{
+    dkv_rpc_client_opts_t o = rpc_client_opts(conf);
+    if (o.request_timeout_ms < BACKGROUND_RPC_TIMEOUT_MS) {
+        o.request_timeout_ms = BACKGROUND_RPC_TIMEOUT_MS;
+    }
     return o;
 }
 
@@ -555,7 +569,7 @@ int main(int argc, char **argv)
         dkv_rebuild_opts_t bopts = {.max_bytes_per_s = n->conf.ae_max_bytes_per_s,
                                     .retry_ms = 1000,
                                     .check_ms = 100,
-                                    .rpc = rpc_client_opts(&n->conf),
+                                    .rpc = background_rpc_client_opts(&n->conf),
                                     .rpc_loop_idx = n->n_threads + 1};
         dkv_rebuild_new(n->replica, n->identity, n->ring, n->self_idx, &n->hlc, &n->rpc_shared,
                         &bopts, &n->rebuild);
@@ -571,7 +585,7 @@ int main(int argc, char **argv)
                                .tombstone_grace_ms = n->conf.tombstone_grace_ms,
                                .max_clock_offset_ms = n->conf.max_clock_offset_ms,
                                .exchange_timeout_ms = 600000,
-                               .rpc = rpc_client_opts(&n->conf),
+                               .rpc = background_rpc_client_opts(&n->conf),
                                .rpc_loop_idx = n->n_threads + 2};
         dkv_ae_new(n->replica, n->identity, n->ring, n->self_idx, &n->hlc, &n->rpc_shared,
                    &aopts, &n->ae);
