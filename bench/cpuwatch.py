@@ -10,6 +10,9 @@ in % of one core over the command's wall time: per watched process the sum of it
 utime + stime from /proc/PID/task/TID/stat (threads grouped by name, threads that exited during
 the run are not counted), the command's own CPU (getrusage of the child), and `other`: the
 machine's busy time (/proc/stat user + nice + system) less all of those, in % of ALL cores.
+A second line gives, per process, how long its I/O threads (dkv-io*) waited for a CPU once
+runnable: the run-queue delay per time slice, from /proc/PID/task/TID/schedstat (ns on the CPU,
+ns waiting on a run queue, time slices), i.e. the scheduling part of a request's latency.
 """
 import argparse
 import os
@@ -26,6 +29,28 @@ def busy_ticks() -> int:
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:]]
     return v[0] + v[1] + v[2]
+
+
+def schedstat(pid: int, prefix: str = "dkv-io") -> tuple:
+    """(run-queue wait ns, time slices) summed over the threads whose name starts with prefix."""
+    wait = slices = 0
+    base = f"/proc/{pid}/task"
+    try:
+        tids = os.listdir(base)
+    except OSError:
+        return 0, 0
+    for tid in tids:
+        try:
+            with open(f"{base}/{tid}/comm") as f:
+                if not f.read().startswith(prefix):
+                    continue
+            with open(f"{base}/{tid}/schedstat") as f:
+                v = f.read().split()
+        except OSError:
+            continue
+        wait += int(v[1])
+        slices += int(v[2])
+    return wait, slices
 
 
 def threads(pid: int) -> dict:
@@ -60,10 +85,12 @@ def main() -> int:
         watched.append((name, int(pid)))
     t0, b0 = time.monotonic(), busy_ticks()
     before = {name: threads(pid) for name, pid in watched}
+    sched0 = {name: schedstat(pid) for name, pid in watched}
     c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     after = {name: threads(pid) for name, pid in watched}
+    sched1 = {name: schedstat(pid) for name, pid in watched}
     wall = time.monotonic() - t0
     busy = (busy_ticks() - b0) / CLK_TCK
     sys.stdout.write(r.stdout)
@@ -84,6 +111,12 @@ def main() -> int:
     parts.append(f"load {100 * load / wall:.1f}%")
     parts.append(f"other {100 * other / (wall * (os.cpu_count() or 1)):.0f}% of all cores")
     print("cpu: " + ", ".join(parts))
+    waits = []
+    for name, _ in watched:
+        dw = sched1[name][0] - sched0[name][0]
+        ds = sched1[name][1] - sched0[name][1]
+        waits.append(f"{name} {dw / ds / 1e3:.0f} us x {ds}" if ds > 0 else f"{name} -")
+    print("io threads' run-queue wait per slice: " + ", ".join(waits))
     return r.returncode
 
 

@@ -398,8 +398,13 @@ static void serve_scan(const dkv_rpc_server_t *s, const dkv_rpc_msg_t *m, dkv_bu
 /* Thread pool: the bulk read itself, at background priority. */
 static void bulk_work(uv_work_t *w)
 {
+    static _Thread_local bool named;
     bulk_job_t *j = w->data;
     const dkv_rpc_server_t *s = j->c->srv; /* the connection and server outlive the job */
+    if (!named) {
+        dkv_thread_set_name("dkv-pool"); /* else it bears the name of the loop that started it */
+        named = true;
+    }
     dkv_thread_set_background();
     dkv_rpc_msg_t m;
     if (dkv_rpc_decode(dkv_buf_slice(&j->frame), &m) != 0) {
