@@ -10,6 +10,7 @@
 #include "common/conf.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "common/thread.h"
 #include "coord/coord.h"
 #include "http/http.h"
 #include "metrics/metrics.h"
@@ -199,6 +200,10 @@ static int rpc_send(void *ctx, uint32_t peer, const dkv_rpc_call_t *call, dkv_rp
  * CLOCK_SAMPLE_TTL_MS no longer counts as evidence. */
 #define CLOCK_PING_INTERVAL_MS 1000u
 #define CLOCK_SAMPLE_TTL_MS (5u * CLOCK_PING_INTERVAL_MS)
+/* Per-request timeout of the rebuild's and anti-entropy's RPC clients, at least: a peer serves
+ * their bulk reads at background priority (rpc/server.c), one at a time per connection, so under
+ * client load a request may wait behind the ones sent before it; nobody waits for the answer. */
+#define BACKGROUND_RPC_TIMEOUT_MS 10000u
 
 /* Options of every RPC client of the node: I/O loops, hint replay and rebuild. */
 static dkv_rpc_client_opts_t rpc_client_opts(const dkv_conf_t *conf)
@@ -210,6 +215,16 @@ static dkv_rpc_client_opts_t rpc_client_opts(const dkv_conf_t *conf)
                                .breaker_cooldown_ms = conf->breaker_cooldown_ms,
                                .max_frame_bytes = dkv_rpc_frame_limit(conf->max_body_bytes),
                                .idle_timeout_ms = conf->peer_idle_timeout_ms / 2};
+    return o;
+}
+
+/* rpc_client_opts() for a background client (rebuild, anti-entropy). */
+static dkv_rpc_client_opts_t background_rpc_client_opts(const dkv_conf_t *conf)
+{
+    dkv_rpc_client_opts_t o = rpc_client_opts(conf);
+    if (o.request_timeout_ms < BACKGROUND_RPC_TIMEOUT_MS) {
+        o.request_timeout_ms = BACKGROUND_RPC_TIMEOUT_MS;
+    }
     return o;
 }
 
@@ -297,6 +312,9 @@ static int thread_setup(io_thread_t *t)
 static void thread_main(void *arg)
 {
     io_thread_t *t = arg;
+    char name[16];
+    snprintf(name, sizeof(name), "dkv-io%u", t->idx);
+    dkv_thread_set_name(name);
     dkv_store_thread_init();
     uv_loop_init(&t->loop);
     uv_async_init(&t->loop, &t->stop_async, on_stop_async);
@@ -437,6 +455,7 @@ int main(int argc, char **argv)
         return 2;
     }
     dkv_log_set_level(n->conf.log_level);
+    dkv_thread_set_background_enabled(n->conf.background_low_priority);
     signal(SIGPIPE, SIG_IGN);
     int exit_code = 1;
     n->start_ms = dkv_hlc_system_clock_ms(NULL);
@@ -512,7 +531,8 @@ int main(int argc, char **argv)
     }
     dkv_store_opts_t sopts = {.block_cache_bytes = n->conf.block_cache_bytes,
                               .row_cache_bytes = n->conf.row_cache_bytes,
-                              .fsync = n->conf.fsync};
+                              .fsync = n->conf.fsync,
+                              .background_low_priority = n->conf.background_low_priority};
     rc = dkv_store_open(n->conf.data_dir, &sopts, &n->store);
     if (rc != 0) {
         DKV_LOG_ERROR("cannot open the store in %s (see above)", n->conf.data_dir);
@@ -555,7 +575,7 @@ int main(int argc, char **argv)
         dkv_rebuild_opts_t bopts = {.max_bytes_per_s = n->conf.ae_max_bytes_per_s,
                                     .retry_ms = 1000,
                                     .check_ms = 100,
-                                    .rpc = rpc_client_opts(&n->conf),
+                                    .rpc = background_rpc_client_opts(&n->conf),
                                     .rpc_loop_idx = n->n_threads + 1};
         dkv_rebuild_new(n->replica, n->identity, n->ring, n->self_idx, &n->hlc, &n->rpc_shared,
                         &bopts, &n->rebuild);
@@ -571,7 +591,7 @@ int main(int argc, char **argv)
                                .tombstone_grace_ms = n->conf.tombstone_grace_ms,
                                .max_clock_offset_ms = n->conf.max_clock_offset_ms,
                                .exchange_timeout_ms = 600000,
-                               .rpc = rpc_client_opts(&n->conf),
+                               .rpc = background_rpc_client_opts(&n->conf),
                                .rpc_loop_idx = n->n_threads + 2};
         dkv_ae_new(n->replica, n->identity, n->ring, n->self_idx, &n->hlc, &n->rpc_shared,
                    &aopts, &n->ae);

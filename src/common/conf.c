@@ -50,7 +50,10 @@ static const char usage[] =
     "  --peer-idle-timeout-ms MS   close a served RPC connection idle this long; peers close\n"
     "                              their unused ones after half of it (default 600000)\n"
     "  --max-inflight N            requests in progress per I/O thread, 503 past it (default 4096)\n"
-    "\n"
+    "\n";
+
+/* Split: one string literal may not pass 4095 bytes (ISO C). */
+static const char usage_convergence[] =
     "Convergence:\n"
     "  --hinted-handoff on|off     keep a durable hint for a replica write that failed and\n"
     "                              replay it when the replica answers again (default on)\n"
@@ -73,6 +76,11 @@ static const char usage[] =
     "  --tombstone-grace-ms MS     a tombstone is purged only this long after a repair with\n"
     "                              every peer covered it (default 3600000 = 1 h); hints for\n"
     "                              records older than this are dropped, not replayed\n"
+    "  --background-low-priority on|off\n"
+    "                              run rebuild streaming, anti-entropy, hint replay, bulk\n"
+    "                              reads served to peers (SCAN, TREE SEGMENT) and RocksDB's\n"
+    "                              flushes and compactions at nice 19, so client requests\n"
+    "                              get the CPU first (default on)\n"
     "\n";
 
 /* Split: one string literal may not pass 4095 bytes (ISO C). */
@@ -243,7 +251,7 @@ static const char *const valued[] = {
     "--auto-rebuild", "--cluster-secret-file", "--max-clock-offset-ms",
     "--first-byte-timeout-ms", "--max-peer-connections", "--peer-idle-timeout-ms",
     "--replication-factor", "--backup-dir", "--read-fanout", "--speculative-retry-ms",
-    "--config"};
+    "--background-low-priority", "--config"};
 /* Flags without a value on the command line; in a config file they take on or off. */
 static const char *const switches[] = {"--fsync"};
 
@@ -303,6 +311,7 @@ static void set_defaults(dkv_conf_t *conf)
     conf->ae_interval_ms = 600000;
     conf->tombstone_grace_ms = 3600000;
     conf->auto_rebuild = true;
+    conf->background_low_priority = true;
     conf->log_level = DKV_LOG_INFO;
 }
 
@@ -364,6 +373,7 @@ static int set_flag(dkv_conf_t *conf, const char *flag, const char *val, char **
     ONOFF("--hinted-handoff", hinted_handoff)
     ONOFF("--read-repair", read_repair)
     ONOFF("--auto-rebuild", auto_rebuild)
+    ONOFF("--background-low-priority", background_low_priority)
     ONOFF("--fsync", fsync)
 #undef ONOFF
     if (strcmp(flag, "--read-fanout") == 0) {
@@ -518,6 +528,7 @@ int dkv_conf_parse(int argc, char **argv, dkv_conf_t *conf, char *err, size_t er
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             printf(usage, (unsigned)DKV_RING_DEFAULT_VNODES);
+            fputs(usage_convergence, stdout);
             printf(usage_more, DKV_CONF_DEFAULT_READ_SPECULATIVE ? "speculative" : "all");
             return 1;
         }

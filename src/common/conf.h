@@ -61,6 +61,7 @@ typedef struct dkv_conf {
     uint64_t ae_interval_ms;          /* between anti-entropy rounds; 0 = on demand only */
     uint64_t tombstone_grace_ms;      /* tombstone GC waits this long past a complete repair */
     bool auto_rebuild;                /* a node whose data was lost streams it back by itself */
+    bool background_low_priority;     /* background threads at nice 19 (common/thread.h) */
     bool fsync;
     enum dkv_log_level log_level;
 } dkv_conf_t;

@@ -5,6 +5,7 @@
 #include "cluster/hlc.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "common/thread.h"
 #include "common/throttle.h"
 
 #include <inttypes.h>
@@ -20,6 +21,11 @@
 /* One SEGMENT reply: at most this many entry bytes (the peer pages the rest). */
 #define SEGMENT_REPLY_MAX_BYTES (64u << 10)
 #define LEAVES_INFLIGHT 8u
+/* Segments whose entries are fetched at once: one SEGMENT request (a page) each in flight, so
+ * an exchange over many differing segments is not bound by one round trip per segment. */
+#define SEGS_INFLIGHT 8u
+/* No new segment is fetched while more differing keys than this wait for their GET. */
+#define TODO_MAX_KEYS 4096u
 #define KEYS_INFLIGHT 32u
 #define RETRY_MS 100u
 #define THROTTLE_WAIT_MS 20u
@@ -31,9 +37,7 @@ typedef enum phase {
     PH_IDLE,
     PH_BRANCHES,
     PH_LEAVES,
-    PH_SEG_NEXT,
-    PH_SEG_FETCH,
-    PH_KEYS,
+    PH_SEGMENTS, /* fetch differing segments' entries, compare, reconcile their keys */
 } phase_t;
 
 typedef struct entry {
@@ -66,6 +70,13 @@ typedef struct peer_stat {
     char last_error[96];
 } peer_stat_t;
 
+/* One segment whose entries are being fetched from the peer. */
+typedef struct segfetch {
+    bool busy;
+    uint32_t seg;
+    entries_t remote; /* the peer's entries of `seg` so far */
+} segfetch_t;
+
 /* The exchange in progress (one at a time). */
 typedef struct xchg {
     phase_t phase;
@@ -75,7 +86,8 @@ typedef struct xchg {
     bool failed;
     bool incomplete;      /* the peer is rebuilding: its versions could not be read */
     char error[96];
-    unsigned inflight;
+    unsigned inflight;      /* RPCs of every kind */
+    unsigned keys_inflight; /* GETs and repair PUTs */
     bool waiting;         /* the wake timer will resume it */
     uint32_t branches[DKV_MERKLE_BRANCHES];
     uint32_t n_branches;
@@ -84,9 +96,10 @@ typedef struct xchg {
     uint32_t n_segs;
     uint32_t cap_segs;
     uint32_t next_seg;
-    uint32_t seg;
-    entries_t remote;     /* the peer's entries of `seg` */
-    entries_t todo;       /* keys of `seg` to reconcile */
+    segfetch_t fetch[SEGS_INFLIGHT];
+    unsigned fetching; /* busy entries of `fetch` */
+    entries_t todo;    /* keys of compared segments to reconcile; those before next_todo
+                          have been sent */
     size_t next_todo;
     uint64_t segments, keys, sent, received, bytes_sent, bytes_received;
 } xchg_t;
@@ -383,15 +396,16 @@ typedef struct treq {
     dkv_ae_t *ae;
     uint8_t kind;
     uint32_t index;
+    unsigned slot; /* SEGMENT: the x->fetch entry */
 } treq_t;
 
 static void tree_cb(void *arg, int rc, const dkv_rpc_msg_t *reply);
 
-static bool send_tree(dkv_ae_t *ae, uint8_t kind, uint32_t index, dkv_slice_t after)
+static bool send_tree(dkv_ae_t *ae, uint8_t kind, uint32_t index, dkv_slice_t after, unsigned slot)
 {
     xchg_t *x = &ae->x;
     treq_t *t = dkv_xmalloc(sizeof(*t));
-    *t = (treq_t){.ae = ae, .kind = kind, .index = index};
+    *t = (treq_t){.ae = ae, .kind = kind, .index = index, .slot = slot};
     dkv_rpc_tree_req_t req = {.kind = kind, .index = index, .after = after};
     dkv_rpc_call_t call = {.type = DKV_RPC_TREE, .tree = &req, .scan_cb = tree_cb};
     int rc = dkv_rpc_client_call(ae->rpc, x->peer, &call, NULL, t);
@@ -406,8 +420,9 @@ static bool send_tree(dkv_ae_t *ae, uint8_t kind, uint32_t index, dkv_slice_t af
     return true;
 }
 
-/* Collects the peer's SEGMENT reply; asks for the next page or compares the segment. */
-static void on_segment_page(dkv_ae_t *ae, const dkv_rpc_msg_t *reply);
+/* Collects the peer's SEGMENT reply for x->fetch[slot]; asks for the next page or compares
+ * the segment. */
+static void on_segment_page(dkv_ae_t *ae, unsigned slot, const dkv_rpc_msg_t *reply);
 
 static void tree_cb(void *arg, int rc, const dkv_rpc_msg_t *reply)
 {
@@ -415,6 +430,7 @@ static void tree_cb(void *arg, int rc, const dkv_rpc_msg_t *reply)
     dkv_ae_t *ae = t->ae;
     uint8_t kind = t->kind;
     uint32_t index = t->index;
+    unsigned slot = t->slot;
     free(t);
     if (ae->stopping) {
         return;
@@ -437,7 +453,7 @@ static void tree_cb(void *arg, int rc, const dkv_rpc_msg_t *reply)
         return;
     }
     if (kind == DKV_RPC_TREE_SEGMENT) {
-        on_segment_page(ae, reply);
+        on_segment_page(ae, slot, reply);
         return;
     }
     size_t got = FRAME_OVERHEAD_BYTES + DKV_RPC_TREE_HASHES * 8u;
@@ -478,14 +494,15 @@ static int cmp_entry_keys(const entries_t *a, size_t i, const entries_t *b, size
     return dkv_slice_cmp(entry_key(a, i), entry_key(b, j));
 }
 
-/* Compares the peer's entries of x->seg with ours (shared with the peer) into x->todo. */
-static int compare_segment(dkv_ae_t *ae)
+/* Compares the peer's entries of f->seg with ours (shared with the peer); appends the keys that
+ * differ to x->todo. */
+static int compare_segment(dkv_ae_t *ae, const segfetch_t *f)
 {
     xchg_t *x = &ae->x;
     entries_t local;
     entries_init(&local);
     dkv_store_raw_iter_t *it = NULL;
-    int rc = dkv_store_digest_iter_new(ae->store, x->seg, x->seg + 1, &it);
+    int rc = dkv_store_digest_iter_new(ae->store, f->seg, f->seg + 1, &it);
     if (rc != 0) {
         entries_free(&local);
         return rc;
@@ -508,11 +525,9 @@ static int compare_segment(dkv_ae_t *ae)
         return rc;
     }
     /* Both lists are in key order (the digest column family's order within a segment). */
-    entries_clear(&x->todo);
-    x->next_todo = 0;
     size_t i = 0;
     size_t j = 0;
-    const entries_t *r = &x->remote;
+    const entries_t *r = &f->remote;
     while (i < local.n || j < r->n) {
         int c = i >= local.n ? 1 : j >= r->n ? -1 : cmp_entry_keys(&local, i, r, j);
         if (c < 0) {
@@ -534,33 +549,50 @@ static int compare_segment(dkv_ae_t *ae)
     return 0;
 }
 
-static void on_segment_page(dkv_ae_t *ae, const dkv_rpc_msg_t *reply)
+static void on_segment_page(dkv_ae_t *ae, unsigned slot, const dkv_rpc_msg_t *reply)
 {
     xchg_t *x = &ae->x;
+    segfetch_t *f = &x->fetch[slot];
     size_t got = FRAME_OVERHEAD_BYTES + reply->tree_reply.entries.len;
     x->bytes_received += got;
     dkv_throttle_spend(&ae->throttle, got);
     dkv_slice_t rest = reply->tree_reply.entries;
     dkv_rpc_tree_entry_t e;
     while (dkv_rpc_tree_iter_next(&rest, &e) == 0) {
-        entries_add(&x->remote, e.key, e.ts, e.tombstone);
+        entries_add(&f->remote, e.key, e.ts, e.tombstone);
     }
-    if (reply->tree_reply.more && x->remote.n > 0) {
-        dkv_slice_t last = entry_key(&x->remote, x->remote.n - 1);
+    if (reply->tree_reply.more && f->remote.n > 0) {
+        dkv_slice_t last = entry_key(&f->remote, f->remote.n - 1);
         /* Copy: the cursor must not point into the buffer it is appended to. */
         uint8_t after[DKV_RPC_MAX_KEY_BYTES];
         memcpy(after, last.ptr, last.len);
-        send_tree(ae, DKV_RPC_TREE_SEGMENT, x->seg, dkv_slice(after, last.len));
+        send_tree(ae, DKV_RPC_TREE_SEGMENT, f->seg, dkv_slice(after, last.len), slot);
         advance(ae);
         return;
     }
-    int rc = compare_segment(ae);
-    if (rc != 0) {
+    if (compare_segment(ae, f) != 0) {
         fail(ae, "local digest scan failed");
-    } else {
-        x->phase = PH_KEYS;
     }
+    f->busy = false;
+    x->fetching--;
     advance(ae);
+}
+
+/* Starts fetching segment `seg`'s entries into a free x->fetch entry (one must be free). */
+static void start_fetch(dkv_ae_t *ae, uint32_t seg)
+{
+    xchg_t *x = &ae->x;
+    for (unsigned i = 0; i < SEGS_INFLIGHT; i++) {
+        segfetch_t *f = &x->fetch[i];
+        if (!f->busy) {
+            f->busy = true;
+            f->seg = seg;
+            entries_clear(&f->remote);
+            x->fetching++;
+            send_tree(ae, DKV_RPC_TREE_SEGMENT, seg, dkv_slice(NULL, 0), i);
+            return;
+        }
+    }
 }
 
 /* Does a record with replica-set size `from` of `key` belong on node `idx`? */
@@ -585,6 +617,7 @@ static void put_cb(void *arg, int rc, const dkv_record_t *rec)
         return;
     }
     ae->x.inflight--;
+    ae->x.keys_inflight--;
     if (rc != 0) {
         fail(ae, "a repair write to the peer failed");
     }
@@ -602,6 +635,7 @@ static void get_cb(void *arg, int rc, const dkv_record_t *remote)
     }
     xchg_t *x = &ae->x;
     x->inflight--;
+    x->keys_inflight--;
     dkv_slice_t key = dkv_slice(k->key, k->key_len);
     bool peer_unknown = rc == DKV_ENOTREADY; /* rebuilding: push ours, read nothing */
     if (peer_unknown) {
@@ -655,6 +689,7 @@ static void get_cb(void *arg, int rc, const dkv_record_t *remote)
             free(k);
         } else {
             x->inflight++;
+            x->keys_inflight++;
             x->sent++;
             size_t b = FRAME_OVERHEAD_BYTES + key.len + local.value.len;
             x->bytes_sent += b;
@@ -682,6 +717,7 @@ static void send_get(dkv_ae_t *ae, dkv_slice_t key)
         return;
     }
     x->inflight++;
+    x->keys_inflight++;
     x->bytes_sent += FRAME_OVERHEAD_BYTES + key.len;
     dkv_throttle_spend(&ae->throttle, FRAME_OVERHEAD_BYTES + key.len);
 }
@@ -711,7 +747,7 @@ static void advance(dkv_ae_t *ae)
     switch (x->phase) {
     case PH_BRANCHES:
         if (x->inflight == 0) {
-            send_tree(ae, DKV_RPC_TREE_BRANCHES, 0, dkv_slice(NULL, 0));
+            send_tree(ae, DKV_RPC_TREE_BRANCHES, 0, dkv_slice(NULL, 0), 0);
             if (x->failed) {
                 advance(ae);
             }
@@ -719,7 +755,8 @@ static void advance(dkv_ae_t *ae)
         return;
     case PH_LEAVES:
         while (!x->failed && x->inflight < LEAVES_INFLIGHT && x->next_branch < x->n_branches) {
-            send_tree(ae, DKV_RPC_TREE_LEAVES, x->branches[x->next_branch++], dkv_slice(NULL, 0));
+            send_tree(ae, DKV_RPC_TREE_LEAVES, x->branches[x->next_branch++], dkv_slice(NULL, 0),
+                      0);
         }
         if (x->failed) {
             advance(ae);
@@ -728,41 +765,35 @@ static void advance(dkv_ae_t *ae)
         if (x->next_branch < x->n_branches || x->inflight > 0) {
             return;
         }
-        x->phase = PH_SEG_NEXT;
+        x->phase = PH_SEGMENTS;
         /* fall through */
-    case PH_SEG_NEXT:
-        if (x->next_seg >= x->n_segs) {
-            exchange_end(ae);
-            return;
-        }
-        x->seg = x->segs[x->next_seg++];
-        entries_clear(&x->remote);
-        x->phase = PH_SEG_FETCH;
-        send_tree(ae, DKV_RPC_TREE_SEGMENT, x->seg, dkv_slice(NULL, 0));
-        if (x->failed) {
-            advance(ae);
-        }
-        return;
-    case PH_SEG_FETCH:
-        return; /* on_segment_page() moves on */
-    case PH_KEYS:
-        while (!x->failed && x->inflight < KEYS_INFLIGHT && x->next_todo < x->todo.n &&
+    case PH_SEGMENTS:
+        /* Keys first (they free the todo list), then more segments, both within the throttle
+         * and their in-flight bounds. */
+        while (!x->failed && x->keys_inflight < KEYS_INFLIGHT && x->next_todo < x->todo.n &&
                dkv_throttle_ready(&ae->throttle, uv_now(&ae->loop))) {
             send_get(ae, entry_key(&x->todo, x->next_todo++));
         }
+        if (x->next_todo >= x->todo.n) {
+            entries_clear(&x->todo); /* every GET holds its own copy of its key */
+            x->next_todo = 0;
+        }
+        while (!x->failed && x->fetching < SEGS_INFLIGHT && x->next_seg < x->n_segs &&
+               x->todo.n - x->next_todo < TODO_MAX_KEYS &&
+               dkv_throttle_ready(&ae->throttle, uv_now(&ae->loop))) {
+            start_fetch(ae, x->segs[x->next_seg++]);
+        }
         if (x->failed) {
             advance(ae);
             return;
         }
-        if (x->next_todo < x->todo.n) {
-            if (x->inflight == 0) {
-                wait_then_advance(ae, THROTTLE_WAIT_MS);
-            }
-            return;
+        if (x->inflight > 0) {
+            return; /* a reply will call again */
         }
-        if (x->inflight == 0) {
-            x->phase = PH_SEG_NEXT;
-            advance(ae);
+        if (x->next_seg >= x->n_segs && x->todo.n == 0) {
+            exchange_end(ae);
+        } else {
+            wait_then_advance(ae, THROTTLE_WAIT_MS); /* nothing in flight: the throttle */
         }
         return;
     case PH_IDLE:
@@ -808,11 +839,18 @@ static void exchange_begin(dkv_ae_t *ae, uint32_t peer)
     x->incomplete = false;
     x->error[0] = '\0';
     x->inflight = 0;
+    x->keys_inflight = 0;
     x->waiting = false;
     x->n_branches = 0;
     x->next_branch = 0;
     x->n_segs = 0;
     x->next_seg = 0;
+    for (unsigned i = 0; i < SEGS_INFLIGHT; i++) {
+        x->fetch[i].busy = false; /* a failed exchange may have left some */
+    }
+    x->fetching = 0;
+    entries_clear(&x->todo);
+    x->next_todo = 0;
     x->segments = x->keys = x->sent = x->received = x->bytes_sent = x->bytes_received = 0;
     x->deadline_ms = uv_now(&ae->loop) + ae->opts.exchange_timeout_ms;
     x->phase = PH_BRANCHES;
@@ -1035,6 +1073,8 @@ static void on_stop(uv_async_t *a)
 static void thread_main(void *arg)
 {
     dkv_ae_t *ae = arg;
+    dkv_thread_set_name("dkv-ae");
+    dkv_thread_set_background();
     dkv_store_thread_init();
     uv_run(&ae->loop, UV_RUN_DEFAULT);
     uv_loop_close(&ae->loop);
@@ -1057,7 +1097,9 @@ int dkv_ae_new(dkv_replica_t *replica, dkv_identity_t *identity, const dkv_ring_
     ae->stats = dkv_xcalloc(ae->n, sizeof(peer_stat_t));
     ae->asked_at = dkv_xcalloc(ae->n, sizeof(*ae->asked_at));
     pthread_mutex_init(&ae->mu, NULL);
-    entries_init(&ae->x.remote);
+    for (unsigned i = 0; i < SEGS_INFLIGHT; i++) {
+        entries_init(&ae->x.fetch[i].remote);
+    }
     entries_init(&ae->x.todo);
     dkv_merkle_new(ae->store, ring, self_idx, &ae->merkle);
     dkv_store_set_write_observer(ae->store, dkv_merkle_mark_dirty, ae->merkle);
@@ -1104,7 +1146,9 @@ void dkv_ae_free(dkv_ae_t *ae)
     }
     dkv_store_set_write_observer(ae->store, NULL, NULL);
     dkv_merkle_free(ae->merkle);
-    entries_free(&ae->x.remote);
+    for (unsigned i = 0; i < SEGS_INFLIGHT; i++) {
+        entries_free(&ae->x.fetch[i].remote);
+    }
     entries_free(&ae->x.todo);
     free(ae->x.segs);
     pthread_mutex_destroy(&ae->mu);

@@ -14,6 +14,7 @@
 
 #include "common/err.h"
 #include "common/log.h"
+#include "common/thread.h"
 #include "common/throttle.h"
 
 #include <inttypes.h>
@@ -599,6 +600,8 @@ static void on_stop(uv_async_t *a)
 static void replay_main(void *arg)
 {
     dkv_hints_t *h = arg;
+    dkv_thread_set_name("dkv-hints");
+    dkv_thread_set_background();
     dkv_store_thread_init();
     uv_run(&h->loop, UV_RUN_DEFAULT);
     uv_loop_close(&h->loop);

@@ -4,6 +4,7 @@
 
 #include "common/err.h"
 #include "common/log.h"
+#include "common/thread.h"
 #include "common/throttle.h"
 
 #include <inttypes.h>
@@ -388,6 +389,8 @@ static void on_stop(uv_async_t *a)
 static void thread_main(void *arg)
 {
     dkv_rebuild_t *r = arg;
+    dkv_thread_set_name("dkv-rebuild");
+    dkv_thread_set_background();
     dkv_store_thread_init();
     uv_run(&r->loop, UV_RUN_DEFAULT);
     uv_loop_close(&r->loop);

@@ -15,12 +15,19 @@
  *   input waits in `in` and the socket is not read (uv_read_stop) until the replies drain to
  *   OUT_LOW_WATER_BYTES. A connection then holds at most the high water mark plus one reply
  *   (<= max_frame_bytes) plus one read batch of requests.
+ * - The loop's time: a bulk read (SCAN, TREE SEGMENT: up to a MiB of records or digest entries
+ *   from a RocksDB iterator, a millisecond or more) would hold every client request of this loop
+ *   behind it. It runs on libuv's thread pool instead, at background priority
+ *   (common/thread.h); the connection serves nothing else and reads nothing until its reply is
+ *   queued, so replies keep the request order (the client matches them in order) and its
+ *   input stays within one read batch. A connection closed meanwhile is freed when the job ends.
  */
 #include "rpc/proto.h"
 #include "rpc/rpc.h"
 
 #include "common/err.h"
 #include "common/log.h"
+#include "common/thread.h"
 #include "common/uvwrite.h"
 
 #include <inttypes.h>
@@ -44,6 +51,15 @@
 
 typedef struct sconn sconn_t;
 
+/* A bulk read running on libuv's thread pool for one connection (see DESIGN above). */
+typedef struct bulk_job {
+    uv_work_t work;
+    sconn_t *c;
+    uint32_t peer;   /* the connection's authenticated peer */
+    dkv_buf_t frame; /* a copy of the request frame; decoded again on the pool thread */
+    dkv_buf_t out;   /* the reply frame */
+} bulk_job_t;
+
 /* A log line that may repeat fast (a flood of connections): printed at most every
  * LOG_INTERVAL_MS, with the number of occurrences it stands for. */
 typedef struct ratelog {
@@ -62,6 +78,7 @@ struct dkv_rpc_server {
     uint64_t fingerprint;
     sconn_t *conns;
     size_t n_conns;
+    size_t bulk_jobs; /* bulk reads on the thread pool; the server outlives them */
     uv_timer_t sweep;
     bool sweep_open;
     ratelog_t log_refused;
@@ -86,6 +103,8 @@ struct sconn {
     bool closing;
     bool counted; /* counted in shared->server_conns */
     bool reading;
+    bulk_job_t *bulk; /* the bulk read in progress, or NULL; nothing else is served meanwhile */
+    bool dead;        /* closed while `bulk` ran: the job's end frees it */
     uint64_t adopted_ms;
     uint64_t activity_ms; /* last byte read or reply write completed */
     char peer_url[DKV_RPC_MAX_URL_BYTES + 1]; /* as the peer claims it; control bytes as '?' */
@@ -99,6 +118,7 @@ struct sconn {
     uint8_t tag_s[DKV_RPC_TAG_BYTES];
 };
 
+static void sconn_free(sconn_t *c);
 
 static uint64_t now_ms(const dkv_rpc_server_t *s)
 {
@@ -121,7 +141,7 @@ static bool ratelog_due(ratelog_t *r, uint64_t now, unsigned *count)
 
 static void server_maybe_freed(dkv_rpc_server_t *s)
 {
-    if (!s->closing || s->n_conns > 0 || s->sweep_open) {
+    if (!s->closing || s->n_conns > 0 || s->sweep_open || s->bulk_jobs > 0) {
         return;
     }
     void (*cb)(void *) = s->close_cb;
@@ -130,6 +150,14 @@ static void server_maybe_freed(dkv_rpc_server_t *s)
     if (cb != NULL) {
         cb(arg);
     }
+}
+
+static void sconn_free(sconn_t *c)
+{
+    dkv_buf_cleanup(&c->in);
+    dkv_buf_cleanup(&c->out);
+    free(c->acks);
+    free(c);
 }
 
 static void on_closed(uv_handle_t *h)
@@ -149,10 +177,11 @@ static void on_closed(uv_handle_t *h)
     if (c->counted) {
         atomic_fetch_sub(&s->shared->server_conns, 1);
     }
-    dkv_buf_cleanup(&c->in);
-    dkv_buf_cleanup(&c->out);
-    free(c->acks);
-    free(c);
+    if (c->bulk != NULL) {
+        c->dead = true; /* bulk_done() frees it */
+        return;
+    }
+    sconn_free(c);
     server_maybe_freed(s);
 }
 
@@ -312,11 +341,13 @@ static int handle_hello(sconn_t *c, const dkv_rpc_msg_t *m, dkv_slice_t frame)
     return 0;
 }
 
-static void handle_scan(sconn_t *c, const dkv_rpc_msg_t *m)
+/* Answers a SCAN into `out`. Thread: any (a pool thread, see DESIGN above); reads only what
+ * does not change after start-up, the store and the identity (both thread-safe). */
+static void serve_scan(const dkv_rpc_server_t *s, const dkv_rpc_msg_t *m, dkv_buf_t *out)
 {
     dkv_rpc_scan_writer_t w;
-    dkv_rpc_scan_reply_begin(&w, &c->out, m->req_id, c->srv->opts.max_frame_bytes);
-    dkv_identity_t *identity = c->srv->shared->identity;
+    dkv_rpc_scan_reply_begin(&w, out, m->req_id, s->opts.max_frame_bytes);
+    dkv_identity_t *identity = s->shared->identity;
     if (identity != NULL && dkv_identity_state(identity) != DKV_NODE_READY) {
         /* A node that is itself joining or rebuilding holds no authoritative copy: a rebuild
          * must not finish from it (two wiped nodes would call each other complete). */
@@ -324,7 +355,7 @@ static void handle_scan(sconn_t *c, const dkv_rpc_msg_t *m)
         return;
     }
     dkv_store_iter_t *it = NULL;
-    if (dkv_store_iter_new(c->srv->store, m->scan.start, m->scan.end, &it) != 0) {
+    if (dkv_store_iter_new(s->store, m->scan.start, m->scan.end, &it) != 0) {
         dkv_rpc_scan_reply_fail(&w);
         return;
     }
@@ -364,6 +395,81 @@ static void handle_scan(sconn_t *c, const dkv_rpc_msg_t *m)
     dkv_rpc_scan_reply_finish(&w, more);
 }
 
+/* Thread pool: the bulk read itself, at background priority. */
+static void bulk_work(uv_work_t *w)
+{
+    static _Thread_local bool named;
+    bulk_job_t *j = w->data;
+    const dkv_rpc_server_t *s = j->c->srv; /* the connection and server outlive the job */
+    if (!named) {
+        dkv_thread_set_name("dkv-pool"); /* else it bears the name of the loop that started it */
+        named = true;
+    }
+    dkv_thread_set_background();
+    dkv_rpc_msg_t m;
+    if (dkv_rpc_decode(dkv_buf_slice(&j->frame), &m) != 0) {
+        return; /* cannot happen: the loop decoded the same bytes; no reply closes the peer */
+    }
+    if (m.type == DKV_RPC_SCAN) {
+        serve_scan(s, &m, &j->out);
+    } else {
+        s->shared->tree_handler(s->shared->tree_ctx, j->peer, &m, &j->out);
+    }
+}
+
+/* Loop: queues the reply and serves what waited behind it. */
+static void bulk_done(uv_work_t *w, int status)
+{
+    bulk_job_t *j = w->data;
+    sconn_t *c = j->c;
+    dkv_rpc_server_t *s = c->srv;
+    s->bulk_jobs--;
+    c->bulk = NULL;
+    if (c->dead) {
+        sconn_free(c);
+    } else if (!c->closing) {
+        if (status != 0 || j->out.len == 0) {
+            sconn_close(c); /* never ran: the peer would wait for this reply forever */
+        } else {
+            dkv_buf_append(&c->out, j->out.data, j->out.len);
+            c->activity_ms = now_ms(s);
+            sconn_pump(c);
+        }
+    }
+    dkv_buf_cleanup(&j->frame);
+    dkv_buf_cleanup(&j->out);
+    free(j);
+    server_maybe_freed(s);
+}
+
+/* Is `m` a bulk read, served off the loop? */
+static bool is_bulk(const sconn_t *c, const dkv_rpc_msg_t *m)
+{
+    return m->type == DKV_RPC_SCAN ||
+           (m->type == DKV_RPC_TREE && m->tree.kind == DKV_RPC_TREE_SEGMENT &&
+            c->srv->shared->tree_handler != NULL && c->peer_idx >= 0);
+}
+
+/* Hands the bulk read in `frame` to the thread pool. @return 0; -1: serve it here. */
+static int bulk_submit(sconn_t *c, dkv_slice_t frame)
+{
+    bulk_job_t *j = dkv_xcalloc(1, sizeof(*j));
+    j->c = c;
+    j->peer = c->peer_idx >= 0 ? (uint32_t)c->peer_idx : 0;
+    dkv_buf_init(&j->frame);
+    dkv_buf_init(&j->out);
+    dkv_buf_append(&j->frame, frame.ptr, frame.len);
+    j->work.data = j;
+    if (uv_queue_work(c->srv->loop, &j->work, bulk_work, bulk_done) != 0) {
+        dkv_buf_cleanup(&j->frame);
+        free(j);
+        return -1;
+    }
+    c->bulk = j;
+    c->srv->bulk_jobs++;
+    return 0;
+}
+
 /* Executes one request frame. @return 0, or <0 to close the connection. */
 static int handle_frame(sconn_t *c, dkv_slice_t frame)
 {
@@ -384,6 +490,9 @@ static int handle_frame(sconn_t *c, dkv_slice_t frame)
             return DKV_EPROTO;
         }
         return handle_hello(c, &m, frame);
+    }
+    if (is_bulk(c, &m) && bulk_submit(c, frame) == 0) {
+        return 0;
     }
     switch (m.type) {
     case DKV_RPC_GET: {
@@ -443,7 +552,7 @@ static int handle_frame(sconn_t *c, dkv_slice_t frame)
         dkv_rpc_encode_put_reply(&c->out, m.req_id, rc == 0 ? DKV_RPC_OK : DKV_RPC_ERROR);
         return 0;
     case DKV_RPC_SCAN:
-        handle_scan(c, &m);
+        serve_scan(s, &m, &c->out);
         return 0;
     case DKV_RPC_PING:
         /* The PONG may wait for this batch's WAL sync: that only lengthens the client's round
@@ -471,7 +580,7 @@ static int handle_frame(sconn_t *c, dkv_slice_t frame)
 static long handle_bytes(sconn_t *c, const uint8_t *data, size_t len)
 {
     size_t off = 0;
-    while (off < len && unsent_bytes(c) < OUT_HIGH_WATER_BYTES) {
+    while (off < len && c->bulk == NULL && unsent_bytes(c) < OUT_HIGH_WATER_BYTES) {
         size_t frame_bytes = 0;
         size_t limit = c->hello_done ? c->srv->opts.max_frame_bytes : PRE_HELLO_MAX_FRAME_BYTES;
         int rc = dkv_rpc_frame_peek(dkv_slice(data + off, len - off), limit, &frame_bytes);
@@ -529,10 +638,10 @@ static void sconn_pump(sconn_t *c)
         dkv_buf_consume(&c->in, (size_t)used);
     }
     size_t unsent = unsent_bytes(c);
-    if (c->reading && unsent >= OUT_HIGH_WATER_BYTES) {
+    if (c->reading && (unsent >= OUT_HIGH_WATER_BYTES || c->bulk != NULL)) {
         uv_read_stop((uv_stream_t *)c->tcp);
         c->reading = false;
-    } else if (!c->reading && unsent <= OUT_LOW_WATER_BYTES) {
+    } else if (!c->reading && c->bulk == NULL && unsent <= OUT_LOW_WATER_BYTES) {
         if (uv_read_start((uv_stream_t *)c->tcp, on_alloc, on_read) != 0) {
             sconn_close(c);
             return;

@@ -618,6 +618,14 @@ int dkv_store_open(const char *dir, const dkv_store_opts_t *opts, dkv_store_t **
      * iteration instead of one per write, and nothing is acknowledged before it. */
     rocksdb_options_set_manual_wal_flush(s->options, 1);
     rocksdb_options_increase_parallelism(s->options, 2);
+    if (opts->background_low_priority) {
+        /* Background work yields to the client path (common/thread.h). RocksDB applies it in
+         * each pool thread (Env::LowerThreadPoolCPUPriority: setpriority(19) on that thread). */
+        rocksdb_env_t *env = rocksdb_create_default_env();
+        rocksdb_env_lower_thread_pool_cpu_priority(env);
+        rocksdb_env_lower_high_priority_thread_pool_cpu_priority(env);
+        rocksdb_env_destroy(env); /* the wrapper only: the default Env and its pools stay */
+    }
     /* No max_successive_merges: it costs a memtable search on every write (25% of PUT
      * throughput, measured); a hot key's operand chain is bounded by the memtable instead, and
      * the flush folds it with the partial merge. */

@@ -42,6 +42,11 @@ typedef struct dkv_store_opts {
     size_t block_cache_bytes; /* LRU block cache; 0 = 64 MiB */
     size_t row_cache_bytes;   /* LRU row cache (whole records by key); 0 = none */
     bool fsync;               /* fsync the WAL on every write (power-loss safety); default off */
+    /* RocksDB's flush and compaction threads at nice 19 (common/thread.h), so that the I/O
+     * threads preempt them. Process-wide and one-way: those pools belong to RocksDB's default
+     * Env, shared by every store of the process. Default off (for tests); main.c turns it on
+     * with --background-low-priority. */
+    bool background_low_priority;
 } dkv_store_opts_t;
 
 /**

@@ -293,3 +293,60 @@ def test_8mib_values_replicate_with_a_16mib_body_limit(cluster_factory, uniq):
         with nd.client(timeout_s=60) as cl:
             assert cl.put(key, v, ack=3).status == 201
             assert cl.get(key, ack=3).body == v
+
+
+SCAN, SCAN_REPLY = 0x04, 0x84
+
+
+def scan_payload(start: bytes = b"", exclusive: bool = False, max_records: int = 1024,
+                 max_bytes: int = h.MIB) -> bytes:
+    return (bytes([1 if exclusive else 0]) + struct.pack(">H", len(start)) + start +
+            struct.pack(">H", 0) + struct.pack(">II", max_records, max_bytes))
+
+
+def scan_count(payload: bytes) -> int:
+    assert payload[0] == 0, payload[:1]  # OK
+    return struct.unpack(">I", payload[1:5])[0]
+
+
+@pytest.mark.timeout_s(120)
+def test_bulk_reads_served_off_the_loop_keep_reply_order_and_survive_a_closing_peer(
+        cluster_factory, uniq):
+    # SCAN (like TREE SEGMENT) runs on a pool thread, not on the I/O loop (rpc/server.c): the
+    # replies of a pipelined SCAN, GET, SCAN must still come back in request order (the client
+    # matches them in order), and a peer that closes before its SCAN reply is ready must not
+    # leave the server with a freed connection (ASan in teardown).
+    c = cluster_factory(3, "--io-threads", "1")
+    nd = c[1]
+    keys = [uniq() for _ in range(200)]
+    with c[0].client() as cl:
+        for k in keys:
+            assert cl.put(k, os.urandom(4 * h.KIB), ack=3).status == 201
+    fp = server_fingerprint(nd.port)
+    peer, t = plain_hello(nd.port, fp, c[0].url)
+    try:
+        assert t == HELLO_OK
+        peer.send(frame(SCAN, 2, scan_payload()) + frame(GET, 3, get_payload(keys[0])) +
+                  frame(SCAN, 4, scan_payload(max_records=7)))
+        t, req_id, payload = peer.read_frame()
+        assert (t, req_id) == (SCAN_REPLY, 2)
+        assert scan_count(payload) >= len(keys)
+        t, req_id, payload = peer.read_frame()
+        assert (t, req_id, payload[0]) == (GET_REPLY, 3, 0)
+        t, req_id, payload = peer.read_frame()
+        assert (t, req_id, scan_count(payload)) == (SCAN_REPLY, 4, 7)
+    finally:
+        peer.close()
+
+    # Peers that hang up with their SCAN in progress.
+    for _ in range(30):
+        p, t = plain_hello(nd.port, fp, c[0].url)
+        assert t == HELLO_OK
+        p.send(frame(SCAN, 2, scan_payload()) + frame(SCAN, 3, scan_payload()))
+        p.close()
+    # The node serves on, as a replica and to clients.
+    with c[0].client() as cl:
+        assert cl.put(keys[1], b"after", ack=3).status == 201
+        assert cl.get(keys[1], ack=3).body == b"after"
+    with nd.client() as cl:
+        assert cl.get(keys[1]).body == b"after"

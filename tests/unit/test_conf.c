@@ -103,6 +103,7 @@ static void test_defaults_without_config(void **state)
     assert_int_equal(c.replication_factor, 1);
     assert_string_equal(c.backup_dir, "");
     assert_false(c.fsync);
+    assert_true(c.background_low_priority);
     dkv_conf_cleanup(&c);
 
     assert_int_equal(parse(&c, err, sizeof(err), "--self", "http://127.0.0.1:9002", "--listen",
@@ -127,6 +128,7 @@ static void test_config_file_sets_everything_it_names(void **state)
                                     "replication-factor = 2\n"
                                     "fsync = on\n"
                                     "hinted-handoff = off\n"
+                                    "background-low-priority = off\n"
                                     "backup-dir = /var/backups/dkv\n"
                                     "log-level = warn\n"
                                     "tombstone-grace-ms = 0"); /* no final newline */
@@ -146,6 +148,7 @@ static void test_config_file_sets_everything_it_names(void **state)
     assert_int_equal(c.replication_factor, 2);
     assert_true(c.fsync);
     assert_false(c.hinted_handoff);
+    assert_false(c.background_low_priority);
     assert_true(c.read_repair); /* untouched: default */
     assert_string_equal(c.backup_dir, "/var/backups/dkv");
     assert_int_equal(c.log_level, DKV_LOG_WARN);
