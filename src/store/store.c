@@ -87,6 +87,7 @@ struct dkv_store {
     rocksdb_readoptions_t *ropts;
     rocksdb_block_based_table_options_t *table_opts;
     rocksdb_cache_t *cache;
+    uint64_t memtable_limit_bytes;  /* every column family's write buffers, summed */
     rocksdb_filterpolicy_t *filter; /* owned by table_opts once set */
     rocksdb_mergeoperator_t *merge; /* owned by options once set */
     dkv_store_write_cb observer;    /* set before any write; may be NULL */
@@ -640,6 +641,11 @@ int dkv_store_open(const char *dir, const dkv_store_opts_t *opts, dkv_store_t **
     s->wopts = rocksdb_writeoptions_create();
     s->fsync = opts->fsync;
     s->ropts = rocksdb_readoptions_create();
+
+    /* All three column families share these memtable options. */
+    s->memtable_limit_bytes = (uint64_t)DKV_STORE_N_CFS *
+                              rocksdb_options_get_write_buffer_size(s->options) *
+                              (uint64_t)rocksdb_options_get_max_write_buffer_number(s->options);
 
     s->digest_options = rocksdb_options_create_copy(s->options);
     rocksdb_options_set_merge_operator(
@@ -1299,6 +1305,7 @@ void dkv_store_stats(dkv_store_t *s, dkv_store_stats_t *out)
     out->block_cache_usage_bytes = rocksdb_cache_get_usage(s->cache);
     out->block_cache_pinned_bytes = rocksdb_cache_get_pinned_usage(s->cache);
     out->block_cache_capacity_bytes = rocksdb_cache_get_capacity(s->cache);
+    out->memtable_limit_bytes = s->memtable_limit_bytes;
     pthread_rwlock_rdlock(&s->db_lock);
     if (s->db != NULL) {
         rocksdb_column_family_handle_t *cfs[DKV_STORE_N_CFS] = {s->cf_data, s->cf_hints,
@@ -1312,6 +1319,7 @@ void dkv_store_stats(dkv_store_t *s, dkv_store_stats_t *out)
                 cf_property(s, cfs[i], "rocksdb.estimate-pending-compaction-bytes");
             c->keys_estimate = cf_property(s, cfs[i], "rocksdb.estimate-num-keys");
             c->live_versions = cf_property(s, cfs[i], "rocksdb.num-live-versions");
+            c->table_readers_bytes = cf_property(s, cfs[i], "rocksdb.estimate-table-readers-mem");
         }
     }
     pthread_rwlock_unlock(&s->db_lock);

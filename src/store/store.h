@@ -298,6 +298,8 @@ typedef struct dkv_store_cf_stats {
     uint64_t pending_compaction_bytes; /* rocksdb.estimate-pending-compaction-bytes */
     uint64_t keys_estimate;            /* rocksdb.estimate-num-keys */
     uint64_t live_versions;            /* rocksdb.num-live-versions */
+    uint64_t table_readers_bytes;      /* rocksdb.estimate-table-readers-mem: index and filter
+                                          blocks held outside the block cache */
 } dkv_store_cf_stats_t;
 
 /** The store's figures for the metrics page. */
@@ -308,13 +310,16 @@ typedef struct dkv_store_stats {
     uint64_t block_cache_usage_bytes;
     uint64_t block_cache_pinned_bytes;
     uint64_t block_cache_capacity_bytes;
+    /* The most all memtables may hold: per column family write_buffer_size x
+     * max_write_buffer_number, summed. */
+    uint64_t memtable_limit_bytes;
     dkv_store_cf_stats_t cf[DKV_STORE_N_CFS]; /* data, hints, digest */
 } dkv_store_stats_t;
 
 /**
  * Fills `out` (caller's storage) with the store's counters and RocksDB's properties. Takes the
  * database lock shared, like a read (never blocks behind a stream of writes for long; waits for
- * a reopen). Costs a few microseconds (18 property reads). Thread: any.
+ * a reopen). Costs a few microseconds (21 property reads). Thread: any.
  */
 void dkv_store_stats(dkv_store_t *s, dkv_store_stats_t *out);
 
