@@ -797,30 +797,46 @@ def run_fill(fill_name: str, scenarios: List[Scenario], gen: LoadGen, opts, work
     keys = f.keys(opts.fill_keys)
     dkv_args = f"{opts.dkv_args} {f.dkv_args}".strip()
     base = opts.base_port
-    snap = work / f"snapshot-{fill_name}"
-    shutil.rmtree(snap, ignore_errors=True)
-    fill_root = work / f"fill-{fill_name}"
-    shutil.rmtree(fill_root, ignore_errors=True)
-    cl = Cluster(nodes, base, fill_root, dkv_bin, dkv_args)
-    log(f"fill `{fill_name}` ({f.what}): {keys:,} keys x {f.value_bytes:,} B")
-    try:
-        cl.start()
-        info = fill(gen, cl.url(0), keys, f.value_bytes, f.query(), work)
-        verify_fill(cl.url(0), keys, f.value_bytes,
-                    "".join(f"&{q}" for q in f.query()))
-        log(f"  filled in {info['seconds']} s ({info['rate']} keys/s)")
-        info["memory"] = node_memory(cl)
-    finally:
-        cl.stop()
-    snap.mkdir(parents=True)
-    for i in range(nodes):
-        shutil.move(str(fill_root / f"node{i}"), str(snap / f"node{i}"))
-    info["bytes_per_node"] = [du_bytes(snap / f"node{i}") for i in range(nodes)]
-    info.update(nodes=nodes, value_bytes=f.value_bytes, what=f.what, dkv_args=f.dkv_args)
-    shutil.rmtree(fill_root, ignore_errors=True)
-    results["fill"][fill_name] = info
+    kept = Path(opts.fill_dir) / f"{fill_name}-{keys}x{f.value_bytes}" if opts.fill_dir else None
+    if kept is not None and (kept / "fill.json").exists():
+        # A fill kept by an earlier run (--fill-dir): the same data for an A/B of two binaries.
+        snap = kept
+        info = json.loads((kept / "fill.json").read_text())
+        info["reused_from"] = str(kept)
+        log(f"fill `{fill_name}`: reusing {kept} ({info['keys']:,} keys, filled on "
+            f"{info.get('date', '?')})")
+        results["fill"][fill_name] = info
+    else:
+        snap = kept or work / f"snapshot-{fill_name}"
+        shutil.rmtree(snap, ignore_errors=True)
+        fill_root = work / f"fill-{fill_name}"
+        shutil.rmtree(fill_root, ignore_errors=True)
+        cl = Cluster(nodes, base, fill_root, dkv_bin, dkv_args)
+        log(f"fill `{fill_name}` ({f.what}): {keys:,} keys x {f.value_bytes:,} B")
+        try:
+            cl.start()
+            info = fill(gen, cl.url(0), keys, f.value_bytes, f.query(), work)
+            verify_fill(cl.url(0), keys, f.value_bytes,
+                        "".join(f"&{q}" for q in f.query()))
+            log(f"  filled in {info['seconds']} s ({info['rate']} keys/s)")
+            info["memory"] = node_memory(cl)
+        finally:
+            cl.stop()
+        snap.mkdir(parents=True)
+        for i in range(nodes):
+            shutil.move(str(fill_root / f"node{i}"), str(snap / f"node{i}"))
+        info["bytes_per_node"] = [du_bytes(snap / f"node{i}") for i in range(nodes)]
+        info.update(nodes=nodes, value_bytes=f.value_bytes, what=f.what, dkv_args=f.dkv_args,
+                    date=datetime.datetime.now().isoformat(timespec="seconds"))
+        shutil.rmtree(fill_root, ignore_errors=True)
+        if kept is not None:
+            (kept / "fill.json").write_text(json.dumps(info, indent=1) + "\n")
+        results["fill"][fill_name] = info
 
     for s in scenarios:
+        if opts.compare_bin:
+            run_bin_ab(s, snap, gen, opts, work, dkv_bin, Path(opts.compare_bin_copy), results)
+            continue
         root = work / f"run-{s.name}"
         copy_snapshot(snap, root, nodes)
         cl = Cluster(nodes, base, root, dkv_bin, dkv_args)
@@ -861,7 +877,7 @@ def run_fill(fill_name: str, scenarios: List[Scenario], gen: LoadGen, opts, work
         run_drain(snap, gen, opts, work, dkv_bin, results)
     if REPAIR_SCENARIO in extras:
         run_repair(snap, gen, opts, work, dkv_bin, results)
-    if not opts.keep:
+    if not opts.keep and kept is None:
         shutil.rmtree(snap, ignore_errors=True)
 
 
@@ -1052,6 +1068,116 @@ def run_ab(names: List[str], snap: Path, gen: LoadGen, opts, work: Path, dkv_bin
         if not opts.keep:
             for root in roots.values():
                 shutil.rmtree(root, ignore_errors=True)
+
+
+def run_bin_ab(s: Scenario, snap: Path, gen: LoadGen, opts, work: Path, dkv_bin: Path,
+               old_bin: Path, results: dict) -> None:
+    """Scenario `s` on two binaries side by side (--compare-bin): `new` = --dkv-bin, `old` =
+    --compare-bin, each on its own copy of the same fill (re-identified: the copies listen on
+    other ports), with the same flags. Closed-loop runs of --ab-duration seconds alternate new,
+    old, new, old, ..., new in two blocks with the binaries' slots (port, data copy) swapped, as
+    the convergence A/B does (run_ab): on a shared machine, two runs minutes apart differ more
+    than the binaries might. Summaries as ab_summary() (`on` = new, `off` = old), plus each
+    side's memory at the end."""
+    f = FILLS[s.fill]
+    dkv_args = f"{opts.dkv_args} {f.dkv_args}".strip()
+    script, args = scenario_args(s, opts.fill_keys)
+    # Data directories stay with their slot (a node's identity names its URL); the binaries
+    # swap slots between the blocks.
+    roots = {"A": work / f"run-binab-{s.name}-A", "B": work / f"run-binab-{s.name}-B"}
+    bins = {"new": dkv_bin, "old": old_bin}
+    ports = {"A": opts.base_port, "B": opts.base_port + 10}
+    per_block = [(opts.ab_pairs + 1) // 2, opts.ab_pairs // 2]
+    for root in roots.values():
+        copy_snapshot(snap, root, f.nodes)
+        reidentify(root, f.nodes)
+    log(f"binary A/B of {s.name}: new {dkv_bin} vs old {old_bin}, {opts.ab_pairs} alternating "
+        f"pairs of {opts.ab_duration:g} s closed-loop runs in two blocks (ports swapped)")
+    cls = {}
+    blocks = []
+    memory = {}
+    try:
+        for bi, n in enumerate(per_block):
+            if n == 0:
+                continue
+            new_slot = "A" if bi == 0 else "B"
+            old_slot = "B" if new_slot == "A" else "A"
+            for k in ("new", "old"):
+                if k in cls:
+                    cls[k].stop()
+            cls = {"new": Cluster(f.nodes, ports[new_slot], roots[new_slot], bins["new"],
+                                  dkv_args),
+                   "old": Cluster(f.nodes, ports[old_slot], roots[old_slot], bins["old"],
+                                  dkv_args)}
+            for cl in cls.values():
+                cl.start()
+            if opts.settle_s > 0:
+                for cl in cls.values():
+                    wait_quiet(cl.pids(), opts.settle_s)
+            for cl in cls.values():
+                gen.run(cl.url(0), script, args, max(1.0, opts.warmup))
+            pairs = []
+            for i in range(n):
+                pair = {}
+                for side, key in (("on", "new"), ("off", "old")):
+                    cl = cls[key]
+                    pair[side] = gen.run(cl.url(0), script, args, opts.ab_duration,
+                                         server_pids=cl.pids())
+                log(f"  {s.name} block {bi + 1} pair {i + 1}/{n}: new "
+                    f"{pair['on']['rps']:.0f} req/s {fmt_cpu(pair['on'].get('cpu_us_per_req'))} "
+                    f"us/req, old {pair['off']['rps']:.0f} req/s "
+                    f"{fmt_cpu(pair['off'].get('cpu_us_per_req'))} us/req (other CPU "
+                    f"{pair['on']['other_cpu_pct']:.0f}% / {pair['off']['other_cpu_pct']:.0f}%)")
+                pairs.append(pair)
+            closing = gen.run(cls["new"].url(0), script, args, opts.ab_duration,
+                              server_pids=cls["new"].pids())
+            blocks.append({"on_slot": new_slot, "pairs": pairs, "closing_on": closing})
+            for k, cl in cls.items():
+                memory.setdefault(k, []).append(node_memory(cl))
+        res = ab_summary(blocks)
+        res.update(blocks=blocks, scenario=s.name, new_bin=opts.dkv_bin, old_bin=opts.compare_bin,
+                   memory=memory)
+        results["binab"][s.name] = res
+        log(f"  {s.name}: CPU/req new ÷ old {res['cpu_ratio']:.3f} ({res['cpu_ratio_min']:.3f} - "
+            f"{res['cpu_ratio_max']:.3f}), throughput new ÷ old {res['rps_ratio']:.3f}; peak RSS "
+            f"new {', '.join(peak_rss(m) for m in memory['new'])} MiB, old "
+            f"{', '.join(peak_rss(m) for m in memory['old'])} MiB")
+    finally:
+        for cl in cls.values():
+            cl.stop()
+        if not opts.keep:
+            for root in roots.values():
+                shutil.rmtree(root, ignore_errors=True)
+
+
+def report_binab(results: dict) -> List[str]:
+    ab_all = results.get("binab") or {}
+    if not ab_all:
+        return []
+    first = next(iter(ab_all.values()))
+    o = results["options"]
+    L = ["## Two binaries side by side (`--compare-bin`)\n",
+         f"*new* = `{first['new_bin']}`, *old* = `{first['old_bin']}`, same flags, each on its "
+         f"own copy of the same fill. Closed-loop runs of {o.get('ab_duration', 0):g} s "
+         f"alternate new, old, new, ..., new in two blocks with the binaries' slots (port and "
+         f"data copy) swapped between them; *new ÷ old* = median over the old runs of the mean of the two new runs "
+         f"around it ÷ that old run (a steady drift of the shared machine cancels), min - max "
+         f"beside it. Peak RSS per node (VmHWM) at the end of each block.\n",
+         "| Scenario | pairs | CPU/req new (us) | CPU/req old (us) | CPU new ÷ old | req/s new ÷ "
+         "old | peak RSS new (MiB) | peak RSS old (MiB) | other CPU new / old |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, ab in ab_all.items():
+        on, off = ab["on"], ab["off"]
+        mem = ab.get("memory", {})
+        L.append(f"| {SCENARIO_BY_NAME[name].title()} (`{name}`) | {ab['pairs']} | "
+                 f"{fmt_cpu(on.get('cpu_us_per_req'))} | {fmt_cpu(off.get('cpu_us_per_req'))} | "
+                 f"**{ab['cpu_ratio']:.3f}** ({ab['cpu_ratio_min']:.2f} - "
+                 f"{ab['cpu_ratio_max']:.2f}) | {ab['rps_ratio']:.3f} | "
+                 f"{' / '.join(peak_rss(m) for m in mem.get('new', []))} | "
+                 f"{' / '.join(peak_rss(m) for m in mem.get('old', []))} | "
+                 f"{on['other_cpu_pct']:.0f}% / {off['other_cpu_pct']:.0f}% |")
+    L.append("")
+    return L
 
 
 class HintsPoller:
@@ -2236,6 +2362,7 @@ def report_md(results: dict, png_name: Optional[str], plot_note: Optional[str]) 
     L.append("")
 
     ng_cpu = ng["max"].get("cpu_us_per_req")
+    L.extend(report_binab(results))
     L.extend(report_efficiency(results))
     L.extend(report_main(results))
     L.extend(report_stability(results))
@@ -2651,6 +2778,14 @@ def main() -> int:
                     help="data directories (default build/bench-work; deleted afterwards)")
     ap.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--keep", action="store_true", help="keep data directories")
+    ap.add_argument("--compare-bin", default=None, metavar="OLD_DKV",
+                    help="instead of measuring each chosen scenario, run it on --dkv-bin and on "
+                         "this binary side by side, alternating closed-loop runs (--ab-pairs, "
+                         "--ab-duration): CPU/req and peak RSS new vs old")
+    ap.add_argument("--fill-dir", default=None,
+                    help="keep each fill's data in DIR/<fill>-<keys>x<value bytes> and reuse it "
+                         "when it is there (an A/B of two binaries on the same data; the 10x "
+                         "fill takes 10-30 min); never deleted by the runner")
     ap.add_argument("--note", default="", help="a sentence printed at the top of the report")
     ap.add_argument("--tag", default="",
                     help="appended to the report's file names (<date>-<commit>-<tag>.md), e.g. "
@@ -2741,6 +2876,9 @@ def main() -> int:
     # A private copy: a rebuild of build/dkv during the run must not change what is measured.
     dkv_bin = work / "dkv"
     shutil.copy2(src_bin, dkv_bin)
+    if opts.compare_bin:
+        opts.compare_bin_copy = str(work / "dkv-old")
+        shutil.copy2(opts.compare_bin, opts.compare_bin_copy)
     # The same for the script that starts the nodes: it must match the binary copied above
     # even if scripts/cluster.sh is edited during the run (new flags, say).
     global CLUSTER_SH
@@ -2792,7 +2930,7 @@ def main() -> int:
                     "drain_reps": opts.drain_reps, "repair_reps": opts.repair_reps,
                     "repair_get_s": opts.repair_get_s,
                     "repair_max_rounds": opts.repair_max_rounds},
-        "fill": {}, "scenarios": {}, "nginx": None, "nginx_files": {}, "ab": {},
+        "fill": {}, "scenarios": {}, "nginx": None, "nginx_files": {}, "ab": {}, "binab": {},
         "drain": None, "repair": None,
         "note": opts.note,
     }
