@@ -83,7 +83,9 @@ static const char usage_more[] =
     "                              cluster size); a request may still ask for up to N\n"
     "\n"
     "Storage:\n"
-    "  --block-cache-bytes N       RocksDB block cache (default 67108864)\n"
+    "  --block-cache-bytes N       RocksDB block cache; index and filter blocks count in it\n"
+    "                              (default: a quarter of RAM or of the cgroup's memory\n"
+    "                              limit, 64 MiB to 16 GiB; docs/deploy.md, Sizing memory)\n"
     "  --fsync                     fsync the write-ahead log on every write (default: write(2)\n"
     "                              only, which survives kill -9 but not power loss)\n"
     "  --backup-dir DIR            POST /v0/admin/checkpoint?dir=NAME writes a RocksDB\n"
@@ -280,7 +282,7 @@ static void set_defaults(dkv_conf_t *conf)
     conf->breaker_failures = 5;
     conf->breaker_cooldown_ms = 2000;
     conf->max_clock_offset_ms = 500;
-    conf->block_cache_bytes = 64u << 20;
+    conf->block_cache_bytes = 0; /* sized from memory by the store (dkv_store_sizing) */
     conf->hinted_handoff = true;
     conf->hint_window_ms = 3u * 3600u * 1000u;
     conf->max_hints_bytes = (uint64_t)1 << 30;
