@@ -39,11 +39,13 @@ test: unit integration
 run: build
 	@bash scripts/cluster.sh run
 
-# make bench [QUICK=1] [BENCH_ARGS=...]: every scenario against an nginx ceiling, report in
-# bench/results/. make profile SCENARIO=n3-a2f3-put [ALLOC=1]: perf flame graph + top symbols.
+# make bench [QUICK=1] [SCENARIOS=default|all|x10|...] [BENCH_ARGS=...]: the scenarios against
+# an nginx ceiling, report in bench/results/ (docs/benchmarks.md lists the scenarios and groups).
+# make profile SCENARIO=n3-a2f3-put [ALLOC=1]: perf flame graph + top symbols.
 bench: build
 	@bash scripts/install-deps.sh --bench
-	/usr/bin/python3 bench/bench.py $(if $(QUICK),--quick) $(BENCH_ARGS)
+	/usr/bin/python3 bench/bench.py $(if $(QUICK),--quick) $(if $(SCENARIOS),--scenarios $(SCENARIOS)) \
+	  $(BENCH_ARGS)
 
 profile: build
 	@bash scripts/install-deps.sh --bench

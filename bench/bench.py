@@ -71,29 +71,113 @@ NODE_START_S = 180
 
 
 @dataclass
+class Fill:
+    """A data set the scenarios start from: a cluster of `nodes` nodes (started with
+    `dkv_args`), written once through node 0 with `fill.lua` (`keys` keys x `value_bytes`
+    random bytes, `ack`/`from` of the fill's PUTs), stopped and kept as a snapshot."""
+    name: str
+    nodes: int
+    what: str
+    value_bytes: int = FILL_VALUE_BYTES
+    scale: int = 1  # x the default fill's bytes (--fill-keys x 1 KiB)
+    dkv_args: str = ""
+    ack: Optional[int] = None
+    frm: Optional[int] = None
+
+    def keys(self, fill_keys: int) -> int:
+        return max(1, fill_keys * self.scale * FILL_VALUE_BYTES // self.value_bytes)
+
+    def query(self) -> List[str]:
+        return [] if self.ack is None else [f"ack={self.ack}", f"from={self.frm}"]
+
+
+FILLS = {f.name: f for f in [
+    Fill("n1", 1, "1 node"),
+    Fill("n3", 3, "3 nodes, every node holds every key (fill at ack=3/from=3)", ack=3, frm=3),
+    Fill("n5", 5, "5 nodes `--replication-factor 3`, every key on its 3 replicas (fill at "
+         "ack=3/from=3)", dkv_args="--replication-factor 3", ack=3, frm=3),
+    Fill("x10", 1, "1 node, 10x the default fill", scale=10),
+    Fill("v64k", 1, "1 node, values of 64 KiB, as many bytes as the default fill",
+         value_bytes=64 << 10),
+    Fill("v1m", 1, "1 node, values of 1 MiB, as many bytes as the default fill",
+         value_bytes=1 << 20),
+]}
+# The GET and PUT workload's key set: the first HOT_BYTES of values (key1..key100000 of 1 KiB
+# values, the first issue's workload; fewer keys for larger values) or, for `cold` scenarios,
+# every key of the fill, so that most reads miss the block cache.
+HOT_BYTES = WORKLOAD_KEYS * FILL_VALUE_BYTES
+
+
+@dataclass
 class Scenario:
     name: str
     nodes: int
     op: str  # "get" | "put"
     ack: Optional[int] = None
     frm: Optional[int] = None
+    fill: str = ""  # FILLS key; default "n1" / "n3" by node count
+    cold: bool = False  # keys uniform over the whole fill instead of the hot set
+    group: str = "core"  # see GROUPS
+    put_bytes: Optional[int] = None  # PUT body; default PUT_VALUE_BYTES (16 B)
+
+    def __post_init__(self):
+        if not self.fill:
+            self.fill = "n1" if self.nodes == 1 else f"n{self.nodes}"
+
+    def value_bytes(self) -> int:
+        """Bytes of the values this scenario's requests carry (GET: the fill's)."""
+        if self.op == "put":
+            return self.put_bytes or PUT_VALUE_BYTES
+        return FILLS[self.fill].value_bytes
 
     def title(self) -> str:
         where = "1 node" if self.nodes == 1 else f"{self.nodes} nodes"
         q = "" if self.ack is None else f" ack={self.ack}/from={self.frm}"
-        return f"{where}{q} {self.op.upper()}"
+        t = f"{where}{q} {self.op.upper()}"
+        f = FILLS[self.fill]
+        extra = []
+        if f.scale != 1:
+            extra.append(f"{f.scale}x data")
+        if self.op == "put" and self.put_bytes:
+            extra.append(f"{fmt_size(self.put_bytes)} values")
+        elif self.op == "get" and f.value_bytes != FILL_VALUE_BYTES:
+            extra.append(f"{fmt_size(f.value_bytes)} values")
+        if self.cold:
+            extra.append("cold keys")
+        return t + (f" ({', '.join(extra)})" if extra else "")
+
+
+def fmt_size(n: int) -> str:
+    if n >= 1 << 20 and n % (1 << 20) == 0:
+        return f"{n >> 20} MiB"
+    if n >= 1 << 10 and n % (1 << 10) == 0:
+        return f"{n >> 10} KiB"
+    return f"{n} B"
 
 
 SCENARIOS = [
     Scenario("single-get", 1, "get"),
     Scenario("single-put", 1, "put"),
+    Scenario("single-get-cold", 1, "get", cold=True),
     Scenario("n3-a1f1-get", 3, "get", 1, 1),
     Scenario("n3-a1f1-put", 3, "put", 1, 1),
     Scenario("n3-a2f3-get", 3, "get", 2, 3),
     Scenario("n3-a2f3-put", 3, "put", 2, 3),
     Scenario("n3-a3f3-put", 3, "put", 3, 3),
+    Scenario("n5-a2f3-get", 5, "get", 2, 3, group="n5"),
+    Scenario("n5-a2f3-put", 5, "put", 2, 3, group="n5"),
+    Scenario("v64k-get", 1, "get", fill="v64k", group="values"),
+    Scenario("v64k-put", 1, "put", fill="v64k", group="values", put_bytes=64 << 10),
+    Scenario("v1m-get", 1, "get", fill="v1m", group="values"),
+    Scenario("v1m-put", 1, "put", fill="v1m", group="values", put_bytes=1 << 20),
+    Scenario("x10-get", 1, "get", fill="x10", group="x10"),
+    Scenario("x10-get-cold", 1, "get", fill="x10", cold=True, group="x10"),
+    Scenario("x10-put", 1, "put", fill="x10", group="x10"),
 ]
 SCENARIO_BY_NAME = {s.name: s for s in SCENARIOS}
+# nginx targets: the static 200 (ceiling of every small-value scenario) and static files of
+# the value sizes the `values` scenarios read (1 KiB: the default fill's values, single-get).
+NGINX_FILES = [FILL_VALUE_BYTES, 64 << 10, 1 << 20]
 
 # Convergence scenarios (3 nodes, on the same fill as the scenarios above):
 # - A/B: the ack=2/from=3 scenario on two clusters side by side, one with the defaults (hinted
@@ -118,6 +202,13 @@ SPEC_STALL_S = 1.0
 SPEC_GOAL_P99_RATIO = 1.5  # speculative: p99 with a stalled replica <= 1.5 x healthy p99
 EXTRA_SCENARIOS = list(AB_SCENARIOS) + [DRAIN_SCENARIO, REPAIR_SCENARIO, SPEC_SCENARIO]
 ALL_SCENARIO_NAMES = list(SCENARIO_BY_NAME) + EXTRA_SCENARIOS
+# --scenarios (make bench SCENARIOS=...) takes scenario names and these group names; `default`
+# is what `make bench` runs, `all` adds the 10x fill (about 10 min of filling by itself).
+GROUPS = {g: [s.name for s in SCENARIOS if s.group == g] for g in ("core", "n5", "values", "x10")}
+GROUPS["convergence"] = EXTRA_SCENARIOS
+GROUPS["efficiency"] = ["single-get", "single-put", "n3-a2f3-get", "n3-a2f3-put"]
+GROUPS["default"] = [n for n in ALL_SCENARIO_NAMES if n not in GROUPS["x10"]]
+GROUPS["all"] = list(ALL_SCENARIO_NAMES)
 DEFAULT_HINT_REPLAY_BYTES_PER_S = 8 << 20
 DEFAULT_AE_BYTES_PER_S = 32 << 20
 
@@ -128,6 +219,19 @@ TARGETS = [
     ("n3-a2f3-get", 0.25, 5.0),
     ("n3-a2f3-put", 0.25, 5.0),
 ]
+# Issue 11's efficiency table: CPU efficiency (nginx us/req ÷ dkv us/req, same run) today (the
+# issue's measurement) and the goal.
+EFFICIENCY_GOALS = [
+    ("single-get", 0.59, 0.85),
+    ("single-put", 0.63, 0.75),
+    ("n3-a2f3-get", 0.19, 0.40),
+    ("n3-a2f3-put", 0.27, 0.35),
+]
+# Issue 11 item 4: peak RSS per node <= block cache + memtables + this.
+RSS_SLACK_BYTES = 64 << 20
+# Memtable limit of a node that does not export dkv_rocksdb_memtable_limit_bytes: RocksDB's
+# defaults, 3 column families x max_write_buffer_number 2 x write_buffer_size 64 MiB.
+DEFAULT_MEMTABLE_LIMIT_BYTES = 3 * 2 * (64 << 20)
 
 
 def log(msg: str) -> None:
@@ -184,9 +288,10 @@ def alive(pid: int) -> bool:
 class Nginx:
     """nginx as an unprivileged foreground process with a generated config in a temp dir."""
 
-    def __init__(self, port: int, workers: int):
+    def __init__(self, port: int, workers: int, files: List[int] = ()):
         self.port = port
         self.workers = workers
+        self.files = list(files)
         self.dir = Path(tempfile.mkdtemp(prefix="dkv-bench-nginx-"))
         self.proc: Optional[subprocess.Popen] = None
 
@@ -197,6 +302,16 @@ class Nginx:
         if not port_free(self.port):
             raise BenchError(f"port {self.port} (nginx) is in use; pass --base-port")
         d = self.dir
+        # Static files of the value sizes (random bytes, like the values dkv serves), served
+        # from the page cache with sendfile, as nginx is usually deployed.
+        (d / "www" / "f").mkdir(parents=True, exist_ok=True)
+        for n in self.files:
+            (d / "www" / "f" / str(n)).write_bytes(os.urandom(n))
+        # Started as root, nginx's workers run as `nobody`: they must be able to read them.
+        for x in (d, d / "www", d / "www" / "f"):
+            x.chmod(0o755)
+        for n in self.files:
+            (d / "www" / "f" / str(n)).chmod(0o644)
         (d / "nginx.conf").write_text(f"""# generated by bench/bench.py: the HTTP ceiling
 worker_processes {self.workers};
 daemon off;
@@ -216,6 +331,7 @@ http {{
     server {{
         listen 127.0.0.1:{self.port} reuseport;
         location / {{ return 200 "ok"; }}
+        location /f/ {{ root {d}/www; sendfile on; tcp_nopush on; }}
     }}
 }}
 """)
@@ -228,9 +344,15 @@ http {{
         except BenchError:
             self.stop()
             raise BenchError("nginx did not start: " + (d / "stderr.log").read_text()[-500:])
+        for n in self.files:
+            status, body = http_get(self.url(n))
+            if status != 200 or len(body) != n:
+                self.stop()
+                raise BenchError(f"nginx: GET {self.url(n)} gave {status} with {len(body)} "
+                                 f"bytes instead of 200 with {n}")
 
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
+    def url(self, file_bytes: Optional[int] = None) -> str:
+        return f"http://127.0.0.1:{self.port}/" + (f"f/{file_bytes}" if file_bytes else "")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -481,13 +603,13 @@ def wrk_version(wrk: str) -> str:
 
 
 def fill(gen: LoadGen, url: str, keys: int, value_bytes: int, query_args: List[str],
-         work: Path, start: int = 1, prefix: str = "key") -> dict:
-    """PUTs <prefix><start>..<prefix><start+keys-1> once each (bench/lua/fill.lua); returns
-    {keys, seconds, rate}."""
+         work: Path, start: int = 1, prefix: str = "key", script: str = "fill.lua") -> dict:
+    """PUTs <prefix><start>..<prefix><start+keys-1> once each (bench/lua/fill.lua; with
+    script="prime.lua", GETs them once each); returns {keys, seconds, rate}."""
     out = work / f"fill-{os.getpid()}-{random.randrange(1 << 30)}"
     bound_s = 120 + keys // 1000  # generous: at least 1000 keys/s
     cmd = [gen.wrk, "-t1", "-c32", f"-d{bound_s}s", "--timeout", "10s", "-s",
-           str(LUA / "fill.lua"), url, "--", f"keys={keys}", "threads=1",
+           str(LUA / script), url, "--", f"keys={keys}", "threads=1",
            f"value={value_bytes}", f"out={out}", f"start={start}", f"prefix={prefix}",
            *query_args]
     t0 = time.monotonic()
@@ -512,8 +634,30 @@ def fill(gen: LoadGen, url: str, keys: int, value_bytes: int, query_args: List[s
     created, failed = (int(x) for x in marker.read_text().split())
     marker.unlink()
     if failed:
-        raise BenchError(f"fill: {failed} of {keys} PUTs failed")
+        raise BenchError(f"{script}: {failed} of {keys} requests failed")
     return {"keys": created, "seconds": round(seconds, 1), "rate": round(created / seconds)}
+
+
+def prime(gen: LoadGen, cl: "Cluster", s: "Scenario", fill_keys: int, work: Path
+          ) -> Optional[dict]:
+    """Before a GET scenario: its keys read once each, in order (bench/lua/prime.lua), as many
+    as the block cache of node 0 holds (all of a hot set; of a cold scenario's whole data set,
+    the first cache-capacity's worth), so that the cache is as full as in a server that has
+    served these keys for a while. Without it the runs pay for filling the cache (a first-touch
+    page fault and an insert per block read, about 15-20 us per miss here, against reusing an
+    evicted block's memory in a full cache): a larger cache then looks slower for minutes.
+    Returns the fill() record (keys, seconds) or None (PUT scenarios)."""
+    if s.op != "get":
+        return None
+    keys = scenario_keys(s, fill_keys)
+    cap = node_memory(cl)[0].get("block_cache_capacity_bytes") if cl.nodes else None
+    if s.cold and cap:
+        keys = min(keys, max(1, cap // FILLS[s.fill].value_bytes))
+    q = [] if s.ack is None else [f"ack={s.ack}", f"from={s.frm}"]
+    t = time.monotonic()
+    r = fill(gen, cl.url(0), keys, 0, q, work, script="prime.lua")
+    log(f"  primed: read {keys:,} keys once in {time.monotonic() - t:.1f} s")
+    return r
 
 
 def verify_fill(url: str, keys: int, value_bytes: int, query: str) -> None:
@@ -564,6 +708,9 @@ def measure(gen: LoadGen, url: str, script: str, args: List[str], opts,
     result["max"] = summarize(runs)
     result["max"]["all"] = runs
     peak = result["max"]["rps"]
+    if peak < 1:
+        log("    no request answered in the closed-loop runs: no fixed-rate runs")
+        return result
     for frac in opts.rates:
         rate = peak * frac
         runs = []
@@ -583,12 +730,20 @@ def measure(gen: LoadGen, url: str, script: str, args: List[str], opts,
     return result
 
 
-def scenario_args(s: Scenario, keys: int) -> (str, List[str]):
-    args = [f"keys={min(WORKLOAD_KEYS, keys)}"]
+def scenario_keys(s: Scenario, fill_keys: int) -> int:
+    """Size of the scenario's key space key1..keyN: the hot set (HOT_BYTES of values) or, for a
+    cold scenario, every key of its fill."""
+    f = FILLS[s.fill]
+    n = f.keys(fill_keys)
+    return n if s.cold else min(n, max(1, HOT_BYTES // f.value_bytes))
+
+
+def scenario_args(s: Scenario, fill_keys: int) -> (str, List[str]):
+    args = [f"keys={scenario_keys(s, fill_keys)}"]
     if s.ack is not None:
         args += [f"ack={s.ack}", f"from={s.frm}"]
     if s.op == "put":
-        args.append(f"value={PUT_VALUE_BYTES}")
+        args.append(f"value={s.value_bytes()}")
     return f"{s.op}.lua", args
 
 
@@ -613,42 +768,116 @@ def cpu_busy_pct(seconds: float = 1.0) -> float:
     return 100.0 * (1 - (i2 - i1) / max(1, t2 - t1))
 
 
-def run_topology(nodes: int, scenarios: List[Scenario], gen: LoadGen, opts, work: Path,
-                 dkv_bin: Path, results: dict, extras: List[str] = ()) -> None:
-    base = opts.base_port
-    snap = work / f"snapshot-{nodes}"
-    shutil.rmtree(snap, ignore_errors=True)
-    fill_root = work / f"fill-{nodes}"
-    shutil.rmtree(fill_root, ignore_errors=True)
-    cl = Cluster(nodes, base, fill_root, dkv_bin, opts.dkv_args)
-    fill_query = [] if nodes == 1 else [f"ack={nodes}", f"from={nodes}"]
-    log(f"{nodes}-node cluster: fill {opts.fill_keys} keys x {FILL_VALUE_BYTES} B "
-        f"({'every node holds every key' if nodes > 1 else 'one node'})")
+def proc_memory(pid: int) -> dict:
+    """VmHWM (peak resident set since the process started) and VmRSS of `pid`, in bytes."""
+    out = {}
     try:
-        cl.start()
-        info = fill(gen, cl.url(0), opts.fill_keys, FILL_VALUE_BYTES, fill_query, work)
-        verify_fill(cl.url(0), opts.fill_keys, FILL_VALUE_BYTES,
-                    "" if nodes == 1 else f"&ack={nodes}&from={nodes}")
-        log(f"  filled in {info['seconds']} s ({info['rate']} keys/s)")
-    finally:
-        cl.stop()
-    snap.mkdir(parents=True)
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            k, _, v = line.partition(":")
+            if k in ("VmHWM", "VmRSS"):
+                out[k.lower() + "_bytes"] = int(v.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
+PROM_LINE = re.compile(r'^(dkv_rocksdb_[a-z_]+)(?:\{cf="([a-z]+)"\})? (\d+)$')
+
+
+def node_memory(cl: "Cluster") -> List[dict]:
+    """Per node: peak and current RSS from /proc, and from its /metrics the block cache's
+    capacity / usage / pinned bytes and each column family's memtable and table-reader bytes
+    (index and filter blocks held outside the block cache)."""
+    out = []
+    for i in range(cl.nodes):
+        m = proc_memory(cl.pid(i))
+        status, body = http_get(cl.url(i) + "metrics", 5.0)
+        if status == 200:
+            for line in body.decode("latin-1").splitlines():
+                g = PROM_LINE.match(line)
+                if not g:
+                    continue
+                name, cf, v = g.group(1)[len("dkv_rocksdb_"):], g.group(2), int(g.group(3))
+                if cf is None:
+                    m[name] = v
+                elif name in ("memtable_bytes", "table_readers_bytes"):
+                    m[name] = m.get(name, 0) + v
+                    m.setdefault("cf", {}).setdefault(cf, {})[name] = v
+        out.append(m)
+    return out
+
+
+def copy_snapshot(snap: Path, root: Path, nodes: int) -> None:
+    """A private copy of a filled cluster's data directories for one scenario. SST files are
+    immutable once written (RocksDB only ever deletes them), so they are hard-linked, as a
+    RocksDB checkpoint does; everything else (WAL, MANIFEST, node state) is copied."""
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+
+    def copy(src, dst, *, follow_symlinks=True):
+        if src.endswith(".sst"):
+            os.link(src, dst)
+            return dst
+        return shutil.copy2(src, dst, follow_symlinks=follow_symlinks)
     for i in range(nodes):
-        shutil.move(str(fill_root / f"node{i}"), str(snap / f"node{i}"))
-    info["bytes_per_node"] = [du_bytes(snap / f"node{i}") for i in range(nodes)]
-    shutil.rmtree(fill_root, ignore_errors=True)
-    results["fill"][str(nodes)] = info
+        shutil.copytree(snap / f"node{i}", root / f"node{i}", symlinks=True,
+                        copy_function=copy)
+
+
+def run_fill(fill_name: str, scenarios: List[Scenario], gen: LoadGen, opts, work: Path,
+             dkv_bin: Path, results: dict, extras: List[str] = ()) -> None:
+    """Fills the data set `fill_name` once, then runs each scenario on its own copy of it."""
+    f = FILLS[fill_name]
+    nodes = f.nodes
+    keys = f.keys(opts.fill_keys)
+    dkv_args = f"{opts.dkv_args} {f.dkv_args}".strip()
+    base = opts.base_port
+    kept = Path(opts.fill_dir) / f"{fill_name}-{keys}x{f.value_bytes}" if opts.fill_dir else None
+    if kept is not None and (kept / "fill.json").exists():
+        # A fill kept by an earlier run (--fill-dir): the same data for an A/B of two binaries.
+        snap = kept
+        info = json.loads((kept / "fill.json").read_text())
+        info["reused_from"] = str(kept)
+        log(f"fill `{fill_name}`: reusing {kept} ({info['keys']:,} keys, filled on "
+            f"{info.get('date', '?')})")
+        results["fill"][fill_name] = info
+    else:
+        snap = kept or work / f"snapshot-{fill_name}"
+        shutil.rmtree(snap, ignore_errors=True)
+        fill_root = work / f"fill-{fill_name}"
+        shutil.rmtree(fill_root, ignore_errors=True)
+        cl = Cluster(nodes, base, fill_root, dkv_bin, dkv_args)
+        log(f"fill `{fill_name}` ({f.what}): {keys:,} keys x {f.value_bytes:,} B")
+        try:
+            cl.start()
+            info = fill(gen, cl.url(0), keys, f.value_bytes, f.query(), work)
+            verify_fill(cl.url(0), keys, f.value_bytes,
+                        "".join(f"&{q}" for q in f.query()))
+            log(f"  filled in {info['seconds']} s ({info['rate']} keys/s)")
+            info["memory"] = node_memory(cl)
+        finally:
+            cl.stop()
+        snap.mkdir(parents=True)
+        for i in range(nodes):
+            shutil.move(str(fill_root / f"node{i}"), str(snap / f"node{i}"))
+        info["bytes_per_node"] = [du_bytes(snap / f"node{i}") for i in range(nodes)]
+        info.update(nodes=nodes, value_bytes=f.value_bytes, what=f.what, dkv_args=f.dkv_args,
+                    date=datetime.datetime.now().isoformat(timespec="seconds"))
+        shutil.rmtree(fill_root, ignore_errors=True)
+        if kept is not None:
+            (kept / "fill.json").write_text(json.dumps(info, indent=1) + "\n")
+        results["fill"][fill_name] = info
 
     for s in scenarios:
+        if opts.compare_bin:
+            run_bin_ab(s, snap, gen, opts, work, dkv_bin, Path(opts.compare_bin_copy), results)
+            continue
         root = work / f"run-{s.name}"
-        shutil.rmtree(root, ignore_errors=True)
-        root.mkdir(parents=True)
-        for i in range(nodes):
-            shutil.copytree(snap / f"node{i}", root / f"node{i}", symlinks=True)
-        cl = Cluster(nodes, base, root, dkv_bin, opts.dkv_args)
+        copy_snapshot(snap, root, nodes)
+        cl = Cluster(nodes, base, root, dkv_bin, dkv_args)
         script, args = scenario_args(s, opts.fill_keys)
-        log(f"scenario {s.name} ({s.title()}): fresh copy of the filled data, warm-up "
-            f"{opts.warmup:g} s")
+        log(f"scenario {s.name} ({s.title()}): fresh copy of the filled data, "
+            f"{args[0]}, warm-up {opts.warmup:g} s")
         try:
             t = time.monotonic()
             cl.start()
@@ -661,11 +890,18 @@ def run_topology(nodes: int, scenarios: List[Scenario], gen: LoadGen, opts, work
                 settle = wait_quiet(pids, opts.settle_s)
                 log(f"  started in {start_s} s, idle after {settle['waited_s']} more s "
                     f"(last second: {settle['last_cores']} cores)")
+            primed = prime(gen, cl, s, opts.fill_keys, work)
             if opts.warmup > 0:
                 gen.run(cl.url(0), script, args, opts.warmup)
             res = measure(gen, cl.url(0), script, args, opts, pids)
+            res["primed"] = primed
             res["start_s"] = start_s
             res["settle"] = settle
+            res["keys"] = scenario_keys(s, opts.fill_keys)
+            res["value_bytes"] = s.value_bytes()
+            res["memory"] = node_memory(cl)
+            log(f"  peak RSS per node {', '.join(fmt_mib(m.get('vmhwm_bytes')) for m in res['memory'])}"
+                f" MiB")
             results["scenarios"][s.name] = res
         finally:
             cl.stop()
@@ -680,15 +916,8 @@ def run_topology(nodes: int, scenarios: List[Scenario], gen: LoadGen, opts, work
         run_repair(snap, gen, opts, work, dkv_bin, results)
     if SPEC_SCENARIO in extras:
         run_spec(snap, gen, opts, work, dkv_bin, results)
-    if not opts.keep:
+    if not opts.keep and kept is None:
         shutil.rmtree(snap, ignore_errors=True)
-
-
-def copy_snapshot(snap: Path, root: Path, nodes: int) -> None:
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
-    for i in range(nodes):
-        shutil.copytree(snap / f"node{i}", root / f"node{i}", symlinks=True)
 
 
 def reidentify(root: Path, nodes: int) -> None:
@@ -878,6 +1107,117 @@ def run_ab(names: List[str], snap: Path, gen: LoadGen, opts, work: Path, dkv_bin
         if not opts.keep:
             for root in roots.values():
                 shutil.rmtree(root, ignore_errors=True)
+
+
+def run_bin_ab(s: Scenario, snap: Path, gen: LoadGen, opts, work: Path, dkv_bin: Path,
+               old_bin: Path, results: dict) -> None:
+    """Scenario `s` on two binaries side by side (--compare-bin): `new` = --dkv-bin, `old` =
+    --compare-bin, each on its own copy of the same fill (re-identified: the copies listen on
+    other ports), with the same flags. Closed-loop runs of --ab-duration seconds alternate new,
+    old, new, old, ..., new in two blocks with the binaries' slots (port, data copy) swapped, as
+    the convergence A/B does (run_ab): on a shared machine, two runs minutes apart differ more
+    than the binaries might. Summaries as ab_summary() (`on` = new, `off` = old), plus each
+    side's memory at the end."""
+    f = FILLS[s.fill]
+    dkv_args = f"{opts.dkv_args} {f.dkv_args}".strip()
+    script, args = scenario_args(s, opts.fill_keys)
+    # Data directories stay with their slot (a node's identity names its URL); the binaries
+    # swap slots between the blocks.
+    roots = {"A": work / f"run-binab-{s.name}-A", "B": work / f"run-binab-{s.name}-B"}
+    bins = {"new": dkv_bin, "old": old_bin}
+    ports = {"A": opts.base_port, "B": opts.base_port + 10}
+    per_block = [(opts.ab_pairs + 1) // 2, opts.ab_pairs // 2]
+    for root in roots.values():
+        copy_snapshot(snap, root, f.nodes)
+        reidentify(root, f.nodes)
+    log(f"binary A/B of {s.name}: new {dkv_bin} vs old {old_bin}, {opts.ab_pairs} alternating "
+        f"pairs of {opts.ab_duration:g} s closed-loop runs in two blocks (ports swapped)")
+    cls = {}
+    blocks = []
+    memory = {}
+    try:
+        for bi, n in enumerate(per_block):
+            if n == 0:
+                continue
+            new_slot = "A" if bi == 0 else "B"
+            old_slot = "B" if new_slot == "A" else "A"
+            for k in ("new", "old"):
+                if k in cls:
+                    cls[k].stop()
+            cls = {"new": Cluster(f.nodes, ports[new_slot], roots[new_slot], bins["new"],
+                                  dkv_args),
+                   "old": Cluster(f.nodes, ports[old_slot], roots[old_slot], bins["old"],
+                                  dkv_args)}
+            for cl in cls.values():
+                cl.start()
+            if opts.settle_s > 0:
+                for cl in cls.values():
+                    wait_quiet(cl.pids(), opts.settle_s)
+            for cl in cls.values():
+                prime(gen, cl, s, opts.fill_keys, work)
+                gen.run(cl.url(0), script, args, max(1.0, opts.warmup))
+            pairs = []
+            for i in range(n):
+                pair = {}
+                for side, key in (("on", "new"), ("off", "old")):
+                    cl = cls[key]
+                    pair[side] = gen.run(cl.url(0), script, args, opts.ab_duration,
+                                         server_pids=cl.pids())
+                log(f"  {s.name} block {bi + 1} pair {i + 1}/{n}: new "
+                    f"{pair['on']['rps']:.0f} req/s {fmt_cpu(pair['on'].get('cpu_us_per_req'))} "
+                    f"us/req, old {pair['off']['rps']:.0f} req/s "
+                    f"{fmt_cpu(pair['off'].get('cpu_us_per_req'))} us/req (other CPU "
+                    f"{pair['on']['other_cpu_pct']:.0f}% / {pair['off']['other_cpu_pct']:.0f}%)")
+                pairs.append(pair)
+            closing = gen.run(cls["new"].url(0), script, args, opts.ab_duration,
+                              server_pids=cls["new"].pids())
+            blocks.append({"on_slot": new_slot, "pairs": pairs, "closing_on": closing})
+            for k, cl in cls.items():
+                memory.setdefault(k, []).append(node_memory(cl))
+        res = ab_summary(blocks)
+        res.update(blocks=blocks, scenario=s.name, new_bin=opts.dkv_bin, old_bin=opts.compare_bin,
+                   memory=memory)
+        results["binab"][s.name] = res
+        log(f"  {s.name}: CPU/req new ÷ old {res['cpu_ratio']:.3f} ({res['cpu_ratio_min']:.3f} - "
+            f"{res['cpu_ratio_max']:.3f}), throughput new ÷ old {res['rps_ratio']:.3f}; peak RSS "
+            f"new {', '.join(peak_rss(m) for m in memory['new'])} MiB, old "
+            f"{', '.join(peak_rss(m) for m in memory['old'])} MiB")
+    finally:
+        for cl in cls.values():
+            cl.stop()
+        if not opts.keep:
+            for root in roots.values():
+                shutil.rmtree(root, ignore_errors=True)
+
+
+def report_binab(results: dict) -> List[str]:
+    ab_all = results.get("binab") or {}
+    if not ab_all:
+        return []
+    first = next(iter(ab_all.values()))
+    o = results["options"]
+    L = ["## Two binaries side by side (`--compare-bin`)\n",
+         f"*new* = `{first['new_bin']}`, *old* = `{first['old_bin']}`, same flags, each on its "
+         f"own copy of the same fill. Closed-loop runs of {o.get('ab_duration', 0):g} s "
+         f"alternate new, old, new, ..., new in two blocks with the binaries' slots (port and "
+         f"data copy) swapped between them; *new ÷ old* = median over the old runs of the mean of the two new runs "
+         f"around it ÷ that old run (a steady drift of the shared machine cancels), min - max "
+         f"beside it. Peak RSS per node (VmHWM) at the end of each block.\n",
+         "| Scenario | pairs | CPU/req new (us) | CPU/req old (us) | CPU new ÷ old | req/s new ÷ "
+         "old | peak RSS new (MiB) | peak RSS old (MiB) | other CPU new / old |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, ab in ab_all.items():
+        on, off = ab["on"], ab["off"]
+        mem = ab.get("memory", {})
+        L.append(f"| {SCENARIO_BY_NAME[name].title()} (`{name}`) | {ab['pairs']} | "
+                 f"{fmt_cpu(on.get('cpu_us_per_req'))} | {fmt_cpu(off.get('cpu_us_per_req'))} | "
+                 f"**{ab['cpu_ratio']:.3f}** ({ab['cpu_ratio_min']:.2f} - "
+                 f"{ab['cpu_ratio_max']:.2f}) | {ab['rps_ratio']:.3f} | "
+                 f"{' / '.join(peak_rss(m) for m in mem.get('new', []))} | "
+                 f"{' / '.join(peak_rss(m) for m in mem.get('old', []))} | "
+                 f"{on['other_cpu_pct']:.0f}% / {off['other_cpu_pct']:.0f}% |")
+    L.append("")
+    return L
 
 
 class HintsPoller:
@@ -1645,6 +1985,10 @@ def fmt_cpu(us: Optional[float]) -> str:
     return f"{us:.0f}" if us >= 100 else f"{us:.1f}"
 
 
+def fmt_mib(n: Optional[float]) -> str:
+    return "-" if n is None else f"{n / 2**20:.0f}"
+
+
 def fmt_k(rps: float) -> str:
     return f"{rps / 1000:.1f}k"
 
@@ -1941,6 +2285,300 @@ def refresh_ab(results: dict) -> bool:
     return changed
 
 
+def fills_of(results: dict):
+    """(name, info) of every fill, older reports' "1"/"3" keys named n1/n3."""
+    out = []
+    for n, f in results["fill"].items():
+        out.append((f"n{n}" if n.isdigit() else n, f))
+    return out
+
+
+def nginx_ref(results: dict, name: str):
+    """The nginx target a scenario is compared with: (label, its measure) or (None, None).
+    GETs of large values: the static file of the same size; PUTs of large values: none (nginx
+    stores nothing); everything else: the static 200."""
+    s = SCENARIO_BY_NAME[name]
+    vb = FILLS[s.fill].value_bytes
+    if s.op == "put" and s.put_bytes:
+        return None, None
+    if s.op == "get" and vb != FILL_VALUE_BYTES:
+        r = (results.get("nginx_files") or {}).get(str(vb))
+        return (f"static file {fmt_size(vb)}", r) if r else (None, None)
+    return "static 200", results["nginx"]
+
+
+def cpu_of(r: Optional[dict]) -> Optional[float]:
+    return r["max"].get("cpu_us_per_req") if r else None
+
+
+def half_rate(r: dict, frac: float = 0.5) -> Optional[dict]:
+    for fx in r.get("fixed", []):
+        if abs(fx["fraction"] - frac) < 1e-9:
+            return fx
+    return None
+
+
+def peak_rss(mem: Optional[List[dict]]) -> str:
+    if not mem:
+        return "-"
+    return ", ".join(fmt_mib(m.get("vmhwm_bytes")) for m in mem)
+
+
+def report_efficiency(results: dict) -> List[str]:
+    rows = [(n, today, goal) for n, today, goal in EFFICIENCY_GOALS if n in results["scenarios"]]
+    if not rows:
+        return []
+    ng_cpu = cpu_of(results["nginx"])
+    L = ["## Efficiency (issue 11)\n",
+         "*efficiency* = nginx's server CPU per request ÷ dkv's, both measured in this run, "
+         "closed loop (median of the runs); nginx answers a static 200. CPU of every dkv node "
+         "of the cluster counts, per client request. *issue* = the figure the issue measured "
+         "before this work.\n",
+         "| Scenario | dkv us/req | nginx us/req | efficiency | issue | goal | met |",
+         "|---|---:|---:|---:|---:|---:|:---:|"]
+    for n, today, goal in rows:
+        cpu = cpu_of(results["scenarios"][n])
+        e = ng_cpu / cpu if ng_cpu and cpu else None
+        L.append(f"| {SCENARIO_BY_NAME[n].title()} | {fmt_cpu(cpu)} | {fmt_cpu(ng_cpu)} | "
+                 f"**{e:.2f}** | {today:.2f} | >= {goal:.2f} | "
+                 f"{'yes' if e is not None and e >= goal else '**no**'} |" if e else
+                 f"| {SCENARIO_BY_NAME[n].title()} | - | - | - | {today:.2f} | {goal:.2f} | - |")
+    L.append("")
+    return L
+
+
+def report_main(results: dict) -> List[str]:
+    o = results["options"]
+    fr = o["rates"]
+    L = ["## Every scenario: CPU per request, throughput, latency\n",
+         "*dkv us/req*: utime + stime of every dkv node of the cluster (all threads, RocksDB's "
+         "background threads included) over the closed-loop run, from /proc/PID/stat, divided "
+         "by the requests answered; *nginx us/req* the same for nginx's master and workers on "
+         "the reference target of the same run (static 200, or for large values a static file "
+         "of the same size, sendfile on); *eff.* = nginx ÷ dkv. *req/s*: closed loop, median "
+         "(min - max) of the runs. *MB/s*: req/s x value bytes. Latency at fixed rates of the "
+         "target's own median maximum (CO-corrected, see the latency table below; lag column "
+         "there). *peak RSS*: VmHWM of each node at the end of the scenario (start-up "
+         "included). *other CPU*: what processes other than wrk and the servers used meanwhile "
+         "(% of all cores).\n"]
+    lat = " | ".join(f"p50 / p99 at {x:.0%} ms" for x in fr)
+    L.append(f"| Target | dkv us/req | nginx us/req | eff. | req/s (min - max) | MB/s | {lat} "
+             f"| peak RSS per node MiB | other CPU | errors |")
+    L.append("|---|---:|---:|---:|---:|---:|" + "---:|" * len(fr) + "---:|---:|---:|")
+
+    def lat_cells(r):
+        out = []
+        for x in fr:
+            fx = half_rate(r, x)
+            out.append(f"{fmt_ms(fx['p50_us'])} / {fmt_ms(fx['p99_us'])}" if fx else "-")
+        return " | ".join(out)
+
+    ng = results["nginx"]
+    nginx_rows = [("nginx static 200 (ceiling)", ng, 2)]
+    nginx_rows += [(f"nginx static file {fmt_size(int(n))}", r, int(n))
+                   for n, r in (results.get("nginx_files") or {}).items()]
+    for title, r, vb in nginx_rows:
+        mx = r["max"]
+        L.append(f"| {title} | - | {fmt_cpu(mx.get('cpu_us_per_req'))} | 1.00 | "
+                 f"{mx['rps']:,.0f} ({mx['rps_min']:,.0f} - {mx['rps_max']:,.0f}) | "
+                 f"{mx['rps'] * vb / 1e6:,.1f} | {lat_cells(r)} | - | "
+                 f"{mx['other_cpu_pct']:.0f}% | {mx['errors']} |")
+    for name, r in results["scenarios"].items():
+        mx = r["max"]
+        cpu = mx.get("cpu_us_per_req")
+        label, ref = nginx_ref(results, name)
+        ncpu = cpu_of(ref)
+        e = f"{ncpu / cpu:.2f}" if ncpu and cpu else "-"
+        vb = r.get("value_bytes") or SCENARIO_BY_NAME[name].value_bytes()
+        L.append(f"| {SCENARIO_BY_NAME[name].title()} (`{name}`) | {fmt_cpu(cpu)} | "
+                 f"{fmt_cpu(ncpu)}{'' if label in (None, 'static 200') else ' (file)'} | {e} | "
+                 f"{mx['rps']:,.0f} ({mx['rps_min']:,.0f} - {mx['rps_max']:,.0f}) | "
+                 f"{mx['rps'] * vb / 1e6:,.1f} | {lat_cells(r)} | {peak_rss(r.get('memory'))} | "
+                 f"{mx['other_cpu_pct']:.0f}% | {mx['errors']} |")
+    L.append("")
+    return L
+
+
+def rel_spread(xs: List[float]) -> Optional[float]:
+    xs = [x for x in xs if x]
+    if len(xs) < 2:
+        return None
+    return (max(xs) - min(xs)) / statistics.median(xs)
+
+
+def report_stability(results: dict) -> List[str]:
+    targets = [results["nginx"]] + list((results.get("nginx_files") or {}).values()) + \
+        list(results["scenarios"].values())
+    cpu_sp, rps_sp, p99_sp = [], [], []
+    for r in targets:
+        runs = r["max"].get("all") or []
+        c = rel_spread([x.get("cpu_us_per_req") for x in runs])
+        q = rel_spread([x["rps"] for x in runs])
+        if c is not None and q is not None:
+            cpu_sp.append(c)
+            rps_sp.append(q)
+        fx = half_rate(r)
+        if fx and fx.get("all"):
+            v = rel_spread([x["p99_us"] for x in fx["all"]])
+            if v is not None:
+                p99_sp.append(v)
+    if not cpu_sp:
+        return []
+    oc = [r["max"]["other_cpu_pct"] for r in targets]
+    L = ["### Which figure is stable, and why\n"]
+    L.append(
+        f"In this run the closed-loop runs of one target differed by a median "
+        f"**{100 * median(cpu_sp):.0f}% in CPU per request** (worst "
+        f"{100 * max(cpu_sp):.0f}%) and **{100 * median(rps_sp):.0f}% in throughput** (worst "
+        f"{100 * max(rps_sp):.0f}%); p99 at 50% load by {100 * median(p99_sp):.0f}% "
+        f"(worst {100 * max(p99_sp):.0f}%) ((max - min) ÷ median over the "
+        f"{results['options']['runs']} runs; other CPU {min(oc):.0f}-{max(oc):.0f}%). "
+        f"**CPU per request is the figure to compare**, and the efficiency (nginx ÷ dkv in "
+        f"the same run) the one to quote: it counts the work the servers do per request, so "
+        f"it does not move when another process takes a core, while throughput is whatever "
+        f"CPU is left after wrk (about one core), the other nodes and the machine's other "
+        f"users, and latency depends on when the scheduler runs each thread. It is not free "
+        f"of noise: it falls when more requests share a loop iteration (one `epoll_wait`, one "
+        f"write-ahead-log `write(2)`, fuller socket writes), so a run that got less CPU also "
+        f"spends a little more per request; the ratio to nginx measured minutes apart on the "
+        f"same cores cancels most of the machine's state. Throughput and latency are here to "
+        f"show the shape (what saturates first, the tail at a given load), not to compare "
+        f"two runs.\n")
+    return L
+
+
+def report_values(results: dict) -> List[str]:
+    rows = []
+    for vb in NGINX_FILES:
+        get = next((n for n, r in results["scenarios"].items()
+                    if SCENARIO_BY_NAME[n].op == "get" and not SCENARIO_BY_NAME[n].cold
+                    and FILLS[SCENARIO_BY_NAME[n].fill].value_bytes == vb
+                    and FILLS[SCENARIO_BY_NAME[n].fill].scale == 1
+                    and SCENARIO_BY_NAME[n].nodes == 1), None)
+        put = next((n for n, r in results["scenarios"].items()
+                    if SCENARIO_BY_NAME[n].op == "put" and SCENARIO_BY_NAME[n].put_bytes == vb),
+                   None)
+        ng = (results.get("nginx_files") or {}).get(str(vb))
+        if get or put or ng:
+            rows.append((vb, get, put, ng))
+    if not results.get("nginx_files") or not rows:
+        return []
+    L = ["## Value sizes: bytes per second and CPU per MiB (1 node)\n",
+         "GET: the hot set of a data set of the default fill's bytes (values of the size in "
+         "the row) against nginx serving a static file of that size from the page cache "
+         "(`sendfile on`), same run, closed loop. PUT: the same keys overwritten with values of "
+         "that size (no nginx counterpart: nginx stores nothing). *CPU us/MiB* = server CPU "
+         "per request ÷ value MiB; *eff.* = nginx ÷ dkv.\n",
+         "| Value | GET MB/s | nginx MB/s | GET CPU us/MiB | nginx CPU us/MiB | eff. | "
+         "PUT MB/s | PUT CPU us/MiB | scenarios |",
+         "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for vb, get, put, ng in rows:
+        mib = vb / 2**20
+
+        def mbs(r):
+            return f"{r['max']['rps'] * vb / 1e6:,.1f}" if r else "-"
+
+        def per_mib(r):
+            c = cpu_of(r)
+            return f"{c / mib:,.0f}" if c else "-"
+        g = results["scenarios"].get(get) if get else None
+        pu = results["scenarios"].get(put) if put else None
+        e = f"{cpu_of(ng) / cpu_of(g):.2f}" if cpu_of(ng) and cpu_of(g) else "-"
+        L.append(f"| {fmt_size(vb)} | {mbs(g)} | {mbs(ng)} | {per_mib(g)} | {per_mib(ng)} | "
+                 f"{e} | {mbs(pu)} | {per_mib(pu)} | "
+                 f"{', '.join(f'`{x}`' for x in (get, put) if x)} |")
+    L.append("")
+    return L
+
+
+def report_data_size(results: dict) -> List[str]:
+    sc = results["scenarios"]
+    pairs = [("GET, hot keys", "single-get", "x10-get"),
+             ("GET, cold keys (uniform over the data set)", "single-get-cold", "x10-get-cold"),
+             ("PUT, hot keys", "single-put", "x10-put")]
+    pairs = [p for p in pairs if p[1] in sc or p[2] in sc]
+    if not any(p[2] in sc for p in pairs):
+        return []
+    fills = dict(fills_of(results))
+
+    def size(n):
+        f = fills.get(n)
+        return f"{sum(f['bytes_per_node']) / len(f['bytes_per_node']) / 2**30:.1f} GiB" if f \
+            else "?"
+    L = ["## Data size: the default fill and 10x (1 node)\n",
+         f"Data on disk per node: {size('n1')} and {size('x10')}. Server CPU per request "
+         f"(closed loop, median) and its growth; the hot set is the same {WORKLOAD_KEYS:,} "
+         f"keys in both, cold keys are uniform over the whole data set.\n",
+         "| Workload | 1x us/req | 10x us/req | 10x ÷ 1x | 1x req/s | 10x req/s | "
+         "1x p99 at 50% ms | 10x p99 at 50% ms |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for title, a, b in pairs:
+        ra, rb = sc.get(a), sc.get(b)
+        ca, cb = cpu_of(ra), cpu_of(rb)
+        ha, hb = (half_rate(ra) if ra else None), (half_rate(rb) if rb else None)
+        qa = f"{ra['max']['rps']:,.0f}" if ra else "-"
+        qb = f"{rb['max']['rps']:,.0f}" if rb else "-"
+        growth = f"{cb / ca:.2f}" if ca and cb else "-"
+        L.append(f"| {title} | {fmt_cpu(ca)} | {fmt_cpu(cb)} | {growth} | {qa} | {qb} | "
+                 f"{fmt_ms(ha['p99_us']) if ha else '-'} | {fmt_ms(hb['p99_us']) if hb else '-'} |")
+    L.append("")
+    return L
+
+
+def memory_bound(m: dict) -> Optional[int]:
+    cap = m.get("block_cache_capacity_bytes")
+    lim = m.get("memtable_limit_bytes", DEFAULT_MEMTABLE_LIMIT_BYTES)
+    return cap + lim + RSS_SLACK_BYTES if cap else None
+
+
+def report_memory(results: dict) -> List[str]:
+    fills = fills_of(results)
+    if not any(f.get("memory") for _, f in fills):
+        return []
+    L = ["## Memory per node at each data size\n",
+         "Peak RSS = VmHWM from /proc/PID/status (the process's high-water mark since its start, "
+         "write-ahead-log replay included): after the fill (the write-heavy phase), and the "
+         "largest at the end of any scenario on that data set. *Bound* = block cache capacity + "
+         "memtable limit + 64 MiB (issue 11; docs/architecture.md, Memory). *Table readers* = "
+         "index and filter blocks held outside the block cache (RocksDB's "
+         "`estimate-table-readers-mem`, all column families), *memtables* = all memtables now, "
+         "both at the end of the fill.\n",
+         "| Data set | on disk per node | block cache | memtable limit | table readers | "
+         "memtables | peak RSS after fill (max node) | peak RSS in scenarios (max node) | "
+         "bound | holds |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|"]
+    for n, f in fills:
+        mem = f.get("memory") or []
+        if not mem:
+            continue
+        scen = [r.get("memory") or [] for s, r in results["scenarios"].items()
+                if SCENARIO_BY_NAME[s].fill == n]
+        peak_fill = max(m.get("vmhwm_bytes", 0) for m in mem)
+        peak_sc = max([m.get("vmhwm_bytes", 0) for ms in scen for m in ms] or [0])
+        m0 = max(mem, key=lambda m: m.get("vmhwm_bytes", 0))
+        bound = memory_bound(m0)
+        worst = max(peak_fill, peak_sc)
+        disk = sum(f["bytes_per_node"]) / len(f["bytes_per_node"])
+        L.append(f"| `{n}` | {disk / 2**20:,.0f} MiB | "
+                 f"{fmt_mib(m0.get('block_cache_capacity_bytes'))} MiB | "
+                 f"{fmt_mib(m0.get('memtable_limit_bytes', DEFAULT_MEMTABLE_LIMIT_BYTES))} MiB | "
+                 f"{fmt_mib(m0.get('table_readers_bytes'))} MiB | "
+                 f"{fmt_mib(m0.get('memtable_bytes'))} MiB | {fmt_mib(peak_fill)} MiB | "
+                 f"{fmt_mib(peak_sc) if peak_sc else '-'} MiB | "
+                 f"{fmt_mib(bound)} MiB | "
+                 f"{'-' if bound is None else ('yes' if worst <= bound else '**no**')} |")
+    L.append("")
+    L.append("Per scenario, at its end (per node: peak RSS / RSS now / block cache in use / "
+             "memtables / table readers, MiB): " + "; ".join(
+                 f"`{s}` " + ", ".join(
+                     f"{fmt_mib(m.get('vmhwm_bytes'))}/{fmt_mib(m.get('vmrss_bytes'))}/"
+                     f"{fmt_mib(m.get('block_cache_usage_bytes'))}/"
+                     f"{fmt_mib(m.get('memtable_bytes'))}/{fmt_mib(m.get('table_readers_bytes'))}"
+                     for m in r["memory"])
+                 for s, r in results["scenarios"].items() if r.get("memory")) + ".\n")
+    return L
+
+
 def report_md(results: dict, png_name: Optional[str], plot_note: Optional[str]) -> str:
     refresh_ab(results)
     m, g, o = results["machine"], results["git"], results["options"]
@@ -1972,45 +2610,27 @@ def report_md(results: dict, png_name: Optional[str], plot_note: Optional[str]) 
              f" at {', '.join(f'{r:.0%}' for r in o['rates'])} of the target's median maximum. "
              f"Every figure is the median of {o['runs']} runs. Client traffic enters through "
              f"node 0, which coordinates every request.")
-    L.append(f"- Workload: GET and PUT of `key<N>`, N uniform in 1..{min(WORKLOAD_KEYS, o['fill_keys'])}"
-             f", PUT values {PUT_VALUE_BYTES} B random. Fill: {o['fill_keys']:,} keys x "
-             f"{FILL_VALUE_BYTES} B random values; 3-node fill with ack=3/from=3, so every node "
-             f"holds every key.")
-    for n, f in sorted(results["fill"].items()):
-        per = ", ".join(f"{b / (1 << 20):.0f}" for b in f["bytes_per_node"])
-        L.append(f"  - {n}-node fill: {f['keys']:,} keys in {f['seconds']} s "
-                 f"({f['rate']:,} keys/s); on disk per node: {per} MiB "
-                 f"(memtable 64 MiB + block cache {o['block_cache_mib']} MiB).")
+    L.append(f"- Workload: GET and PUT of `key<N>`, N uniform in 1..K: K = the hot set, the "
+             f"keys of the first {fmt_size(HOT_BYTES)} of values ({WORKLOAD_KEYS:,} keys of "
+             f"1 KiB: the first issue's workload), or every key of the fill for *cold keys*. "
+             f"PUT values {PUT_VALUE_BYTES} B random unless the scenario says otherwise. "
+             f"Data sets (each filled once through node 0, then every scenario starts from "
+             f"its own copy):")
+    for n, f in fills_of(results):
+        per = ", ".join(f"{b / (1 << 20):,.0f}" for b in f["bytes_per_node"])
+        L.append(f"  - `{n}` ({f.get('what', '')}): {f['keys']:,} keys x "
+                 f"{fmt_size(f.get('value_bytes', FILL_VALUE_BYTES))} in {f['seconds']} s "
+                 f"({f['rate']:,} keys/s); on disk per node: {per} MiB.")
     L.append("")
 
     ng_cpu = ng["max"].get("cpu_us_per_req")
-
-    def eff(us):
-        return f"{ng_cpu / us:.2f}" if ng_cpu and us else "-"
-
-    L.append("## Maximum throughput and server CPU per request (closed loop)\n")
-    L.append("*server CPU/req*: utime + stime of every server process of the target (nginx "
-             "master and workers; every dkv node of the cluster, all threads, RocksDB's "
-             "background threads included) over the run, from /proc/PID/stat, divided by the "
-             "requests answered in it; median of the runs. *CPU eff.* = nginx's CPU/req ÷ the "
-             "target's (1.00 = as cheap as nginx's static 200). On these shared cores throughput "
-             "swings with whatever else runs; CPU per request is the stable figure. "
-             "*other CPU*: CPU used during the runs by processes other than wrk and the "
-             "servers under test (median, % of all cores): above a few % the machine was shared "
-             "and the figures are low and noisy.\n")
-    L.append("| Target | req/s (median) | min - max | x nginx | server CPU/req (us) | "
-             "CPU eff. (x nginx) | errors | other CPU |")
-    L.append("|---|---:|---:|---:|---:|---:|---:|---:|")
-    L.append(f"| nginx static 200 (ceiling) | {ng_max:,.0f} | {ng['max']['rps_min']:,.0f} - "
-             f"{ng['max']['rps_max']:,.0f} | 1.00 | {fmt_cpu(ng_cpu)} | {eff(ng_cpu)} | "
-             f"{ng['max']['errors']} | {ng['max']['other_cpu_pct']:.0f}% |")
-    for name, r in results["scenarios"].items():
-        mx = r["max"]
-        cpu = mx.get("cpu_us_per_req")
-        L.append(f"| {SCENARIO_BY_NAME[name].title()} (`{name}`) | {mx['rps']:,.0f} | "
-                 f"{mx['rps_min']:,.0f} - {mx['rps_max']:,.0f} | {mx['rps'] / ng_max:.2f} | "
-                 f"{fmt_cpu(cpu)} | {eff(cpu)} | {mx['errors']} | {mx['other_cpu_pct']:.0f}% |")
-    L.append("")
+    L.extend(report_binab(results))
+    L.extend(report_efficiency(results))
+    L.extend(report_main(results))
+    L.extend(report_stability(results))
+    L.extend(report_values(results))
+    L.extend(report_data_size(results))
+    L.extend(report_memory(results))
     starts = [(n, r) for n, r in results["scenarios"].items() if "start_s" in r]
     if starts:
         L.append("Start of each scenario's cluster on its copy of the fill (until every node "
@@ -2035,8 +2655,10 @@ def report_md(results: dict, png_name: Optional[str], plot_note: Optional[str]) 
     L.append("| Target | rate | achieved | p50 ms | p90 ms | p99 ms | p99.9 ms | lag p99 ms "
              "| late | server CPU/req (us) | errors | other CPU |")
     L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    rows = [("nginx static 200", ng)] + [(SCENARIO_BY_NAME[n].title(), r)
-                                         for n, r in results["scenarios"].items()]
+    rows = [("nginx static 200", ng)]
+    rows += [(f"nginx static file {fmt_size(int(n))}", r)
+             for n, r in (results.get("nginx_files") or {}).items()]
+    rows += [(SCENARIO_BY_NAME[n].title(), r) for n, r in results["scenarios"].items()]
     for title, r in rows:
         for fx in r["fixed"]:
             L.append(f"| {title} | {fx['fraction']:.0%} = {fx['target_rate']:,.0f} | "
@@ -2163,12 +2785,12 @@ def run_profile(opts, gen: LoadGen, work: Path, dkv_bin: Path, gi: dict) -> int:
                f"{' (modified working tree)' if gi['dirty'] else ''}\n"]
     script, args = scenario_args(s, opts.fill_keys)
     root = work / f"profile-{s.name}"
-    cl = Cluster(s.nodes, opts.base_port, root, dkv_bin, opts.dkv_args)
-    fill_query = [] if s.nodes == 1 else [f"ack={s.nodes}", f"from={s.nodes}"]
+    f = FILLS[s.fill]
+    cl = Cluster(s.nodes, opts.base_port, root, dkv_bin, f"{opts.dkv_args} {f.dkv_args}".strip())
     try:
         cl.start()
-        log(f"profile {s.name}: fill {opts.fill_keys} keys")
-        fill(gen, cl.url(0), opts.fill_keys, FILL_VALUE_BYTES, fill_query, work)
+        log(f"profile {s.name}: fill {f.keys(opts.fill_keys)} keys x {f.value_bytes} B")
+        fill(gen, cl.url(0), f.keys(opts.fill_keys), f.value_bytes, f.query(), work)
         gen.run(cl.url(0), script, args, max(1.0, opts.warmup))
         if opts.profile_rate:
             rate = opts.profile_rate
@@ -2284,7 +2906,8 @@ def alloc_profile(s: Scenario, opts, gen: LoadGen, root: Path, dkv_bin: Path, ra
     wrapper.write_text(f'#!/bin/sh\nexec heaptrack -o "{raw}/heaptrack.node.$$" '
                        f'"{dkv_bin}" "$@"\n')
     wrapper.chmod(0o755)
-    cl = Cluster(s.nodes, opts.base_port, root, wrapper, opts.dkv_args)
+    cl = Cluster(s.nodes, opts.base_port, root, wrapper,
+                 f"{opts.dkv_args} {FILLS[s.fill].dkv_args}".strip())
     script, args = scenario_args(s, opts.fill_keys)
     rate, secs = opts.alloc_rate, opts.alloc_seconds
     lines = ["\n## Allocations (heaptrack)\n"]
@@ -2359,8 +2982,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: 100k-key fill, 1 s loads (make bench QUICK=1)")
-    ap.add_argument("--scenarios", default="all",
-                    help="comma-separated subset of: " + ", ".join(ALL_SCENARIO_NAMES))
+    ap.add_argument("--scenarios", default="default",
+                    help="comma-separated scenario and group names (make bench SCENARIOS=...); "
+                         "groups: " + "; ".join(f"{g} = {', '.join(v)}"
+                                                for g, v in GROUPS.items()
+                                                if g not in ("default", "all"))
+                         + "; default = all but x10; all = everything (default: default)")
     ap.add_argument("--fill-keys", type=int, default=None,
                     help="keys written before measuring (default 1000000; quick 100000)")
     ap.add_argument("--fill-gib-per-node", type=float, default=None,
@@ -2431,6 +3058,14 @@ def main() -> int:
                     help="data directories (default build/bench-work; deleted afterwards)")
     ap.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--keep", action="store_true", help="keep data directories")
+    ap.add_argument("--compare-bin", default=None, metavar="OLD_DKV",
+                    help="instead of measuring each chosen scenario, run it on --dkv-bin and on "
+                         "this binary side by side, alternating closed-loop runs (--ab-pairs, "
+                         "--ab-duration): CPU/req and peak RSS new vs old")
+    ap.add_argument("--fill-dir", default=None,
+                    help="keep each fill's data in DIR/<fill>-<keys>x<value bytes> and reuse it "
+                         "when it is there (an A/B of two binaries on the same data; the 10x "
+                         "fill takes 10-30 min); never deleted by the runner")
     ap.add_argument("--note", default="", help="a sentence printed at the top of the report")
     ap.add_argument("--tag", default="",
                     help="appended to the report's file names (<date>-<commit>-<tag>.md), e.g. "
@@ -2479,12 +3114,17 @@ def main() -> int:
         ap.error("--fill-keys must be positive")
     if opts.runs < 1:
         ap.error("--runs must be >= 1")
-    names = ALL_SCENARIO_NAMES if opts.scenarios == "all" else opts.scenarios.split(",")
+    names = set()
+    for n in (x.strip() for x in opts.scenarios.split(",")):
+        if n in GROUPS:
+            names.update(GROUPS[n])
+        elif n in ALL_SCENARIO_NAMES:
+            names.add(n)
+        elif n:
+            ap.error(f"unknown scenario {n}; known: {', '.join(ALL_SCENARIO_NAMES)}; groups: "
+                     f"{', '.join(GROUPS)}")
     if opts.profile and opts.profile not in SCENARIO_BY_NAME:
         ap.error(f"unknown scenario {opts.profile}; known: {', '.join(SCENARIO_BY_NAME)}")
-    for n in names:
-        if n not in ALL_SCENARIO_NAMES:
-            ap.error(f"unknown scenario {n}; known: {', '.join(ALL_SCENARIO_NAMES)}")
     chosen = [SCENARIO_BY_NAME[n] for n in SCENARIO_BY_NAME if n in names]
     extras = [n for n in EXTRA_SCENARIOS if n in names]
 
@@ -2518,6 +3158,9 @@ def main() -> int:
     # A private copy: a rebuild of build/dkv during the run must not change what is measured.
     dkv_bin = work / "dkv"
     shutil.copy2(src_bin, dkv_bin)
+    if opts.compare_bin:
+        opts.compare_bin_copy = str(work / "dkv-old")
+        shutil.copy2(opts.compare_bin, opts.compare_bin_copy)
     # The same for the script that starts the nodes: it must match the binary copied above
     # even if scripts/cluster.sh is edited during the run (new flags, say).
     global CLUSTER_SH
@@ -2570,8 +3213,8 @@ def main() -> int:
                     "repair_get_s": opts.repair_get_s,
                     "repair_max_rounds": opts.repair_max_rounds,
                     "spec_pairs": opts.spec_pairs, "spec_duration": opts.spec_duration},
-        "fill": {}, "scenarios": {}, "nginx": None, "ab": {}, "drain": None, "repair": None,
-        "spec": None,
+        "fill": {}, "scenarios": {}, "nginx": None, "nginx_files": {}, "ab": {}, "binab": {},
+        "drain": None, "repair": None, "spec": None,
         "note": opts.note,
     }
     log(f"commit {gi['commit']}{' (modified)' if gi['dirty'] else ''}; "
@@ -2579,7 +3222,10 @@ def main() -> int:
         f"; {gen.describe()}")
     t_start = time.monotonic()
 
-    nginx = Nginx(opts.base_port + 100, opts.io_threads)
+    # Static files of the value sizes that the chosen GET scenarios read (1 KiB: single-get's).
+    files = sorted({FILLS[s.fill].value_bytes for s in chosen if s.op == "get"}
+                   & set(NGINX_FILES)) if any(s.group == "values" for s in chosen) else []
+    nginx = Nginx(opts.base_port + 100, opts.io_threads, files)
     interrupted = False
     try:
         log(f"nginx ceiling on port {nginx.port} (worker_processes {opts.io_threads})")
@@ -2589,13 +3235,19 @@ def main() -> int:
                 gen.run(nginx.url(), "static.lua", [], 1)
             results["nginx"] = measure(gen, nginx.url(), "static.lua", [], opts,
                                        descendants(nginx.proc.pid))
+            for n in files:
+                log(f"nginx static file of {fmt_size(n)}")
+                if opts.warmup > 0:
+                    gen.run(nginx.url(n), "static.lua", [], 1)
+                results["nginx_files"][str(n)] = measure(
+                    gen, nginx.url(n), "static.lua", [], opts, descendants(nginx.proc.pid))
         finally:
             nginx.stop()
-        for nodes in (1, 3):
-            group = [s for s in chosen if s.nodes == nodes]
-            more = extras if nodes == 3 else []
+        for fill_name in FILLS:
+            group = [s for s in chosen if s.fill == fill_name]
+            more = extras if fill_name == "n3" else []
             if group or more:
-                run_topology(nodes, group, gen, opts, work, dkv_bin, results, more)
+                run_fill(fill_name, group, gen, opts, work, dkv_bin, results, more)
     except KeyboardInterrupt:
         interrupted = True
         log("interrupted; stopping everything")

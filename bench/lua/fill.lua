@@ -51,7 +51,7 @@ function request()
     local k = next_key
     next_key = next_key + 1
     return wrk.format("PUT", "/v0/entity?id=" .. key_prefix .. k .. suffix, headers,
-                      bodies[k % 256 + 1])
+                      bodies[k % #bodies + 1])
 end
 
 function response(status)

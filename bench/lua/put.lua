@@ -13,6 +13,6 @@ lib.run(function(o)
     local random = math.random
     return function()
         local path = "/v0/entity?id=key" .. random(1, keys) .. suffix
-        return wrk.format("PUT", path, headers, bodies[random(1, 256)])
+        return wrk.format("PUT", path, headers, bodies[random(1, #bodies)])
     end
 end)

@@ -97,7 +97,9 @@ static const char usage_more[] =
     "                              answer (default 0: each peer's observed p99 latency)\n"
     "\n"
     "Storage:\n"
-    "  --block-cache-bytes N       RocksDB block cache (default 67108864)\n"
+    "  --block-cache-bytes N       RocksDB block cache; index and filter blocks count in it\n"
+    "                              (default: a quarter of RAM or of the cgroup's memory\n"
+    "                              limit, 64 MiB to 16 GiB; docs/deploy.md, Sizing memory)\n"
     "  --row-cache-bytes N         RocksDB row cache: whole records of recently read keys, a\n"
     "                              GET that hits it skips the SST index and block lookups\n"
     "                              (default 134217728; 0 = off)\n"
@@ -299,7 +301,7 @@ static void set_defaults(dkv_conf_t *conf)
     conf->breaker_failures = 5;
     conf->breaker_cooldown_ms = 2000;
     conf->max_clock_offset_ms = 500;
-    conf->block_cache_bytes = 64u << 20;
+    conf->block_cache_bytes = 0; /* sized from memory by the store (dkv_store_sizing) */
     conf->row_cache_bytes = 128u << 20;
     conf->hinted_handoff = true;
     conf->hint_window_ms = 3u * 3600u * 1000u;

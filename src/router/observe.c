@@ -328,6 +328,9 @@ static void store_metrics(const dkv_router_t *r, dkv_buf_t *b)
     one(b, "dkv_filesystem_avail_bytes", "gauge",
         "bytes of that filesystem free for an unprivileged writer (statvfs f_bavail)",
         st.fs_avail_bytes);
+    one(b, "dkv_rocksdb_memtable_limit_bytes", "gauge",
+        "the most all memtables may hold (write buffer size x count, all column families)",
+        st.memtable_limit_bytes);
     static const struct {
         const char *name;
         const char *help;
@@ -345,6 +348,9 @@ static void store_metrics(const dkv_router_t *r, dkv_buf_t *b)
          offsetof(dkv_store_cf_stats_t, keys_estimate)},
         {"dkv_rocksdb_live_versions", "rocksdb.num-live-versions",
          offsetof(dkv_store_cf_stats_t, live_versions)},
+        {"dkv_rocksdb_table_readers_bytes",
+         "rocksdb.estimate-table-readers-mem (index and filter blocks outside the block cache)",
+         offsetof(dkv_store_cf_stats_t, table_readers_bytes)},
     };
     for (size_t i = 0; i < sizeof(props) / sizeof(props[0]); i++) {
         dkv_prom_family(b, props[i].name, "gauge", props[i].help);

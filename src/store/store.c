@@ -36,6 +36,7 @@
 #include <string.h>
 #include <sys/statvfs.h>
 #include <time.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 /* Key stripes: a write holds its key's stripe only around the RocksDB write, so that a tombstone
@@ -88,6 +89,7 @@ struct dkv_store {
     rocksdb_block_based_table_options_t *table_opts;
     rocksdb_cache_t *cache;
     rocksdb_cache_t *row_cache; /* NULL when --row-cache-bytes 0 */
+    uint64_t memtable_limit_bytes;  /* every column family's write buffers, summed */
     rocksdb_filterpolicy_t *filter; /* owned by table_opts once set */
     rocksdb_mergeoperator_t *merge; /* owned by options once set */
     dkv_store_write_cb observer;    /* set before any write; may be NULL */
@@ -589,6 +591,92 @@ static int digest_backfill(dkv_store_t *s)
     return rc;
 }
 
+/* The number in a cgroup memory file; v2's "max" (no limit) reads as UINT64_MAX (v1 writes a
+ * value near 2^63 instead, larger than any RAM). 0 when the file is missing or unreadable. */
+static uint64_t read_limit_file(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        return 0;
+    }
+    char line[64];
+    uint64_t v = 0;
+    if (fgets(line, sizeof(line), f) != NULL) {
+        if (strncmp(line, "max", 3) == 0) {
+            v = UINT64_MAX;
+        } else {
+            char *end = NULL;
+            errno = 0;
+            unsigned long long x = strtoull(line, &end, 10);
+            v = (errno == 0 && end != line) ? (uint64_t)x : 0;
+        }
+    }
+    fclose(f);
+    return v;
+}
+
+uint64_t dkv_store_cgroup_limit_bytes(const char *proc_cgroup, const char *sysfs_root)
+{
+    FILE *f = fopen(proc_cgroup, "r");
+    if (f == NULL) {
+        return UINT64_MAX;
+    }
+    uint64_t limit = UINT64_MAX;
+    char line[4096];
+    while (fgets(line, sizeof(line), f) != NULL) {
+        /* "ID:CONTROLLERS:PATH": v2 is "0::/path", v1 lists "memory" among the controllers. */
+        line[strcspn(line, "\n")] = '\0';
+        char *c1 = strchr(line, ':');
+        char *c2 = c1 != NULL ? strchr(c1 + 1, ':') : NULL;
+        if (c2 == NULL) {
+            continue;
+        }
+        *c1 = '\0';
+        *c2 = '\0';
+        const char *controllers = c1 + 1;
+        const char *path = strcmp(c2 + 1, "/") == 0 ? "" : c2 + 1;
+        char file[4200];
+        int n = -1;
+        if (strcmp(line, "0") == 0 && *controllers == '\0') {
+            n = snprintf(file, sizeof(file), "%s%s/memory.max", sysfs_root, path);
+        } else if (strstr(controllers, "memory") != NULL) {
+            n = snprintf(file, sizeof(file), "%s/memory%s/memory.limit_in_bytes", sysfs_root, path);
+        }
+        if (n > 0 && (size_t)n < sizeof(file)) {
+            uint64_t v = read_limit_file(file);
+            if (v != 0 && v < limit) {
+                limit = v;
+            }
+        }
+    }
+    fclose(f);
+    return limit;
+}
+
+uint64_t dkv_store_memory_limit_bytes(void)
+{
+    long pages = sysconf(_SC_PHYS_PAGES);
+    long page = sysconf(_SC_PAGESIZE);
+    if (pages <= 0 || page <= 0) {
+        return 0;
+    }
+    uint64_t ram = (uint64_t)pages * (uint64_t)page;
+    uint64_t cg = dkv_store_cgroup_limit_bytes("/proc/self/cgroup", "/sys/fs/cgroup");
+    return cg < ram ? cg : ram;
+}
+
+void dkv_store_sizing(uint64_t limit_bytes, dkv_store_sizing_t *out)
+{
+    uint64_t cache = limit_bytes / 4;
+    if (cache < DKV_STORE_MIN_CACHE_BYTES) {
+        cache = DKV_STORE_MIN_CACHE_BYTES;
+    }
+    if (cache > DKV_STORE_MAX_CACHE_BYTES) {
+        cache = DKV_STORE_MAX_CACHE_BYTES;
+    }
+    out->block_cache_bytes = (size_t)cache;
+}
+
 int dkv_store_open(const char *dir, const dkv_store_opts_t *opts, dkv_store_t **out)
 {
     dkv_store_opts_t defaults = {0};
@@ -642,7 +730,11 @@ int dkv_store_open(const char *dir, const dkv_store_opts_t *opts, dkv_store_t **
     rocksdb_options_set_merge_operator(s->options, s->merge);
 
     s->table_opts = rocksdb_block_based_options_create();
-    size_t cache_bytes = opts->block_cache_bytes ? opts->block_cache_bytes : (64u << 20);
+    uint64_t limit_bytes = dkv_store_memory_limit_bytes();
+    dkv_store_sizing_t sizing;
+    dkv_store_sizing(limit_bytes, &sizing);
+    size_t cache_bytes =
+        opts->block_cache_bytes ? opts->block_cache_bytes : sizing.block_cache_bytes;
     s->cache = rocksdb_cache_create_lru(cache_bytes);
     rocksdb_block_based_options_set_block_cache(s->table_opts, s->cache);
     s->filter = rocksdb_filterpolicy_create_bloom_full(10);
@@ -660,6 +752,17 @@ int dkv_store_open(const char *dir, const dkv_store_opts_t *opts, dkv_store_t **
     s->wopts = rocksdb_writeoptions_create();
     s->fsync = opts->fsync;
     s->ropts = rocksdb_readoptions_create();
+
+    /* All three column families share these memtable options. */
+    s->memtable_limit_bytes = (uint64_t)DKV_STORE_N_CFS *
+                              rocksdb_options_get_write_buffer_size(s->options) *
+                              (uint64_t)rocksdb_options_get_max_write_buffer_number(s->options);
+
+    DKV_LOG_INFO("store: block cache %zu MiB (%s), memtables up to %" PRIu64
+                 " MiB; memory limit %" PRIu64 " MiB (RAM or cgroup)",
+                 cache_bytes >> 20,
+                 opts->block_cache_bytes ? "--block-cache-bytes" : "a quarter of the memory limit",
+                 s->memtable_limit_bytes >> 20, limit_bytes >> 20);
 
     s->digest_options = rocksdb_options_create_copy(s->options);
     rocksdb_options_set_merge_operator(
@@ -1336,6 +1439,7 @@ void dkv_store_stats(dkv_store_t *s, dkv_store_stats_t *out)
         out->fs_size_bytes = (uint64_t)fs.f_blocks * (uint64_t)fs.f_frsize;
         out->fs_avail_bytes = (uint64_t)fs.f_bavail * (uint64_t)fs.f_frsize;
     }
+    out->memtable_limit_bytes = s->memtable_limit_bytes;
     pthread_rwlock_rdlock(&s->db_lock);
     if (s->db != NULL) {
         rocksdb_column_family_handle_t *cfs[DKV_STORE_N_CFS] = {s->cf_data, s->cf_hints,
@@ -1349,6 +1453,7 @@ void dkv_store_stats(dkv_store_t *s, dkv_store_stats_t *out)
                 cf_property(s, cfs[i], "rocksdb.estimate-pending-compaction-bytes");
             c->keys_estimate = cf_property(s, cfs[i], "rocksdb.estimate-num-keys");
             c->live_versions = cf_property(s, cfs[i], "rocksdb.num-live-versions");
+            c->table_readers_bytes = cf_property(s, cfs[i], "rocksdb.estimate-table-readers-mem");
         }
     }
     pthread_rwlock_unlock(&s->db_lock);

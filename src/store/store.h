@@ -39,7 +39,7 @@ typedef struct dkv_store_digest {
 typedef void (*dkv_store_write_cb)(void *arg, uint32_t segment);
 
 typedef struct dkv_store_opts {
-    size_t block_cache_bytes; /* LRU block cache; 0 = 64 MiB */
+    size_t block_cache_bytes; /* LRU block cache; 0 = sized from memory (dkv_store_sizing) */
     size_t row_cache_bytes;   /* LRU row cache (whole records by key); 0 = none */
     bool fsync;               /* fsync the WAL on every write (power-loss safety); default off */
     /* RocksDB's flush and compaction threads at nice 19 (common/thread.h), so that the I/O
@@ -48,6 +48,41 @@ typedef struct dkv_store_opts {
      * with --background-low-priority. */
     bool background_low_priority;
 } dkv_store_opts_t;
+
+/**
+ * The memory this process may use, in bytes: physical RAM, or the limit of its own cgroup when
+ * that is lower (v2 `memory.max`, v1 `memory.limit_in_bytes`, found through /proc/self/cgroup,
+ * as a systemd `MemoryMax=` or a container's memory limit sets it). 0 when RAM cannot be read.
+ * Reads /proc and /sys: call it at start, not per request. Thread: any.
+ */
+uint64_t dkv_store_memory_limit_bytes(void);
+
+/**
+ * The memory limit of the cgroup that `proc_cgroup` (a /proc/PID/cgroup file) names, read under
+ * `sysfs_root` (where the cgroup file systems are mounted, /sys/fs/cgroup): v2's
+ * `<root><path>/memory.max`, v1's `<root>/memory<path>/memory.limit_in_bytes`; the lower when
+ * both are there. UINT64_MAX when there is no limit ("max", v1's ~2^63) or nothing can be read.
+ * Both paths borrowed. Thread: any.
+ */
+uint64_t dkv_store_cgroup_limit_bytes(const char *proc_cgroup, const char *sysfs_root);
+
+/** The store's memory when the operator does not size it (docs/architecture.md, Memory). */
+typedef struct dkv_store_sizing {
+    size_t block_cache_bytes; /* limit / 4, in [DKV_STORE_MIN_CACHE_BYTES, ..._MAX_...] */
+} dkv_store_sizing_t;
+
+#define DKV_STORE_MIN_CACHE_BYTES ((size_t)64 << 20)
+#define DKV_STORE_MAX_CACHE_BYTES ((size_t)16 << 30)
+
+/**
+ * Sizes the store for a process that may use `limit_bytes` of memory (0 = unknown: the
+ * minimum): a block cache of a quarter of it, at least 64 MiB and at most 16 GiB. A quarter
+ * leaves room for the memtables, the rest of the process and the page cache, which also holds
+ * the SST files (RocksDB's tuning guide suggests about a third of memory for a dedicated
+ * machine; dkv also leaves room for several nodes per host in tests and small clusters).
+ * Pure: no I/O. Thread: any.
+ */
+void dkv_store_sizing(uint64_t limit_bytes, dkv_store_sizing_t *out);
 
 /**
  * Opens (creating if missing) the database in `dir`/db. Replays the write-ahead log; a torn
@@ -304,6 +339,8 @@ typedef struct dkv_store_cf_stats {
     uint64_t pending_compaction_bytes; /* rocksdb.estimate-pending-compaction-bytes */
     uint64_t keys_estimate;            /* rocksdb.estimate-num-keys */
     uint64_t live_versions;            /* rocksdb.num-live-versions */
+    uint64_t table_readers_bytes;      /* rocksdb.estimate-table-readers-mem: index and filter
+                                          blocks held outside the block cache */
 } dkv_store_cf_stats_t;
 
 /** The store's figures for the metrics page. */
@@ -318,13 +355,16 @@ typedef struct dkv_store_stats {
     uint64_t row_cache_capacity_bytes; /* 0 without a row cache */
     uint64_t fs_size_bytes;  /* the data directory's filesystem (statvfs); 0 when unknown */
     uint64_t fs_avail_bytes; /* its free bytes for an unprivileged writer; 0 when unknown */
+    /* The most all memtables may hold: per column family write_buffer_size x
+     * max_write_buffer_number, summed. */
+    uint64_t memtable_limit_bytes;
     dkv_store_cf_stats_t cf[DKV_STORE_N_CFS]; /* data, hints, digest */
 } dkv_store_stats_t;
 
 /**
  * Fills `out` (caller's storage) with the store's counters and RocksDB's properties. Takes the
  * database lock shared, like a read (never blocks behind a stream of writes for long; waits for
- * a reopen). Costs a few microseconds (18 property reads and one statvfs(2)). Thread: any.
+ * a reopen). Costs a few microseconds (21 property reads and one statvfs(2)). Thread: any.
  */
 void dkv_store_stats(dkv_store_t *s, dkv_store_stats_t *out);
 

@@ -218,6 +218,10 @@ def test_counters_move_by_exactly_the_requests_sent(cluster_factory, uniq):
     assert val(after, "dkv_node_state", state="ready") == 1
     assert val(after, "dkv_rocksdb_memtable_bytes", cf="data") > 0
     assert val(after, "dkv_rocksdb_block_cache_capacity_bytes") > 0
+    memtables = sum(val(after, "dkv_rocksdb_memtable_bytes", cf=cf)
+                    for cf in ("data", "hints", "digest"))
+    assert val(after, "dkv_rocksdb_memtable_limit_bytes") >= memtables > 0
+    assert ("dkv_rocksdb_table_readers_bytes", frozenset({("cf", "data")})) in after
     assert check_histograms(after) == 4 + len(peers)
 
     # The other nodes coordinated nothing: their client-facing counters did not move.

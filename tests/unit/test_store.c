@@ -20,6 +20,7 @@
 #include <ftw.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/err.h"
@@ -360,6 +361,81 @@ static void test_open_missing_dir_fails(void **state)
     dkv_store_free(NULL);
 }
 
+/* The default memory sizing: a quarter of the memory limit for the block cache, within its floor
+ * and cap; an unknown limit gets the floor. */
+static void test_sizing_from_memory_limit(void **state)
+{
+    (void)state;
+    const uint64_t mib = 1u << 20, gib = (uint64_t)1 << 30;
+    dkv_store_sizing_t z;
+    dkv_store_sizing(0, &z);
+    assert_int_equal(z.block_cache_bytes, DKV_STORE_MIN_CACHE_BYTES);
+    dkv_store_sizing(128 * mib, &z);
+    assert_int_equal(z.block_cache_bytes, 64 * mib);
+    dkv_store_sizing(1 * gib, &z);
+    assert_int_equal(z.block_cache_bytes, 256 * mib);
+    dkv_store_sizing(24 * gib, &z);
+    assert_int_equal(z.block_cache_bytes, 6 * gib);
+    dkv_store_sizing(256 * gib, &z);
+    assert_int_equal(z.block_cache_bytes, DKV_STORE_MAX_CACHE_BYTES);
+    assert_int_equal(DKV_STORE_MAX_CACHE_BYTES, 16 * gib);
+}
+
+/* The limit is there and never above the machine's RAM (a cgroup only lowers it). */
+static void test_memory_limit_at_most_ram(void **state)
+{
+    (void)state;
+    uint64_t ram = (uint64_t)sysconf(_SC_PHYS_PAGES) * (uint64_t)sysconf(_SC_PAGESIZE);
+    uint64_t limit = dkv_store_memory_limit_bytes();
+    assert_true(limit > 0);
+    assert_true(limit <= ram);
+}
+
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* The cgroup limit is read from the cgroup that /proc/self/cgroup names, v2 and v1 layouts. */
+static void test_cgroup_limit_v1_and_v2(void **state)
+{
+    (void)state;
+    char root[] = "/tmp/dkv-cgroup-XXXXXX";
+    assert_non_null(mkdtemp(root));
+    char p[512], cg[512];
+    snprintf(cg, sizeof(cg), "%s/self-cgroup", root);
+    /* Nothing readable: no limit. */
+    assert_true(dkv_store_cgroup_limit_bytes("/nonexistent/cgroup", root) == UINT64_MAX);
+    write_file(cg, "0::/system.slice/dkv.service\n");
+    assert_true(dkv_store_cgroup_limit_bytes(cg, root) == UINT64_MAX);
+    /* v2: <root><path>/memory.max, "max" or a number. */
+    snprintf(p, sizeof(p), "%s/system.slice", root);
+    assert_int_equal(mkdir(p, 0700), 0);
+    snprintf(p, sizeof(p), "%s/system.slice/dkv.service", root);
+    assert_int_equal(mkdir(p, 0700), 0);
+    snprintf(p, sizeof(p), "%s/system.slice/dkv.service/memory.max", root);
+    write_file(p, "max\n");
+    assert_true(dkv_store_cgroup_limit_bytes(cg, root) == UINT64_MAX);
+    write_file(p, "536870912\n");
+    assert_true(dkv_store_cgroup_limit_bytes(cg, root) == 536870912u);
+    /* v1: <root>/memory<path>/memory.limit_in_bytes; a container's own cgroup is "/". */
+    write_file(cg, "4:memory:/\n1:cpu,cpuacct:/\n");
+    snprintf(p, sizeof(p), "%s/memory", root);
+    assert_int_equal(mkdir(p, 0700), 0);
+    snprintf(p, sizeof(p), "%s/memory/memory.limit_in_bytes", root);
+    write_file(p, "9223372036854771712\n"); /* v1's "no limit" */
+    assert_true(dkv_store_cgroup_limit_bytes(cg, root) > ((uint64_t)1 << 62));
+    write_file(p, "1073741824\n");
+    assert_true(dkv_store_cgroup_limit_bytes(cg, root) == ((uint64_t)1 << 30));
+    /* Garbage is no limit, not 0. */
+    write_file(p, "lots\n");
+    assert_true(dkv_store_cgroup_limit_bytes(cg, root) == UINT64_MAX);
+    rm_rf(root);
+}
+
 /* A failed WAL write makes the store unwritable: every later write and sync is refused without
  * reaching RocksDB (which would abort on its failed writer), synced writes stay readable, and a
  * resume once files may grow again makes it writable with all of them kept. RLIMIT_FSIZE makes
@@ -453,6 +529,9 @@ int main(void)
         T(test_second_open_fails_while_locked),
         T(test_failed_wal_write_refuses_writes_until_resume),
         cmocka_unit_test(test_open_missing_dir_fails),
+        cmocka_unit_test(test_sizing_from_memory_limit),
+        cmocka_unit_test(test_memory_limit_at_most_ram),
+        cmocka_unit_test(test_cgroup_limit_v1_and_v2),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
