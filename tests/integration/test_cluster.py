@@ -702,15 +702,19 @@ def test_node_with_a_different_cluster_list_is_refused(cluster_factory, uniq):
     h.wait_until(logs_say_it, 5, what="the refusal in the logs")
 
 
-def test_node_answers_status_within_1s_with_all_peers_down(cluster_factory):
-    c = cluster_factory(N, start=False)
+def test_node_answers_status_at_once_with_all_peers_down(cluster_factory):
+    # Whatever a start could wait for from its peers (a connection, a handshake, a reply) is
+    # bounded by --replica-timeout-ms; set far beyond the assertion, a start that waited on its
+    # absent peers would take at least 30 s, one that does not is done in about a second (the
+    # bound leaves room for a loaded machine under ASan: this asserts behaviour, not speed).
+    c = cluster_factory(N, "--replica-timeout-ms", "30000", start=False)
     c.prepare()
     nd = c[1]  # peers 0 and 2 never start
     t0 = time.monotonic()
     nd.spawn()
     nd.wait_ready(h.START_TIMEOUT_S)
     elapsed = time.monotonic() - t0
-    assert elapsed < 1.0, elapsed
+    assert elapsed < 10.0, elapsed
     r = PUT(nd, b"k", b"v")  # default 2/3 is impossible alone: 504, at once
     assert r.status == 504 and r.elapsed < PROMPT_S, r
     # 1/3 needs one answer, but a node that started on an empty data directory cannot tell a new
