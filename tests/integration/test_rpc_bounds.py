@@ -273,7 +273,7 @@ def test_pipelined_gets_of_a_large_value_never_read_keep_memory_bounded(
 
 @pytest.mark.timeout_s(150)
 def test_8mib_values_replicate_with_a_16mib_body_limit(cluster_factory, uniq):
-    c = cluster_factory(3, "--max-body-bytes", str(16 * h.MIB), "--replica-timeout-ms", "5000")
+    c = cluster_factory(3, "--max-body-bytes", str(16 * h.MIB), "--replica-timeout-ms", "30000")
     key = uniq()
     value = os.urandom(8 * h.MIB)
     with c[0].client(timeout_s=60) as cl:
