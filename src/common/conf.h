@@ -19,7 +19,7 @@
 #define DKV_MAX_VALUE_BYTES (64u << 20)
 /* --read-fanout's default: speculative (docs/architecture.md "Speculative reads" has the
  * measurement behind it). */
-#define DKV_CONF_DEFAULT_READ_SPECULATIVE true
+#define DKV_CONF_DEFAULT_READ_SPECULATIVE false
 
 typedef struct dkv_conf {
     char listen_host[256];
