@@ -97,7 +97,7 @@ measure() { # label
         /usr/bin/python3 "$ROOT/bench/cpuwatch.py" --pid "n1=$(cat "$WORK/n1.pid")" \
             --pid "n2=$(cat "$WORK/n2.pid")" --pid "n3=$(cat "$WORK/n3.pid")" -- \
             bash -c "until curl -s http://127.0.0.1:$P3/v0/status?verbose=1 | grep -q '\"state\":\"ready\"'; do sleep 0.5; done" |
-            grep '^cpu' | sed "s/^/[$1] idle rebuild /"
+            grep "^cpu" | sed "s|^|[$1] idle rebuild |"
         echo "[$1] idle rebuild: ready $(echo "$(date +%s.%N) - $t1" | bc) s after the wiped node's start"
     fi
 }
