@@ -4,7 +4,8 @@
 # data directory deleted and the same load while it rebuilds; prints the fill time, both load
 # summaries (p50/p99, lag), the CPU each node's threads used during each load (bench/cpuwatch.py:
 # % of one core by thread name, and `other`: the rest of the machine) and the rebuild's wall time
-# and status. A second rebuild time comes without load (IDLE_REBUILD=1: node 3 wiped again).
+# and status. A second rebuild comes without load (IDLE_REBUILD=1: node 3 wiped again): its time
+# and the CPU each node's threads used for it.
 #
 # A/B on one fill: VARIANTS="NAME=BIN=FLAGS;NAME=BIN=FLAGS" (BIN empty: the script's BIN; FLAGS
 # added to every node's command line), run ROUNDS times in turn: before each, all three nodes are
@@ -92,7 +93,11 @@ measure() { # label
         sleep 5; wipe3
         t1=$(date +%s.%N)
         start "$P3" n3
-        ready
+        up "$P3"
+        /usr/bin/python3 "$ROOT/bench/cpuwatch.py" --pid "n1=$(cat "$WORK/n1.pid")" \
+            --pid "n2=$(cat "$WORK/n2.pid")" --pid "n3=$(cat "$WORK/n3.pid")" -- \
+            bash -c "until curl -s http://127.0.0.1:$P3/v0/status?verbose=1 | grep -q '\"state\":\"ready\"'; do sleep 0.5; done" |
+            grep "^cpu" | sed "s|^|[$1] idle rebuild |"
         echo "[$1] idle rebuild: ready $(echo "$(date +%s.%N) - $t1" | bc) s after the wiped node's start"
     fi
 }

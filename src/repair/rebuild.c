@@ -53,6 +53,7 @@ struct dkv_rebuild {
     uint64_t st_peers_done;
     uint64_t st_streamed;
     uint64_t st_kept;
+    uint64_t st_held; /* of st_kept: already held at that version or newer, not written again */
     uint64_t st_bytes;
     uint64_t st_started_ms;
     uint64_t st_elapsed_ms;
@@ -104,6 +105,26 @@ static bool belongs_here(const dkv_rebuild_t *r, dkv_slice_t key, const dkv_reco
         }
     }
     return false;
+}
+
+/* Does this node already hold `rec`'s version of `key`, or a newer one? Every peer streams every
+ * record it holds, so with N-1 peers most records arrive N-1 times; writing the later copies
+ * again would only add merge operands that the LWW merge discards, at the cost of a WAL record,
+ * a memtable insert, and their flush and compaction. A point read (the earlier copy is usually
+ * still in the memtable) is cheaper. A write racing this read is harmless: if it is newer, the
+ * merge keeps it whatever we write. */
+static bool already_held(const dkv_rebuild_t *r, dkv_slice_t key, const dkv_record_t *rec)
+{
+    uint8_t *data = NULL;
+    size_t len = 0;
+    if (dkv_store_get(dkv_replica_store(r->replica), key, &data, &len) != 0) {
+        return false;
+    }
+    dkv_record_t local;
+    bool held =
+        dkv_record_decode(dkv_slice(data, len), &local) == 0 && dkv_record_cmp(rec, &local) <= 0;
+    dkv_store_free(data);
+    return held;
 }
 
 static void finish(dkv_rebuild_t *r)
@@ -169,12 +190,18 @@ static void scan_cb(void *arg, int rc, const dkv_rpc_msg_t *reply)
     dkv_record_t rec;
     uint64_t streamed = 0;
     uint64_t kept = 0;
+    uint64_t held = 0;
     uint64_t bytes = 0;
     int store_rc = 0;
     while (dkv_rpc_scan_iter_next(&it, &key, &rec) == 0) {
         streamed++;
         bytes += key.len + rec.value.len;
         if (!belongs_here(r, key, &rec)) {
+            continue;
+        }
+        if (already_held(r, key, &rec)) {
+            kept++;
+            held++;
             continue;
         }
         int put_rc = dkv_replica_put(r->replica, key, &rec);
@@ -217,6 +244,7 @@ static void scan_cb(void *arg, int rc, const dkv_rpc_msg_t *reply)
         r->st_total[s->peer] = r->st_from[s->peer];
     }
     r->st_kept += kept;
+    r->st_held += held;
     r->st_bytes += bytes;
     r->st_waiting[s->peer] = false;
     if (s->done) {
@@ -323,6 +351,7 @@ static void begin(dkv_rebuild_t *r)
     r->st_peers_done = 0;
     r->st_streamed = 0;
     r->st_kept = 0;
+    r->st_held = 0;
     r->st_bytes = 0;
     r->st_started_ms = r->started_ms;
     memset(r->st_total, 0, r->n * sizeof(uint64_t));
@@ -488,10 +517,10 @@ void dkv_rebuild_status_json(dkv_rebuild_t *r, dkv_buf_t *out)
     dkv_buf_printf(out,
                    "{\"running\":%s,\"peers_done\":%" PRIu64 ",\"peers_total\":%zu"
                    ",\"records_streamed\":%" PRIu64 ",\"records_kept\":%" PRIu64
-                   ",\"bytes\":%" PRIu64 ",\"elapsed_ms\":%" PRIu64 ",\"bytes_per_s\":%" PRIu64
-                   ",\"completed\":%" PRIu64,
+                   ",\"records_already_held\":%" PRIu64 ",\"bytes\":%" PRIu64
+                   ",\"elapsed_ms\":%" PRIu64 ",\"bytes_per_s\":%" PRIu64 ",\"completed\":%" PRIu64,
                    r->st_running ? "true" : "false", r->st_peers_done, r->n - 1, r->st_streamed,
-                   r->st_kept, r->st_bytes, elapsed, rate, r->st_completed);
+                   r->st_kept, r->st_held, r->st_bytes, elapsed, rate, r->st_completed);
     double frac = 0;
     uint64_t total = 0;
     if (r->st_running && progress_locked(r, &frac, &total) && frac > 0) {

@@ -65,7 +65,9 @@ void dkv_rebuild_free(dkv_rebuild_t *r);
 
 /**
  * Appends the rebuild's progress as one JSON object: {"running":bool, "peers_done":n,
- * "peers_total":n, "records_streamed":n, "records_kept":n, "bytes":n, "elapsed_ms":n,
+ * "peers_total":n, "records_streamed":n, "records_kept":n (streamed records of this node's
+ * replica sets), "records_already_held":n (of those, held here at that version or newer already,
+ * e.g. another peer's copy: not written again), "bytes":n, "elapsed_ms":n,
  * "bytes_per_s":n, "completed":n (rebuilds finished since start), "records_total_estimate":n
  * (the peers' record counts, asked with TREE STATS), "progress_pct":x|null, "eta_ms":n|null
  * (elapsed × (1 − progress) / progress), "waiting_for":[urls]}. Progress is also logged every

@@ -244,6 +244,9 @@ def test_wiped_node_rebuilds_every_record_from_its_peers_with_no_client_read(clu
     # The tombstones came back too: each of the two peers streamed all 5,000 from=3 records
     # (500 of them tombstones), and the one peer sharing each from=2 key with the victim.
     assert rb["records_kept"] == 2 * len(k3) + len(want2), rb
+    # Of each from=3 record's two copies, the one that came second was already held at that
+    # version and not written again.
+    assert rb["records_already_held"] == len(k3), rb
 
 
 def ready_cluster_with_keys(cluster_factory, uniq, n_keys: int = 50):
