@@ -59,28 +59,35 @@ struct dkv_rebuild {
     uint64_t st_elapsed_ms;
     uint64_t st_completed;
     bool *st_waiting; /* by ring index */
-    uint64_t *st_total;    /* by ring index: the peer's record count (TREE STATS); 0 unknown */
+    uint64_t *st_total;    /* by ring index: the peer's record count (TREE STATS) */
+    bool *st_known;        /* by ring index: st_total is known (TREE STATS answered, or done) */
     uint64_t *st_from;     /* by ring index: records streamed from the peer */
     uint64_t last_progress_log_ms;
 };
 
-/* Progress over the peers whose record counts are known: streamed / total, each peer's
- * streamed count capped at its total (it may have grown meanwhile). Caller holds r->mu.
- * @return false when no total is known yet. */
-static bool progress_locked(const dkv_rebuild_t *r, double *frac, uint64_t *total)
+/* Progress: streamed / total over every peer, each peer's streamed count capped at its total
+ * (it may have grown meanwhile). `*total` sums the counts known so far and `*counted` says how
+ * many peers that is. Caller holds r->mu.
+ * @return false until every peer's count is known (a fraction over some of them would run ahead:
+ * the others' records would count as streamed but not as expected), or when there is nothing to
+ * stream. */
+static bool progress_locked(const dkv_rebuild_t *r, double *frac, uint64_t *total, size_t *counted)
 {
     uint64_t done = 0;
     uint64_t all = 0;
+    size_t known = 0;
     for (size_t i = 0; i < r->n; i++) {
-        if (i == r->self_idx || r->st_total[i] == 0) {
+        if (i == r->self_idx || !r->st_known[i]) {
             continue;
         }
+        known++;
         all += r->st_total[i];
         done += r->st_from[i] < r->st_total[i] ? r->st_from[i] : r->st_total[i];
     }
     *total = all;
+    *counted = known;
     *frac = all > 0 ? (double)done / (double)all : 0.0;
-    return all > 0;
+    return known == r->n - 1 && all > 0;
 }
 
 static void request(stream_t *s);
@@ -166,6 +173,8 @@ static void scan_cb(void *arg, int rc, const dkv_rpc_msg_t *reply)
             s->done = true;
             pthread_mutex_lock(&r->mu);
             r->st_waiting[s->peer] = false;
+            r->st_total[s->peer] = r->st_from[s->peer]; /* all we will get from it */
+            r->st_known[s->peer] = true;
             r->st_peers_done++;
             pthread_mutex_unlock(&r->mu);
             for (size_t i = 0; i < r->n; i++) {
@@ -240,8 +249,9 @@ static void scan_cb(void *arg, int rc, const dkv_rpc_msg_t *reply)
     pthread_mutex_lock(&r->mu);
     r->st_streamed += streamed;
     r->st_from[s->peer] += streamed;
-    if (s->done && r->st_from[s->peer] > r->st_total[s->peer]) {
+    if (s->done && (!r->st_known[s->peer] || r->st_from[s->peer] > r->st_total[s->peer])) {
         r->st_total[s->peer] = r->st_from[s->peer];
+        r->st_known[s->peer] = true;
     }
     r->st_kept += kept;
     r->st_held += held;
@@ -252,7 +262,8 @@ static void scan_cb(void *arg, int rc, const dkv_rpc_msg_t *reply)
     }
     double frac = 0;
     uint64_t total = 0;
-    bool known = progress_locked(r, &frac, &total);
+    size_t counted = 0;
+    bool known = progress_locked(r, &frac, &total, &counted);
     uint64_t now = wall_ms();
     bool log_now = known && now - r->last_progress_log_ms >= PROGRESS_LOG_MS && frac > 0;
     uint64_t elapsed = now - r->started_ms;
@@ -317,7 +328,10 @@ static void stats_cb(void *arg, int rc, const dkv_rpc_msg_t *reply)
         return;
     }
     pthread_mutex_lock(&r->mu);
-    r->st_total[s->peer] = reply->tree_reply.records;
+    if (!r->st_known[s->peer]) { /* a finished stream's own count is exact: keep it */
+        r->st_total[s->peer] = reply->tree_reply.records;
+        r->st_known[s->peer] = true;
+    }
     pthread_mutex_unlock(&r->mu);
 }
 
@@ -327,7 +341,7 @@ static void ask_stats(stream_t *s)
 {
     dkv_rebuild_t *r = s->r;
     pthread_mutex_lock(&r->mu);
-    bool known = r->st_total[s->peer] != 0;
+    bool known = r->st_known[s->peer];
     pthread_mutex_unlock(&r->mu);
     uint64_t now = uv_now(&r->loop);
     if (known || s->done || s->stats_inflight || r->stopping ||
@@ -355,6 +369,7 @@ static void begin(dkv_rebuild_t *r)
     r->st_bytes = 0;
     r->st_started_ms = r->started_ms;
     memset(r->st_total, 0, r->n * sizeof(uint64_t));
+    memset(r->st_known, 0, r->n * sizeof(bool));
     memset(r->st_from, 0, r->n * sizeof(uint64_t));
     r->last_progress_log_ms = r->started_ms;
     pthread_mutex_unlock(&r->mu);
@@ -441,6 +456,7 @@ int dkv_rebuild_new(dkv_replica_t *replica, dkv_identity_t *identity, const dkv_
     r->streams = dkv_xcalloc(r->n, sizeof(stream_t));
     r->st_waiting = dkv_xcalloc(r->n, sizeof(bool));
     r->st_total = dkv_xcalloc(r->n, sizeof(uint64_t));
+    r->st_known = dkv_xcalloc(r->n, sizeof(bool));
     r->st_from = dkv_xcalloc(r->n, sizeof(uint64_t));
     for (size_t i = 0; i < r->n; i++) {
         r->streams[i].r = r;
@@ -489,6 +505,7 @@ void dkv_rebuild_free(dkv_rebuild_t *r)
     pthread_mutex_destroy(&r->mu);
     free(r->st_waiting);
     free(r->st_total);
+    free(r->st_known);
     free(r->st_from);
     free(r->streams);
     free(r);
@@ -498,10 +515,11 @@ void dkv_rebuild_progress(dkv_rebuild_t *r, bool *running, double *fraction)
 {
     double frac = 0;
     uint64_t total = 0;
+    size_t counted = 0;
     pthread_mutex_lock(&r->mu);
     *running = r->st_running;
     if (r->st_running) {
-        *fraction = progress_locked(r, &frac, &total) ? frac : 0.0;
+        *fraction = progress_locked(r, &frac, &total, &counted) ? frac : 0.0;
     } else {
         *fraction = r->st_completed > 0 ? 1.0 : 0.0;
     }
@@ -523,7 +541,10 @@ void dkv_rebuild_status_json(dkv_rebuild_t *r, dkv_buf_t *out)
                    r->st_kept, r->st_held, r->st_bytes, elapsed, rate, r->st_completed);
     double frac = 0;
     uint64_t total = 0;
-    if (r->st_running && progress_locked(r, &frac, &total) && frac > 0) {
+    size_t counted = 0;
+    bool known = progress_locked(r, &frac, &total, &counted);
+    dkv_buf_printf(out, ",\"peers_counted\":%zu", counted);
+    if (r->st_running && known && frac > 0) {
         dkv_buf_printf(out,
                        ",\"records_total_estimate\":%" PRIu64 ",\"progress_pct\":%.1f"
                        ",\"eta_ms\":%" PRIu64,

@@ -68,10 +68,11 @@ void dkv_rebuild_free(dkv_rebuild_t *r);
  * "peers_total":n, "records_streamed":n, "records_kept":n (streamed records of this node's
  * replica sets), "records_already_held":n (of those, held here at that version or newer already,
  * e.g. another peer's copy: not written again), "bytes":n, "elapsed_ms":n,
- * "bytes_per_s":n, "completed":n (rebuilds finished since start), "records_total_estimate":n
- * (the peers' record counts, asked with TREE STATS), "progress_pct":x|null, "eta_ms":n|null
- * (elapsed × (1 − progress) / progress), "waiting_for":[urls]}. Progress is also logged every
- * 10 s.
+ * "bytes_per_s":n, "completed":n (rebuilds finished since start), "peers_counted":n (peers
+ * whose record count is known: TREE STATS answered, or their stream finished),
+ * "records_total_estimate":n (the sum of those counts), "progress_pct":x|null and
+ * "eta_ms":n|null (elapsed × (1 − progress) / progress; null until every peer is counted),
+ * "waiting_for":[urls]}. Progress is also logged every 10 s.
  * Thread: any.
  */
 void dkv_rebuild_status_json(dkv_rebuild_t *r, dkv_buf_t *out);
@@ -79,8 +80,8 @@ void dkv_rebuild_status_json(dkv_rebuild_t *r, dkv_buf_t *out);
 /**
  * The rebuild's progress as numbers (for /metrics): `*running` while a rebuild streams, and
  * `*fraction` 0..1, the records received over the peers' record counts (the same estimate as
- * "progress_pct"); 0 while no estimate is known yet, 1 when no rebuild runs and one completed
- * since start, else 0.
+ * "progress_pct"); 0 until every peer's record count is known, 1 when no rebuild runs and one
+ * completed since start, else 0.
  * Thread: any.
  */
 void dkv_rebuild_progress(dkv_rebuild_t *r, bool *running, double *fraction);

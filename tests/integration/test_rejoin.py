@@ -318,18 +318,23 @@ def test_rebuild_reports_progress_against_the_peers_record_counts_and_an_eta(clu
     shutil.rmtree(victim.data_dir)
     victim.start()
     seen = {}
+    partial = []
 
     def midway():
-        # The total counts the peers whose TREE STATS answer is in: until both are, it is one
-        # peer's 3,000 (a loaded machine shows that state; see the session note).
+        # A progress is shown only once both peers' counts are in (TREE STATS): a fraction
+        # over one peer's 3,000 would run ahead while the other's records stream too.
         rb = status(victim)["rebuild"]
-        if (rb["running"] and rb["progress_pct"] is not None and 0 < rb["progress_pct"] < 100
-                and rb["records_total_estimate"] == 2 * len(keys)):
-            seen.update(rb)
-            return True
+        if rb["running"] and rb["progress_pct"] is not None:
+            if rb["records_total_estimate"] != 2 * len(keys) or rb["peers_counted"] != 2:
+                partial.append(rb)
+            if 0 < rb["progress_pct"] < 100:
+                seen.update(rb)
+                return True
         return False
-    h.wait_until(midway, 30, interval_s=0.05,
+    h.wait_until(midway, 30, interval_s=0.02,
                  what="the rebuild to report progress midway against both peers' counts")
+    assert not partial, partial
+    assert seen["records_total_estimate"] == 2 * len(keys), seen
     assert seen["eta_ms"] > 0, seen
     # /metrics shows the same estimate as a ratio while the node is rebuilding.
     h.wait_until(lambda: metric(victim, 'dkv_node_state{state="rebuilding"}') == 1
