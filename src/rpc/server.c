@@ -476,6 +476,19 @@ static int handle_frame(sconn_t *c, dkv_slice_t frame)
     dkv_rpc_server_t *s = c->srv;
     dkv_rpc_msg_t m;
     int rc = dkv_rpc_decode(frame, &m);
+    dkv_rpc_header_t h;
+    if (rc != 0 && !c->hello_done && dkv_rpc_frame_header(frame, &h) == 0 &&
+        h.version != DKV_RPC_VERSION && h.type == DKV_RPC_HELLO) {
+        /* A newer (or older) peer's handshake: tell it which version this node speaks, in this
+         * node's version, so that it can fall back (docs/protocol.md, 8. Versioning). */
+        char reason[96];
+        snprintf(reason, sizeof(reason), "unsupported protocol version %u (this node speaks %u)",
+                 (unsigned)h.version, (unsigned)DKV_RPC_VERSION);
+        DKV_LOG_WARN("rpc: a HELLO of protocol version %u; answered HELLO_REJECT, closing",
+                     (unsigned)h.version);
+        dkv_rpc_encode_hello_reject(&c->out, h.req_id, dkv_slice_str(reason));
+        return DKV_EPROTO;
+    }
     if (rc != 0) {
         DKV_LOG_WARN("rpc: malformed frame from %s: %s", c->peer_url[0] ? c->peer_url : "a peer",
                      dkv_strerror(rc));

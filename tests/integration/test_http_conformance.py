@@ -134,6 +134,18 @@ def hello(url: bytes, fp: int) -> bytes:
     return bytes([0xD7]) + struct.pack(">I", len(body)) + body
 
 
+def test_a_hello_of_another_protocol_version_gets_a_version_1_hello_reject(node_factory):
+    """docs/protocol.md 8: a newer peer's HELLO is answered with a HELLO_REJECT it can read (so it
+    can fall back during a rolling upgrade), then the connection closes."""
+    nd = node_factory()
+    v2 = bytearray(hello(b"http://x:1", 0))
+    v2[5] = 2  # the version byte after magic and length
+    out = raw_exchange(nd.port, bytes(v2))
+    assert out[0] == 0xD7 and out[5] == 1 and out[6] == 0xC1, out  # v1 HELLO_REJECT
+    assert b"unsupported protocol version 2 (this node speaks 1)" in out, out
+    assert b"a HELLO of protocol version 2" in nd.log_bytes()
+
+
 def test_peer_claiming_this_nodes_url_is_refused_and_urls_are_logged_without_controls(
         cluster_factory):
     c = cluster_factory(3)
