@@ -8,6 +8,8 @@
 # Environment: NODES (default 3), BASE_PORT (8080), DATA_ROOT (./data), DKV_BIN (build/dkv),
 # DKV_ARGS (extra flags for every node, e.g. "--log-level debug"), WAIT_UP_S (how long a started
 # node may take to answer /v0/status, default 30; a node replays its write-ahead log first).
+# The nodes share a quarter of the machine's memory as block cache unless DKV_ARGS sets
+# --block-cache-bytes.
 set -euo pipefail
 
 NODES=${NODES:-3}
@@ -64,6 +66,18 @@ secret_file() {
   echo "$f"
 }
 
+# Every node sizes its block cache to a quarter of the machine's memory when not told; NODES
+# nodes on one machine share that quarter instead (docs/deploy.md, "Sizing memory").
+cache_args() {
+  case " $DKV_ARGS " in *" --block-cache-bytes"*) return 0 ;; esac
+  local kb
+  kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo 2>/dev/null || true)
+  [[ -n "$kb" ]] || return 0
+  local bytes=$((kb * 1024 / 4 / NODES)) floor=$((64 << 20))
+  ((bytes < floor)) && bytes=$floor
+  echo "--block-cache-bytes $bytes"
+}
+
 start_node() {
   local i=$1
   if [[ -n "$(pid_of "$i" || true)" ]]; then echo "node $i already running"; return 0; fi
@@ -72,7 +86,7 @@ start_node() {
   # shellcheck disable=SC2086
   "$DKV_BIN" --listen "127.0.0.1:$((BASE_PORT + i))" --self "$(url "$i")" \
     --cluster "$(cluster_list)" --data "$DATA_ROOT/node$i" \
-    --cluster-secret-file "$(secret_file)" $DKV_ARGS \
+    --cluster-secret-file "$(secret_file)" $(cache_args) $DKV_ARGS \
     >>"$(logfile "$i")" 2>&1 </dev/null &
   echo $! >"$(pidfile "$i")"
   wait_up "$i" && echo "node $i up at $(url "$i") (pid $!, log $(logfile "$i"))"
