@@ -1012,19 +1012,22 @@ static int put_batched(dkv_store_t *s, dkv_slice_t key, const dkv_record_t *rec)
     if (pend_store != s) {
         pending_flush(); /* another store's batch (tests open several per thread) */
     }
+    /* db_lock (shared) keeps a reopen from replacing the column family handles under the
+     * append; a batch that a reopen overtakes is refused by pending_write() (generation). */
+    pthread_rwlock_rdlock(&s->db_lock);
     if (!atomic_load(&s->writable)) {
+        pthread_rwlock_unlock(&s->db_lock);
         atomic_fetch_add(&s->write_errors, 1);
         return atomic_load(&s->write_rc);
     }
     if (pend_store == NULL) {
-        /* db and its handles are stable while writable: only a reopen replaces them, and it
-         * needs the store unwritable first; pending_write() checks the generation. */
         pend_wb = rocksdb_writebatch_create();
         pend_store = s;
         pend_gen = atomic_load(&s->generation);
         atomic_fetch_add(&s->pending_batches, 1);
     }
     size_t dklen = batch_append(s, pend_wb, key, rec);
+    pthread_rwlock_unlock(&s->db_lock);
     pend_stripes[pend_n] = (uint16_t)stripe_index(key);
     pend_segments[pend_n] = dklen > 0 ? dkv_store_segment(key) : NO_SEGMENT;
     pend_n++;
