@@ -41,6 +41,7 @@ typedef struct io_thread {
     uv_loop_t loop;
     uv_async_t stop_async;
     uv_timer_t drain_timer;
+    uv_prepare_t batch_prepare; /* writes the store's pending batch before the loop polls */
     dkv_coord_t *coord;
     dkv_router_t *router;
     dkv_rpc_client_t *rpc_client;
@@ -123,6 +124,7 @@ static void on_part_closed(void *arg)
     if (--t->pending_closes == 0) {
         uv_close((uv_handle_t *)&t->stop_async, on_thread_handle_closed);
         uv_close((uv_handle_t *)&t->drain_timer, on_thread_handle_closed);
+        uv_close((uv_handle_t *)&t->batch_prepare, on_thread_handle_closed);
     }
 }
 
@@ -309,6 +311,17 @@ static int thread_setup(io_thread_t *t)
                                  n->n_threads > 1, &hopts, t->router, &t->http);
 }
 
+/* Write batching (store/store.h): the writes of a loop iteration are one RocksDB write, made by
+ * the responses' WAL sync (http/ before_flush, rpc/server.c) or, when nothing was answered in
+ * the iteration (e.g. a PUT waiting for its replicas), here, before the loop sleeps: nothing
+ * stays pending, invisible to the other threads, while the loop waits. An error here reaches
+ * the next sync of this thread, which then acknowledges nothing. */
+static void on_batch_prepare(uv_prepare_t *h)
+{
+    (void)h;
+    dkv_store_write_batch();
+}
+
 static void thread_main(void *arg)
 {
     io_thread_t *t = arg;
@@ -321,6 +334,10 @@ static void thread_main(void *arg)
     t->stop_async.data = t;
     uv_timer_init(&t->loop, &t->drain_timer);
     t->drain_timer.data = t;
+    uv_prepare_init(&t->loop, &t->batch_prepare);
+    uv_prepare_start(&t->batch_prepare, on_batch_prepare);
+    uv_unref((uv_handle_t *)&t->batch_prepare); /* never keeps the loop alive by itself */
+    dkv_store_thread_batching(true);
     t->start_rc = thread_setup(t);
     uv_sem_post(&t->node->started);
     if (t->start_rc != 0) {
@@ -334,6 +351,12 @@ static void thread_main(void *arg)
     }
     dkv_coord_free(t->coord);
     uv_run(&t->loop, UV_RUN_DEFAULT); /* the coordinator's timer closes (speculative reads) */
+    /* Writes made after the last response (read repair, a PUT whose client left) are stored
+     * before the thread ends: dkv_store_close() must find no batch pending. */
+    if (dkv_store_sync_wal(t->node->store) != 0) {
+        DKV_LOG_WARN("io thread %u: the last writes could not be stored at shutdown", t->idx);
+    }
+    dkv_store_thread_batching(false);
     int rc = uv_loop_close(&t->loop);
     if (rc != 0) {
         DKV_LOG_WARN("io thread %u: loop closed with open handles: %s", t->idx, uv_strerror(rc));

@@ -26,6 +26,7 @@
 #include "common/err.h"
 #include "common/log.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -59,6 +60,34 @@ static _Thread_local dkv_store_t *wal_store;
 static _Thread_local uint64_t wal_gen;
 /* Bytes of the write batches this thread appended to the WAL buffer since its last sync. */
 static _Thread_local uint64_t wal_pending_bytes;
+
+/*
+ * Write batching (dkv_store_thread_batching): on an I/O thread, dkv_store_put() appends to this
+ * thread's pending batch instead of calling rocksdb_write, and the batch is written with one
+ * rocksdb_write by dkv_store_sync_wal() (before its WAL flush: every path that acknowledges a
+ * write runs it first), by dkv_store_write_batch() (the loop's prepare hook, so that nothing
+ * stays pending while the loop sleeps), before any read or other write of this thread (so the
+ * thread reads its own writes), or when the batch is full. One rocksdb_write per loop iteration
+ * instead of one per PUT: each write joins RocksDB's write group (a leader election between the
+ * I/O threads, two memtable inserts, a WAL buffer append) and that fixed cost dominates a small
+ * PUT. A pending write is not acknowledged: the acknowledging sync writes it first, and a failed
+ * batch write fails that sync (pend_failed_rc), exactly like a failed WAL flush.
+ */
+#define PENDING_MAX_OPS 256u
+#define PENDING_MAX_BYTES (4u << 20) /* of encoded batch: a few large values go out at once */
+#define NO_SEGMENT UINT32_MAX
+static _Thread_local bool pend_enabled;
+static _Thread_local dkv_store_t *pend_store; /* NULL: nothing pending */
+static _Thread_local rocksdb_writebatch_t *pend_wb;
+static _Thread_local uint64_t pend_gen; /* the database generation at the first append */
+static _Thread_local unsigned pend_n;
+static _Thread_local uint16_t pend_stripes[PENDING_MAX_OPS];
+static _Thread_local uint32_t pend_segments[PENDING_MAX_OPS]; /* NO_SEGMENT: no digest entry */
+/* A batch write that failed since this thread's last sync, and its store: that sync fails. */
+static _Thread_local int pend_failed_rc;
+static _Thread_local dkv_store_t *pend_failed_store;
+static int pending_write(void);
+static inline void pending_flush(void);
 
 /* Generations of every database opened by this process: a reopen gets a new one. */
 static _Atomic uint64_t last_generation;
@@ -97,6 +126,7 @@ struct dkv_store {
     _Atomic uint64_t purged;        /* tombstones purged since open */
     _Atomic uint64_t wal_syncs;     /* WAL buffer flushes (write(2), fsync with opts.fsync) */
     _Atomic uint64_t wal_bytes;     /* write-batch bytes those flushes made durable */
+    _Atomic uint64_t pending_batches; /* threads' batches appended to and not yet written */
     pthread_mutex_t stripes[KEY_STRIPES];
 };
 
@@ -462,8 +492,24 @@ void dkv_store_close(dkv_store_t *s)
     if (s == NULL) {
         return;
     }
+    if (pend_store == s) {
+        pending_write(); /* then close_db() flushes the WAL */
+    }
+    if (pend_failed_store == s) {
+        pend_failed_store = NULL;
+        pend_failed_rc = 0;
+    }
     if (wal_store == s) {
         wal_store = NULL; /* a later store at the same address starts clean */
+    }
+    /* Every batching thread writes its batch before it stops (main.c): one still pending here
+     * would be lost. None was acknowledged (a sync writes the batch before any ack), but it is
+     * a bug all the same. */
+    uint64_t left = atomic_load(&s->pending_batches);
+    if (left != 0) {
+        DKV_LOG_ERROR("store: closing with %" PRIu64 " unwritten write batch(es) of other threads",
+                      left);
+        assert(left == 0);
     }
     close_db(s);
     if (s->ropts != NULL) {
@@ -512,9 +558,96 @@ static size_t digest_key(dkv_slice_t key, uint8_t *out)
     return key.len + 2;
 }
 
+static unsigned stripe_index(dkv_slice_t key)
+{
+    return (unsigned)(XXH3_64bits(key.ptr, key.len) % KEY_STRIPES);
+}
+
 static pthread_mutex_t *stripe_of(dkv_store_t *s, dkv_slice_t key)
 {
-    return &s->stripes[XXH3_64bits(key.ptr, key.len) % KEY_STRIPES];
+    return &s->stripes[stripe_index(key)];
+}
+
+static int cmp_u16(const void *a, const void *b)
+{
+    return (int)*(const uint16_t *)a - (int)*(const uint16_t *)b;
+}
+
+/*
+ * Writes this thread's pending batch (write batching, above) with one rocksdb_write, holding the
+ * key stripes of all its records, taken in ascending index order without duplicates: two
+ * threads writing batches (and a purge, which holds one stripe at a time) can never wait on
+ * each other in a cycle. A failure is also kept for this thread's next dkv_store_sync_wal().
+ * @return 0; DKV_ENOSPACE or DKV_EIO (none of the batch is stored).
+ */
+static int pending_write(void)
+{
+    dkv_store_t *s = pend_store;
+    if (s == NULL) {
+        return 0;
+    }
+    rocksdb_writebatch_t *wb = pend_wb;
+    unsigned n = pend_n;
+    pend_store = NULL;
+    pend_wb = NULL;
+    pend_n = 0;
+    size_t wal_bytes = batch_bytes(wb);
+    int rc = write_begin(s);
+    bool ok = false;
+    if (rc != 0) {
+        /* Unwritable since the appends: each of them counts as a refused write. */
+        atomic_fetch_add(&s->write_errors, n - 1);
+    } else if (atomic_load(&s->generation) != pend_gen) {
+        /* A reopen since the first append (only after a failure): refuse the whole batch. */
+        atomic_fetch_add(&s->write_errors, n);
+        rc = DKV_ENOSPACE;
+        write_end(s, "write", NULL);
+    } else {
+        uint16_t idx[PENDING_MAX_OPS];
+        memcpy(idx, pend_stripes, n * sizeof(idx[0]));
+        qsort(idx, n, sizeof(idx[0]), cmp_u16);
+        unsigned m = 0;
+        for (unsigned i = 0; i < n; i++) {
+            if (m == 0 || idx[m - 1] != idx[i]) {
+                idx[m++] = idx[i];
+            }
+        }
+        for (unsigned i = 0; i < m; i++) {
+            pthread_mutex_lock(&s->stripes[idx[i]]);
+        }
+        char *err = NULL;
+        rocksdb_write(s->db, s->wopts, wb, &err);
+        for (unsigned i = m; i-- > 0;) {
+            pthread_mutex_unlock(&s->stripes[idx[i]]);
+        }
+        ok = err == NULL;
+        rc = write_end_bytes(s, "write", err, wal_bytes);
+        if (!ok) {
+            atomic_fetch_add(&s->write_errors, n - 1); /* every write of the batch failed */
+        }
+    }
+    rocksdb_writebatch_destroy(wb);
+    atomic_fetch_sub(&s->pending_batches, 1);
+    if (ok && s->observer != NULL) {
+        for (unsigned i = 0; i < n; i++) {
+            if (pend_segments[i] != NO_SEGMENT) {
+                s->observer(s->observer_arg, pend_segments[i]);
+            }
+        }
+    }
+    if (rc != 0 && pend_failed_rc == 0) {
+        pend_failed_rc = rc;
+        pend_failed_store = s;
+    }
+    return rc;
+}
+
+/* Before a read or an unbatched write: this thread's own pending writes go first. */
+static inline void pending_flush(void)
+{
+    if (pend_store != NULL) {
+        pending_write();
+    }
 }
 
 /* Gives every data record its digest entry when the digest column family is new (a data
@@ -813,6 +946,7 @@ int dkv_store_open(const char *dir, const dkv_store_opts_t *opts, dkv_store_t **
 
 int dkv_store_get(dkv_store_t *s, dkv_slice_t key, uint8_t **data, size_t *len)
 {
+    pending_flush();
     char *err = NULL;
     size_t vlen = 0;
     pthread_rwlock_rdlock(&s->db_lock);
@@ -842,15 +976,11 @@ void dkv_store_free(uint8_t *data)
     }
 }
 
-int dkv_store_put(dkv_store_t *s, dkv_slice_t key, const dkv_record_t *rec)
+/* Appends the merges of `rec` (data column family) and of its digest entry to `wb`.
+ * @return the digest key's length; 0 when the key is too long to have one. */
+static size_t batch_append(dkv_store_t *s, rocksdb_writebatch_t *wb, dkv_slice_t key,
+                           const dkv_record_t *rec)
 {
-    if (key.len == 0 || (rec->tombstone && rec->value.len > 0)) {
-        return DKV_EINVAL;
-    }
-    int rc = write_begin(s);
-    if (rc != 0) {
-        return rc;
-    }
     uint8_t stack[4096];
     size_t total = DKV_RECORD_HEADER_BYTES + rec->value.len;
     uint8_t *buf = total <= sizeof(stack) ? stack : dkv_xmalloc(total);
@@ -864,13 +994,63 @@ int dkv_store_put(dkv_store_t *s, dkv_slice_t key, const dkv_record_t *rec)
     digest_encode(rec, dv);
     /* One batch: the record and its digest share the WAL record, so a crash never separates
      * them. Both are blind merges; each column family's operator keeps the newest. */
-    rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
     rocksdb_writebatch_merge_cf(wb, s->cf_data, (const char *)key.ptr, key.len,
                                 (const char *)buf, total);
     if (dklen > 0) {
         rocksdb_writebatch_merge_cf(wb, s->cf_digest, (const char *)dk, dklen, (const char *)dv,
                                     sizeof(dv));
     }
+    if (buf != stack) {
+        free(buf);
+    }
+    return dklen;
+}
+
+/* dkv_store_put() on a batching thread: appends to the pending batch (write batching, above). */
+static int put_batched(dkv_store_t *s, dkv_slice_t key, const dkv_record_t *rec)
+{
+    if (pend_store != s) {
+        pending_flush(); /* another store's batch (tests open several per thread) */
+    }
+    /* db_lock (shared) keeps a reopen from replacing the column family handles under the
+     * append; a batch that a reopen overtakes is refused by pending_write() (generation). */
+    pthread_rwlock_rdlock(&s->db_lock);
+    if (!atomic_load(&s->writable)) {
+        pthread_rwlock_unlock(&s->db_lock);
+        atomic_fetch_add(&s->write_errors, 1);
+        return atomic_load(&s->write_rc);
+    }
+    if (pend_store == NULL) {
+        pend_wb = rocksdb_writebatch_create();
+        pend_store = s;
+        pend_gen = atomic_load(&s->generation);
+        atomic_fetch_add(&s->pending_batches, 1);
+    }
+    size_t dklen = batch_append(s, pend_wb, key, rec);
+    pthread_rwlock_unlock(&s->db_lock);
+    pend_stripes[pend_n] = (uint16_t)stripe_index(key);
+    pend_segments[pend_n] = dklen > 0 ? dkv_store_segment(key) : NO_SEGMENT;
+    pend_n++;
+    if (pend_n == PENDING_MAX_OPS || batch_bytes(pend_wb) >= PENDING_MAX_BYTES) {
+        return pending_write();
+    }
+    return 0;
+}
+
+int dkv_store_put(dkv_store_t *s, dkv_slice_t key, const dkv_record_t *rec)
+{
+    if (key.len == 0 || (rec->tombstone && rec->value.len > 0)) {
+        return DKV_EINVAL;
+    }
+    if (pend_enabled) {
+        return put_batched(s, key, rec);
+    }
+    int rc = write_begin(s);
+    if (rc != 0) {
+        return rc;
+    }
+    rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+    size_t dklen = batch_append(s, wb, key, rec);
     char *err = NULL;
     pthread_mutex_t *mu = stripe_of(s, key);
     pthread_mutex_lock(mu);
@@ -878,9 +1058,6 @@ int dkv_store_put(dkv_store_t *s, dkv_slice_t key, const dkv_record_t *rec)
     pthread_mutex_unlock(mu);
     size_t wal_bytes = batch_bytes(wb);
     rocksdb_writebatch_destroy(wb);
-    if (buf != stack) {
-        free(buf);
-    }
     bool ok = err == NULL;
     rc = write_end_bytes(s, "write", err, wal_bytes);
     if (ok && s->observer != NULL && dklen > 0) {
@@ -889,8 +1066,37 @@ int dkv_store_put(dkv_store_t *s, dkv_slice_t key, const dkv_record_t *rec)
     return rc;
 }
 
+void dkv_store_thread_batching(bool on)
+{
+    if (!on) {
+        pending_flush();
+    }
+    pend_enabled = on;
+}
+
+int dkv_store_write_batch(void)
+{
+    return pending_write();
+}
+
 int dkv_store_sync_wal(dkv_store_t *s)
 {
+    pending_flush();
+    if (pend_failed_rc != 0) {
+        /* A batch write failed since the last sync: the writes it held must not be
+         * acknowledged. The store is unwritable now; the WAL is not flushed (see the file
+         * comment), and what this thread buffered before is dropped at the reopen. */
+        int rc = pend_failed_store == s ? pend_failed_rc : 0;
+        pend_failed_rc = 0;
+        pend_failed_store = NULL;
+        if (rc != 0) {
+            if (wal_store == s) {
+                wal_store = NULL;
+                wal_pending_bytes = 0;
+            }
+            return rc;
+        }
+    }
     if (wal_store == NULL) {
         return 0;
     }
@@ -928,6 +1134,7 @@ int dkv_store_sync_wal(dkv_store_t *s)
 
 bool dkv_store_has_records(dkv_store_t *s)
 {
+    pending_flush();
     pthread_rwlock_rdlock(&s->db_lock);
     bool any = false;
     if (s->db != NULL) {
@@ -1030,6 +1237,7 @@ int dkv_store_resume(dkv_store_t *s, uint64_t log_interval_ms)
 
 int dkv_store_iter_new(dkv_store_t *s, dkv_slice_t start, dkv_slice_t end, dkv_store_iter_t **out)
 {
+    pending_flush();
     dkv_store_iter_t *it = dkv_xcalloc(1, sizeof(*it));
     it->ropts = rocksdb_readoptions_create();
     /* A scan reads each block once; keep it from evicting the point-read working set. */
@@ -1122,6 +1330,7 @@ void dkv_store_iter_free(dkv_store_iter_t *it)
 
 int dkv_store_hint_put(dkv_store_t *s, dkv_slice_t key, dkv_slice_t value)
 {
+    pending_flush();
     int rc = write_begin(s);
     if (rc != 0) {
         return rc;
@@ -1134,6 +1343,7 @@ int dkv_store_hint_put(dkv_store_t *s, dkv_slice_t key, dkv_slice_t value)
 
 int dkv_store_hint_delete(dkv_store_t *s, dkv_slice_t key)
 {
+    pending_flush();
     int rc = write_begin(s);
     if (rc != 0) {
         return rc;
@@ -1146,6 +1356,7 @@ int dkv_store_hint_delete(dkv_store_t *s, dkv_slice_t key)
 int dkv_store_hint_iter_new(dkv_store_t *s, dkv_slice_t lower, dkv_slice_t upper,
                             dkv_store_raw_iter_t **out)
 {
+    pending_flush();
     dkv_store_raw_iter_t *it = dkv_xcalloc(1, sizeof(*it));
     it->ropts = rocksdb_readoptions_create();
     rocksdb_readoptions_set_fill_cache(it->ropts, 0);
@@ -1204,6 +1415,7 @@ void dkv_store_set_write_observer(dkv_store_t *s, dkv_store_write_cb cb, void *a
 int dkv_store_digest_iter_new(dkv_store_t *s, uint32_t seg_lo, uint32_t seg_end,
                               dkv_store_raw_iter_t **out)
 {
+    pending_flush();
     if (seg_lo >= seg_end || seg_end > DKV_STORE_SEGMENTS) {
         return DKV_EINVAL;
     }
@@ -1256,6 +1468,7 @@ int dkv_store_digest_next(dkv_store_raw_iter_t *it, uint32_t *segment, dkv_slice
 
 int dkv_store_purge_tombstone(dkv_store_t *s, dkv_slice_t key, uint64_t max_ts)
 {
+    pending_flush();
     if (key.len == 0 || key.len > DKV_MAX_KEY_BYTES) {
         return DKV_EINVAL;
     }
@@ -1313,6 +1526,7 @@ uint64_t dkv_store_purged(dkv_store_t *s)
 
 void dkv_store_compact(dkv_store_t *s)
 {
+    pending_flush();
     rocksdb_compactoptions_t *co = rocksdb_compactoptions_create();
     /* kForce (2): rewrite the bottommost level too, so Deletes and what they shadow go. */
     rocksdb_compactoptions_set_bottommost_level_compaction(co, 2);
@@ -1328,6 +1542,7 @@ void dkv_store_compact(dkv_store_t *s)
 
 int dkv_store_checkpoint(dkv_store_t *s, const char *dir, char *why, size_t why_len)
 {
+    pending_flush();
     int rc = 0;
     char *err = NULL;
     rocksdb_checkpoint_t *cp = NULL;

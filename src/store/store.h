@@ -106,7 +106,9 @@ int dkv_store_open(const char *dir, const dkv_store_opts_t *opts, dkv_store_t **
 void dkv_store_thread_init(void);
 
 /**
- * Flushes the WAL and closes the database. All iterators must be freed first. NULL is a no-op.
+ * Writes the calling thread's pending batch, flushes the WAL and closes the database. All
+ * iterators must be freed and every other batching thread must have written its batch
+ * (dkv_store_sync_wal() or dkv_store_thread_batching(false)) first. NULL is a no-op.
  * Thread: any, once no other thread uses `s`.
  */
 void dkv_store_close(dkv_store_t *s);
@@ -132,6 +134,11 @@ void dkv_store_free(uint8_t *data);
  * if opts.fsync) once this thread calls dkv_store_sync_wal(), which every path that acknowledges
  * a write must do first. One sync covers all writes before it (group commit).
  *
+ * On a thread with write batching on (dkv_store_thread_batching()), the record is appended to
+ * the thread's pending batch and reaches RocksDB (memtable and WAL buffer) at this thread's next
+ * dkv_store_sync_wal(), dkv_store_write_batch(), read, or when the batch is full; the 0 returned
+ * then means "accepted", and that sync reports a failure to store it.
+ *
  * @param key  Borrowed; 1..DKV_MAX_KEY_BYTES bytes.
  * @param rec  Borrowed; a tombstone must have an empty value.
  * @return 0; DKV_EINVAL (empty key, tombstone with value); DKV_ENOSPACE (no space: this write
@@ -142,8 +149,29 @@ void dkv_store_free(uint8_t *data);
 int dkv_store_put(dkv_store_t *s, dkv_slice_t key, const dkv_record_t *rec);
 
 /**
- * Makes every write this thread did since its last sync durable: write(2) of the WAL buffer
- * (and fsync with opts.fsync). A no-op when this thread wrote nothing since.
+ * Turns write batching on or off for the calling thread. On: dkv_store_put() appends to a
+ * per-thread batch that one rocksdb_write stores (see dkv_store_put()), so a loop iteration's
+ * writes cost one RocksDB write group instead of one each. Any read or other write of the
+ * thread writes its batch first (the thread reads its own writes). Only for a thread that runs
+ * dkv_store_sync_wal() before acknowledging anything and dkv_store_write_batch() before it
+ * sleeps (main.c's I/O loops); others write directly (the default). Off writes what is pending.
+ * Thread: the thread concerned.
+ */
+void dkv_store_thread_batching(bool on);
+
+/**
+ * Writes the calling thread's pending batch (a no-op without one) to RocksDB's memtable and WAL
+ * buffer, not flushing the WAL. A failure is also returned by this thread's next
+ * dkv_store_sync_wal() of the store, so the writes it held are never acknowledged.
+ * @return 0; DKV_ENOSPACE or DKV_EIO (nothing of the batch is stored; the store is unwritable).
+ * Thread: the batching thread (main.c: each loop iteration, before the loop polls).
+ */
+int dkv_store_write_batch(void);
+
+/**
+ * Makes every write this thread did since its last sync durable: writes its pending batch (write
+ * batching), then write(2) of the WAL buffer (and fsync with opts.fsync). A no-op when this
+ * thread wrote nothing since.
  * @return 0; DKV_ENOSPACE or DKV_EIO: those writes are not durable and must not be acknowledged
  *         (the flush failed, the store is unwritable, or it was reopened since they were made).
  * Thread: any; the "since" is per thread (one store per thread: closing a store forgets it).

@@ -791,6 +791,33 @@ def test_pipelined_requests_are_answered_in_order(node, uniq):
         assert c.is_open_now()
 
 
+def test_pipelined_put_then_get_reads_the_write(node, uniq):
+    """A PUT and a GET of the same key in one send are served in one loop iteration, while the
+    PUT's record may still wait in the I/O thread's write batch: the GET must see it. Same for a
+    DELETE, a PUT over a PUT, and a range read."""
+    k = uniq()
+    with node.raw() as c:
+        for i in range(20):
+            v = b"value-%d" % i
+            c.send(http_request("PUT", entity_target(k), v) + http_request("GET", entity_target(k)))
+            assert c.read_response().status == 201
+            r = c.read_response()
+            assert (r.status, r.body) == (200, v), "round %d: %r" % (i, r)
+        c.send(http_request("PUT", entity_target(k), b"a") + http_request("PUT", entity_target(k), b"b")
+               + http_request("GET", entity_target(k)) + http_request("DELETE", entity_target(k))
+               + http_request("GET", entity_target(k))
+               + http_request("PUT", entity_target(k), b"c")
+               + http_request("GET", entities_target(k, k + b"\x00")))
+        assert [c.read_response().status for _ in range(2)] == [201, 201]
+        r = c.read_response()
+        assert (r.status, r.body) == (200, b"b"), r
+        assert c.read_response().status == 202
+        assert c.read_response().status == 404
+        assert c.read_response().status == 201
+        r = c.read_response()
+        assert r.status == 200 and h.parse_records(r.chunks) == [(k, b"c")], r
+
+
 def test_64_concurrent_keep_alive_connections_do_not_interfere(node, uniq):
     n_conns, rounds = 64, 15
     barrier = threading.Barrier(n_conns, timeout=30)

@@ -18,6 +18,7 @@
 #include <cmocka.h>
 
 #include <ftw.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -511,7 +512,180 @@ static void test_failed_wal_write_refuses_writes_until_resume(void **state)
     expect_missing(f->store, "refused");
 }
 
+/* ---- write batching (dkv_store_thread_batching) ---- */
+
+static int setup_batched(void **state)
+{
+    int rc = setup(state);
+    dkv_store_thread_batching(true);
+    return rc;
+}
+
+static int teardown_batched(void **state)
+{
+    dkv_store_thread_batching(false);
+    return teardown(state);
+}
+
+typedef struct reader {
+    dkv_store_t *store;
+    const char *key;
+    int rc;
+} reader_t;
+
+static void *read_on_other_thread(void *arg)
+{
+    reader_t *r = arg;
+    uint8_t *data = NULL;
+    size_t n = 0;
+    r->rc = dkv_store_get(r->store, dkv_slice_str(r->key), &data, &n);
+    dkv_store_free(data);
+    return NULL;
+}
+
+static int get_on_other_thread(dkv_store_t *s, const char *key)
+{
+    reader_t r = {s, key, -1};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, read_on_other_thread, &r), 0);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    return r.rc;
+}
+
+/* A batching thread's writes wait in its batch (another thread does not see them yet), but the
+ * thread itself reads them at once, by point read and by scan; a sync or a full batch stores
+ * them, and they survive a reopen. */
+static void test_batched_writes_are_read_by_their_thread(void **state)
+{
+    fixture_t *f = *state;
+    put_val(f->store, "a", 10, "v1", 2);
+    assert_int_equal(get_on_other_thread(f->store, "a"), DKV_ENOTFOUND); /* still pending */
+    expect_record(f->store, dkv_slice_str("a"), 10, "v1", 2); /* writes the batch first */
+    assert_int_equal(get_on_other_thread(f->store, "a"), 0);
+
+    put_val(f->store, "a", 11, "v2", 2);
+    put_tomb(f->store, "b", 12);
+    dkv_store_iter_t *it = NULL;
+    assert_int_equal(dkv_store_iter_new(f->store, dkv_slice_str("a"), dkv_slice_str("c"), &it),
+                     0);
+    dkv_slice_t k;
+    dkv_record_t r;
+    assert_int_equal(dkv_store_iter_next(it, &k, &r), 0);
+    assert_true(r.ts == 11);
+    assert_int_equal(dkv_store_iter_next(it, &k, &r), 0);
+    assert_true(r.ts == 12 && r.tombstone);
+    assert_int_equal(dkv_store_iter_next(it, &k, &r), DKV_ENOTFOUND);
+    dkv_store_iter_free(it);
+
+    put_val(f->store, "c", 13, "v3", 2);
+    assert_int_equal(dkv_store_sync_wal(f->store), 0);
+    assert_int_equal(get_on_other_thread(f->store, "c"), 0);
+
+    /* A full batch is written without waiting for a sync: at most 256 writes wait. */
+    char key[32];
+    for (int i = 0; i < 300; i++) {
+        snprintf(key, sizeof(key), "many%03d", i);
+        put_val(f->store, key, 100 + (uint64_t)i, "x", 1);
+    }
+    assert_int_equal(get_on_other_thread(f->store, "many000"), 0);
+    assert_int_equal(get_on_other_thread(f->store, "many299"), DKV_ENOTFOUND);
+    assert_int_equal(dkv_store_write_batch(), 0);
+    assert_int_equal(get_on_other_thread(f->store, "many299"), 0);
+
+    put_val(f->store, "d", 14, "v4", 2);
+    reopen(f); /* closing writes this thread's batch */
+    expect_record(f->store, dkv_slice_str("a"), 11, "v2", 2);
+    expect_record(f->store, dkv_slice_str("d"), 14, "v4", 2);
+    expect_record(f->store, dkv_slice_str("many299"), 399, "x", 1);
+}
+
+/* A tombstone purge on another thread while a newer write of the key waits in a batch: the purge
+ * sees only the tombstone and deletes it, and the pending write lands after the delete. */
+typedef struct purger {
+    dkv_store_t *store;
+    int rc;
+} purger_t;
+
+static void *purge_on_other_thread(void *arg)
+{
+    purger_t *p = arg;
+    p->rc = dkv_store_purge_tombstone(p->store, dkv_slice_str("p"), 1000);
+    return NULL;
+}
+
+static void test_batched_write_survives_a_concurrent_purge(void **state)
+{
+    fixture_t *f = *state;
+    put_tomb(f->store, "p", 5);
+    assert_int_equal(dkv_store_sync_wal(f->store), 0);
+    put_val(f->store, "p", 20, "new", 3); /* pending */
+    purger_t p = {f->store, -1};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, purge_on_other_thread, &p), 0);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    assert_int_equal(p.rc, 0);
+    assert_int_equal(dkv_store_sync_wal(f->store), 0);
+    expect_record(f->store, dkv_slice_str("p"), 20, "new", 3);
+    /* Purge on the batching thread itself: its pending write goes first and is not purged. */
+    put_tomb(f->store, "p", 30);
+    put_val(f->store, "p", 31, "newer", 5);
+    assert_int_equal(dkv_store_purge_tombstone(f->store, dkv_slice_str("p"), 1000),
+                     DKV_ENOTFOUND);
+    expect_record(f->store, dkv_slice_str("p"), 31, "newer", 5);
+}
+
+/* A batch whose write fails fails the sync that would acknowledge it, and each of its writes
+ * counts as a write error; the writes synced before it stay. */
+static void test_batched_write_failure_fails_the_sync(void **state)
+{
+    fixture_t *f = *state;
+    static uint8_t v[1024];
+    memset(v, 'v', sizeof(v));
+    struct rlimit old;
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+    signal(SIGXFSZ, SIG_IGN);
+    struct rlimit small = {.rlim_cur = 256u << 10, .rlim_max = old.rlim_max};
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &small), 0);
+    char key[32];
+    int synced = 0;
+    int rc = 0;
+    dkv_store_health_t h;
+    for (int i = 0; i < 4096 && rc == 0; i += 4) {
+        for (int j = i; j < i + 4; j++) {
+            snprintf(key, sizeof(key), "k%04d", j);
+            dkv_record_t r = {(uint64_t)j + 10, false, dkv_slice(v, sizeof(v)), 0};
+            assert_int_equal(dkv_store_put(f->store, dkv_slice_str(key), &r), 0);
+        }
+        dkv_store_health(f->store, &h);
+        rc = dkv_store_sync_wal(f->store);
+        synced += rc == 0 ? 4 : 0;
+    }
+    assert_int_equal(rc, DKV_EIO);
+    assert_true(synced > 0);
+    uint64_t before = h.write_errors;
+    dkv_store_health(f->store, &h);
+    assert_false(h.writable);
+    /* Either the batch write failed (4 writes) or, if it landed, the WAL flush did (1). */
+    assert_true(h.write_errors == before + 4 || h.write_errors == before + 1);
+    assert_int_equal(dkv_store_sync_wal(f->store), 0); /* reported once */
+    snprintf(key, sizeof(key), "k%04d", synced);
+    dkv_record_t r = {1, false, dkv_slice(v, sizeof(v)), 0};
+    assert_int_equal(dkv_store_put(f->store, dkv_slice_str(key), &r), DKV_EIO); /* refused */
+
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+    signal(SIGXFSZ, SIG_DFL);
+    assert_int_equal(dkv_store_resume(f->store, 1000), 0);
+    reopen(f);
+    for (int i = 0; i < synced; i++) {
+        snprintf(key, sizeof(key), "k%04d", i);
+        expect_record(f->store, dkv_slice_str(key), (uint64_t)i + 10, v, sizeof(v));
+    }
+    snprintf(key, sizeof(key), "k%04d", synced);
+    expect_missing(f->store, key);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+#define TB(fn) cmocka_unit_test_setup_teardown(fn, setup_batched, teardown_batched)
 
 int main(void)
 {
@@ -528,6 +702,17 @@ int main(void)
         T(test_put_rejects_bad_input),
         T(test_second_open_fails_while_locked),
         T(test_failed_wal_write_refuses_writes_until_resume),
+        TB(test_batched_writes_are_read_by_their_thread),
+        TB(test_batched_write_survives_a_concurrent_purge),
+        TB(test_batched_write_failure_fails_the_sync),
+        /* The direct-write tests again with batching on: nothing may change for them. */
+        TB(test_put_get_roundtrip),
+        TB(test_older_write_never_overwrites_newer),
+        TB(test_older_write_after_reopen),
+        TB(test_many_overwrites_keep_newest),
+        TB(test_reopen_keeps_data),
+        TB(test_iter_sees_newest_version_once),
+        TB(test_failed_wal_write_refuses_writes_until_resume),
         cmocka_unit_test(test_open_missing_dir_fails),
         cmocka_unit_test(test_sizing_from_memory_limit),
         cmocka_unit_test(test_memory_limit_at_most_ram),
