@@ -3153,6 +3153,11 @@ def main() -> int:
         return 1
 
     work = Path(opts.work_dir)
+    out_res = Path(opts.out_dir).resolve()
+    if out_res == work.resolve() or work.resolve() in out_res.parents:
+        print(f"bench: --out-dir {opts.out_dir} is inside --work-dir {work}, which is deleted "
+              "before and after the run; choose another", file=sys.stderr)
+        return 2
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     # A private copy: a rebuild of build/dkv during the run must not change what is measured.
