@@ -43,17 +43,17 @@
  * purge's read-check-delete never removes a record written between its read and its delete. */
 #define KEY_STRIPES 1024u
 /* The digest column family's marker: present once every data record has its digest entry. Key
- * "\xff\xff" (segment 0xFFFF, empty key: no digest entry, whose key is never empty, is 2 bytes
- * long) is in the prefix extractor's domain; dkv 0.3-0.4 wrote the empty key instead (read once
- * at open to upgrade, never written again: an empty key is outside that domain). */
+ * ff ff is segment 0xFFFF with an empty replica key, which no digest entry has (replica keys are
+ * 1..1024 bytes), and is inside the prefix extractor's domain. dkv 0.3-0.4 used the empty key,
+ * outside it: read once at open to upgrade, never written again. */
 #define DIGEST_MARKER "\xff\xff"
 #define DIGEST_MARKER_BYTES 2u
 #define DIGEST_MARKER_VALUE "digest.v1"
 /* The digest column family's memtable: a hash table of skip lists, one bucket per segment (the
  * 2-byte key prefix). An insert walks a ~15-entry list instead of the one skip list of the whole
- * memtable (~40 key comparisons at 1M entries): 60.0k -> 44.0k instructions per 1-node PUT
- * (callgrind, 600k entries per memtable). Height 8 (branching 4) keeps a bucket that a hot key
- * fills with merge operands logarithmic up to ~64k entries. */
+ * memtable (~40 key comparisons at 1M entries): 60.0k -> 46.0k instructions per 1-node PUT
+ * (callgrind, 600k entries per memtable; docs/benchmarks.md). Height 8 (branching 4) keeps a bucket
+ * that a hot key fills with merge operands logarithmic up to ~64k entries. */
 #define DIGEST_PREFIX_BYTES 2u
 #define DIGEST_BUCKETS DKV_STORE_SEGMENTS
 #define DIGEST_SKIPLIST_HEIGHT 8
