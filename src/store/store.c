@@ -43,22 +43,9 @@
 /* Key stripes: a write holds its key's stripe only around the RocksDB write, so that a tombstone
  * purge's read-check-delete never removes a record written between its read and its delete. */
 #define KEY_STRIPES 1024u
-/* The digest column family's marker: present once every data record has its digest entry. Key
- * ff ff is segment 0xFFFF with an empty replica key, which no digest entry has (replica keys are
- * 1..1024 bytes), and is inside the prefix extractor's domain. dkv 0.3-0.4 used the empty key,
- * outside it: read once at open to upgrade, never written again. */
-#define DIGEST_MARKER "\xff\xff"
-#define DIGEST_MARKER_BYTES 2u
+/* The digest column family's marker: present once every data record has its digest entry. */
+#define DIGEST_MARKER ""
 #define DIGEST_MARKER_VALUE "digest.v1"
-/* The digest column family's memtable: a hash table of skip lists, one bucket per segment (the
- * 2-byte key prefix). An insert walks a ~15-entry list instead of the one skip list of the whole
- * memtable (~40 key comparisons at 1M entries): 60.0k -> 46.0k instructions per 1-node PUT
- * (callgrind, 600k entries per memtable; docs/benchmarks.md). Height 8 (branching 4) keeps a bucket
- * that a hot key fills with merge operands logarithmic up to ~64k entries. */
-#define DIGEST_PREFIX_BYTES 2u
-#define DIGEST_BUCKETS DKV_STORE_SEGMENTS
-#define DIGEST_SKIPLIST_HEIGHT 8
-#define DIGEST_SKIPLIST_BRANCHING 4
 #define DIGEST_VALUE_BYTES 10u /* ts u64 BE | flags u8 | from u8 */
 
 /* RocksDB's InfoLogLevel::FATAL_LEVEL: its LOG file gets header and fatal lines only. */
@@ -150,8 +137,6 @@ struct dkv_store_raw_iter {
     char *lower; /* bounds, owned; must outlive ropts */
     char *upper;
     bool started;
-    uint32_t seg;     /* digest scans: the segment being read (its prefix seek) */
-    uint32_t seg_end; /* digest scans: one past the last segment */
 };
 
 struct dkv_store_iter {
@@ -254,39 +239,6 @@ static const char *merge_name_cb(void *state)
 static void merge_destroy_cb(void *state)
 {
     (void)state;
-}
-
-/* ---- the digest column family's prefix extractor: a key's segment, its first 2 bytes. Not
- * RocksDB's fixed-prefix transform: that one asserts (Debian builds RocksDB with assertions on)
- * when the hash memtable buckets a shorter key, and the WAL of a dkv 0.3-0.4 directory can
- * replay its empty marker key into that memtable; this one buckets it by itself (an empty
- * prefix that no reader seeks) and says it is outside the domain, so no filter holds it. ---- */
-
-static char *digest_prefix_cb(void *state, const char *key, size_t len, size_t *prefix_len)
-{
-    (void)state;
-    *prefix_len = len < DIGEST_PREFIX_BYTES ? len : DIGEST_PREFIX_BYTES;
-    return (char *)key;
-}
-
-static unsigned char digest_prefix_in_domain_cb(void *state, const char *key, size_t len)
-{
-    (void)state;
-    (void)key;
-    return len >= DIGEST_PREFIX_BYTES;
-}
-
-static unsigned char digest_prefix_in_range_cb(void *state, const char *key, size_t len)
-{
-    (void)state;
-    (void)key;
-    return len == DIGEST_PREFIX_BYTES;
-}
-
-static const char *digest_prefix_name_cb(void *state)
-{
-    (void)state;
-    return "dkv.digest.segment.v1";
 }
 
 /* ---- the digest column family's merge operator: the same last-write-wins order on the part
@@ -698,40 +650,25 @@ static inline void pending_flush(void)
     }
 }
 
-/* Whether the digest column family holds dkv 0.3-0.4's marker, the empty key: it sorts first,
- * so a total-order scan finds it at once (such a scan copies the hash memtable into one sorted
- * list: at open it holds only what the WAL replay put there). */
-static int digest_old_marker(dkv_store_t *s, bool *found)
+/* Gives every data record its digest entry when the digest column family is new (a data
+ * directory from before 0.3); then writes the marker. Synchronous, at open. */
+static int digest_backfill(dkv_store_t *s)
 {
-    rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
-    rocksdb_readoptions_set_fill_cache(ro, 0);
-    rocksdb_readoptions_set_total_order_seek(ro, 1);
-    rocksdb_iterator_t *it = rocksdb_create_iterator_cf(s->db, ro, s->cf_digest);
-    rocksdb_iter_seek_to_first(it);
-    *found = false;
-    if (rocksdb_iter_valid(it)) {
-        size_t klen = 0;
-        size_t vlen = 0;
-        (void)rocksdb_iter_key(it, &klen);
-        const char *v = rocksdb_iter_value(it, &vlen);
-        *found = klen == 0 && vlen == strlen(DIGEST_MARKER_VALUE) &&
-                 memcmp(v, DIGEST_MARKER_VALUE, vlen) == 0;
+    char *err = NULL;
+    size_t vlen = 0;
+    char *v = rocksdb_get_cf(s->db, s->ropts, s->cf_digest, DIGEST_MARKER, 0, &vlen, &err);
+    if (err != NULL) {
+        return rocks_err("digest marker get", err);
     }
-    char *err = NULL;
-    rocksdb_iter_get_error(it, &err);
-    rocksdb_iter_destroy(it);
-    rocksdb_readoptions_destroy(ro);
-    return err != NULL ? rocks_err("digest marker scan", err) : 0;
-}
-
-/* Adds the digest entry of every data record to the digest column family, in batches of 1,024
- * (the last, partial one is left in `wb` for the caller). `n` counts the records. */
-static int digest_backfill_scan(dkv_store_t *s, rocksdb_writebatch_t *wb, uint64_t *n)
-{
-    char *err = NULL;
+    if (v != NULL) {
+        rocksdb_free(v);
+        return 0;
+    }
     rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
     rocksdb_readoptions_set_fill_cache(ro, 0);
     rocksdb_iterator_t *it = rocksdb_create_iterator_cf(s->db, ro, s->cf_data);
+    rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+    uint64_t n = 0;
     int rc = 0;
     for (rocksdb_iter_seek_to_first(it); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
         size_t klen = 0;
@@ -749,7 +686,7 @@ static int digest_backfill_scan(dkv_store_t *s, rocksdb_writebatch_t *wb, uint64
         digest_encode(&rec, dv);
         rocksdb_writebatch_merge_cf(wb, s->cf_digest, (const char *)dk, dklen, (const char *)dv,
                                     sizeof(dv));
-        if (++*n % 1024 == 0) {
+        if (++n % 1024 == 0) {
             rocksdb_write(s->db, s->wopts, wb, &err);
             rocksdb_writebatch_clear(wb);
             if (err != NULL) {
@@ -764,46 +701,17 @@ static int digest_backfill_scan(dkv_store_t *s, rocksdb_writebatch_t *wb, uint64
             rc = rocks_err("digest backfill scan", err);
         }
     }
-    rocksdb_iter_destroy(it);
-    rocksdb_readoptions_destroy(ro);
-    return rc;
-}
-
-/* Gives every data record its digest entry when the digest column family is new (a data
- * directory from before 0.3), or only writes the current marker over 0.3-0.4's; then writes the
- * marker. Synchronous, at open. */
-static int digest_backfill(dkv_store_t *s)
-{
-    char *err = NULL;
-    size_t vlen = 0;
-    char *v = rocksdb_get_cf(s->db, s->ropts, s->cf_digest, DIGEST_MARKER, DIGEST_MARKER_BYTES,
-                             &vlen, &err);
-    if (err != NULL) {
-        return rocks_err("digest marker get", err);
-    }
-    if (v != NULL) {
-        rocksdb_free(v);
-        return 0;
-    }
-    bool old_marker = false;
-    int rc = digest_old_marker(s, &old_marker);
-    if (rc != 0) {
-        return rc;
-    }
-    rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
-    uint64_t n = 0;
-    if (!old_marker) {
-        rc = digest_backfill_scan(s, wb, &n);
-    }
     if (rc == 0) {
-        rocksdb_writebatch_put_cf(wb, s->cf_digest, DIGEST_MARKER, DIGEST_MARKER_BYTES,
-                                  DIGEST_MARKER_VALUE, strlen(DIGEST_MARKER_VALUE));
+        rocksdb_writebatch_put_cf(wb, s->cf_digest, DIGEST_MARKER, 0, DIGEST_MARKER_VALUE,
+                                  strlen(DIGEST_MARKER_VALUE));
         rocksdb_write(s->db, s->wopts, wb, &err);
         if (err != NULL) {
             rc = rocks_err("digest backfill", err);
         }
     }
     rocksdb_writebatch_destroy(wb);
+    rocksdb_iter_destroy(it);
+    rocksdb_readoptions_destroy(ro);
     if (rc == 0) {
         rocksdb_flush_wal(s->db, 1, &err);
         if (err != NULL) {
@@ -815,6 +723,7 @@ static int digest_backfill(dkv_store_t *s)
     }
     return rc;
 }
+
 /* The number in a cgroup memory file; v2's "max" (no limit) reads as UINT64_MAX (v1 writes a
  * value near 2^63 instead, larger than any RAM). 0 when the file is missing or unreadable. */
 static uint64_t read_limit_file(const char *path)
@@ -929,11 +838,6 @@ int dkv_store_open(const char *dir, const dkv_store_opts_t *opts, dkv_store_t **
     /* WAL records are buffered until dkv_store_sync_wal(): one write(2) (or fsync) per loop
      * iteration instead of one per write, and nothing is acknowledged before it. */
     rocksdb_options_set_manual_wal_flush(s->options, 1);
-    /* The digest column family's hash memtable (below) takes no concurrent inserts, and RocksDB
-     * refuses to open a column family that cannot while this DB-wide option is on: the leader of
-     * a write group inserts every batch of the group itself (same instructions per PUT, measured:
-     * 59.6k with it off, 60.0k with it on). */
-    rocksdb_options_set_allow_concurrent_memtable_write(s->options, 0);
     rocksdb_options_increase_parallelism(s->options, 2);
     if (opts->background_low_priority) {
         /* Background work yields to the client path (common/thread.h). RocksDB applies it in
@@ -999,17 +903,6 @@ int dkv_store_open(const char *dir, const dkv_store_opts_t *opts, dkv_store_t **
         rocksdb_mergeoperator_create(NULL, merge_destroy_cb, digest_full_merge_cb,
                                      digest_partial_merge_cb, merge_delete_cb,
                                      digest_merge_name_cb));
-    /* Every digest key starts with its segment: a prefix extractor of those 2 bytes buckets the
-     * memtable by segment (DIGEST_BUCKETS above). Readers seek one segment at a time with
-     * prefix_same_as_start (dkv_store_digest_next): a total-order iterator over a hash memtable
-     * would first copy it whole into one sorted list. Every key written to this column family
-     * is at least 2 bytes long (the marker included), i.e. inside the extractor's domain. */
-    rocksdb_options_set_prefix_extractor(
-        s->digest_options, rocksdb_slicetransform_create(
-                               NULL, merge_destroy_cb, digest_prefix_cb, digest_prefix_in_domain_cb,
-                               digest_prefix_in_range_cb, digest_prefix_name_cb));
-    rocksdb_options_set_hash_skip_list_rep(s->digest_options, DIGEST_BUCKETS,
-                                           DIGEST_SKIPLIST_HEIGHT, DIGEST_SKIPLIST_BRANCHING);
 
     /* A bloom filter over whole keys in each data memtable (2% of the write buffer): a GET of a
      * key the memtables do not hold, the common case once data outgrows them, skips the skip-list
@@ -1519,14 +1412,6 @@ void dkv_store_set_write_observer(dkv_store_t *s, dkv_store_write_cb cb, void *a
     s->observer_arg = arg;
 }
 
-/* Positions a digest scan on the first entry of segment it->seg (its 2-byte prefix). */
-static void digest_seek_segment(dkv_store_raw_iter_t *it)
-{
-    char prefix[DIGEST_PREFIX_BYTES] = {(char)(it->seg >> 8), (char)it->seg};
-    rocksdb_iter_seek(it->it, prefix, sizeof(prefix));
-    it->started = false;
-}
-
 int dkv_store_digest_iter_new(dkv_store_t *s, uint32_t seg_lo, uint32_t seg_end,
                               dkv_store_raw_iter_t **out)
 {
@@ -1537,11 +1422,16 @@ int dkv_store_digest_iter_new(dkv_store_t *s, uint32_t seg_lo, uint32_t seg_end,
     dkv_store_raw_iter_t *it = dkv_xcalloc(1, sizeof(*it));
     it->ropts = rocksdb_readoptions_create();
     rocksdb_readoptions_set_fill_cache(it->ropts, 0);
-    /* Prefix mode: each seek reads one segment's bucket of the hash memtables (and the SSTs from
-     * that key on), and the iterator ends where the segment does. */
-    rocksdb_readoptions_set_prefix_same_as_start(it->ropts, 1);
-    it->seg = seg_lo;
-    it->seg_end = seg_end;
+    it->lower = dkv_xmalloc(2);
+    it->lower[0] = (char)(seg_lo >> 8);
+    it->lower[1] = (char)seg_lo;
+    rocksdb_readoptions_set_iterate_lower_bound(it->ropts, it->lower, 2);
+    if (seg_end < DKV_STORE_SEGMENTS) {
+        it->upper = dkv_xmalloc(2);
+        it->upper[0] = (char)(seg_end >> 8);
+        it->upper[1] = (char)seg_end;
+        rocksdb_readoptions_set_iterate_upper_bound(it->ropts, it->upper, 2);
+    }
     it->store = s;
     pthread_rwlock_rdlock(&s->db_lock);
     if (s->db != NULL) {
@@ -1550,7 +1440,7 @@ int dkv_store_digest_iter_new(dkv_store_t *s, uint32_t seg_lo, uint32_t seg_end,
     }
     pthread_rwlock_unlock(&s->db_lock);
     if (it->it != NULL) {
-        digest_seek_segment(it);
+        rocksdb_iter_seek(it->it, it->lower, 2);
     }
     *out = it;
     return 0;
@@ -1563,23 +1453,10 @@ int dkv_store_digest_next(dkv_store_raw_iter_t *it, uint32_t *segment, dkv_slice
         dkv_slice_t k;
         dkv_slice_t v;
         int rc = iter_step(it->it, &it->started, "digest scan", &k, &v);
-        if (rc == DKV_ENOTFOUND) {
-            /* The end of segment it->seg: on to the next one, one seek each (~65k for a sweep
-             * of the whole range; measured in docs/benchmarks.md). */
-            if (++it->seg >= it->seg_end) {
-                it->seg = it->seg_end;
-                return DKV_ENOTFOUND;
-            }
-            digest_seek_segment(it);
-            continue;
-        }
         if (rc != 0) {
             return rc;
         }
-        if (k.len <= DIGEST_MARKER_BYTES) {
-            continue; /* the marker (segment 0xFFFF), or 0.3-0.4's empty one */
-        }
-        if (k.len > 2 + DKV_MAX_KEY_BYTES || !digest_decode(v, d)) {
+        if (k.len < 3 || k.len > 2 + DKV_MAX_KEY_BYTES || !digest_decode(v, d)) {
             DKV_LOG_ERROR("store: skipping a digest entry that does not decode (%zu bytes)", k.len);
             continue;
         }

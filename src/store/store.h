@@ -296,9 +296,7 @@ void dkv_store_set_write_observer(dkv_store_t *s, dkv_store_write_cb cb, void *a
 /**
  * Starts an ordered scan of the digest entries of segments seg_lo <= segment < seg_end, from a
  * consistent snapshot; walk it with dkv_store_digest_next(), release with
- * dkv_store_raw_iter_free(). The scan seeks each segment in turn (the memtable is hashed by
- * segment), so it costs one seek per segment in the range, empty ones included, plus a step per
- * entry. @return 0; DKV_EINVAL (empty or out-of-range segments).
+ * dkv_store_raw_iter_free(). @return 0; DKV_EINVAL (empty or out-of-range segments).
  * Thread: any; the iterator is then used by one thread at a time.
  */
 int dkv_store_digest_iter_new(dkv_store_t *s, uint32_t seg_lo, uint32_t seg_end,
