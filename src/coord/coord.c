@@ -375,22 +375,29 @@ static void op_reply(op_t *op, slot_t *s, int rc)
     op_decide(op);
 }
 
+/* A peer's GET answer: observes its timestamp, records its version in the slot, and offers a
+ * copy of it (the reply's buffer is the RPC client's) when it is newer than the best so far. */
+static void remote_version(op_t *op, slot_t *s, const dkv_record_t *rec)
+{
+    dkv_hlc_observe(op->c->env.hlc, rec->ts);
+    slot_version(s, rec);
+    if (!op->have_best || dkv_record_cmp(rec, &op->best) > 0) {
+        dkv_owned_t copy = {dkv_xmalloc(rec->value.len), rec->value.len, free_plain};
+        if (rec->value.len > 0) {
+            memcpy(copy.ptr, rec->value.ptr, rec->value.len);
+        }
+        dkv_record_t kept = *rec;
+        kept.value = dkv_slice(copy.ptr, copy.len);
+        op_offer(op, &kept, &copy, s->value_hash);
+    }
+}
+
 static void remote_cb(void *arg, int rc, const dkv_record_t *rec)
 {
     slot_t *s = arg;
     op_t *op = s->op;
     if (rc == 0 && rec != NULL && op->is_get) {
-        dkv_hlc_observe(op->c->env.hlc, rec->ts);
-        slot_version(s, rec);
-        if (!op->have_best || dkv_record_cmp(rec, &op->best) > 0) {
-            dkv_owned_t copy = {dkv_xmalloc(rec->value.len), rec->value.len, free_plain};
-            if (rec->value.len > 0) {
-                memcpy(copy.ptr, rec->value.ptr, rec->value.len);
-            }
-            dkv_record_t kept = *rec;
-            kept.value = dkv_slice(copy.ptr, copy.len);
-            op_offer(op, &kept, &copy, s->value_hash);
-        }
+        remote_version(op, s, rec);
     }
     op_reply(op, s, rc);
     op_unref(op);
@@ -819,17 +826,7 @@ static void spec_data_cb(void *arg, int rc, const dkv_record_t *rec)
     s->inflight = false;
     peer_observed(op->c, s, rc);
     if (rc == 0 && rec != NULL) {
-        dkv_hlc_observe(op->c->env.hlc, rec->ts);
-        slot_version(s, rec);
-        if (!op->have_best || dkv_record_cmp(rec, &op->best) > 0) {
-            dkv_owned_t copy = {dkv_xmalloc(rec->value.len), rec->value.len, free_plain};
-            if (rec->value.len > 0) {
-                memcpy(copy.ptr, rec->value.ptr, rec->value.len);
-            }
-            dkv_record_t kept = *rec;
-            kept.value = dkv_slice(copy.ptr, copy.len);
-            op_offer(op, &kept, &copy, s->value_hash);
-        }
+        remote_version(op, s, rec);
     } else if (rc == DKV_ENOTFOUND) {
         s->state = SLOT_ABSENT;
     }
