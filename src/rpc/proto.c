@@ -733,24 +733,37 @@ void dkv_rpc_encode_hello_reject(dkv_buf_t *out, uint64_t req_id, dkv_slice_t re
     end_frame(out, off);
 }
 
-int dkv_rpc_encode_get(dkv_buf_t *out, uint64_t req_id, dkv_slice_t key)
+/* A reply that is its status byte alone. */
+static void encode_status_only(dkv_buf_t *out, uint8_t type, uint64_t req_id,
+                               dkv_rpc_status_t status)
+{
+    size_t off = begin_frame(out, type, req_id, 1);
+    append_u8(out, (uint8_t)status);
+    end_frame(out, off);
+}
+
+/* A request that is its key alone (GET, DIGEST). */
+static int encode_key_request(dkv_buf_t *out, uint8_t type, uint64_t req_id, dkv_slice_t key)
 {
     if (!key_ok(key)) {
         return DKV_EINVAL;
     }
-    size_t off = begin_frame(out, DKV_RPC_GET, req_id, KEY_LEN_BYTES + key.len);
+    size_t off = begin_frame(out, type, req_id, KEY_LEN_BYTES + key.len);
     append_str16(out, key);
     end_frame(out, off);
     return 0;
+}
+
+int dkv_rpc_encode_get(dkv_buf_t *out, uint64_t req_id, dkv_slice_t key)
+{
+    return encode_key_request(out, DKV_RPC_GET, req_id, key);
 }
 
 int dkv_rpc_encode_get_reply(dkv_buf_t *out, uint64_t req_id, dkv_rpc_status_t status,
                              const dkv_record_t *rec)
 {
     if (status == DKV_RPC_ABSENT || status == DKV_RPC_ERROR || status == DKV_RPC_NOT_READY) {
-        size_t off = begin_frame(out, DKV_RPC_GET_REPLY, req_id, 1);
-        append_u8(out, (uint8_t)status);
-        end_frame(out, off);
+        encode_status_only(out, DKV_RPC_GET_REPLY, req_id, status);
         return 0;
     }
     if (status != DKV_RPC_OK || !record_ok(rec)) {
@@ -783,22 +796,14 @@ void dkv_rpc_digest_of(const dkv_record_t *rec, dkv_rpc_digest_t *out)
 
 int dkv_rpc_encode_digest(dkv_buf_t *out, uint64_t req_id, dkv_slice_t key)
 {
-    if (!key_ok(key)) {
-        return DKV_EINVAL;
-    }
-    size_t off = begin_frame(out, DKV_RPC_DIGEST, req_id, KEY_LEN_BYTES + key.len);
-    append_str16(out, key);
-    end_frame(out, off);
-    return 0;
+    return encode_key_request(out, DKV_RPC_DIGEST, req_id, key);
 }
 
 int dkv_rpc_encode_digest_reply(dkv_buf_t *out, uint64_t req_id, dkv_rpc_status_t status,
                                 const dkv_rpc_digest_t *d)
 {
     if (status == DKV_RPC_ABSENT || status == DKV_RPC_ERROR || status == DKV_RPC_NOT_READY) {
-        size_t off = begin_frame(out, DKV_RPC_DIGEST_REPLY, req_id, 1);
-        append_u8(out, (uint8_t)status);
-        end_frame(out, off);
+        encode_status_only(out, DKV_RPC_DIGEST_REPLY, req_id, status);
         return 0;
     }
     if (status != DKV_RPC_OK || d == NULL || (d->tombstone && d->value_hash != 0)) {
@@ -838,9 +843,7 @@ int dkv_rpc_encode_put_reply(dkv_buf_t *out, uint64_t req_id, dkv_rpc_status_t s
     if (status != DKV_RPC_OK && status != DKV_RPC_ERROR) {
         return DKV_EINVAL;
     }
-    size_t off = begin_frame(out, DKV_RPC_PUT_REPLY, req_id, 1);
-    append_u8(out, (uint8_t)status);
-    end_frame(out, off);
+    encode_status_only(out, DKV_RPC_PUT_REPLY, req_id, status);
     return 0;
 }
 
@@ -1012,9 +1015,7 @@ int dkv_rpc_encode_tree_status(dkv_buf_t *out, uint64_t req_id, dkv_rpc_status_t
     if (status != DKV_RPC_ERROR && status != DKV_RPC_NOT_READY) {
         return DKV_EINVAL;
     }
-    size_t off = begin_frame(out, DKV_RPC_TREE_REPLY, req_id, 1);
-    append_u8(out, (uint8_t)status);
-    end_frame(out, off);
+    encode_status_only(out, DKV_RPC_TREE_REPLY, req_id, status);
     return 0;
 }
 
