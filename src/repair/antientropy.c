@@ -648,17 +648,12 @@ static void get_cb(void *arg, int rc, const dkv_record_t *remote)
         return;
     }
     dkv_record_t local;
-    uint8_t *buf = NULL;
-    size_t buf_len = 0;
+    dkv_owned_t buf = {0};
     /* Our store as it is (not the replica read, which a rebuilding node refuses): the records a
      * rebuilding node holds are real. */
-    int lrc = dkv_store_get(ae->store, key, &buf, &buf_len);
-    if (lrc == 0 && dkv_record_decode(dkv_slice(buf, buf_len), &local) != 0) {
-        lrc = DKV_EIO;
-    }
+    int lrc = dkv_replica_get_stored(ae->replica, key, &local, &buf);
     if (lrc != 0 && lrc != DKV_ENOTFOUND) {
         fail(ae, "local read failed");
-        dkv_store_free(buf);
         free(k);
         advance(ae);
         return;
@@ -698,7 +693,7 @@ static void get_cb(void *arg, int rc, const dkv_record_t *remote)
     } else {
         free(k);
     }
-    dkv_store_free(buf);
+    dkv_owned_release(&buf);
     advance(ae);
 }
 

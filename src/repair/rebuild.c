@@ -122,15 +122,13 @@ static bool belongs_here(const dkv_rebuild_t *r, dkv_slice_t key, const dkv_reco
  * merge keeps it whatever we write. */
 static bool already_held(const dkv_rebuild_t *r, dkv_slice_t key, const dkv_record_t *rec)
 {
-    uint8_t *data = NULL;
-    size_t len = 0;
-    if (dkv_store_get(dkv_replica_store(r->replica), key, &data, &len) != 0) {
+    dkv_record_t local;
+    dkv_owned_t buf = {0};
+    if (dkv_replica_get_stored(r->replica, key, &local, &buf) != 0) {
         return false;
     }
-    dkv_record_t local;
-    bool held =
-        dkv_record_decode(dkv_slice(data, len), &local) == 0 && dkv_record_cmp(rec, &local) <= 0;
-    dkv_store_free(data);
+    bool held = dkv_record_cmp(rec, &local) <= 0;
+    dkv_owned_release(&buf);
     return held;
 }
 

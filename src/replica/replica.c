@@ -48,6 +48,11 @@ int dkv_replica_get(dkv_replica_t *r, dkv_slice_t key, dkv_record_t *rec, dkv_ow
     if (r->identity != NULL && dkv_identity_state(r->identity) != DKV_NODE_READY) {
         return DKV_ENOTREADY;
     }
+    return dkv_replica_get_stored(r, key, rec, buf);
+}
+
+int dkv_replica_get_stored(dkv_replica_t *r, dkv_slice_t key, dkv_record_t *rec, dkv_owned_t *buf)
+{
     uint8_t *data = NULL;
     size_t len = 0;
     int rc = dkv_store_get(r->store, key, &data, &len);

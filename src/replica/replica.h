@@ -48,6 +48,15 @@ dkv_store_t *dkv_replica_store(const dkv_replica_t *r);
 int dkv_replica_get(dkv_replica_t *r, dkv_slice_t key, dkv_record_t *rec, dkv_owned_t *buf);
 
 /**
+ * dkv_replica_get() whatever the node's state: what this node's store holds now, e.g. for a
+ * rebuilding node comparing what it already has (rebuild, anti-entropy), whose records are real
+ * though its "absent" is not authoritative. Same shapes, ownership and errors, without
+ * DKV_ENOTREADY.
+ * Thread: any.
+ */
+int dkv_replica_get_stored(dkv_replica_t *r, dkv_slice_t key, dkv_record_t *rec, dkv_owned_t *buf);
+
+/**
  * Stores `rec` unless the replica holds a newer version (last-write-wins merge, no read), and
  * advances the node's hybrid logical clock past `rec->ts` so later local writes order after it.
  * Durable once the calling thread runs dkv_store_sync_wal() (see dkv_store_put()).
