@@ -54,7 +54,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = ROOT / "bench" / "lua"
@@ -227,6 +227,7 @@ EFFICIENCY_GOALS = [
     ("n3-a2f3-get", 0.19, 0.40),
     ("n3-a2f3-put", 0.27, 0.35),
 ]
+EFFICIENCY_NAMES = {n for n, _, _ in EFFICIENCY_GOALS}
 # Issue 11 item 4: peak RSS per node <= block cache + memtables + this.
 RSS_SLACK_BYTES = 64 << 20
 # Memtable limit of a node that does not export dkv_rocksdb_memtable_limit_bytes: RocksDB's
@@ -695,18 +696,41 @@ def summarize(runs: List[dict]) -> dict:
 
 
 def measure(gen: LoadGen, url: str, script: str, args: List[str], opts,
-            pids: List[int]) -> dict:
-    """Closed-loop maximum, then fixed rates at opts.rates of it; every figure a median."""
+            pids: List[int], ref: Optional[Tuple[str, List[int]]] = None) -> dict:
+    """Closed-loop maximum, then fixed rates at opts.rates of it; every figure a median.
+
+    With `ref` (nginx's URL and process ids), each closed-loop run is paired with a closed-loop
+    run of nginx's static 200 just before it, and `max.paired` holds both sides' CPU per
+    request and their ratio per pair (the efficiency), so drift of the machine between the
+    start of the bench and this scenario (nginx's own cost moved 17.6 -> 13.5 us/req between
+    two runs of the same binary) cancels within each pair."""
     result = {"max": None, "fixed": []}
     runs = []
+    pairs = []
     for i in range(opts.runs):
+        if ref is not None:
+            rn = gen.run(ref[0], "static.lua", [], opts.duration, server_pids=ref[1])
+            log(f"    nginx run {i + 1}/{opts.runs} (paired): {rn['rps']:.0f} req/s, "
+                f"server CPU {fmt_cpu(rn.get('cpu_us_per_req'))} us/req, "
+                f"other CPU {rn['other_cpu_pct']:.0f}%")
         r = gen.run(url, script, args, opts.duration, server_pids=pids)
         log(f"    max run {i + 1}/{opts.runs}: {r['rps']:.0f} req/s, "
             f"server CPU {fmt_cpu(r.get('cpu_us_per_req'))} us/req, errors {r['errors']}, "
             f"other CPU {r['other_cpu_pct']:.0f}%")
         runs.append(r)
+        if ref is not None and rn.get("cpu_us_per_req") and r.get("cpu_us_per_req"):
+            pairs.append({"nginx_us": rn["cpu_us_per_req"], "dkv_us": r["cpu_us_per_req"],
+                          "efficiency": rn["cpu_us_per_req"] / r["cpu_us_per_req"],
+                          "nginx_other_cpu_pct": rn["other_cpu_pct"]})
     result["max"] = summarize(runs)
     result["max"]["all"] = runs
+    if pairs:
+        result["max"]["paired"] = {
+            "pairs": pairs,
+            "nginx_us": median([x["nginx_us"] for x in pairs]),
+            "efficiency": median([x["efficiency"] for x in pairs]),
+            "efficiency_min": min(x["efficiency"] for x in pairs),
+            "efficiency_max": max(x["efficiency"] for x in pairs)}
     peak = result["max"]["rps"]
     if peak < 1:
         log("    no request answered in the closed-loop runs: no fixed-rate runs")
@@ -825,8 +849,11 @@ def copy_snapshot(snap: Path, root: Path, nodes: int) -> None:
 
 
 def run_fill(fill_name: str, scenarios: List[Scenario], gen: LoadGen, opts, work: Path,
-             dkv_bin: Path, results: dict, extras: List[str] = ()) -> None:
-    """Fills the data set `fill_name` once, then runs each scenario on its own copy of it."""
+             dkv_bin: Path, results: dict, extras: List[str] = (),
+             ref: Optional[Tuple[str, List[int]]] = None) -> None:
+    """Fills the data set `fill_name` once, then runs each scenario on its own copy of it. The
+    efficiency table's scenarios pair each closed-loop run with one of nginx at `ref` (see
+    measure())."""
     f = FILLS[fill_name]
     nodes = f.nodes
     keys = f.keys(opts.fill_keys)
@@ -893,7 +920,8 @@ def run_fill(fill_name: str, scenarios: List[Scenario], gen: LoadGen, opts, work
             primed = prime(gen, cl, s, opts.fill_keys, work)
             if opts.warmup > 0:
                 gen.run(cl.url(0), script, args, opts.warmup)
-            res = measure(gen, cl.url(0), script, args, opts, pids)
+            res = measure(gen, cl.url(0), script, args, opts, pids,
+                          ref if s.name in EFFICIENCY_NAMES else None)
             res["primed"] = primed
             res["start_s"] = start_s
             res["settle"] = settle
@@ -2330,19 +2358,31 @@ def report_efficiency(results: dict) -> List[str]:
         return []
     ng_cpu = cpu_of(results["nginx"])
     L = ["## Efficiency (issue 11)\n",
-         "*efficiency* = nginx's server CPU per request ÷ dkv's, both measured in this run, "
-         "closed loop (median of the runs); nginx answers a static 200. CPU of every dkv node "
-         "of the cluster counts, per client request. *issue* = the figure the issue measured "
-         "before this work.\n",
-         "| Scenario | dkv us/req | nginx us/req | efficiency | issue | goal | met |",
-         "|---|---:|---:|---:|---:|---:|:---:|"]
+         "*efficiency* = nginx's server CPU per request ÷ dkv's, closed loop. Each of the "
+         "scenario's closed-loop runs is paired with a run of nginx's static 200 just before it "
+         "(same load generator, same duration); the efficiency is the median of the pairs' "
+         "ratios (*range*: lowest - highest pair), so a drift of the machine during the bench "
+         "moves both sides of a pair. CPU of every dkv node of the cluster counts, per client "
+         "request. *issue* = the figure the issue measured before this work.\n",
+         "| Scenario | dkv us/req | nginx us/req (paired) | efficiency | range | issue | goal "
+         "| met |",
+         "|---|---:|---:|---:|---:|---:|---:|:---:|"]
     for n, today, goal in rows:
-        cpu = cpu_of(results["scenarios"][n])
-        e = ng_cpu / cpu if ng_cpu and cpu else None
-        L.append(f"| {SCENARIO_BY_NAME[n].title()} | {fmt_cpu(cpu)} | {fmt_cpu(ng_cpu)} | "
-                 f"**{e:.2f}** | {today:.2f} | >= {goal:.2f} | "
-                 f"{'yes' if e is not None and e >= goal else '**no**'} |" if e else
-                 f"| {SCENARIO_BY_NAME[n].title()} | - | - | - | {today:.2f} | {goal:.2f} | - |")
+        mx = results["scenarios"][n]["max"]
+        cpu = mx.get("cpu_us_per_req")
+        pr = mx.get("paired")
+        if pr:
+            e, ng, rng = (pr["efficiency"], pr["nginx_us"],
+                          f"{pr['efficiency_min']:.2f} - {pr['efficiency_max']:.2f}")
+        else:  # an older results file, or the pairs failed: nginx's runs at the start
+            e, ng, rng = (ng_cpu / cpu if ng_cpu and cpu else None), ng_cpu, "unpaired"
+        if e is None:
+            L.append(f"| {SCENARIO_BY_NAME[n].title()} | - | - | - | - | {today:.2f} | "
+                     f">= {goal:.2f} | - |")
+            continue
+        L.append(f"| {SCENARIO_BY_NAME[n].title()} | {fmt_cpu(cpu)} | {fmt_cpu(ng)} | "
+                 f"**{e:.2f}** | {rng} | {today:.2f} | >= {goal:.2f} | "
+                 f"{'yes' if e >= goal else '**no**'} |")
     L.append("")
     return L
 
@@ -3235,24 +3275,27 @@ def main() -> int:
     try:
         log(f"nginx ceiling on port {nginx.port} (worker_processes {opts.io_threads})")
         nginx.start()
-        try:
+        if opts.warmup > 0:
+            gen.run(nginx.url(), "static.lua", [], 1)
+        results["nginx"] = measure(gen, nginx.url(), "static.lua", [], opts,
+                                   descendants(nginx.proc.pid))
+        for n in files:
+            log(f"nginx static file of {fmt_size(n)}")
             if opts.warmup > 0:
-                gen.run(nginx.url(), "static.lua", [], 1)
-            results["nginx"] = measure(gen, nginx.url(), "static.lua", [], opts,
-                                       descendants(nginx.proc.pid))
-            for n in files:
-                log(f"nginx static file of {fmt_size(n)}")
-                if opts.warmup > 0:
-                    gen.run(nginx.url(n), "static.lua", [], 1)
-                results["nginx_files"][str(n)] = measure(
-                    gen, nginx.url(n), "static.lua", [], opts, descendants(nginx.proc.pid))
-        finally:
+                gen.run(nginx.url(n), "static.lua", [], 1)
+            results["nginx_files"][str(n)] = measure(
+                gen, nginx.url(n), "static.lua", [], opts, descendants(nginx.proc.pid))
+        # nginx stays up, idle (no CPU), for the efficiency scenarios' paired runs.
+        paired = any(s.name in EFFICIENCY_NAMES for s in chosen) and not opts.compare_bin
+        ref = (nginx.url(), descendants(nginx.proc.pid)) if paired else None
+        if not paired:
             nginx.stop()
         for fill_name in FILLS:
             group = [s for s in chosen if s.fill == fill_name]
             more = extras if fill_name == "n3" else []
             if group or more:
-                run_fill(fill_name, group, gen, opts, work, dkv_bin, results, more)
+                run_fill(fill_name, group, gen, opts, work, dkv_bin, results, more, ref)
+        nginx.stop()
     except KeyboardInterrupt:
         interrupted = True
         log("interrupted; stopping everything")
