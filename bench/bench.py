@@ -1099,8 +1099,16 @@ def run_ab(names: List[str], snap: Path, gen: LoadGen, opts, work: Path, dkv_bin
                 if st.get("state", "ready") != "ready":
                     raise BenchError(f"A/B: {cl.url(i)} is not ready: {st}")
 
-    def block(name: str, script: str, args: List[str], npairs: int) -> dict:
+    def block(name: str, s: Scenario, npairs: int) -> dict:
+        script, args = scenario_args(s, opts.fill_keys)
         on, off = state["on"], state["off"]
+        # Both clusters were just started: let the start's flush and compactions end, and fill
+        # the block caches with the hot set (a GET), or the first pairs measure that instead
+        # (CPU per GET fell 145 -> 46 us over the first 40 s of an unprimed block).
+        quiet = wait_quiet(on.pids() + off.pids(), max(30.0, opts.settle_s))
+        log(f"  both clusters idle after {quiet['waited_s']} s")
+        for cl in (on, off):
+            prime(gen, cl, s, opts.fill_keys, work)
         warm = max(1.0, opts.warmup)
         for cl in (on, off):
             gen.run(cl.url(0), script, args, warm)
@@ -1127,7 +1135,6 @@ def run_ab(names: List[str], snap: Path, gen: LoadGen, opts, work: Path, dkv_bin
         start(slot)
         for name in names:
             s = SCENARIO_BY_NAME[AB_SCENARIOS[name]]
-            script, args = scenario_args(s, opts.fill_keys)
             blocks = []
             for n in per_block:
                 if n == 0:
@@ -1135,7 +1142,7 @@ def run_ab(names: List[str], snap: Path, gen: LoadGen, opts, work: Path, dkv_bin
                 if blocks:
                     slot = "B" if slot == "A" else "A"
                     start(slot)
-                blocks.append(block(name, script, args, n))
+                blocks.append(block(name, s, n))
             res = ab_summary(blocks)
             res["blocks"] = blocks
             res["scenario"] = s.name
