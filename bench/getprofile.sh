@@ -4,16 +4,22 @@
 # node 0) from copies of FILL/node<i>, reads the hot keys once in order (bench/lua/prime.lua),
 # warms up, then measures a wrk -t1 -c16 GET run of SECONDS_ s (bench/lua/get.lua, keys 1..100000)
 # and prints the requests wrk completed. callgrind: every node under valgrind --tool=callgrind,
-# instrumentation off until the warm-up (callgrind_control -i on), counters zeroed before the
-# run and dumped after it: OUT/callgrind.out.node<i>. strace: strace -c -f on every node during
+# instrumentation off until the warm-up (callgrind_control -i on), one profile per thread,
+# counters zeroed before the run and dumped after it: OUT/callgrind.out.node<i>.1-<thread>; the
+# request path is the I/O threads' (bench/cg_groups.py leaves out
+# the threads of RocksDB's pools);
+# RocksDB's flush and compaction threads are left out. strace: strace -c -f on every node during
 # the run: OUT/strace.node<i>.
 #
-#   bench/getprofile.sh callgrind|strace NODES FILL OUT   (env: DKV_BIN, BASE_PORT, SECONDS_)
+#   bench/getprofile.sh callgrind|strace NODES FILL OUT
+#   (env: DKV_BIN, BASE_PORT, SECONDS_, HOT=keys read (default 100000), DKV_ARGS=more flags,
+#   e.g. --replica-timeout-ms 60000 for 3 nodes under valgrind)
 set -euo pipefail
 mode=$1 nodes=$2 fill=$3 out=$4
 bin=${DKV_BIN:-build/dkv}
 base=${BASE_PORT:-23100}
 secs=${SECONDS_:-15}
+hot=${HOT:-100000}
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
 root=$(mktemp -d "${TMPDIR:-/tmp}/getprofile.XXXXXX")
@@ -37,7 +43,8 @@ for ((i = 0; i < nodes; i++)); do
   rm -f "$root/node$i/identity" "$root/node$i/peers" "$root/node$i/state"
   pre=()
   if [[ $mode == callgrind ]]; then
-    pre=(valgrind --tool=callgrind --instr-atstart=no "--callgrind-out-file=$out/callgrind.out.node$i")
+    pre=(valgrind --tool=callgrind --instr-atstart=no --separate-threads=yes
+      "--callgrind-out-file=$out/callgrind.out.node$i")
   fi
   "${pre[@]}" "$bin" --listen "127.0.0.1:$((base + i))" --self "http://127.0.0.1:$((base + i))" \
     --cluster "$cluster" --data "$root/node$i" --cluster-secret-file "$root/secret" \
@@ -53,7 +60,7 @@ done
 q=()
 [[ $nodes -gt 1 ]] && q=(ack=2 from=3)
 url="http://127.0.0.1:$base/"
-wrk -t1 -c32 -d600s -s "$here/lua/prime.lua" "$url" -- keys=100000 threads=1 out="$root/prime" \
+wrk -t1 -c32 -d600s -s "$here/lua/prime.lua" "$url" -- keys="$hot" threads=1 out="$root/prime" \
   "${q[@]}" >/dev/null &
 wp=$!
 while [[ ! -s "$root/prime.0" ]] && kill -0 $wp 2>/dev/null; do sleep 1; done
@@ -63,7 +70,7 @@ echo "primed: $(cat "$root/prime.0" 2>/dev/null) (found failed)"
 if [[ $mode == callgrind ]]; then
   for p in "${pids[@]}"; do callgrind_control -i on "$p" >/dev/null; done
 fi
-wrk -t1 -c16 -d5s -s "$here/lua/get.lua" "$url" -- "${q[@]}" >/dev/null
+wrk -t1 -c16 -d5s -s "$here/lua/get.lua" "$url" -- keys="$hot" "${q[@]}" >/dev/null
 spids=()
 if [[ $mode == callgrind ]]; then
   for p in "${pids[@]}"; do callgrind_control -z "$p" >/dev/null; done
@@ -74,7 +81,7 @@ else
   done
   sleep 1
 fi
-wrk -t1 -c16 -d"${secs}s" -s "$here/lua/get.lua" "$url" -- "${q[@]}" | tee "$out/wrk.txt" |
+wrk -t1 -c16 -d"${secs}s" -s "$here/lua/get.lua" "$url" -- keys="$hot" "${q[@]}" | tee "$out/wrk.txt" |
   grep -E "requests in|Non-2xx" || true
 if [[ $mode == callgrind ]]; then
   for p in "${pids[@]}"; do callgrind_control -d "$p" >/dev/null; done
