@@ -5,11 +5,9 @@
 # warms up, then measures a wrk -t1 -c16 GET run of SECONDS_ s (bench/lua/get.lua, keys 1..100000)
 # and prints the requests wrk completed. callgrind: every node under valgrind --tool=callgrind,
 # instrumentation off until the warm-up (callgrind_control -i on), one profile per thread,
-# counters zeroed before the run and dumped after it: OUT/callgrind.out.node<i>.1-<thread>; the
-# request path is the I/O threads' (bench/cg_groups.py leaves out
-# the threads of RocksDB's pools);
-# RocksDB's flush and compaction threads are left out. strace: strace -c -f on every node during
-# the run: OUT/strace.node<i>.
+# counters zeroed before the run and dumped after it: OUT/callgrind.out.node<i>.1-<thread>
+# (bench/cg_groups.py sums them per node, leaving out RocksDB's flush and compaction threads).
+# strace: strace -c -f on every node during the run: OUT/strace.node<i>.
 #
 #   bench/getprofile.sh callgrind|strace NODES FILL OUT
 #   (env: DKV_BIN, BASE_PORT, SECONDS_, HOT=keys read (default 100000), DKV_ARGS=more flags,
