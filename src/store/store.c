@@ -953,9 +953,9 @@ int dkv_store_get(dkv_store_t *s, dkv_slice_t key, uint8_t **data, size_t *len)
     /* A pinned read: on a row or block cache hit RocksDB hands out the cached bytes instead of
      * copying them into a std::string that rocksdb_get() then copies again into a malloc'd
      * buffer. One copy (ours) instead of two, and one allocation less: a 1 KiB GET's store read
-     * 5.90k -> 5.23k instructions in the server, 11.81k -> 11.02k for the whole request
-     * (callgrind, docs/benchmarks.md "GET floor"). The pin is released here, under the read
-     * lock: nothing pinned outlives this call or a reopen or close of the database. */
+     * 6.06k -> 5.28k instructions in the server, 11.83k -> 11.05k for the whole request
+     * (callgrind, medians of 3, docs/benchmarks.md "GET floor"). The pin is released here, under
+     * the read lock: nothing pinned outlives this call or a reopen or close of the database. */
     rocksdb_pinnableslice_t *p =
         closed ? NULL : rocksdb_get_pinned(s->db, s->ropts, (const char *)key.ptr, key.len, &err);
     if (p != NULL) {
