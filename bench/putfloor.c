@@ -13,22 +13,16 @@
  *   gcc -O2 -Wall -Wextra -o /tmp/putfloor bench/putfloor.c -lrocksdb
  *   /tmp/putfloor DIR put|dkv|dkvbatch [N] [BATCH]          (N 1000000, BATCH 28)
  *
- * DIR is created (or reused: fill it first with a run, then measure the next).
+ * DIR is created (or reused: fill it first with a run, then measure the next). The GET side is
+ * bench/getfloor.c.
  */
+#include "floor.h"
+
 #include <rocksdb/c.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-
-static double cpu_us(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e6 +
-           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
-}
 
 static char *keep_last(void *state, const char *key, size_t key_len, const char *existing,
                        size_t existing_len, const char *const *ops, const size_t *op_lens,
@@ -48,9 +42,9 @@ static char *keep_last(void *state, const char *key, size_t key_len, const char 
     return out;
 }
 
-static char *keep_last_partial(void *state, const char *key, size_t key_len,
-                               const char *const *ops, const size_t *op_lens, int n_ops,
-                               unsigned char *success, size_t *new_len)
+static char *keep_last_partial(void *state, const char *key, size_t key_len, const char *const *ops,
+                               const size_t *op_lens, int n_ops, unsigned char *success,
+                               size_t *new_len)
 {
     return keep_last(state, key, key_len, NULL, 0, ops, op_lens, n_ops, success, new_len);
 }
@@ -121,13 +115,10 @@ int main(int argc, char **argv)
     long warm = n / 5;
     for (long i = 0; i < warm + n; i++) {
         if (i == warm) {
-            t0 = cpu_us();
+            t0 = floor_cpu_us();
         }
-        x ^= x << 13; /* xorshift64 (Marsaglia 2003): key choice only */
-        x ^= x >> 7;
-        x ^= x << 17;
         char key[32];
-        int klen = snprintf(key, sizeof(key), "key%lu", (unsigned long)(x % 100000 + 1));
+        int klen = floor_next_key(&x, 100000, key);
         if (dkv) {
             char dk[34];
             dk[0] = (char)(x >> 56);
@@ -154,7 +145,7 @@ int main(int argc, char **argv)
             check(err, "flush_wal");
         }
     }
-    double us = cpu_us() - t0;
+    double us = floor_cpu_us() - t0;
     printf("%s: %ld writes, %.2f us CPU per write (WAL write every %ld)\n", argv[2], n, us / n,
            batch);
     fflush(stdout);

@@ -946,12 +946,26 @@ int dkv_store_get(dkv_store_t *s, dkv_slice_t key, uint8_t **data, size_t *len)
 {
     pending_flush();
     char *err = NULL;
+    uint8_t *copy = NULL;
     size_t vlen = 0;
     pthread_rwlock_rdlock(&s->db_lock);
-    char *v = s->db == NULL
-                  ? NULL
-                  : rocksdb_get(s->db, s->ropts, (const char *)key.ptr, key.len, &vlen, &err);
     bool closed = s->db == NULL;
+    /* A pinned read: on a row or block cache hit RocksDB hands out the cached bytes instead of
+     * copying them into a std::string that rocksdb_get() then copies again into a malloc'd
+     * buffer. One copy (ours) instead of two, and one allocation less: a 1 KiB GET's store read
+     * 6.06k -> 5.28k instructions in the server, 11.83k -> 11.05k for the whole request
+     * (callgrind, medians of 3, docs/benchmarks.md "GET floor"). The pin is released here, under
+     * the read lock: nothing pinned outlives this call or a reopen or close of the database. */
+    rocksdb_pinnableslice_t *p =
+        closed ? NULL : rocksdb_get_pinned(s->db, s->ropts, (const char *)key.ptr, key.len, &err);
+    if (p != NULL) {
+        const char *v = rocksdb_pinnableslice_value(p, &vlen);
+        copy = dkv_xmalloc(vlen > 0 ? vlen : 1);
+        if (vlen > 0) {
+            memcpy(copy, v, vlen);
+        }
+        rocksdb_pinnableslice_destroy(p);
+    }
     pthread_rwlock_unlock(&s->db_lock);
     if (closed) {
         return DKV_EIO;
@@ -959,19 +973,17 @@ int dkv_store_get(dkv_store_t *s, dkv_slice_t key, uint8_t **data, size_t *len)
     if (err != NULL) {
         return rocks_err("get", err);
     }
-    if (v == NULL) {
+    if (copy == NULL) {
         return DKV_ENOTFOUND;
     }
-    *data = (uint8_t *)v;
+    *data = copy;
     *len = vlen;
     return 0;
 }
 
 void dkv_store_free(uint8_t *data)
 {
-    if (data != NULL) {
-        rocksdb_free(data);
-    }
+    free(data);
 }
 
 /* Appends the merges of `rec` (data column family) and of its digest entry to `wb`.
