@@ -15,7 +15,8 @@
 #   slowed nodes never time out (no hints, no retries in the counts).
 # - strace: `strace -c -f` on every thread of every node (OUT_DIR/strace.nodeI.txt).
 # - cpu: utime and stime of every node from /proc (OUT_DIR/cpu.txt: before / after, in ticks).
-# Environment: N (3000), WARM_N (500), CONNS (16), BASE_PORT (24000: nodes on BASE_PORT..+2).
+# Environment: N (3000), WARM_N (500), CONNS (16), BASE_PORT (24000: nodes on BASE_PORT..+2),
+# DKV_EXTRA (more flags for every node, e.g. "--io-threads 1": the last of a flag wins).
 # Tools: valgrind, strace, wrk, curl.
 set -euo pipefail
 mode=${1:?callgrind|strace|cpu}; bin=$(realpath "${2:?DKV_BIN}"); out=${3:?OUT_DIR}
@@ -23,7 +24,7 @@ N=${N:-3000}; WARM_N=${WARM_N:-500}; CONNS=${CONNS:-16}
 cd "$(dirname "$0")/.."
 wt=$PWD
 export NODES=3 BASE_PORT=${BASE_PORT:-24000} WAIT_UP_S=900
-export DKV_ARGS="--io-threads 2 --block-cache-bytes 134217728 --replica-timeout-ms 120000 --breaker-failures 1000000 --max-clock-offset-ms 600000"
+export DKV_ARGS="--io-threads 2 --block-cache-bytes 134217728 --replica-timeout-ms 120000 --breaker-failures 1000000 --max-clock-offset-ms 600000 ${DKV_EXTRA:-}"
 url=http://127.0.0.1:$BASE_PORT
 fill=$(dirname "$out")/fill-$BASE_PORT
 if [[ ! -d $fill/node0 ]]; then
