@@ -9,7 +9,7 @@
 # DKV_ARGS (extra flags for every node, e.g. "--log-level debug"), WAIT_UP_S (how long a started
 # node may take to answer /v0/status, default 30; a node replays its write-ahead log first).
 # The nodes share a quarter of the machine's memory as block cache unless DKV_ARGS sets
-# --block-cache-bytes.
+# --block-cache-bytes, and the machine's cores as I/O threads unless it sets --io-threads.
 set -euo pipefail
 
 NODES=${NODES:-3}
@@ -78,6 +78,19 @@ cache_args() {
   echo "--block-cache-bytes $bytes"
 }
 
+# Every node runs one I/O loop per core when not told; NODES nodes on one machine share the cores
+# instead: NODES x cores loops on `cores` cores split each loop iteration's RPC frames, replica
+# batches and WAL writes and cost 21% more CPU per 3-node PUT (docs/benchmarks.md, "3-node PUT:
+# where the time goes").
+io_args() {
+  case " $DKV_ARGS " in *" --io-threads"*) return 0 ;; esac
+  local cores
+  cores=$(nproc 2>/dev/null || echo 1)
+  local n=$((cores / NODES))
+  ((n < 1)) && n=1
+  echo "--io-threads $n"
+}
+
 start_node() {
   local i=$1
   if [[ -n "$(pid_of "$i" || true)" ]]; then echo "node $i already running"; return 0; fi
@@ -86,7 +99,7 @@ start_node() {
   # shellcheck disable=SC2086
   "$DKV_BIN" --listen "127.0.0.1:$((BASE_PORT + i))" --self "$(url "$i")" \
     --cluster "$(cluster_list)" --data "$DATA_ROOT/node$i" \
-    --cluster-secret-file "$(secret_file)" $(cache_args) $DKV_ARGS \
+    --cluster-secret-file "$(secret_file)" $(cache_args) $(io_args) $DKV_ARGS \
     >>"$(logfile "$i")" 2>&1 </dev/null &
   echo $! >"$(pidfile "$i")"
   wait_up "$i" && echo "node $i up at $(url "$i") (pid $!, log $(logfile "$i"))"
