@@ -88,7 +88,11 @@ typedef struct dkv_coord_env {
  * rc: 0 (GET found a value; PUT/DELETE stored on >= ack replicas); DKV_ENOTFOUND (GET: newest
  * version is a tombstone or no replica has one); DKV_EQUORUM (fewer than ack replicas succeeded);
  * DKV_ENOSPACE (PUT/DELETE: fewer than ack succeeded and this node, one of the replicas, refused
- * the write for lack of space).
+ * the write for lack of space). A PUT's local write counts from the moment the store accepts it;
+ * if a WAL sync of this thread fails it before the answer (store/store.h, write tokens), it
+ * counts as a failed replica instead. A success answered while the local write is still pending
+ * in the store must be sent through a flush that syncs the WAL with its own mark
+ * (dkv_store_sync_wal_since(), as http/'s before_flush in main.c does).
  * For a found GET, `record` is the newest version and borrows from `buf`, which the callback may
  * take (move it out and empty it); whatever is left in `buf` is released after the callback.
  */

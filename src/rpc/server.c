@@ -73,6 +73,7 @@ struct dkv_rpc_server {
     uint32_t self_idx;
     dkv_replica_t *replica;
     dkv_store_t *store;
+    uint64_t sync_mark; /* the store write token of the last reply flush's sync (sconn_flush) */
     dkv_rpc_shared_t *shared;
     dkv_rpc_server_opts_t opts; /* max_frame_bytes filled in */
     uint64_t fingerprint;
@@ -226,8 +227,11 @@ static void sconn_flush(sconn_t *c)
     }
     /* PUT_REPLY acknowledges a write: it must be in the write-ahead log first. If the flush
      * fails (disk full), each OK waiting in `out` becomes ERROR: the coordinator counts this
-     * replica as failed, and the other replies still go out. */
-    if (dkv_store_sync_wal(c->srv->store) != 0) {
+     * replica as failed, and the other replies still go out. The writes acknowledged here were
+     * made since this server's previous flush (a frame's write and its reply's flush happen in
+     * one callback), so a failure of any write since then fails them, even one that another
+     * sync of the thread (an HTTP flush, a hint) was told about (store/store.h). */
+    if (dkv_store_sync_wal_since(c->srv->store, &c->srv->sync_mark) != 0) {
         for (size_t i = 0; i < c->n_acks; i++) {
             dkv_rpc_put_reply_fail(&c->out, c->acks[i]);
         }
