@@ -50,7 +50,6 @@ typedef struct io_thread {
     int start_rc;
     bool finishing;
     int pending_closes;
-    uint64_t flush_mark; /* the store write token of the last HTTP flush's sync (sync_wal_cb) */
 } io_thread_t;
 
 struct node {
@@ -188,15 +187,9 @@ static void on_stop_async(uv_async_t *a)
 
 /* ---- per-thread start ---- */
 
-/* The HTTP flush's WAL sync: it fails (every write acknowledgement of the flush becomes 507) if
- * any write this thread made since the previous flush failed, also when the failure was returned
- * to another sync in between (an RPC reply flush, a hint): the responses of this flush answer
- * writes made since the previous one, or writes the coordinator checked as durable
- * (coord/coord.h). */
 static int sync_wal_cb(void *arg)
 {
-    io_thread_t *t = arg;
-    return dkv_store_sync_wal_since(t->node->store, &t->flush_mark);
+    return dkv_store_sync_wal(arg);
 }
 
 static int rpc_send(void *ctx, uint32_t peer, const dkv_rpc_call_t *call, dkv_rpc_reply_cb cb,
@@ -308,7 +301,10 @@ static int thread_setup(io_thread_t *t)
                              .max_connections = conf->max_connections,
                              .conn_count = &n->conn_count,
                              .before_flush = sync_wal_cb,
-                             .before_flush_arg = t,
+                             .before_flush_arg = n->store,
+                             /* an acknowledgement of a coordinator PUT is judged by its own
+                              * local write, which an earlier sync may have failed */
+                             .write_outcome = dkv_store_write_outcome,
                              .foreign_first_byte = DKV_RPC_MAGIC,
                              .foreign_reserve = conf->max_peer_connections,
                              .foreign_cb = dkv_rpc_server_adopt,

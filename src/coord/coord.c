@@ -211,7 +211,7 @@ static bool may_repair(const op_t *op)
 static void op_answer(op_t *op, int rc)
 {
     op->answered = true;
-    dkv_coord_result_t res = {.rc = rc};
+    dkv_coord_result_t res = {.rc = rc, .local_token = op->is_get ? 0 : op->local_token};
     if (rc == 0 && op->is_get) {
         res.record = op->best;
         if (may_repair(op)) {
@@ -233,7 +233,7 @@ static void op_answer(op_t *op, int rc)
  * since (the failure is returned to that sync only: store/store.h). Before the success answers,
  * a local write that failed meanwhile becomes a failed replica: the peers may still make the
  * quorum, or the answer is 507 (no space) or 504. A write still pending is decided by the sync
- * of the flush that carries this answer (http/ before_flush with its mark, main.c).
+ * of the flush that carries this answer, which checks it by its token (res.local_token).
  */
 static void local_recheck(op_t *op)
 {

@@ -216,8 +216,9 @@ int dkv_store_write_outcome(uint64_t token);
  * `*mark` (a token: the thread's dkv_store_write_token() when the site starts, 0 on a new
  * thread): fails also when a sync of the thread that this caller did not
  * see (or a batch write) failed any write after `*mark`. Sets `*mark` to the thread's last
- * token: the next call covers the writes made from now on. Each acknowledging site keeps its
- * own mark (main.c: the HTTP flush of each I/O thread; rpc/server.c; anti-entropy; rebuild).
+ * token: the next call covers the writes made from now on. For a site that acknowledges all it
+ * wrote since a point (an anti-entropy exchange, a rebuild batch); a site that acknowledges
+ * writes one by one checks each one's token instead (http/, rpc/server.c).
  * @return 0; DKV_ENOSPACE or DKV_EIO: some write after the mark is not durable.
  * Thread: the writing thread.
  */

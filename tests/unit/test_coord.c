@@ -46,6 +46,7 @@ typedef struct outcome {
     dkv_buf_t value;          /* a copy of the value made in the callback */
     size_t pending_at_answer; /* fake requests still unanswered when the callback ran */
     size_t inflight_at_answer;
+    uint64_t local_token; /* res->local_token */
 } outcome_t;
 
 typedef struct fx_opts {
@@ -212,6 +213,7 @@ static void on_result(void *arg, dkv_coord_result_t *res)
         return; /* the teardown reports it */
     }
     o->rc = res->rc;
+    o->local_token = res->local_token;
     o->rec = res->record;
     o->pending_at_answer = dkv_fake_transport_pending(o->fx->ft);
     o->inflight_at_answer = dkv_coord_inflight(o->fx->coord);
@@ -782,6 +784,7 @@ static void test_local_write_failed_by_another_sync_does_not_count(void **state)
     stored(fx, req(fx, base1, peers1[1], DKV_RPC_PUT));
     assert_int_equal(w1->calls, 1);
     assert_int_equal(w1->rc, 0); /* the two peers make the quorum */
+    assert_true(w1->local_token == 0); /* the answer does not rest on the local write */
 
     stored(fx, req(fx, base2, peers2[0], DKV_RPC_PUT));
     assert_int_equal(w2->calls, 0);
@@ -790,7 +793,8 @@ static void test_local_write_failed_by_another_sync_does_not_count(void **state)
     assert_int_equal(w2->rc, DKV_EQUORUM);
 }
 
-/* The same PUTs when the batch is stored: the local write still counts, answered at once. */
+/* The same PUT when the batch is stored: the local write still counts; and an ack=1 PUT answered
+ * at once names its local write, still pending, for the flush that sends the answer. */
 static void test_local_write_still_counts_once_synced(void **state)
 {
     fx_t *fx = *state;
@@ -807,7 +811,19 @@ static void test_local_write_still_counts_once_synced(void **state)
     stored(fx, req(fx, base, peers[0], DKV_RPC_PUT));
     assert_int_equal(w->calls, 1);
     assert_int_equal(w->rc, 0);
+    assert_true(w->local_token != 0);
+    assert_int_equal(dkv_store_write_outcome(w->local_token), 0);
     stored(fx, req(fx, base, peers[1], DKV_RPC_PUT));
+
+    base = sent(fx);
+    outcome_t *w1 = put(fx, key, "v1", 1, 3);
+    assert_int_equal(w1->calls, 1);
+    assert_int_equal(w1->rc, 0);
+    assert_true(w1->local_token == dkv_store_write_token());
+    assert_int_equal(dkv_store_write_outcome(w1->local_token), DKV_STORE_WRITE_PENDING);
+    assert_int_equal(dkv_store_sync_wal(fx->node->store), 0);
+    assert_int_equal(dkv_store_write_outcome(w1->local_token), 0);
+    answer_rest(fx, base);
 }
 
 static void test_invalid_arguments_fail_at_once_and_never_call_back(void **state)
