@@ -429,13 +429,13 @@ static void conn_respond(conn_t *c, const dkv_response_t *resp, bool force_close
             c->cap_acks = c->cap_acks ? 2 * c->cap_acks : 4;
             c->acks = dkv_xrealloc(c->acks, c->cap_acks * sizeof(*c->acks));
         }
-        c->acks[c->n_acks++] = (ack_span_t){.off = start,
-                                            .len = c->out.len - start,
-                                            .close = close,
-                                            .method = c->metric_method,
-                                            .status_idx =
-                                                (uint8_t)dkv_metrics_status_index(resp->status),
-                                            .token = resp->write_token};
+        c->acks[c->n_acks++] =
+            (ack_span_t){.off = start,
+                         .len = c->out.len - start,
+                         .close = close,
+                         .method = c->metric_method,
+                         .status_idx = (uint8_t)dkv_metrics_status_index(resp->status),
+                         .token = resp->write_token};
     } else if (c->srv->opts.metrics != NULL) {
         count_response(c, c->metric_method, dkv_metrics_status_index(resp->status));
     }

@@ -783,7 +783,7 @@ static void test_local_write_failed_by_another_sync_does_not_count(void **state)
     assert_int_equal(w1->calls, 0); /* one real copy: not yet a quorum */
     stored(fx, req(fx, base1, peers1[1], DKV_RPC_PUT));
     assert_int_equal(w1->calls, 1);
-    assert_int_equal(w1->rc, 0); /* the two peers make the quorum */
+    assert_int_equal(w1->rc, 0);       /* the two peers make the quorum */
     assert_true(w1->local_token == 0); /* the answer does not rest on the local write */
 
     stored(fx, req(fx, base2, peers2[0], DKV_RPC_PUT));
