@@ -202,21 +202,21 @@ uint64_t dkv_store_write_token(void);
 /**
  * What became of the calling thread's write `token` (dkv_store_write_token()):
  * @return 0: durable (a sync of the thread flushed it); DKV_STORE_WRITE_PENDING: not decided
- *         yet, the thread's next dkv_store_sync_wal() decides it and returns the failure if it
- *         fails (so a response queued now for the thread's next flush is covered by that flush);
- *         DKV_ENOSPACE or DKV_EIO: failed (its batch write, the WAL flush, or the store's
- *         reopen lost it), even if the sync that decided it returned the failure to someone
- *         else. The thread keeps the last 8 failed ranges of tokens; a token at or below one it
- *         forgot reads as failed (conservative). Costs a few compares. Thread: the writing thread.
+ *         yet: the thread's next dkv_store_sync_wal(), whoever calls it, decides it (ask again
+ *         after it, as http/ does for the 201/202 that names the token); DKV_ENOSPACE or
+ *         DKV_EIO: failed (its batch write, the WAL flush, or the store's reopen lost it), even
+ *         if the sync that decided it returned the failure to someone else. The thread keeps
+ *         the last 8 failed ranges of tokens; a token at or below one it forgot reads as failed
+ *         (conservative). Costs a few compares. Thread: the writing thread.
  */
 int dkv_store_write_outcome(uint64_t token);
 
 /**
  * dkv_store_sync_wal(), for a caller that acknowledges every write the thread made after its
  * `*mark` (a token: the thread's dkv_store_write_token() when the site starts, 0 on a new
- * thread): fails also when a sync of the thread that this caller did not
- * see (or a batch write) failed any write after `*mark`. Sets `*mark` to the thread's last
- * token: the next call covers the writes made from now on. For a site that acknowledges all it
+ * thread): fails also when a sync of the thread that this caller did not see (or a batch
+ * write) failed any write after `*mark`. Sets `*mark` to the thread's last token: the next
+ * call covers the writes made from now on. For a site that acknowledges all it
  * wrote since a point (an anti-entropy exchange, a rebuild batch); a site that acknowledges
  * writes one by one checks each one's token instead (http/, rpc/server.c).
  * @return 0; DKV_ENOSPACE or DKV_EIO: some write after the mark is not durable.

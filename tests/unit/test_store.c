@@ -767,6 +767,55 @@ static void test_write_outcome_outlives_the_sync_that_reported_it(void **state)
     expect_record(f->store, dkv_slice_str("after"), 5, "a", 1);
 }
 
+/* Writes 1 KiB records and syncs each until a sync fails under a 256 KiB file-size limit, then
+ * lifts the limit and resumes. @return the failed write's token; *durable the last good one. */
+static uint64_t fail_once(fixture_t *f, int episode, uint64_t *durable)
+{
+    static uint8_t v[1024];
+    memset(v, 'v', sizeof(v));
+    struct rlimit old;
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+    signal(SIGXFSZ, SIG_IGN);
+    struct rlimit small = {.rlim_cur = 256u << 10, .rlim_max = old.rlim_max};
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &small), 0);
+    char key[32];
+    int rc = 0;
+    uint64_t token = 0;
+    for (int i = 0; i < 4096 && rc == 0; i++) {
+        snprintf(key, sizeof(key), "e%d-%04d", episode, i);
+        put_val(f->store, key, (uint64_t)i + 10, v, sizeof(v));
+        token = dkv_store_write_token();
+        rc = dkv_store_sync_wal(f->store);
+        if (rc == 0) {
+            *durable = token;
+        }
+    }
+    assert_int_equal(rc, DKV_EIO);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+    signal(SIGXFSZ, SIG_DFL);
+    assert_int_equal(dkv_store_resume(f->store, 1000), 0);
+    return token;
+}
+
+/* The thread keeps its last 8 failed ranges of tokens: after 9 failures, a token at or below the
+ * forgotten one reads as failed (conservative), durable or not; later ones keep their outcome. */
+static void test_write_outcome_of_a_forgotten_failure_is_failed(void **state)
+{
+    fixture_t *f = *state;
+    uint64_t failed[9];
+    uint64_t durable[9];
+    for (int e = 0; e < 9; e++) {
+        failed[e] = fail_once(f, e, &durable[e]);
+        assert_true(durable[e] < failed[e]);
+    }
+    assert_int_equal(dkv_store_write_outcome(failed[0]), DKV_EIO);  /* forgotten: still failed */
+    assert_int_equal(dkv_store_write_outcome(durable[0]), DKV_EIO); /* below it: conservative */
+    for (int e = 1; e < 9; e++) {
+        assert_int_equal(dkv_store_write_outcome(failed[e]), DKV_EIO);
+        assert_int_equal(dkv_store_write_outcome(durable[e]), 0);
+    }
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 #define TB(fn) cmocka_unit_test_setup_teardown(fn, setup_batched, teardown_batched)
 
@@ -798,6 +847,7 @@ int main(void)
         TB(test_failed_wal_write_refuses_writes_until_resume),
         T(test_write_outcome_outlives_the_sync_that_reported_it),
         TB(test_write_outcome_outlives_the_sync_that_reported_it),
+        T(test_write_outcome_of_a_forgotten_failure_is_failed),
         cmocka_unit_test(test_open_missing_dir_fails),
         cmocka_unit_test(test_sizing_from_memory_limit),
         cmocka_unit_test(test_memory_limit_at_most_ram),
