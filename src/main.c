@@ -302,6 +302,9 @@ static int thread_setup(io_thread_t *t)
                              .conn_count = &n->conn_count,
                              .before_flush = sync_wal_cb,
                              .before_flush_arg = n->store,
+                             /* an acknowledgement of a coordinator PUT is judged by its own
+                              * local write, which an earlier sync may have failed */
+                             .write_outcome = dkv_store_write_outcome,
                              .foreign_first_byte = DKV_RPC_MAGIC,
                              .foreign_reserve = conf->max_peer_connections,
                              .foreign_cb = dkv_rpc_server_adopt,

@@ -27,6 +27,7 @@
 
 #include "common/err.h"
 #include "common/log.h"
+#include "store/store.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -109,6 +110,8 @@ typedef struct op {
     bool answered;
     bool is_get;
     bool local_full; /* PUT: the local replica refused the write for lack of space */
+    uint64_t local_token; /* PUT: the local write's store token while it counts in `ok`; 0: none */
+    slot_t *local;        /* PUT: the local replica's slot (with local_token) */
     bool spec;       /* a speculative GET */
     bool have_data;  /* spec: a replica answered with its data (a version or "absent") */
     unsigned asked;  /* spec: replicas asked, fetches aside */
@@ -208,7 +211,7 @@ static bool may_repair(const op_t *op)
 static void op_answer(op_t *op, int rc)
 {
     op->answered = true;
-    dkv_coord_result_t res = {.rc = rc};
+    dkv_coord_result_t res = {.rc = rc, .local_token = op->is_get ? 0 : op->local_token};
     if (rc == 0 && op->is_get) {
         res.record = op->best;
         if (may_repair(op)) {
@@ -224,10 +227,34 @@ static void op_answer(op_t *op, int rc)
     dkv_owned_release(&res.buf);
 }
 
+/*
+ * A PUT's local write counts as a success from the moment the store accepted it, but it is only
+ * decided by a WAL sync of this thread, which may have run, and failed, for another connection
+ * since (the failure is returned to that sync only: store/store.h). Before the success answers,
+ * a local write that failed meanwhile becomes a failed replica: the peers may still make the
+ * quorum, or the answer is 507 (no space) or 504. A write still pending is decided by the sync
+ * of the flush that carries this answer, which checks it by its token (res.local_token).
+ */
+static void local_recheck(op_t *op)
+{
+    int rc = dkv_store_write_outcome(op->local_token);
+    if (rc >= 0) {
+        return; /* durable, or pending: the answer's own flush decides it */
+    }
+    op->local_token = 0;
+    op->ok--;
+    op->failed++;
+    op->local->state = SLOT_FAILED;
+    op->local_full = rc == DKV_ENOSPACE;
+}
+
 static void op_decide(op_t *op)
 {
     if (op->answered) {
         return;
+    }
+    if (op->local_token != 0) {
+        local_recheck(op);
     }
     if (op->ok >= op->ack) {
         int rc = 0;
@@ -990,6 +1017,10 @@ static int op_start(dkv_coord_t *c, dkv_slice_t key, bool is_get, const dkv_reco
         } else {
             int rc = dkv_replica_put(c->env.replica, key, rec);
             op->local_full = rc == DKV_ENOSPACE;
+            if (rc == 0) {
+                op->local_token = dkv_store_write_token();
+                op->local = local;
+            }
             op_reply(op, local, rc);
         }
     }

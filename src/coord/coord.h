@@ -88,12 +88,19 @@ typedef struct dkv_coord_env {
  * rc: 0 (GET found a value; PUT/DELETE stored on >= ack replicas); DKV_ENOTFOUND (GET: newest
  * version is a tombstone or no replica has one); DKV_EQUORUM (fewer than ack replicas succeeded);
  * DKV_ENOSPACE (PUT/DELETE: fewer than ack succeeded and this node, one of the replicas, refused
- * the write for lack of space).
+ * the write for lack of space). A PUT's local write counts from the moment the store accepts it;
+ * if a WAL sync of this thread fails it before the answer (store/store.h, write tokens), it
+ * counts as a failed replica instead; a success that still rests on it names it in local_token.
  * For a found GET, `record` is the newest version and borrows from `buf`, which the callback may
  * take (move it out and empty it); whatever is left in `buf` is released after the callback.
  */
 typedef struct dkv_coord_result {
     int rc;
+    /* PUT/DELETE answered 0: the store write token (store/store.h) of this node's local write
+     * when it is one of the successes the answer counts, else 0 (the answer rests on peers
+     * only). The caller sends the answer through a flush that syncs this thread's WAL and
+     * checks that token (http/ write_outcome). */
+    uint64_t local_token;
     dkv_record_t record;
     dkv_owned_t buf;
 } dkv_coord_result_t;

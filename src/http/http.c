@@ -43,6 +43,8 @@ typedef struct ack_span {
     bool close; /* it said Connection: close */
     uint8_t method; /* for the metrics, counted once the flush decided 201/202 or 507 */
     uint8_t status_idx;
+    bool failed;    /* conn_settle_acks(): becomes 507 */
+    uint64_t token; /* dkv_response_t.write_token */
 } ack_span_t;
 
 struct dkv_http_server {
@@ -427,24 +429,35 @@ static void conn_respond(conn_t *c, const dkv_response_t *resp, bool force_close
             c->cap_acks = c->cap_acks ? 2 * c->cap_acks : 4;
             c->acks = dkv_xrealloc(c->acks, c->cap_acks * sizeof(*c->acks));
         }
-        c->acks[c->n_acks++] = (ack_span_t){.off = start,
-                                            .len = c->out.len - start,
-                                            .close = close,
-                                            .method = c->metric_method,
-                                            .status_idx =
-                                                (uint8_t)dkv_metrics_status_index(resp->status)};
+        c->acks[c->n_acks++] =
+            (ack_span_t){.off = start,
+                         .len = c->out.len - start,
+                         .close = close,
+                         .method = c->metric_method,
+                         .status_idx = (uint8_t)dkv_metrics_status_index(resp->status),
+                         .token = resp->write_token};
     } else if (c->srv->opts.metrics != NULL) {
         count_response(c, c->metric_method, dkv_metrics_status_index(resp->status));
     }
 }
 
 /*
- * The write-ahead-log flush failed: every write acknowledgement waiting in `out` becomes
- * 507 Insufficient Storage (same framing, same Connection: close); the other responses stay.
+ * After the write-ahead-log flush (`durable`: before_flush succeeded): every write
+ * acknowledgement waiting in `out` whose write is not stored becomes 507 Insufficient Storage
+ * (same framing, same Connection: close); the other responses stay. One that names its local
+ * write (write_token) is judged by that write's outcome, which a failed sync of this thread
+ * decided even if it was another flush's (opts.write_outcome); the others by the flush.
  */
-static void conn_unacknowledge(conn_t *c)
+static void conn_settle_acks(conn_t *c, bool durable)
 {
-    if (c->n_acks == 0) {
+    int (*outcome)(uint64_t) = c->srv->opts.write_outcome;
+    size_t n_failed = 0;
+    for (size_t i = 0; i < c->n_acks; i++) {
+        ack_span_t *a = &c->acks[i];
+        a->failed = a->token != 0 && outcome != NULL ? outcome(a->token) != 0 : !durable;
+        n_failed += a->failed ? 1u : 0u;
+    }
+    if (n_failed == 0) {
         return;
     }
     static const char text[] = "Insufficient Storage: the write could not be made durable\n";
@@ -454,21 +467,28 @@ static void conn_unacknowledge(conn_t *c)
     dkv_buf_t out;
     dkv_buf_init(&out);
     size_t pos = 0;
+    size_t kept = 0;
     for (size_t i = 0; i < c->n_acks; i++) {
-        const ack_span_t *a = &c->acks[i];
-        dkv_buf_append(&out, c->out.data + pos, a->off - pos);
-        write_head(&out, c, &resp, a->close);
+        ack_span_t a = c->acks[i];
+        dkv_buf_append(&out, c->out.data + pos, a.off - pos);
+        pos = a.off + a.len;
+        if (!a.failed) {
+            a.off = out.len; /* still counted as itself by conn_flush_now() */
+            dkv_buf_append(&out, c->out.data + (pos - a.len), a.len);
+            c->acks[kept++] = a;
+            continue;
+        }
+        write_head(&out, c, &resp, a.close);
         dkv_buf_append(&out, resp.body.ptr, resp.body.len);
-        pos = a->off + a->len;
         if (c->srv->opts.metrics != NULL) {
-            count_response(c, a->method, dkv_metrics_status_index(507));
+            count_response(c, a.method, dkv_metrics_status_index(507));
             dkv_metrics_inc(&c->srv->opts.metrics->wal_flush_failures);
         }
     }
     dkv_buf_append(&out, c->out.data + pos, c->out.len - pos);
     dkv_buf_cleanup(&c->out);
     c->out = out;
-    c->n_acks = 0;
+    c->n_acks = kept;
 }
 
 static void respond_error(conn_t *c, int status, const char *text, const char *extra)
@@ -686,8 +706,8 @@ static void on_flush_check(uv_check_t *h)
         s->flush_list = c->flush_next;
         c->flush_next = NULL;
         c->flush_scheduled = false;
-        if (!c->closing && !durable) {
-            conn_unacknowledge(c); /* never acknowledge a write that is not in the WAL */
+        if (!c->closing && c->n_acks > 0 && (!durable || s->opts.write_outcome != NULL)) {
+            conn_settle_acks(c, durable); /* never acknowledge a write that is not in the WAL */
         }
         if (!c->closing) {
             conn_flush_now(c);

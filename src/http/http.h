@@ -45,6 +45,10 @@ typedef struct dkv_http_opts {
      * they are). May be NULL. */
     int (*before_flush)(void *arg);
     void *before_flush_arg;
+    /* After before_flush: the outcome of the local write a response names in write_token
+     * (store/store.h dkv_store_write_outcome(): 0 stored, else not); its acknowledgement becomes
+     * 507 unless it is 0, whatever before_flush returned. May be NULL (before_flush decides). */
+    int (*write_outcome)(uint64_t token);
     int foreign_first_byte;      /* -1 for none */
     /* Connections admitted past max_connections on the condition that their first byte is
      * `foreign_first_byte` (any other is closed), so that clients at their cap never lock out

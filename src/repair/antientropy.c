@@ -85,6 +85,7 @@ typedef struct xchg {
     uint64_t deadline_ms; /* loop clock */
     bool failed;
     bool incomplete;      /* the peer is rebuilding: its versions could not be read */
+    uint64_t write_mark;  /* the store write token at the start (dkv_store_sync_wal_since) */
     char error[96];
     unsigned inflight;      /* RPCs of every kind */
     unsigned keys_inflight; /* GETs and repair PUTs */
@@ -348,7 +349,10 @@ static void exchange_end(dkv_ae_t *ae)
         snprintf(x->error, sizeof(x->error),
                  "the peer is rebuilding: records were pushed to it, none read from it");
     }
-    if (ok && dkv_store_sync_wal(ae->store) != 0) {
+    /* Every repair write of the exchange must be durable, including one whose failure another
+     * sync of this thread (the tombstone GC's) was told about: the exchange then did not
+     * happen, and the tombstone GC must not count it. */
+    if (ok && dkv_store_sync_wal_since(ae->store, &x->write_mark) != 0) {
         ok = false;
         snprintf(x->error, sizeof(x->error), "write-ahead log sync failed");
     }
@@ -832,6 +836,7 @@ static void exchange_begin(dkv_ae_t *ae, uint32_t peer)
     x->peer = peer;
     x->failed = false;
     x->incomplete = false;
+    x->write_mark = dkv_store_write_token();
     x->error[0] = '\0';
     x->inflight = 0;
     x->keys_inflight = 0;

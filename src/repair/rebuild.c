@@ -200,6 +200,7 @@ static void scan_cb(void *arg, int rc, const dkv_rpc_msg_t *reply)
     uint64_t held = 0;
     uint64_t bytes = 0;
     int store_rc = 0;
+    uint64_t write_mark = dkv_store_write_token();
     while (dkv_rpc_scan_iter_next(&it, &key, &rec) == 0) {
         streamed++;
         bytes += key.len + rec.value.len;
@@ -218,7 +219,8 @@ static void scan_cb(void *arg, int rc, const dkv_rpc_msg_t *reply)
             store_rc = put_rc;
         }
     }
-    if (dkv_store_sync_wal(dkv_replica_store(r->replica)) != 0 && store_rc == 0) {
+    if (dkv_store_sync_wal_since(dkv_replica_store(r->replica), &write_mark) != 0 &&
+        store_rc == 0) {
         store_rc = DKV_EIO;
     }
     dkv_throttle_spend(&r->throttle, bytes);

@@ -312,6 +312,7 @@ static void entity_done_cb(void *arg, dkv_coord_result_t *res)
     /* A 201 or 202 may rest on this thread's unflushed write-ahead log: http/ flushes it before
      * sending and turns the acknowledgement into a 507 if the flush fails. */
     resp.acknowledges_write = status == 201 || status == 202;
+    resp.write_token = res->local_token;
     ctx.cb(ctx.arg, &resp);
 }
 

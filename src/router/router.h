@@ -62,6 +62,11 @@ typedef struct dkv_response {
     /* A 201/202 that acknowledges a write: sent only if the write-ahead-log flush before the
      * write(2) succeeds (http.h before_flush); otherwise it becomes 507 Insufficient Storage. */
     bool acknowledges_write;
+    /* With acknowledges_write: the store write token (store/store.h) of this thread's local
+     * write it rests on; then that write's own outcome decides (http.h write_outcome), not the
+     * flush's, which may have been told about another write's failure or missed this one's. 0:
+     * the flush's result decides. */
+    uint64_t write_token;
     /* The operation's latency histogram (metrics/metrics.h enum dkv_metrics_op); 0 = none. */
     unsigned char op;
 } dkv_response_t;

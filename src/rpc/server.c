@@ -49,6 +49,12 @@
 /* At most one log line per second for refused connections and expired handshakes. */
 #define LOG_INTERVAL_MS 1000u
 
+/* A PUT_REPLY OK waiting in a connection's `out` for the WAL sync. */
+typedef struct put_ack {
+    size_t off;     /* of the frame in `out` */
+    uint64_t token; /* the store write token of the write it acknowledges (store/store.h) */
+} put_ack_t;
+
 typedef struct sconn sconn_t;
 
 /* A bulk read running on libuv's thread pool for one connection (see DESIGN above). */
@@ -96,7 +102,7 @@ struct sconn {
     uv_tcp_t *tcp;
     dkv_buf_t in;  /* received bytes not served yet */
     dkv_buf_t out; /* replies not handed to libuv yet */
-    size_t *acks;  /* offsets in `out` of PUT_REPLY OK frames not yet flushed */
+    put_ack_t *acks; /* PUT_REPLY OK frames in `out` not yet flushed */
     size_t n_acks;
     size_t cap_acks;
     bool hello_done;
@@ -226,10 +232,13 @@ static void sconn_flush(sconn_t *c)
     }
     /* PUT_REPLY acknowledges a write: it must be in the write-ahead log first. If the flush
      * fails (disk full), each OK waiting in `out` becomes ERROR: the coordinator counts this
-     * replica as failed, and the other replies still go out. */
-    if (dkv_store_sync_wal(c->srv->store) != 0) {
-        for (size_t i = 0; i < c->n_acks; i++) {
-            dkv_rpc_put_reply_fail(&c->out, c->acks[i]);
+     * replica as failed, and the other replies still go out. Each OK is judged by its own
+     * write's outcome (store/store.h write tokens), decided by this sync or by an earlier one
+     * of the thread that was told of the failure instead. */
+    int rc = dkv_store_sync_wal(c->srv->store);
+    for (size_t i = 0; i < c->n_acks; i++) {
+        if (rc != 0 || dkv_store_write_outcome(c->acks[i].token) != 0) {
+            dkv_rpc_put_reply_fail(&c->out, c->acks[i].off);
         }
     }
     c->n_acks = 0;
@@ -560,7 +569,7 @@ static int handle_frame(sconn_t *c, dkv_slice_t frame)
                 c->cap_acks = c->cap_acks ? 2 * c->cap_acks : 8;
                 c->acks = dkv_xrealloc(c->acks, c->cap_acks * sizeof(*c->acks));
             }
-            c->acks[c->n_acks++] = c->out.len;
+            c->acks[c->n_acks++] = (put_ack_t){c->out.len, dkv_store_write_token()};
         }
         dkv_rpc_encode_put_reply(&c->out, m.req_id, rc == 0 ? DKV_RPC_OK : DKV_RPC_ERROR);
         return 0;

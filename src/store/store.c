@@ -89,6 +89,62 @@ static _Thread_local dkv_store_t *pend_failed_store;
 static int pending_write(void);
 static inline void pending_flush(void);
 
+/*
+ * Write tokens (dkv_store_write_token): every write this thread makes gets the next number of a
+ * per-thread sequence, and the thread keeps what decided each one. A failure is returned by one
+ * dkv_store_sync_wal() only (whichever runs first on the thread), so a caller that answers in a
+ * later loop iteration than it wrote (a coordinator waiting for its peers) may never see the
+ * sync that decided its write; it asks dkv_store_write_outcome() instead. Every token up to
+ * `wt_decided` was decided by a sync (or a batch write); the failed ones are in `wt_fails`, a
+ * small ring of ranges (a failure leaves the store unwritable until a reopen, so a handful of
+ * ranges covers hours). A range pushed out of the ring raises `wt_forgot`: every token up to it
+ * then counts as failed, the conservative answer. Cost per write: one thread-local increment.
+ */
+#define WT_FAILS 8u
+typedef struct wt_range {
+    uint64_t lo, hi; /* tokens, inclusive */
+    int rc;          /* DKV_ENOSPACE or DKV_EIO */
+} wt_range_t;
+static _Thread_local uint64_t wt_seq;     /* the last token issued (0: none yet) */
+static _Thread_local uint64_t wt_decided; /* every token <= this one is decided */
+static _Thread_local wt_range_t wt_fails[WT_FAILS];
+static _Thread_local unsigned wt_nfails; /* ranges ever recorded; the ring holds the last 8 */
+static _Thread_local uint64_t wt_forgot; /* tokens <= this one may have failed unrecorded */
+static _Thread_local int wt_forgot_rc;
+static _Thread_local uint64_t pend_first_token; /* the pending batch's first write */
+
+/* Records that the writes with tokens lo..hi failed with `rc`. */
+static void wt_fail(uint64_t lo, uint64_t hi, int rc)
+{
+    if (lo == 0 || lo > hi) {
+        return;
+    }
+    if (wt_nfails > 0) {
+        wt_range_t *last = &wt_fails[(wt_nfails - 1) % WT_FAILS];
+        if (lo <= last->hi + 1 && hi + 1 >= last->lo) {
+            last->lo = lo < last->lo ? lo : last->lo;
+            last->hi = hi > last->hi ? hi : last->hi;
+            return;
+        }
+    }
+    wt_range_t *slot = &wt_fails[wt_nfails % WT_FAILS];
+    if (wt_nfails >= WT_FAILS && slot->hi > wt_forgot) {
+        wt_forgot = slot->hi;
+        wt_forgot_rc = slot->rc;
+    }
+    *slot = (wt_range_t){lo, hi, rc};
+    wt_nfails++;
+}
+
+/* A sync decided every write of this thread so far: failed with `rc`, or durable (rc 0). */
+static void wt_decide_all(int rc)
+{
+    if (rc != 0) {
+        wt_fail(wt_decided + 1, wt_seq, rc);
+    }
+    wt_decided = wt_seq;
+}
+
 /* Generations of every database opened by this process: a reopen gets a new one. */
 static _Atomic uint64_t last_generation;
 
@@ -395,8 +451,9 @@ static int write_begin(dkv_store_t *s)
 }
 
 /* Ends a write begun by write_begin(): records a failure (freeing `err`) or marks this thread's
- * WAL buffer dirty with `wal_bytes` more bytes, then releases the locks. */
-static int write_end_bytes(dkv_store_t *s, const char *what, char *err, size_t wal_bytes)
+ * WAL buffer dirty with `wal_bytes` more bytes (and, unless it writes a `batch` whose writes have
+ * their tokens, issues the write's token), then releases the locks. */
+static int write_end_at(dkv_store_t *s, const char *what, char *err, size_t wal_bytes, bool batch)
 {
     int rc = 0;
     if (err != NULL) {
@@ -408,15 +465,26 @@ static int write_end_bytes(dkv_store_t *s, const char *what, char *err, size_t w
             wal_pending_bytes = 0;
         }
         wal_pending_bytes += wal_bytes;
+        if (!batch) {
+            wt_seq++; /* a direct write's token (a batch's writes got theirs when appended) */
+        }
     }
     pthread_rwlock_unlock(&s->wal_lock);
     pthread_rwlock_unlock(&s->db_lock);
     return rc;
 }
 
-static int write_end(dkv_store_t *s, const char *what, char *err)
+static int write_end_bytes(dkv_store_t *s, const char *what, char *err, size_t wal_bytes)
 {
-    return write_end_bytes(s, what, err, 0);
+    return write_end_at(s, what, err, wal_bytes, false);
+}
+
+/* Ends a write_begin() that wrote nothing (a purge that found nothing to purge, a refused
+ * batch): releases the locks. */
+static void write_abort(dkv_store_t *s)
+{
+    pthread_rwlock_unlock(&s->wal_lock);
+    pthread_rwlock_unlock(&s->db_lock);
 }
 
 /* The size of a write batch as the WAL gets it (its serialized form). */
@@ -495,12 +563,10 @@ void dkv_store_close(dkv_store_t *s)
     if (pend_store == s) {
         pending_write(); /* then close_db() flushes the WAL */
     }
-    if (pend_failed_store == s) {
-        pend_failed_store = NULL;
-        pend_failed_rc = 0;
-    }
-    if (wal_store == s) {
-        wal_store = NULL; /* a later store at the same address starts clean */
+    if (pend_failed_store == s || wal_store == s) {
+        /* Decides this thread's writes (their tokens) now, and leaves nothing of this store in
+         * the thread-locals: a later store at the same address starts clean. */
+        (void)dkv_store_sync_wal(s);
     }
     /* Every batching thread writes its batch before it stops (main.c): one still pending here
      * would be lost. None was acknowledged (a sync writes the batch before any ack), but it is
@@ -601,7 +667,7 @@ static int pending_write(void)
         /* A reopen since the first append (only after a failure): refuse the whole batch. */
         atomic_fetch_add(&s->write_errors, n);
         rc = DKV_ENOSPACE;
-        write_end(s, "write", NULL);
+        write_abort(s);
     } else {
         uint16_t idx[PENDING_MAX_OPS];
         memcpy(idx, pend_stripes, n * sizeof(idx[0]));
@@ -621,7 +687,7 @@ static int pending_write(void)
             pthread_mutex_unlock(&s->stripes[idx[i]]);
         }
         ok = err == NULL;
-        rc = write_end_bytes(s, "write", err, wal_bytes);
+        rc = write_end_at(s, "write", err, wal_bytes, true);
         if (!ok) {
             atomic_fetch_add(&s->write_errors, n - 1); /* every write of the batch failed */
         }
@@ -635,9 +701,12 @@ static int pending_write(void)
             }
         }
     }
-    if (rc != 0 && pend_failed_rc == 0) {
-        pend_failed_rc = rc;
-        pend_failed_store = s;
+    if (rc != 0) {
+        wt_fail(pend_first_token, wt_seq, rc); /* the batch's writes: the last tokens issued */
+        if (pend_failed_rc == 0) {
+            pend_failed_rc = rc;
+            pend_failed_store = s;
+        }
     }
     return rc;
 }
@@ -1034,6 +1103,7 @@ static int put_batched(dkv_store_t *s, dkv_slice_t key, const dkv_record_t *rec)
         pend_wb = rocksdb_writebatch_create();
         pend_store = s;
         pend_gen = atomic_load(&s->generation);
+        pend_first_token = wt_seq + 1;
         atomic_fetch_add(&s->pending_batches, 1);
     }
     size_t dklen = batch_append(s, pend_wb, key, rec);
@@ -1041,6 +1111,7 @@ static int put_batched(dkv_store_t *s, dkv_slice_t key, const dkv_record_t *rec)
     pend_stripes[pend_n] = (uint16_t)stripe_index(key);
     pend_segments[pend_n] = dklen > 0 ? dkv_store_segment(key) : NO_SEGMENT;
     pend_n++;
+    wt_seq++; /* its token; decided by the sync that writes and flushes the batch */
     if (pend_n == PENDING_MAX_OPS || batch_bytes(pend_wb) >= PENDING_MAX_BYTES) {
         return pending_write();
     }
@@ -1089,7 +1160,60 @@ int dkv_store_write_batch(void)
     return pending_write();
 }
 
+static int sync_wal(dkv_store_t *s);
+
 int dkv_store_sync_wal(dkv_store_t *s)
+{
+    int rc = sync_wal(s);
+    wt_decide_all(rc);
+    return rc;
+}
+
+uint64_t dkv_store_write_token(void)
+{
+    return wt_seq;
+}
+
+int dkv_store_write_outcome(uint64_t token)
+{
+    unsigned n = wt_nfails < WT_FAILS ? wt_nfails : WT_FAILS;
+    for (unsigned i = 0; i < n; i++) {
+        if (token >= wt_fails[i].lo && token <= wt_fails[i].hi) {
+            return wt_fails[i].rc;
+        }
+    }
+    if (token != 0 && token <= wt_forgot) {
+        return wt_forgot_rc; /* older than the failures kept: maybe failed */
+    }
+    return token <= wt_decided ? 0 : DKV_STORE_WRITE_PENDING;
+}
+
+/* A failure among this thread's tokens after `mark`: its code, or 0. */
+static int wt_failed_after(uint64_t mark)
+{
+    if (wt_forgot > mark) {
+        return wt_forgot_rc;
+    }
+    unsigned n = wt_nfails < WT_FAILS ? wt_nfails : WT_FAILS;
+    for (unsigned i = 0; i < n; i++) {
+        if (wt_fails[i].hi > mark) {
+            return wt_fails[i].rc;
+        }
+    }
+    return 0;
+}
+
+int dkv_store_sync_wal_since(dkv_store_t *s, uint64_t *mark)
+{
+    int rc = dkv_store_sync_wal(s);
+    if (rc == 0 && wt_nfails > 0) {
+        rc = wt_failed_after(*mark);
+    }
+    *mark = wt_seq;
+    return rc;
+}
+
+static int sync_wal(dkv_store_t *s)
 {
     pending_flush();
     if (pend_failed_rc != 0) {
@@ -1495,7 +1619,7 @@ int dkv_store_purge_tombstone(dkv_store_t *s, dkv_slice_t key, uint64_t max_ts)
     char *v = rocksdb_get(s->db, s->ropts, (const char *)key.ptr, key.len, &vlen, &err);
     if (err != NULL) {
         pthread_mutex_unlock(mu);
-        write_end(s, "purge", NULL);
+        write_abort(s);
         return rocks_err("purge get", err);
     }
     dkv_record_t rec;
@@ -1506,7 +1630,7 @@ int dkv_store_purge_tombstone(dkv_store_t *s, dkv_slice_t key, uint64_t max_ts)
     }
     if (!eligible) {
         pthread_mutex_unlock(mu);
-        write_end(s, "purge", NULL);
+        write_abort(s);
         return DKV_ENOTFOUND;
     }
     /* A RocksDB Delete shadows every older version of the key below it (the tombstone has met

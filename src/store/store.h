@@ -139,6 +139,11 @@ void dkv_store_free(uint8_t *data);
  * dkv_store_sync_wal(), dkv_store_write_batch(), read, or when the batch is full; the 0 returned
  * then means "accepted", and that sync reports a failure to store it.
  *
+ * A failure is reported to one sync only, whichever of the thread's syncs runs first, which need
+ * not be the caller's: a caller that acknowledges the write later, after other code of the
+ * thread may have synced (a coordinator waiting for its peers), takes the write's token with
+ * dkv_store_write_token() right after a 0 and asks dkv_store_write_outcome() before counting it.
+ *
  * @param key  Borrowed; 1..DKV_MAX_KEY_BYTES bytes.
  * @param rec  Borrowed; a tombstone must have an empty value.
  * @return 0; DKV_EINVAL (empty key, tombstone with value); DKV_ENOSPACE (no space: this write
@@ -172,11 +177,52 @@ int dkv_store_write_batch(void);
  * Makes every write this thread did since its last sync durable: writes its pending batch (write
  * batching), then write(2) of the WAL buffer (and fsync with opts.fsync). A no-op when this
  * thread wrote nothing since.
+ * Decides the tokens of those writes (dkv_store_write_outcome()).
  * @return 0; DKV_ENOSPACE or DKV_EIO: those writes are not durable and must not be acknowledged
  *         (the flush failed, the store is unwritable, or it was reopened since they were made).
- * Thread: any; the "since" is per thread (one store per thread: closing a store forgets it).
+ *         A failure is returned once: a later sync of the thread with nothing new returns 0
+ *         (see dkv_store_sync_wal_since() and dkv_store_write_outcome() for the writes it
+ *         covered).
+ * Thread: any; the "since" is per thread (one store per thread: closing a store decides its
+ * writes and forgets it).
  */
 int dkv_store_sync_wal(dkv_store_t *s);
+
+/**
+ * The token of the calling thread's last accepted write (dkv_store_put(), hint put or delete,
+ * purge): call it right after one returned 0 to name that write. Tokens count the thread's
+ * writes from 1 (0: none yet, which dkv_store_write_outcome() calls durable). A thread-local
+ * read. Thread: the writing thread; tokens mean nothing on another one.
+ */
+uint64_t dkv_store_write_token(void);
+
+/* dkv_store_write_outcome(): no sync or batch write has decided the write yet. */
+#define DKV_STORE_WRITE_PENDING 1
+
+/**
+ * What became of the calling thread's write `token` (dkv_store_write_token()):
+ * @return 0: durable (a sync of the thread flushed it); DKV_STORE_WRITE_PENDING: not decided
+ *         yet: the thread's next dkv_store_sync_wal(), whoever calls it, decides it (ask again
+ *         after it, as http/ does for the 201/202 that names the token); DKV_ENOSPACE or
+ *         DKV_EIO: failed (its batch write, the WAL flush, or the store's reopen lost it), even
+ *         if the sync that decided it returned the failure to someone else. The thread keeps
+ *         the last 8 failed ranges of tokens; a token at or below one it forgot reads as failed
+ *         (conservative). Costs a few compares. Thread: the writing thread.
+ */
+int dkv_store_write_outcome(uint64_t token);
+
+/**
+ * dkv_store_sync_wal(), for a caller that acknowledges every write the thread made after its
+ * `*mark` (a token: the thread's dkv_store_write_token() when the site starts, 0 on a new
+ * thread): fails also when a sync of the thread that this caller did not see (or a batch
+ * write) failed any write after `*mark`. Sets `*mark` to the thread's last token: the next
+ * call covers the writes made from now on. For a site that acknowledges all it
+ * wrote since a point (an anti-entropy exchange, a rebuild batch); a site that acknowledges
+ * writes one by one checks each one's token instead (http/, rpc/server.c).
+ * @return 0; DKV_ENOSPACE or DKV_EIO: some write after the mark is not durable.
+ * Thread: the writing thread.
+ */
+int dkv_store_sync_wal_since(dkv_store_t *s, uint64_t *mark);
 
 /** Whether writes are accepted now (false after a storage error, until a resume). Thread: any. */
 bool dkv_store_writable(dkv_store_t *s);

@@ -15,6 +15,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include <cmocka.h>
@@ -23,6 +25,7 @@
 #include "common/err.h"
 #include "coord/coord.h"
 #include "repair/hints.h"
+#include "store/store.h"
 #include "support/fake_transport.h"
 #include "support/node_fixture.h"
 
@@ -43,6 +46,7 @@ typedef struct outcome {
     dkv_buf_t value;          /* a copy of the value made in the callback */
     size_t pending_at_answer; /* fake requests still unanswered when the callback ran */
     size_t inflight_at_answer;
+    uint64_t local_token; /* res->local_token */
 } outcome_t;
 
 typedef struct fx_opts {
@@ -209,6 +213,7 @@ static void on_result(void *arg, dkv_coord_result_t *res)
         return; /* the teardown reports it */
     }
     o->rc = res->rc;
+    o->local_token = res->local_token;
     o->rec = res->record;
     o->pending_at_answer = dkv_fake_transport_pending(o->fx->ft);
     o->inflight_at_answer = dkv_coord_inflight(o->fx->coord);
@@ -699,6 +704,126 @@ static void test_local_replica_counts_toward_ack(void **state)
     assert_int_equal(r->rc, 0);
     assert_value(r->rec.value, "v");
     absent(fx, req(fx, base, peers[1], DKV_RPC_GET));
+}
+
+/* ---- a local write that a WAL sync failed for someone else ---- */
+
+static struct rlimit saved_fsize;
+static bool fsize_limited;
+
+/* Files of this process may not grow past 256 KiB from now on (write(2) fails with EFBIG, a
+ * storage error: DKV_EIO), as a full disk would have it; the WAL is filled past that first, so
+ * the store's next WAL write fails. */
+static void limit_file_size(fx_t *fx)
+{
+    static uint8_t v[1024];
+    memset(v, 'f', sizeof(v));
+    char key[32];
+    for (int i = 0; i < 300; i++) {
+        snprintf(key, sizeof(key), "fill%03d", i);
+        dkv_record_t r = {.ts = 1, .value = dkv_slice(v, sizeof(v)), .from = 1};
+        assert_int_equal(dkv_store_put(fx->node->store, dkv_slice_str(key), &r), 0);
+    }
+    assert_int_equal(dkv_store_sync_wal(fx->node->store), 0);
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &saved_fsize), 0);
+    signal(SIGXFSZ, SIG_IGN);
+    struct rlimit small = {.rlim_cur = 256u << 10, .rlim_max = saved_fsize.rlim_max};
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &small), 0);
+    fsize_limited = true;
+}
+
+static int fx_teardown_batched(void **state)
+{
+    dkv_store_thread_batching(false);
+    if (fsize_limited) {
+        setrlimit(RLIMIT_FSIZE, &saved_fsize);
+        signal(SIGXFSZ, SIG_DFL);
+        fsize_limited = false;
+    }
+    return fx_teardown(state);
+}
+
+/*
+ * With write batching (an I/O thread), a PUT's local write is accepted into the thread's batch
+ * and counted at once; the PUT then waits for its peers. Meanwhile another response of the
+ * thread is flushed: its WAL sync writes the batch, which fails, and that other response gets
+ * the failure. When the peers answer later, the local write must not count: with ack=2 one
+ * peer is not enough (without the check, local + one peer = 201 with a single stored copy); two
+ * peers are, and a peer failure makes it 504 (EIO here; 507 when the disk is full).
+ */
+static void test_local_write_failed_by_another_sync_does_not_count(void **state)
+{
+    fx_t *fx = *state;
+    fx_start(fx, &(fx_opts_t){.nodes = 3, .self_idx = 1});
+    dkv_store_thread_batching(true);
+    char key1[KEY_BYTES];
+    char key2[KEY_BYTES];
+    uint32_t reps1[3];
+    uint32_t reps2[3];
+    uint32_t peers1[2];
+    uint32_t peers2[2];
+    pick_key(fx, "lost-local-1", 3, 1, key1, reps1);
+    pick_key(fx, "lost-local-2", 3, 1, key2, reps2);
+    assert_int_equal(peers_of(fx, reps1, 3, peers1), 2);
+    assert_int_equal(peers_of(fx, reps2, 3, peers2), 2);
+    limit_file_size(fx);
+
+    size_t base1 = sent(fx);
+    outcome_t *w1 = put(fx, key1, "v1", 2, 3);
+    size_t base2 = sent(fx);
+    outcome_t *w2 = put(fx, key2, "v2", 2, 3);
+    assert_int_equal(w1->calls, 0); /* the local write counts once, ack=2 needs a peer */
+    assert_int_equal(w2->calls, 0);
+
+    /* Another connection's flush on this thread: its sync writes the batch and fails. */
+    assert_int_equal(dkv_store_sync_wal(fx->node->store), DKV_EIO);
+    assert_int_equal(dkv_store_sync_wal(fx->node->store), 0); /* told once, to that flush */
+
+    stored(fx, req(fx, base1, peers1[0], DKV_RPC_PUT));
+    assert_int_equal(w1->calls, 0); /* one real copy: not yet a quorum */
+    stored(fx, req(fx, base1, peers1[1], DKV_RPC_PUT));
+    assert_int_equal(w1->calls, 1);
+    assert_int_equal(w1->rc, 0);       /* the two peers make the quorum */
+    assert_true(w1->local_token == 0); /* the answer does not rest on the local write */
+
+    stored(fx, req(fx, base2, peers2[0], DKV_RPC_PUT));
+    assert_int_equal(w2->calls, 0);
+    failed(fx, req(fx, base2, peers2[1], DKV_RPC_PUT), DKV_EUNAVAIL);
+    assert_int_equal(w2->calls, 1);
+    assert_int_equal(w2->rc, DKV_EQUORUM);
+}
+
+/* The same PUT when the batch is stored: the local write still counts; and an ack=1 PUT answered
+ * at once names its local write, still pending, for the flush that sends the answer. */
+static void test_local_write_still_counts_once_synced(void **state)
+{
+    fx_t *fx = *state;
+    fx_start(fx, &(fx_opts_t){.nodes = 3, .self_idx = 1});
+    dkv_store_thread_batching(true);
+    char key[KEY_BYTES];
+    uint32_t reps[3];
+    uint32_t peers[2];
+    pick_key(fx, "synced-local", 3, 1, key, reps);
+    assert_int_equal(peers_of(fx, reps, 3, peers), 2);
+    size_t base = sent(fx);
+    outcome_t *w = put(fx, key, "v", 2, 3);
+    assert_int_equal(dkv_store_sync_wal(fx->node->store), 0); /* another flush stores it */
+    stored(fx, req(fx, base, peers[0], DKV_RPC_PUT));
+    assert_int_equal(w->calls, 1);
+    assert_int_equal(w->rc, 0);
+    assert_true(w->local_token != 0);
+    assert_int_equal(dkv_store_write_outcome(w->local_token), 0);
+    stored(fx, req(fx, base, peers[1], DKV_RPC_PUT));
+
+    base = sent(fx);
+    outcome_t *w1 = put(fx, key, "v1", 1, 3);
+    assert_int_equal(w1->calls, 1);
+    assert_int_equal(w1->rc, 0);
+    assert_true(w1->local_token == dkv_store_write_token());
+    assert_int_equal(dkv_store_write_outcome(w1->local_token), DKV_STORE_WRITE_PENDING);
+    assert_int_equal(dkv_store_sync_wal(fx->node->store), 0);
+    assert_int_equal(dkv_store_write_outcome(w1->local_token), 0);
+    answer_rest(fx, base);
 }
 
 static void test_invalid_arguments_fail_at_once_and_never_call_back(void **state)
@@ -2438,6 +2563,10 @@ int main(void)
         T(test_spec_latency_of_a_silent_peer_does_not_raise_its_delay),
         T(test_spec_not_ready_local_replica_reads_a_peer_and_is_refilled),
         T(test_spec_writes_still_go_to_every_replica),
+        cmocka_unit_test_setup_teardown(test_local_write_failed_by_another_sync_does_not_count,
+                                        fx_setup, fx_teardown_batched),
+        cmocka_unit_test_setup_teardown(test_local_write_still_counts_once_synced, fx_setup,
+                                        fx_teardown_batched),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -684,6 +684,138 @@ static void test_batched_write_failure_fails_the_sync(void **state)
     expect_missing(f->store, key);
 }
 
+/*
+ * Write tokens: a thread's failed write is reported to one sync only, whichever of the thread's
+ * syncs runs first (an I/O thread: another connection's flush). The write's own caller, which
+ * acknowledges it later, still learns its outcome from its token, and a sync with a mark taken
+ * before the write fails too. Run with and without write batching: the batch write or the WAL
+ * flush fails (RLIMIT_FSIZE, EFBIG: DKV_EIO).
+ */
+static void test_write_outcome_outlives_the_sync_that_reported_it(void **state)
+{
+    fixture_t *f = *state;
+    static uint8_t v[1024];
+    memset(v, 'v', sizeof(v));
+    assert_int_equal(dkv_store_write_outcome(0), 0); /* no write: nothing to fail */
+    uint64_t mark = dkv_store_write_token(); /* tokens go on across the tests of this thread */
+    put_val(f->store, "early", 1, "e", 1);
+    uint64_t early = dkv_store_write_token();
+    assert_true(early == mark + 1);
+    assert_int_equal(dkv_store_write_outcome(early), DKV_STORE_WRITE_PENDING);
+    assert_int_equal(dkv_store_sync_wal_since(f->store, &mark), 0);
+    assert_true(mark == early);
+    assert_int_equal(dkv_store_write_outcome(early), 0); /* durable */
+
+    struct rlimit old;
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+    signal(SIGXFSZ, SIG_IGN);
+    struct rlimit small = {.rlim_cur = 256u << 10, .rlim_max = old.rlim_max};
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &small), 0);
+    char key[32];
+    int rc = 0;
+    uint64_t mine = 0;
+    uint64_t last_durable = early;
+    for (int i = 0; i < 4096 && rc == 0; i++) {
+        /* "Mine": a write whose caller answers later; then another caller's write and sync. */
+        snprintf(key, sizeof(key), "mine%04d", i);
+        put_val(f->store, key, (uint64_t)i + 10, v, sizeof(v));
+        mine = dkv_store_write_token();
+        snprintf(key, sizeof(key), "other%04d", i);
+        put_val(f->store, key, (uint64_t)i + 10, "o", 1);
+        uint64_t other = dkv_store_write_token();
+        assert_true(other == mine + 1);
+        assert_int_equal(dkv_store_write_outcome(mine), DKV_STORE_WRITE_PENDING);
+        rc = dkv_store_sync_wal(f->store); /* the other caller's sync */
+        if (rc == 0) {
+            assert_int_equal(dkv_store_write_outcome(mine), 0);
+            assert_int_equal(dkv_store_write_outcome(other), 0);
+            last_durable = other;
+        }
+    }
+    assert_int_equal(rc, DKV_EIO);
+    /* The failure went to that sync; the next one has nothing to say ... */
+    assert_int_equal(dkv_store_sync_wal(f->store), 0);
+    /* ... but my write's token knows, and so does a sync with a mark from before my write. */
+    assert_int_equal(dkv_store_write_outcome(mine), DKV_EIO);
+    assert_int_equal(dkv_store_write_outcome(mine + 1), DKV_EIO);
+    assert_int_equal(dkv_store_write_outcome(last_durable), 0);
+    assert_int_equal(dkv_store_write_outcome(early), 0);
+    mark = last_durable;
+    assert_int_equal(dkv_store_sync_wal_since(f->store, &mark), DKV_EIO);
+    assert_true(mark == mine + 1);
+    assert_int_equal(dkv_store_sync_wal_since(f->store, &mark), 0); /* nothing failed since */
+    /* Refused writes get no token. */
+    dkv_record_t r = {1, false, dkv_slice_str("x"), 0};
+    assert_int_equal(dkv_store_put(f->store, dkv_slice_str("refused"), &r), DKV_EIO);
+    assert_true(dkv_store_write_token() == mine + 1);
+
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+    signal(SIGXFSZ, SIG_DFL);
+    assert_int_equal(dkv_store_resume(f->store, 1000), 0);
+    put_val(f->store, "after", 5, "a", 1);
+    uint64_t after = dkv_store_write_token();
+    assert_true(after == mine + 2);
+    assert_int_equal(dkv_store_write_outcome(after), DKV_STORE_WRITE_PENDING);
+    assert_int_equal(dkv_store_sync_wal_since(f->store, &mark), 0);
+    assert_int_equal(dkv_store_write_outcome(after), 0);
+    assert_int_equal(dkv_store_write_outcome(mine), DKV_EIO); /* still known */
+    reopen(f); /* what was durable is there (a failed write may or may not be: never acked) */
+    expect_record(f->store, dkv_slice_str("early"), 1, "e", 1);
+    int last = (int)(last_durable - early - 2) / 2;
+    snprintf(key, sizeof(key), "other%04d", last);
+    expect_record(f->store, dkv_slice_str(key), (uint64_t)last + 10, "o", 1);
+    expect_record(f->store, dkv_slice_str("after"), 5, "a", 1);
+}
+
+/* Writes 1 KiB records and syncs each until a sync fails under a 256 KiB file-size limit, then
+ * lifts the limit and resumes. @return the failed write's token; *durable the last good one. */
+static uint64_t fail_once(fixture_t *f, int episode, uint64_t *durable)
+{
+    static uint8_t v[1024];
+    memset(v, 'v', sizeof(v));
+    struct rlimit old;
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+    signal(SIGXFSZ, SIG_IGN);
+    struct rlimit small = {.rlim_cur = 256u << 10, .rlim_max = old.rlim_max};
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &small), 0);
+    char key[32];
+    int rc = 0;
+    uint64_t token = 0;
+    for (int i = 0; i < 4096 && rc == 0; i++) {
+        snprintf(key, sizeof(key), "e%d-%04d", episode, i);
+        put_val(f->store, key, (uint64_t)i + 10, v, sizeof(v));
+        token = dkv_store_write_token();
+        rc = dkv_store_sync_wal(f->store);
+        if (rc == 0) {
+            *durable = token;
+        }
+    }
+    assert_int_equal(rc, DKV_EIO);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+    signal(SIGXFSZ, SIG_DFL);
+    assert_int_equal(dkv_store_resume(f->store, 1000), 0);
+    return token;
+}
+
+/* The thread keeps its last 8 failed ranges of tokens: after 9 failures, a token at or below the
+ * forgotten one reads as failed (conservative), durable or not; later ones keep their outcome. */
+static void test_write_outcome_of_a_forgotten_failure_is_failed(void **state)
+{
+    fixture_t *f = *state;
+    uint64_t failed[9];
+    uint64_t durable[9];
+    for (int e = 0; e < 9; e++) {
+        failed[e] = fail_once(f, e, &durable[e]);
+        assert_true(durable[e] < failed[e]);
+    }
+    assert_int_equal(dkv_store_write_outcome(failed[0]), DKV_EIO);  /* forgotten: still failed */
+    assert_int_equal(dkv_store_write_outcome(durable[0]), DKV_EIO); /* below it: conservative */
+    for (int e = 1; e < 9; e++) {
+        assert_int_equal(dkv_store_write_outcome(failed[e]), DKV_EIO);
+        assert_int_equal(dkv_store_write_outcome(durable[e]), 0);
+    }
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 #define TB(fn) cmocka_unit_test_setup_teardown(fn, setup_batched, teardown_batched)
 
@@ -713,6 +845,9 @@ int main(void)
         TB(test_reopen_keeps_data),
         TB(test_iter_sees_newest_version_once),
         TB(test_failed_wal_write_refuses_writes_until_resume),
+        T(test_write_outcome_outlives_the_sync_that_reported_it),
+        TB(test_write_outcome_outlives_the_sync_that_reported_it),
+        T(test_write_outcome_of_a_forgotten_failure_is_failed),
         cmocka_unit_test(test_open_missing_dir_fails),
         cmocka_unit_test(test_sizing_from_memory_limit),
         cmocka_unit_test(test_memory_limit_at_most_ram),
