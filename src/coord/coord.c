@@ -85,8 +85,10 @@ typedef struct slot {
     uint8_t state; /* enum slot_state */
     bool tombstone;
     uint64_t ts;
-    uint64_t value_hash; /* dkv_rpc_value_hash() of the value: tells equal versions apart on
-                            equal timestamps */
+    uint64_t value_hash; /* speculative GETs: dkv_rpc_value_hash() of the value (digests carry
+                            only the hash): tells equal versions apart on equal timestamps */
+    uint32_t same_as;    /* other GETs: op->best_gen when its version was found byte-equal to
+                            the best (0: never) */
     /* Speculative GETs only. */
     uint8_t ask;    /* enum ask of its last request; ASK_NONE: not asked (yet) */
     bool inflight;  /* that request is unanswered */
@@ -125,7 +127,9 @@ typedef struct op {
     dkv_record_t best;   /* GET: newest version so far; borrows from best_buf. PUT: the record,
                             borrowing from the op's own copy of the value (for hints) */
     dkv_owned_t best_buf;
-    uint64_t best_hash;  /* GET: xxh3 of best.value */
+    uint64_t best_hash;  /* speculative GET: xxh3 of best.value */
+    uint32_t best_gen;   /* GET: bumped each time `best` is replaced */
+    slot_t *best_slot;   /* GET: the slot whose version is `best` (NULL: none yet) */
     dkv_slice_t key;     /* the op's own copy, after the slots */
     slot_t slots[];      /* `from` of them, then the key bytes, then (PUT with hints) the value */
 } op_t;
@@ -182,11 +186,16 @@ static void count(dkv_coord_t *c, _Atomic uint64_t *counter)
     atomic_fetch_add_explicit(counter, 1, memory_order_relaxed);
 }
 
-/* Is the slot's version the same as the best one? */
+/* Is the slot's version the same as the best one? (The value compared by slot_version().) */
 static bool slot_is_best(const op_t *op, const slot_t *s)
 {
-    return s->state == SLOT_VERSION && s->ts == op->best.ts && s->tombstone == op->best.tombstone &&
-           (s->tombstone || s->value_hash == op->best_hash);
+    if (s->state != SLOT_VERSION || s->ts != op->best.ts || s->tombstone != op->best.tombstone) {
+        return false;
+    }
+    if (s->tombstone || s == op->best_slot) {
+        return true;
+    }
+    return op->spec ? s->value_hash == op->best_hash : s->same_as == op->best_gen;
 }
 
 /* Could read repair still have work once every replica answered? */
@@ -341,9 +350,9 @@ static void op_unref(op_t *op)
     free(op);
 }
 
-/* Offers a replica's version to a GET: keeps it if it is newer than the best so far. Takes
+/* Offers slot `s`'s version to a GET: keeps it if it is newer than the best so far. Takes
  * ownership of `buf` when it is kept; otherwise releases it. */
-static void op_offer(op_t *op, const dkv_record_t *rec, dkv_owned_t *buf, uint64_t hash)
+static void op_offer(op_t *op, slot_t *s, const dkv_record_t *rec, dkv_owned_t *buf)
 {
     if (op->have_best && dkv_record_cmp(rec, &op->best) <= 0) {
         dkv_owned_release(buf);
@@ -352,24 +361,38 @@ static void op_offer(op_t *op, const dkv_record_t *rec, dkv_owned_t *buf, uint64
     dkv_owned_release(&op->best_buf);
     op->best_buf = *buf;
     op->best = *rec;
-    op->best_hash = hash;
+    op->best_hash = s->value_hash;
+    op->best_gen++;
+    op->best_slot = s;
     op->have_best = true;
     memset(buf, 0, sizeof(*buf));
 }
 
-/* Records a GET replica's version in its slot. The value's hash serves read repair and digest
- * comparison (to tell equal versions apart): without either, or with a single replica (from=1:
- * nothing to compare it with), no hashing on the read path (XXH3 of a 1 KiB value: ~1.2k of a
- * single-node GET's ~16.5k instructions). */
+/* Records a GET replica's version in its slot, before op_offer() offers it. Read repair must
+ * tell a replica's version from the best one on equal timestamps by value (LWW ties,
+ * common/record.h). A speculative GET hashes each version it reads, as its digests carry only
+ * a hash. Any other GET holds both values at this point: a version with the best's timestamp is
+ * compared with it byte by byte (a memcmp of 1 KiB: ~0.1k instructions against ~1.2k for its
+ * XXH3, three of them per 3-node GET) and marked with the best's generation. A version that
+ * replaces the best later bumps the generation, and a version that was equal to the replaced
+ * one is older than the new best, so the mark is all slot_is_best() needs. Nothing is compared
+ * for a tombstone, with one replica (from=1), or when read repair is off. */
 static void slot_version(slot_t *s, const dkv_record_t *rec)
 {
+    op_t *op = s->op;
     s->state = SLOT_VERSION;
     s->ts = rec->ts;
     s->tombstone = rec->tombstone;
-    s->value_hash =
-        rec->tombstone || s->op->from == 1 || (!s->op->c->env.read_repair && !s->op->spec)
-            ? 0
-            : dkv_rpc_value_hash(rec->value);
+    s->same_as = 0;
+    if (rec->tombstone || op->from == 1 || (!op->c->env.read_repair && !op->spec)) {
+        return;
+    }
+    if (op->spec) {
+        s->value_hash = dkv_rpc_value_hash(rec->value);
+    } else if (op->have_best && rec->ts == op->best.ts && !op->best.tombstone &&
+               dkv_slice_cmp(rec->value, op->best.value) == 0) {
+        s->same_as = op->best_gen;
+    }
 }
 
 /* A failed replica write leaves a hint for that replica (hinted handoff). */
@@ -415,7 +438,7 @@ static void remote_version(op_t *op, slot_t *s, const dkv_record_t *rec)
         }
         dkv_record_t kept = *rec;
         kept.value = dkv_slice(copy.ptr, copy.len);
-        op_offer(op, &kept, &copy, s->value_hash);
+        op_offer(op, s, &kept, &copy);
     }
 }
 
@@ -437,7 +460,7 @@ static void local_get(op_t *op, slot_t *s)
     int rc = dkv_replica_get(op->c->env.replica, op->key, &rec, &buf);
     if (rc == 0) {
         slot_version(s, &rec);
-        op_offer(op, &rec, &buf, s->value_hash);
+        op_offer(op, s, &rec, &buf);
     }
     op_reply(op, s, rc);
 }
@@ -656,7 +679,7 @@ static void spec_local(op_t *op, slot_t *s)
     int rc = dkv_replica_get(op->c->env.replica, op->key, &rec, &buf);
     if (rc == 0) {
         slot_version(s, &rec);
-        op_offer(op, &rec, &buf, s->value_hash);
+        op_offer(op, s, &rec, &buf);
     } else if (rc == DKV_ENOTFOUND) {
         s->state = SLOT_ABSENT;
     } else {

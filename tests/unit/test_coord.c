@@ -1268,6 +1268,77 @@ static void test_read_repair_tells_equal_timestamps_apart_by_value(void **state)
     answer_rest(fx, after_get);
 }
 
+/* Versions compared by value only where timestamps tie (coord.c, slot_version()): whatever order
+ * the replicas answer in, exactly the replicas whose version differs from the newest (by timestamp,
+ * tombstone, or value on a tie) get the newest written back, and the client gets the newest. */
+static void test_read_repair_finds_stale_replicas_in_every_answer_order(void **state)
+{
+    fx_t *fx = *state;
+    fx_start(fx, &FIVE_REMOTE_RR);
+    typedef struct {
+        uint64_t ts;
+        const char *value; /* NULL: a tombstone */
+    } version_t;
+    static const version_t cases[][3] = {
+        {{500, "b"}, {500, "a"}, {500, "a"}},          /* a tie decided by value */
+        {{500, "b"}, {500, "b"}, {500, "a"}},          /* two equal, then a tie they lose */
+        {{400, "c"}, {500, "b"}, {500, "a"}},          /* older, then a tie */
+        {{500, "a"}, {500, NULL}, {500, "a"}},         /* a tie of value and tombstone */
+        {{600, "z"}, {500, "a"}, {500, "a"}},          /* one newer, two equal older */
+        {{500, "same"}, {500, "same"}, {500, "same"}}, /* agreement: no repair */
+    };
+    static const unsigned perms[6][3] = {{0, 1, 2}, {0, 2, 1}, {1, 0, 2},
+                                         {1, 2, 0}, {2, 0, 1}, {2, 1, 0}};
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        const version_t *v = cases[k];
+        dkv_record_t recs[3];
+        unsigned newest = 0;
+        for (unsigned i = 0; i < 3; i++) {
+            recs[i] = (dkv_record_t){.ts = v[i].ts,
+                                     .tombstone = v[i].value == NULL,
+                                     .value = dkv_slice_str(v[i].value != NULL ? v[i].value : ""),
+                                     .from = 3};
+            if (dkv_record_cmp(&recs[i], &recs[newest]) > 0) {
+                newest = i;
+            }
+        }
+        for (size_t p = 0; p < 6; p++) {
+            char name[32];
+            snprintf(name, sizeof(name), "rr-order-%zu-%zu", k, p);
+            char key[KEY_BYTES];
+            uint32_t reps[3];
+            pick_key(fx, name, 3, NO_LOCAL, key, reps);
+            size_t base = sent(fx);
+            outcome_t *o = get(fx, key, 3, 3);
+            size_t after_get = sent(fx);
+            for (unsigned i = 0; i < 3; i++) {
+                unsigned r = perms[p][i];
+                size_t seq = req(fx, base, reps[r], DKV_RPC_GET);
+                if (recs[r].tombstone) {
+                    found_tombstone(fx, seq, recs[r].ts, 3);
+                } else {
+                    found(fx, seq, recs[r].ts, v[r].value, 3);
+                }
+            }
+            uint32_t stale[3];
+            size_t n = 0;
+            for (unsigned i = 0; i < 3; i++) {
+                if (dkv_record_cmp(&recs[i], &recs[newest]) != 0) {
+                    stale[n++] = reps[i];
+                }
+            }
+            if (recs[newest].tombstone) {
+                assert_int_equal(o->rc, DKV_ENOTFOUND);
+            } else {
+                assert_int_equal(o->rc, 0);
+                assert_value(o->rec.value, v[newest].value);
+            }
+            expect_repairs(fx, after_get, key, &recs[newest], stale, n);
+            answer_rest(fx, after_get);
+        }
+    }
+}
+
 static void test_read_repair_spreads_a_tombstone(void **state)
 {
     fx_t *fx = *state;
@@ -2525,6 +2596,7 @@ int main(void)
         T(test_read_repair_uses_a_newer_version_that_arrived_after_the_answer),
         T(test_read_repair_sends_nothing_when_replicas_agree),
         T(test_read_repair_tells_equal_timestamps_apart_by_value),
+        T(test_read_repair_finds_stale_replicas_in_every_answer_order),
         T(test_read_repair_spreads_a_tombstone),
         T(test_read_repair_refills_a_not_ready_replica),
         T(test_read_repair_stays_inside_the_records_replica_set),
