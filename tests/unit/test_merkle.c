@@ -3,7 +3,8 @@
  * family they read (store/store.h): trees kept up to date by dirty segments equal trees rebuilt
  * from scratch and trees computed here from an independent model of the records; one changed
  * record changes one leaf path; the entry hash's byte layout; tree membership by replica set;
- * the digest's last-write-wins order; tombstone purge; the digest backfill of an old directory.
+ * the digest's last-write-wins order; tombstone purge; the digest backfill of an old directory;
+ * scans of the digest column family across segments, memtables and SSTs.
  *
  * The ring has 4 nodes (so a replica set of 2 or 3 leaves some nodes out) and few vnodes.
  */
@@ -1165,6 +1166,157 @@ static void test_digest_iter_and_readers_reject_bad_arguments(void **state)
     dkv_merkle_free(NULL);
 }
 
+/* ---- 9. digest scans across segments, memtables and SSTs ---- */
+
+/* One digest entry the scan tests expect: key, segment, newest version; absent once purged. */
+typedef struct dent {
+    char key[24];
+    uint32_t seg;
+    bool present;
+    uint64_t ts;
+    bool tomb;
+    uint8_t from;
+} dent_t;
+
+#define DENTS 96u
+
+/* A key of segment `seg`, found by trying "s<seg>-<n>" for n = 0, 1, ... (XXH3 spreads them). */
+static void key_in_segment(uint32_t seg, char out[24])
+{
+    for (unsigned n = 0;; n++) {
+        snprintf(out, 24, "s%u-%u", seg, n);
+        if (ref_segment(dkv_slice_str(out)) == seg) {
+            return;
+        }
+    }
+}
+
+static void dent_put(dkv_store_t *s, dent_t *e, uint64_t ts, bool tomb, uint8_t from)
+{
+    put_rec(s, dkv_slice_str(e->key), ts, tomb, from);
+    if (!e->present || ts > e->ts || (ts == e->ts && tomb && !e->tomb)) {
+        e->present = true;
+        e->ts = ts;
+        e->tomb = tomb;
+        e->from = from;
+    }
+}
+
+static int dent_cmp(const void *a, const void *b)
+{
+    const dent_t *x = a;
+    const dent_t *y = b;
+    if (x->seg != y->seg) {
+        return x->seg < y->seg ? -1 : 1;
+    }
+    return strcmp(x->key, y->key);
+}
+
+/* Asserts that a scan of segments lo <= seg < hi returns exactly the present entries of `e`
+ * (sorted by segment, then key) in that range, in that order, with their newest digests. */
+static void assert_scan(dkv_store_t *s, const dent_t *e, size_t n, uint32_t lo, uint32_t hi)
+{
+    dkv_store_raw_iter_t *it = NULL;
+    assert_int_equal(dkv_store_digest_iter_new(s, lo, hi, &it), 0);
+    size_t i = 0;
+    uint32_t seg;
+    dkv_slice_t key;
+    dkv_store_digest_t d;
+    int rc;
+    while ((rc = dkv_store_digest_next(it, &seg, &key, &d)) == 0) {
+        while (i < n && (!e[i].present || e[i].seg < lo || e[i].seg >= hi)) {
+            i++;
+        }
+        if (i == n) {
+            fail_msg("scan [%u, %u): unexpected entry of %zu bytes in segment %u", lo, hi, key.len,
+                     seg);
+        }
+        assert_int_equal(seg, e[i].seg);
+        assert_int_equal(key.len, strlen(e[i].key));
+        assert_memory_equal(key.ptr, e[i].key, key.len);
+        assert_int_equal(d.ts, e[i].ts);
+        assert_int_equal(d.tombstone, e[i].tomb);
+        assert_int_equal(d.from, e[i].from);
+        i++;
+    }
+    assert_int_equal(rc, DKV_ENOTFOUND);
+    /* Exhausted: it stays so. */
+    assert_int_equal(dkv_store_digest_next(it, &seg, &key, &d), DKV_ENOTFOUND);
+    dkv_store_raw_iter_free(it);
+    while (i < n && (!e[i].present || e[i].seg < lo || e[i].seg >= hi)) {
+        i++;
+    }
+    if (i < n) {
+        fail_msg("scan [%u, %u): entry %s (segment %u) missing", lo, hi, e[i].key, e[i].seg);
+    }
+}
+
+static void test_digest_scan_crosses_segments_memtable_and_sst(void **state)
+{
+    fixture_t *f = *state;
+    dent_t *e = calloc(DENTS, sizeof(*e));
+    assert_non_null(e);
+    /* Segments at both ends of the range, runs of adjacent segments, two keys in some
+     * segments, and random ones. */
+    const uint32_t fixed[] = {0,      0,      1,      2,      3,      0x7FFF,
+                              0x8000, 0x8000, 0xFFFD, 0xFFFE, 0xFFFF, 0xFFFF};
+    size_t n = 0;
+    for (size_t k = 0; k < sizeof(fixed) / sizeof(fixed[0]); k++) {
+        e[n].seg = fixed[k];
+        key_in_segment(fixed[k], e[n].key);
+        if (n > 0 && strcmp(e[n].key, e[n - 1].key) == 0) {
+            /* The second key of a segment: the next match. */
+            unsigned m = 0;
+            while (strcmp(e[n].key, e[n - 1].key) <= 0 ||
+                   ref_segment(dkv_slice_str(e[n].key)) != fixed[k]) {
+                snprintf(e[n].key, sizeof(e[n].key), "t%u-%u", fixed[k], m++);
+            }
+        }
+        n++;
+    }
+    while (n < DENTS) {
+        snprintf(e[n].key, sizeof(e[n].key), "r%zu", n);
+        e[n].seg = ref_segment(dkv_slice_str(e[n].key));
+        n++;
+    }
+    /* Half of the versions go to SSTs (a reopen flushes what the WAL replay put in the
+     * memtables), the rest stay in the memtables, newer versions over older ones included. */
+    for (size_t i = 0; i < n; i++) {
+        dent_put(f->store, &e[i], unique_ts(), i % 5 == 0, (uint8_t)(1 + i % 3));
+    }
+    dkv_store_close(f->store);
+    assert_int_equal(dkv_store_open(f->dir, NULL, &f->store), 0);
+    dkv_store_stats_t st;
+    dkv_store_stats(f->store, &st);
+    assert_true(st.cf[2].sst_total_bytes > 0);
+    for (size_t i = 0; i < n; i += 2) {
+        dent_put(f->store, &e[i], e[i].ts + 1, i % 4 == 0, 3);
+    }
+    for (size_t i = 1; i < n; i += 6) {
+        dent_put(f->store, &e[i], e[i].ts - 1, false, 1); /* older: changes nothing */
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (e[i].present && e[i].tomb && i % 3 == 0) {
+            assert_int_equal(
+                dkv_store_purge_tombstone(f->store, dkv_slice_str(e[i].key), UINT64_MAX), 0);
+            e[i].present = false;
+        }
+    }
+    qsort(e, n, sizeof(*e), dent_cmp);
+
+    assert_scan(f->store, e, n, 0, SEGS);
+    const uint32_t ranges[][2] = {{0, 1},           {0, 4},           {1, 3},
+                                  {3, 0x8000},      {0x7FFF, 0x8001}, {0x8000, 0x8001},
+                                  {0xFFFD, 0xFFFF}, {0xFFFF, SEGS},   {0x1234, 0x1235}};
+    for (size_t r = 0; r < sizeof(ranges) / sizeof(ranges[0]); r++) {
+        assert_scan(f->store, e, n, ranges[r][0], ranges[r][1]);
+    }
+    for (size_t i = 0; i < n; i++) {
+        assert_scan(f->store, e, n, e[i].seg, e[i].seg + 1);
+    }
+    free(e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1191,6 +1343,8 @@ int main(void)
         cmocka_unit_test(test_backfill_gives_old_records_their_digests),
         cmocka_unit_test_setup_teardown(test_counts_match_records_written, setup, teardown),
         cmocka_unit_test_setup_teardown(test_digest_iter_and_readers_reject_bad_arguments, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_digest_scan_crosses_segments_memtable_and_sst, setup,
                                         teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
