@@ -12,7 +12,7 @@
 
 #include "common/log.h"
 
-#define DKV_VERSION "0.4.1"
+#define DKV_VERSION "0.4.2"
 #define DKV_MAX_KEY_BYTES 1024u
 #define DKV_MAX_CLUSTER_NODES 64u
 /* The largest --max-body-bytes, hence the largest value: the RPC frame ceiling follows it. */
