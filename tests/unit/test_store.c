@@ -437,6 +437,16 @@ static void test_cgroup_limit_v1_and_v2(void **state)
     rm_rf(root);
 }
 
+/* Makes every file write past 256 KiB fail (EFBIG, SIGXFSZ ignored): a disk that fills up.
+ * `old` receives the limit to restore with setrlimit(RLIMIT_FSIZE, old). */
+static void limit_file_size(struct rlimit *old)
+{
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, old), 0);
+    signal(SIGXFSZ, SIG_IGN);
+    struct rlimit small = {.rlim_cur = 256u << 10, .rlim_max = old->rlim_max};
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &small), 0);
+}
+
 /* A failed WAL write makes the store unwritable: every later write and sync is refused without
  * reaching RocksDB (which would abort on its failed writer), synced writes stay readable, and a
  * resume once files may grow again makes it writable with all of them kept. RLIMIT_FSIZE makes
@@ -450,10 +460,7 @@ static void test_failed_wal_write_refuses_writes_until_resume(void **state)
     assert_int_equal(dkv_store_sync_wal(f->store), 0);
 
     struct rlimit old;
-    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
-    signal(SIGXFSZ, SIG_IGN);
-    struct rlimit small = {.rlim_cur = 256u << 10, .rlim_max = old.rlim_max};
-    assert_int_equal(setrlimit(RLIMIT_FSIZE, &small), 0);
+    limit_file_size(&old);
     int rc = 0;
     int acked = 0;
     char key[32];
@@ -642,10 +649,7 @@ static void test_batched_write_failure_fails_the_sync(void **state)
     static uint8_t v[1024];
     memset(v, 'v', sizeof(v));
     struct rlimit old;
-    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
-    signal(SIGXFSZ, SIG_IGN);
-    struct rlimit small = {.rlim_cur = 256u << 10, .rlim_max = old.rlim_max};
-    assert_int_equal(setrlimit(RLIMIT_FSIZE, &small), 0);
+    limit_file_size(&old);
     char key[32];
     int synced = 0;
     int rc = 0;
@@ -707,10 +711,7 @@ static void test_write_outcome_outlives_the_sync_that_reported_it(void **state)
     assert_int_equal(dkv_store_write_outcome(early), 0); /* durable */
 
     struct rlimit old;
-    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
-    signal(SIGXFSZ, SIG_IGN);
-    struct rlimit small = {.rlim_cur = 256u << 10, .rlim_max = old.rlim_max};
-    assert_int_equal(setrlimit(RLIMIT_FSIZE, &small), 0);
+    limit_file_size(&old);
     char key[32];
     int rc = 0;
     uint64_t mine = 0;
@@ -774,10 +775,7 @@ static uint64_t fail_once(fixture_t *f, int episode, uint64_t *durable)
     static uint8_t v[1024];
     memset(v, 'v', sizeof(v));
     struct rlimit old;
-    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
-    signal(SIGXFSZ, SIG_IGN);
-    struct rlimit small = {.rlim_cur = 256u << 10, .rlim_max = old.rlim_max};
-    assert_int_equal(setrlimit(RLIMIT_FSIZE, &small), 0);
+    limit_file_size(&old);
     char key[32];
     int rc = 0;
     uint64_t token = 0;
